@@ -1,0 +1,636 @@
+//! The push-mode applier: a state machine over the container's parts that
+//! consumes patch bytes in any split, decodes each segment as it streams, and
+//! writes the new image to a [`Sink`].
+//!
+//! Memory: one zstd decoder bounded by the header's window (refused if it asks
+//! for more than [`ApplyOptions::memory_limit`]), three 16 KiB buffers, and a
+//! header accumulator of at most 4 KiB. Passes: one over the old image to verify
+//! its hash, then random reads of the old bytes the records name; one pass over
+//! the patch.
+
+use crate::error::ApplyError;
+use crate::sink::Sink;
+use crate::source::OldImage;
+use crate::BUFFER_LEN;
+use fwdelta_format::header::Header;
+use fwdelta_format::record::{Record, MAX_HEAD_LEN};
+use fwdelta_format::segment::SegmentHeader;
+use fwdelta_format::trailer::{END_TAG, TRAILER_LEN};
+use fwdelta_format::{truncate_check, Codec, FormatError, Layout, CHECK_LEN, MAX_IMAGE_LEN};
+use std::io::{self, Read};
+use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
+use zstd::zstd_safe::FrameFormat;
+
+/// Limits an applier enforces on top of the patch's own checks.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions {
+    /// Refuse patches whose header claims more applier memory than this.
+    /// Default: no limit beyond the format's.
+    pub memory_limit: u64,
+    /// Refuse patches producing a larger image (e.g. the flash partition size).
+    /// Default: the format limit, 1 TiB.
+    pub max_new_len: u64,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            memory_limit: u64::MAX,
+            max_new_len: MAX_IMAGE_LEN,
+        }
+    }
+}
+
+/// What a successful apply did.
+#[derive(Debug, Clone)]
+pub struct ApplyReport {
+    /// The verified patch header.
+    pub header: Header,
+    /// Patch bytes consumed.
+    pub patch_len: u64,
+}
+
+/// Where in a record the decoded stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rec {
+    /// Collecting a record head (partial bytes in `head_buf`).
+    Head,
+    /// Producing diff bytes, then `literal` literal bytes, then moving by `seek`.
+    Diff { left: u64, literal: u64, seek: i64 },
+    /// Copying literal bytes, then moving by `seek`.
+    Literal { left: u64, seek: i64 },
+}
+
+/// State of the segment being decoded.
+struct Segment {
+    head: SegmentHeader,
+    payload_left: u32,
+    remaining_out: u64,
+    old_pos: u64,
+    rec: Rec,
+    head_buf: [u8; MAX_HEAD_LEN],
+    head_len: usize,
+    check: blake3::Hasher,
+    frame_done: bool,
+}
+
+impl Segment {
+    fn corrupt(&self, detail: impl Into<String>) -> ApplyError {
+        ApplyError::CorruptSegment {
+            index: self.head.index,
+            detail: detail.into(),
+        }
+    }
+}
+
+enum Stage {
+    Prefix,
+    Header,
+    SegmentHead,
+    Payload(Box<Segment>),
+    SegmentCheck(Box<Segment>),
+    Trailer,
+    Done,
+    Failed,
+}
+
+/// Everything that produces output: the old image, the sink, and running totals.
+struct Output<'o, O: ?Sized, S> {
+    old: &'o O,
+    sink: S,
+    old_buf: Vec<u8>,
+    hash: blake3::Hasher,
+    produced: u64,
+}
+
+impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
+    fn emit(&mut self, seg: &mut Segment, bytes: &[u8]) -> Result<(), ApplyError> {
+        self.sink.write(bytes).map_err(ApplyError::Sink)?;
+        self.hash.update(bytes);
+        self.produced += bytes.len() as u64;
+        seg.remaining_out -= bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Run decoded stream bytes through the record interpreter.
+    fn consume(&mut self, seg: &mut Segment, mut bytes: &[u8]) -> Result<(), ApplyError> {
+        while !bytes.is_empty() {
+            match seg.rec {
+                Rec::Head => {
+                    if seg.remaining_out == 0 {
+                        return Err(seg.corrupt("data after the segment's last record"));
+                    }
+                    let before = seg.head_len;
+                    let take = (MAX_HEAD_LEN - before).min(bytes.len());
+                    seg.head_buf[before..before + take].copy_from_slice(&bytes[..take]);
+                    seg.head_len += take;
+                    match Record::parse_head(&seg.head_buf[..seg.head_len]) {
+                        Err(e) => return Err(seg.corrupt(e.to_string())),
+                        Ok(None) => {
+                            // `take` filled what was free; a full buffer always parses or errors.
+                            bytes = &bytes[take..];
+                        }
+                        Ok(Some((rec, used))) => {
+                            bytes = &bytes[used - before..];
+                            seg.head_len = 0;
+                            self.start_record(seg, rec)?;
+                        }
+                    }
+                }
+                Rec::Diff {
+                    left,
+                    literal,
+                    seek,
+                } => {
+                    let n = (left.min(bytes.len() as u64) as usize).min(self.old_buf.len());
+                    let (chunk, rest) = bytes.split_at(n);
+                    let mut buf = std::mem::take(&mut self.old_buf);
+                    let result = self.old_chunk(seg, &mut buf[..n], Some(chunk));
+                    self.old_buf = buf;
+                    result?;
+                    bytes = rest;
+                    let left = left - n as u64;
+                    seg.rec = if left > 0 {
+                        Rec::Diff {
+                            left,
+                            literal,
+                            seek,
+                        }
+                    } else if literal > 0 {
+                        Rec::Literal {
+                            left: literal,
+                            seek,
+                        }
+                    } else {
+                        Self::finish_record(seg, seek);
+                        Rec::Head
+                    };
+                }
+                Rec::Literal { left, seek } => {
+                    let n = left.min(bytes.len() as u64) as usize;
+                    let (chunk, rest) = bytes.split_at(n);
+                    self.emit(seg, chunk)?;
+                    bytes = rest;
+                    let left = left - n as u64;
+                    seg.rec = if left > 0 {
+                        Rec::Literal { left, seek }
+                    } else {
+                        Self::finish_record(seg, seek);
+                        Rec::Head
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Validate a record against the segment and the old image, copy its
+    /// verbatim old bytes, then enter its diff or literal part.
+    fn start_record(&mut self, seg: &mut Segment, rec: Record) -> Result<(), ApplyError> {
+        if rec.output_len() > seg.remaining_out {
+            return Err(seg.corrupt(format!(
+                "record of {} bytes overruns the segment ({} bytes left)",
+                rec.output_len(),
+                seg.remaining_out
+            )));
+        }
+        let old_len = self.old.len();
+        let reads = rec.old_read_len();
+        let Some(read_end) = seg.old_pos.checked_add(reads).filter(|&e| e <= old_len) else {
+            return Err(seg.corrupt(format!(
+                "record reads {reads} old bytes at {}, past the {old_len}-byte old image",
+                seg.old_pos
+            )));
+        };
+        let after = i128::from(read_end) + i128::from(rec.seek);
+        if after < 0 || after > i128::from(old_len) {
+            return Err(seg.corrupt(format!(
+                "record moves the old cursor to {after}, outside the {old_len}-byte old image"
+            )));
+        }
+        let mut left = rec.copy_len;
+        while left > 0 {
+            let n = left.min(self.old_buf.len() as u64) as usize;
+            let mut buf = std::mem::take(&mut self.old_buf);
+            let result = self.old_chunk(seg, &mut buf[..n], None);
+            self.old_buf = buf;
+            result?;
+            left -= n as u64;
+        }
+        seg.rec = if rec.diff_len > 0 {
+            Rec::Diff {
+                left: rec.diff_len,
+                literal: rec.literal_len,
+                seek: rec.seek,
+            }
+        } else if rec.literal_len > 0 {
+            Rec::Literal {
+                left: rec.literal_len,
+                seek: rec.seek,
+            }
+        } else {
+            Self::finish_record(seg, rec.seek);
+            Rec::Head
+        };
+        Ok(())
+    }
+
+    fn finish_record(seg: &mut Segment, seek: i64) {
+        // Range checked in `start_record`.
+        seg.old_pos = (i128::from(seg.old_pos) + i128::from(seek)) as u64;
+    }
+
+    /// Read `buf.len()` old bytes at the cursor, add `diff` if given, emit them.
+    fn old_chunk(
+        &mut self,
+        seg: &mut Segment,
+        buf: &mut [u8],
+        diff: Option<&[u8]>,
+    ) -> Result<(), ApplyError> {
+        self.old
+            .read_at(seg.old_pos, buf)
+            .map_err(ApplyError::OldRead)?;
+        if let Some(diff) = diff {
+            for (o, d) in buf.iter_mut().zip(diff) {
+                *o = o.wrapping_add(*d);
+            }
+        }
+        seg.old_pos += buf.len() as u64;
+        self.emit(seg, buf)
+    }
+}
+
+/// Push-mode applier. Feed it the patch in pieces of any size with
+/// [`Applier::feed`], then call [`Applier::finish`].
+///
+/// Any error poisons it: later calls return [`ApplyError::Poisoned`], and the
+/// bytes already written to the sink must be discarded.
+pub struct Applier<'o, O: OldImage + ?Sized, S: Sink> {
+    out: Output<'o, O, S>,
+    opts: ApplyOptions,
+    stage: Stage,
+    acc: Vec<u8>,
+    want: usize,
+    header: Option<Header>,
+    whole: blake3::Hasher,
+    received: u64,
+    next_index: u32,
+    decoder: Option<Decoder<'static>>,
+    dec_buf: Vec<u8>,
+}
+
+impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
+    /// An applier that will read `old` and write the new image to `sink`.
+    /// Allocates its two 16 KiB buffers; the decoder is created only once the
+    /// header has been accepted.
+    pub fn new(old: &'o O, sink: S, opts: ApplyOptions) -> Self {
+        Applier {
+            out: Output {
+                old,
+                sink,
+                old_buf: vec![0; BUFFER_LEN],
+                hash: blake3::Hasher::new(),
+                produced: 0,
+            },
+            opts,
+            stage: Stage::Prefix,
+            acc: Vec::with_capacity(Header::PREFIX_LEN),
+            want: Header::PREFIX_LEN,
+            header: None,
+            whole: blake3::Hasher::new(),
+            received: 0,
+            next_index: 0,
+            decoder: None,
+            dec_buf: Vec::new(),
+        }
+    }
+
+    /// The header, once it has been read and accepted.
+    pub fn header(&self) -> Option<&Header> {
+        self.header.as_ref()
+    }
+
+    /// New-image bytes written to the sink so far.
+    pub fn produced(&self) -> u64 {
+        self.out.produced
+    }
+
+    /// Consume the next patch bytes. Returns once they are all processed.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), ApplyError> {
+        if matches!(self.stage, Stage::Failed) {
+            return Err(ApplyError::Poisoned);
+        }
+        let result = self.feed_inner(data);
+        if result.is_err() {
+            self.stage = Stage::Failed;
+        }
+        result
+    }
+
+    /// Declare the patch complete. Succeeds only if the trailer was read and
+    /// every check passed; returns the report and the sink.
+    pub fn finish(self) -> Result<(ApplyReport, S), ApplyError> {
+        let stage = match &self.stage {
+            Stage::Done => {
+                let header = self.header.ok_or(ApplyError::Poisoned)?;
+                return Ok((
+                    ApplyReport {
+                        header,
+                        patch_len: self.received,
+                    },
+                    self.out.sink,
+                ));
+            }
+            Stage::Failed => return Err(ApplyError::Poisoned),
+            Stage::Prefix | Stage::Header => "inside the header".to_string(),
+            Stage::SegmentHead if self.acc.is_empty() => {
+                format!("before segment {}", self.next_index)
+            }
+            Stage::SegmentHead => format!("inside the header of segment {}", self.next_index),
+            Stage::Payload(seg) => format!("inside segment {}", seg.head.index),
+            Stage::SegmentCheck(seg) => format!("inside the check of segment {}", seg.head.index),
+            Stage::Trailer => "before its trailer is complete".to_string(),
+        };
+        Err(ApplyError::Truncated {
+            stage,
+            offset: self.received,
+        })
+    }
+
+    fn feed_inner(&mut self, mut data: &[u8]) -> Result<(), ApplyError> {
+        while !data.is_empty() {
+            match &mut self.stage {
+                Stage::Payload(_) => {
+                    let n = self.payload(data)?;
+                    data = &data[n..];
+                    self.received += n as u64;
+                }
+                Stage::Done => return Err(ApplyError::TrailingData),
+                Stage::Failed => return Err(ApplyError::Poisoned),
+                _ => {
+                    let n = (self.want - self.acc.len()).min(data.len());
+                    self.acc.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    self.received += n as u64;
+                    if self.acc.len() == self.want {
+                        self.complete_part()?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A fixed-size part (`acc`) is complete: act on it.
+    fn complete_part(&mut self) -> Result<(), ApplyError> {
+        match std::mem::replace(&mut self.stage, Stage::Failed) {
+            Stage::Prefix => {
+                let mut prefix = [0u8; Header::PREFIX_LEN];
+                prefix.copy_from_slice(&self.acc);
+                self.want = Header::parse_prefix(&prefix)?;
+                self.stage = Stage::Header;
+            }
+            Stage::Header => {
+                let header = Header::parse(&self.acc)?;
+                self.whole.update(&self.acc);
+                self.accept_header(&header)?;
+                self.header = Some(header);
+                self.next_part();
+            }
+            Stage::SegmentHead => {
+                let header = self.header.as_ref().ok_or(ApplyError::Poisoned)?;
+                let mut b = [0u8; SegmentHeader::LEN];
+                b.copy_from_slice(&self.acc);
+                if b[0] == END_TAG {
+                    return Err(FormatError::BadTag {
+                        expected: "segment",
+                        found: b[0],
+                    }
+                    .into());
+                }
+                let head = SegmentHeader::parse(&b, header, self.next_index, self.out.produced)?;
+                self.whole.update(&b);
+                let mut check = blake3::Hasher::new();
+                check.update(&b);
+                if let Some(dec) = self.decoder.as_mut() {
+                    dec.reinit().map_err(|e| ApplyError::CorruptSegment {
+                        index: head.index,
+                        detail: format!("decoder reset failed: {e}"),
+                    })?;
+                }
+                self.stage = Stage::Payload(Box::new(Segment {
+                    head,
+                    payload_left: head.payload_len,
+                    remaining_out: head.new_len,
+                    old_pos: head.old_start,
+                    rec: Rec::Head,
+                    head_buf: [0; MAX_HEAD_LEN],
+                    head_len: 0,
+                    check,
+                    frame_done: false,
+                }));
+                self.acc.clear();
+            }
+            Stage::SegmentCheck(seg) => {
+                if truncate_check(&seg.check.finalize()) != self.acc[..] {
+                    return Err(seg.corrupt("segment check mismatch"));
+                }
+                self.whole.update(&self.acc);
+                self.out
+                    .sink
+                    .segment_done(&seg.head)
+                    .map_err(ApplyError::Sink)?;
+                self.next_index += 1;
+                self.next_part();
+            }
+            Stage::Trailer => {
+                let header = self.header.as_ref().ok_or(ApplyError::Poisoned)?;
+                if self.acc[0] != END_TAG {
+                    return Err(FormatError::BadTag {
+                        expected: "end of patch",
+                        found: self.acc[0],
+                    }
+                    .into());
+                }
+                self.whole.update(&self.acc[..1]);
+                if self.whole.finalize().as_bytes()[..] != self.acc[1..] {
+                    return Err(ApplyError::TrailerMismatch);
+                }
+                if self.out.produced != header.new_len {
+                    return Err(ApplyError::Format(FormatError::BadField {
+                        field: "segments",
+                        detail: format!(
+                            "cover {} of {} new bytes",
+                            self.out.produced, header.new_len
+                        ),
+                    }));
+                }
+                if *self.out.hash.finalize().as_bytes() != header.new_hash {
+                    return Err(ApplyError::NewHashMismatch);
+                }
+                self.stage = Stage::Done;
+            }
+            Stage::Payload(_) | Stage::Done | Stage::Failed => return Err(ApplyError::Poisoned),
+        }
+        Ok(())
+    }
+
+    /// After the header or a segment: expect the next segment or the trailer.
+    fn next_part(&mut self) {
+        let count = self.header.as_ref().map_or(0, |h| h.segment_count);
+        self.acc.clear();
+        if self.next_index < count {
+            self.stage = Stage::SegmentHead;
+            self.want = SegmentHeader::LEN;
+        } else {
+            self.stage = Stage::Trailer;
+            self.want = TRAILER_LEN;
+        }
+    }
+
+    /// Enforce this applier's limits, verify the old image, create the decoder.
+    fn accept_header(&mut self, header: &Header) -> Result<(), ApplyError> {
+        if header.apply_memory > self.opts.memory_limit {
+            return Err(ApplyError::MemoryBudget {
+                needed: header.apply_memory,
+                limit: self.opts.memory_limit,
+            });
+        }
+        if header.new_len > self.opts.max_new_len {
+            return Err(ApplyError::NewTooLarge {
+                len: header.new_len,
+                limit: self.opts.max_new_len,
+            });
+        }
+        self.verify_old(header)?;
+        match (header.codec, header.layout) {
+            (Codec::Zstd, Layout::Interleaved) => {}
+        }
+        if header.segment_count > 0 {
+            let mut dec = Decoder::new().map_err(ApplyError::Sink)?;
+            dec.set_parameter(DParameter::Format(FrameFormat::Magicless))
+                .and_then(|_| {
+                    dec.set_parameter(DParameter::WindowLogMax(u32::from(header.window_log)))
+                })
+                .map_err(|e| ApplyError::Sink(io::Error::other(format!("zstd setup: {e}"))))?;
+            self.decoder = Some(dec);
+            self.dec_buf = vec![0; BUFFER_LEN];
+        }
+        Ok(())
+    }
+
+    /// Check the old image's length and BLAKE3 against the header: one pass,
+    /// through the 16 KiB read buffer.
+    fn verify_old(&mut self, header: &Header) -> Result<(), ApplyError> {
+        let actual = self.out.old.len();
+        if actual != header.old_len {
+            return Err(ApplyError::OldLength {
+                expected: header.old_len,
+                actual,
+            });
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut pos = 0u64;
+        while pos < actual {
+            let n = (actual - pos).min(self.out.old_buf.len() as u64) as usize;
+            let buf = &mut self.out.old_buf[..n];
+            self.out
+                .old
+                .read_at(pos, buf)
+                .map_err(ApplyError::OldRead)?;
+            hasher.update(buf);
+            pos += n as u64;
+        }
+        let hash = hasher.finalize();
+        if *hash.as_bytes() != header.old_hash {
+            return Err(ApplyError::OldHash {
+                expected: blake3::Hash::from_bytes(header.old_hash)
+                    .to_hex()
+                    .to_string(),
+                actual: hash.to_hex().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stream payload bytes through the decoder and the record interpreter.
+    /// Returns how many bytes of `data` belonged to the payload.
+    fn payload(&mut self, data: &[u8]) -> Result<usize, ApplyError> {
+        let Stage::Payload(seg) = &mut self.stage else {
+            return Err(ApplyError::Poisoned);
+        };
+        let dec = self.decoder.as_mut().ok_or(ApplyError::Poisoned)?;
+        let n = data.len().min(seg.payload_left as usize);
+        let chunk = &data[..n];
+        seg.check.update(chunk);
+        self.whole.update(chunk);
+        let mut input = InBuffer::around(chunk);
+        loop {
+            if seg.frame_done {
+                if input.pos() < chunk.len() {
+                    return Err(seg.corrupt("data after the end of the compressed frame"));
+                }
+                break;
+            }
+            let in_before = input.pos();
+            let mut ob = OutBuffer::around(&mut self.dec_buf[..]);
+            let hint = dec
+                .run(&mut input, &mut ob)
+                .map_err(|e| seg.corrupt(format!("decompression failed: {e}")))?;
+            let got = ob.pos();
+            self.out.consume(seg, &self.dec_buf[..got])?;
+            if hint == 0 {
+                seg.frame_done = true;
+            }
+            let input_done = input.pos() == chunk.len();
+            if input_done && got < self.dec_buf.len() {
+                break;
+            }
+            if got == 0 && input.pos() == in_before {
+                return Err(seg.corrupt("decoder made no progress"));
+            }
+        }
+        seg.payload_left -= n as u32;
+        if seg.payload_left == 0 {
+            if !seg.frame_done {
+                return Err(seg.corrupt("compressed payload ends before its frame does"));
+            }
+            if seg.rec != Rec::Head || seg.head_len != 0 || seg.remaining_out != 0 {
+                return Err(seg.corrupt(format!(
+                    "stream ends with {} of {} bytes still to produce",
+                    seg.remaining_out, seg.head.new_len
+                )));
+            }
+            let Stage::Payload(seg) = std::mem::replace(&mut self.stage, Stage::Failed) else {
+                return Err(ApplyError::Poisoned);
+            };
+            self.stage = Stage::SegmentCheck(seg);
+            self.want = CHECK_LEN;
+            self.acc.clear();
+        }
+        Ok(n)
+    }
+}
+
+/// Pull-mode apply: read the whole patch from `patch` (16 KiB at a time) and
+/// write the new image to `sink`. Returns the report and the sink.
+///
+/// Memory and passes as for [`Applier`].
+pub fn apply<O: OldImage + ?Sized, R: Read, S: Sink>(
+    old: &O,
+    mut patch: R,
+    sink: S,
+    opts: ApplyOptions,
+) -> Result<(ApplyReport, S), ApplyError> {
+    let mut applier = Applier::new(old, sink, opts);
+    let mut buf = vec![0u8; BUFFER_LEN];
+    loop {
+        match patch.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => applier.feed(&buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ApplyError::PatchRead(e)),
+        }
+    }
+    applier.finish()
+}

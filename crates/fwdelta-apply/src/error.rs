@@ -1,0 +1,122 @@
+//! Errors of the applier, each one line, each naming the problem.
+
+use fwdelta_format::FormatError;
+use std::io;
+use thiserror::Error;
+
+/// Why applying a patch failed.
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    /// The patch's structure is invalid (magic, version, header, segment header).
+    #[error("invalid patch: {0}")]
+    Format(FormatError),
+    /// The patch needs more memory than this applier was allowed.
+    #[error("patch needs {needed} bytes of applier memory but the limit is {limit}")]
+    MemoryBudget {
+        /// Bytes the patch header claims.
+        needed: u64,
+        /// Bytes this applier may use.
+        limit: u64,
+    },
+    /// The patch produces a larger image than this applier accepts.
+    #[error("patch produces a {len}-byte image but the limit is {limit} bytes")]
+    NewTooLarge {
+        /// Declared new length.
+        len: u64,
+        /// Configured limit.
+        limit: u64,
+    },
+    /// The old image has the wrong length.
+    #[error("wrong old image: it is {actual} bytes, the patch was made for {expected} bytes")]
+    OldLength {
+        /// Length the patch expects.
+        expected: u64,
+        /// Length of the image given.
+        actual: u64,
+    },
+    /// The old image has the right length but the wrong content.
+    #[error("wrong old image: its BLAKE3 is {actual}, the patch was made for {expected}")]
+    OldHash {
+        /// Expected hash (hex).
+        expected: String,
+        /// Actual hash (hex).
+        actual: String,
+    },
+    /// The patch ended early.
+    #[error("patch is truncated: it ends {stage} after {offset} bytes")]
+    Truncated {
+        /// Where it ended ("inside the header", "inside segment 3", ...).
+        stage: String,
+        /// Patch bytes received.
+        offset: u64,
+    },
+    /// A segment failed to decode or failed its check.
+    #[error("patch is corrupt: segment {index}: {detail}")]
+    CorruptSegment {
+        /// Segment index.
+        index: u32,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The trailer hash does not match the bytes received.
+    #[error("patch is corrupt: trailer checksum mismatch")]
+    TrailerMismatch,
+    /// Every check passed but the output's hash differs from the header's.
+    #[error("patch produced an image whose BLAKE3 does not match the header")]
+    NewHashMismatch,
+    /// Bytes follow the trailer.
+    #[error("patch is corrupt: unexpected data after its end")]
+    TrailingData,
+    /// An earlier call failed; this applier is unusable.
+    #[error("applier was already stopped by an earlier error")]
+    Poisoned,
+    /// Reading the old image failed.
+    #[error("reading the old image failed: {0}")]
+    OldRead(io::Error),
+    /// Reading the patch failed.
+    #[error("reading the patch failed: {0}")]
+    PatchRead(io::Error),
+    /// Writing the new image failed.
+    #[error("writing the new image failed: {0}")]
+    Sink(io::Error),
+}
+
+// Causes are folded into each message (not exposed as `source`) so that a
+// chain printed with `{:#}` stays one line without repeating itself.
+impl From<FormatError> for ApplyError {
+    fn from(e: FormatError) -> Self {
+        ApplyError::Format(e)
+    }
+}
+
+/// Coarse classes of [`ApplyError`], for exit codes and retry decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The patch is malformed, corrupt, truncated or unsupported: get it again.
+    BadPatch,
+    /// The patch is fine but is for another old image.
+    WrongOldImage,
+    /// The patch needs more than this device allows.
+    Limits,
+    /// Reading or writing failed.
+    Io,
+}
+
+impl ApplyError {
+    /// Class of this error.
+    pub fn class(&self) -> ErrorClass {
+        use ApplyError::*;
+        match self {
+            Format(_)
+            | Truncated { .. }
+            | CorruptSegment { .. }
+            | TrailerMismatch
+            | NewHashMismatch
+            | TrailingData
+            | Poisoned => ErrorClass::BadPatch,
+            OldLength { .. } | OldHash { .. } => ErrorClass::WrongOldImage,
+            MemoryBudget { .. } | NewTooLarge { .. } => ErrorClass::Limits,
+            OldRead(_) | PatchRead(_) | Sink(_) => ErrorClass::Io,
+        }
+    }
+}

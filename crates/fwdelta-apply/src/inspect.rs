@@ -1,0 +1,159 @@
+//! Walk a patch's container without decoding payloads: header, every segment
+//! header and check, trailer. For `fwdelta info`, and for a terminal that wants
+//! to verify a downloaded patch's integrity before it starts applying.
+
+use crate::error::ApplyError;
+use crate::BUFFER_LEN;
+use fwdelta_format::header::Header;
+use fwdelta_format::segment::SegmentHeader;
+use fwdelta_format::trailer::{END_TAG, TRAILER_LEN};
+use fwdelta_format::{truncate_check, FormatError, CHECK_LEN};
+use std::io::{self, Read};
+
+/// The layout of a patch, as read by [`inspect`].
+#[derive(Debug, Clone)]
+pub struct PatchInfo {
+    /// The validated header.
+    pub header: Header,
+    /// Length of the header in bytes.
+    pub header_len: u64,
+    /// Every segment header, in order.
+    pub segments: Vec<SegmentHeader>,
+    /// Total patch length.
+    pub patch_len: u64,
+}
+
+/// Read a whole patch from `r`, validating its structure and every checksum
+/// (header check, segment checks, trailer) without decompressing anything.
+///
+/// Cost: one pass over the patch through a 16 KiB buffer; memory grows by 33
+/// bytes per segment for the returned list (at most one segment per new byte,
+/// and the header's count is checked before any is read).
+pub fn inspect<R: Read>(mut r: R) -> Result<PatchInfo, ApplyError> {
+    let mut whole = blake3::Hasher::new();
+    let mut offset = 0u64;
+
+    let mut prefix = [0u8; Header::PREFIX_LEN];
+    read_part(&mut r, &mut prefix, &mut offset, "inside the header")?;
+    let header_len = Header::parse_prefix(&prefix)?;
+    let mut hbuf = vec![0u8; header_len];
+    hbuf[..Header::PREFIX_LEN].copy_from_slice(&prefix);
+    read_part(
+        &mut r,
+        &mut hbuf[Header::PREFIX_LEN..],
+        &mut offset,
+        "inside the header",
+    )?;
+    let header = Header::parse(&hbuf)?;
+    whole.update(&hbuf);
+
+    let mut segments = Vec::new();
+    let mut produced = 0u64;
+    let mut buf = vec![0u8; BUFFER_LEN];
+    for index in 0..header.segment_count {
+        let mut b = [0u8; SegmentHeader::LEN];
+        read_part(
+            &mut r,
+            &mut b,
+            &mut offset,
+            &format!("before segment {index}"),
+        )?;
+        let seg = SegmentHeader::parse(&b, &header, index, produced)?;
+        whole.update(&b);
+        let mut check = blake3::Hasher::new();
+        check.update(&b);
+        let mut left = seg.payload_len as usize;
+        while left > 0 {
+            let n = left.min(buf.len());
+            read_part(
+                &mut r,
+                &mut buf[..n],
+                &mut offset,
+                &format!("inside segment {index}"),
+            )?;
+            check.update(&buf[..n]);
+            whole.update(&buf[..n]);
+            left -= n;
+        }
+        let mut c = [0u8; CHECK_LEN];
+        read_part(
+            &mut r,
+            &mut c,
+            &mut offset,
+            &format!("inside the check of segment {index}"),
+        )?;
+        if truncate_check(&check.finalize()) != c {
+            return Err(ApplyError::CorruptSegment {
+                index,
+                detail: "segment check mismatch".into(),
+            });
+        }
+        whole.update(&c);
+        produced += seg.new_len;
+        segments.push(seg);
+    }
+    if produced != header.new_len {
+        return Err(FormatError::BadField {
+            field: "segments",
+            detail: format!("cover {produced} of {} new bytes", header.new_len),
+        }
+        .into());
+    }
+    let mut t = [0u8; TRAILER_LEN];
+    read_part(
+        &mut r,
+        &mut t,
+        &mut offset,
+        "before its trailer is complete",
+    )?;
+    if t[0] != END_TAG {
+        return Err(FormatError::BadTag {
+            expected: "end of patch",
+            found: t[0],
+        }
+        .into());
+    }
+    whole.update(&t[..1]);
+    if whole.finalize().as_bytes()[..] != t[1..] {
+        return Err(ApplyError::TrailerMismatch);
+    }
+    let mut extra = [0u8; 1];
+    loop {
+        match r.read(&mut extra) {
+            Ok(0) => break,
+            Ok(_) => return Err(ApplyError::TrailingData),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ApplyError::PatchRead(e)),
+        }
+    }
+    Ok(PatchInfo {
+        header,
+        header_len: header_len as u64,
+        segments,
+        patch_len: offset,
+    })
+}
+
+fn read_part<R: Read>(
+    r: &mut R,
+    buf: &mut [u8],
+    offset: &mut u64,
+    stage: &str,
+) -> Result<(), ApplyError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(ApplyError::Truncated {
+                    stage: stage.to_string(),
+                    offset: *offset + got as u64,
+                })
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ApplyError::PatchRead(e)),
+        }
+    }
+    *offset += buf.len() as u64;
+    Ok(())
+}

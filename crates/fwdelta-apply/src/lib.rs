@@ -1,0 +1,37 @@
+//! Terminal-side fwdelta applier.
+//!
+//! Small and generator-free: it depends on the container crate, `zstd` (decoder)
+//! and `blake3` only. Memory is bounded by the patch's declared decoder window
+//! plus fixed 16 KiB buffers, whatever the image sizes (see
+//! [`fwdelta_format::MemoryModel`]).
+//!
+//! * [`Applier`] is the push-mode core: feed patch bytes as they arrive, then
+//!   [`Applier::finish`]. Nothing of the patch is stored.
+//! * [`apply`] is the pull-mode adapter: patch from any [`std::io::Read`].
+//! * [`OldImage`] is the random-read source for the old image (a slice, a file
+//!   read by offset, a flash partition); [`Sink`] receives the new image.
+//! * [`AtomicFile`] is a sink that writes beside the target and renames into
+//!   place only after everything verified.
+//!
+//! The old image is hashed and checked against the header before a single
+//! output byte is produced; every segment is checked; the trailer hash and the
+//! new image's hash are checked at the end. Any failure is a typed
+//! [`ApplyError`]; output already handed to the sink must then be discarded
+//! (the [`AtomicFile`] sink does that by itself).
+
+mod applier;
+pub mod atomic_file;
+mod error;
+pub mod inspect;
+pub mod sink;
+pub mod source;
+
+pub use applier::{apply, Applier, ApplyOptions, ApplyReport};
+pub use atomic_file::AtomicFile;
+pub use error::{ApplyError, ErrorClass};
+pub use inspect::{inspect, PatchInfo};
+pub use sink::{Sink, WriteSink};
+pub use source::{FileImage, OldImage};
+
+/// Size of each of the applier's fixed working buffers.
+pub const BUFFER_LEN: usize = 16 * 1024;

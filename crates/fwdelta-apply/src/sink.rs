@@ -1,0 +1,44 @@
+//! Where the new image goes. The applier pushes bytes in order, in pieces of at
+//! most 16 KiB, and says when each segment is complete.
+
+use fwdelta_format::SegmentHeader;
+use std::io::{self, Write};
+
+/// Receiver of the new image, in order.
+pub trait Sink {
+    /// Take the next bytes of the new image.
+    fn write(&mut self, data: &[u8]) -> io::Result<()>;
+
+    /// Called after a segment's bytes were all written and its check passed.
+    /// Default: nothing.
+    fn segment_done(&mut self, segment: &SegmentHeader) -> io::Result<()> {
+        let _ = segment;
+        Ok(())
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+impl<S: Sink + ?Sized> Sink for &mut S {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        (**self).write(data)
+    }
+    fn segment_done(&mut self, segment: &SegmentHeader) -> io::Result<()> {
+        (**self).segment_done(segment)
+    }
+}
+
+/// Adapts any [`Write`] into a [`Sink`].
+#[derive(Debug)]
+pub struct WriteSink<W: Write>(pub W);
+
+impl<W: Write> Sink for WriteSink<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.write_all(data)
+    }
+}

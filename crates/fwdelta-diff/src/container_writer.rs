@@ -1,0 +1,71 @@
+//! The container writer: header, checked segments, trailer.
+
+use crate::error::DiffError;
+use crate::segmenter::SegmentPlan;
+use fwdelta_format::segment::SegmentHeader;
+use fwdelta_format::trailer::END_TAG;
+use fwdelta_format::{truncate_check, Codec, Header, Layout, MemoryModel};
+
+/// What the header says about the two images.
+#[derive(Debug, Clone)]
+pub struct Images {
+    /// Old image length.
+    pub old_len: u64,
+    /// Old image BLAKE3.
+    pub old_hash: [u8; 32],
+    /// New image length.
+    pub new_len: u64,
+    /// New image BLAKE3.
+    pub new_hash: [u8; 32],
+}
+
+/// Assemble a patch from encoded segment payloads (`payloads[i]` belongs to
+/// `segments[i]`). Cost: one pass over the payloads to hash them; the patch is
+/// built in one allocation.
+pub fn write(
+    images: &Images,
+    window_log: u8,
+    segments: &[SegmentPlan],
+    payloads: &[Vec<u8>],
+) -> Result<Vec<u8>, DiffError> {
+    let segment_count = u32::try_from(segments.len())
+        .map_err(|_| DiffError::InvalidOption("too many segments".into()))?;
+    let header = Header {
+        flags: 0,
+        old_len: images.old_len,
+        old_hash: images.old_hash,
+        new_len: images.new_len,
+        new_hash: images.new_hash,
+        codec: Codec::Zstd,
+        window_log,
+        layout: Layout::Interleaved,
+        segment_count,
+        apply_memory: MemoryModel::required(window_log),
+    };
+    let body: usize = payloads
+        .iter()
+        .map(|p| p.len() + SegmentHeader::LEN + 16)
+        .sum();
+    let mut out = Vec::with_capacity(header.encoded_len() + body + 33);
+    out.extend_from_slice(&header.encode());
+    for (index, (seg, payload)) in segments.iter().zip(payloads).enumerate() {
+        let head = SegmentHeader {
+            index: index as u32,
+            new_offset: seg.new_offset,
+            new_len: seg.new_len,
+            old_start: seg.old_start,
+            payload_len: payload.len() as u32,
+        }
+        .encode();
+        let mut check = blake3::Hasher::new();
+        check.update(&head);
+        check.update(payload);
+        out.extend_from_slice(&head);
+        out.extend_from_slice(payload);
+        out.extend_from_slice(&truncate_check(&check.finalize()));
+    }
+    out.push(END_TAG);
+    let trailer = blake3::hash(&out);
+    out.extend_from_slice(trailer.as_bytes());
+    Ok(out)
+}

@@ -1,0 +1,38 @@
+//! Errors of the generator.
+
+use thiserror::Error;
+
+/// Why a patch could not be made.
+#[derive(Debug, Error)]
+pub enum DiffError {
+    /// An option is out of range.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// The applier memory budget cannot hold even the smallest decoder.
+    #[error("apply memory budget of {budget} bytes is below the minimum of {minimum} bytes")]
+    BudgetTooSmall {
+        /// Requested budget.
+        budget: u64,
+        /// Smallest workable budget.
+        minimum: u64,
+    },
+    /// An image exceeds the format limit.
+    #[error("{which} image of {len} bytes exceeds the 1 TiB format limit")]
+    TooLarge {
+        /// "old" or "new".
+        which: &'static str,
+        /// Its length.
+        len: u64,
+    },
+    /// A segment's compressed payload would exceed the format's limit.
+    #[error("segment {index} compresses to {len} bytes, over the format's payload limit")]
+    PayloadTooLarge {
+        /// Segment index.
+        index: usize,
+        /// Compressed length.
+        len: usize,
+    },
+    /// The compressor failed.
+    #[error("compression failed: {0}")]
+    Compress(#[from] std::io::Error),
+}

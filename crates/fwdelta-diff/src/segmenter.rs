@@ -1,0 +1,242 @@
+//! The segment layout: where the patch body is cut into independently decodable
+//! segments.
+//!
+//! Each cut restarts the compressor, which costs patch bytes; cutting too rarely
+//! makes resume and parallel apply coarse. The segmenter estimates each op's
+//! compressed cost — record head, literal bytes, and *non-zero* diff bytes (runs
+//! of zero differences compress to almost nothing) — and closes a segment when
+//! its estimate reaches the target. An op larger than the target is split
+//! inside.
+
+use crate::matcher::Op;
+use rayon::prelude::*;
+
+/// Estimated cost of a record head.
+const HEAD_COST: u64 = 4;
+
+/// One planned segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentPlan {
+    /// First new byte produced.
+    pub new_offset: u64,
+    /// New bytes produced.
+    pub new_len: u64,
+    /// Old cursor at the segment's start.
+    pub old_start: u64,
+    /// Ops, in order (the first and last may be parts of a split op).
+    pub ops: Vec<Op>,
+}
+
+/// Estimated compressed cost of each op. Cost: one parallel pass over the
+/// diff ranges of both images.
+pub fn op_costs(ops: &[Op], old: &[u8], new: &[u8]) -> Vec<u64> {
+    let mut starts = Vec::with_capacity(ops.len());
+    let mut pos = 0u64;
+    for op in ops {
+        starts.push(pos);
+        pos += op.len();
+    }
+    ops.par_iter()
+        .zip(starts.par_iter())
+        .map(|(op, &at)| {
+            let (n, o, d) = (at as usize, op.old_start as usize, op.diff_len as usize);
+            let nonzero = new[n..n + d]
+                .iter()
+                .zip(&old[o..o + d])
+                .filter(|(a, b)| a != b)
+                .count();
+            HEAD_COST + op.literal_len + nonzero as u64
+        })
+        .collect()
+}
+
+/// Cut `ops` into segments of estimated cost about `target` each.
+/// Cost: one pass over the ops after [`op_costs`]; the ops are copied once.
+pub fn split(ops: &[Op], old: &[u8], new: &[u8], target: u64) -> Vec<SegmentPlan> {
+    let costs = op_costs(ops, old, new);
+    let mut out = Vec::new();
+    let mut cur = Builder::default();
+    for (&op, &cost) in ops.iter().zip(&costs) {
+        let (mut op, mut cost) = (op, cost);
+        if cur.cost > 0 && cur.cost.saturating_add(cost) > target {
+            cur.close(&mut out);
+        }
+        while cost > target && op.len() > 1 {
+            let take = ((u128::from(op.len()) * u128::from(target) / u128::from(cost)) as u64)
+                .clamp(1, op.len() - 1);
+            let (head, tail) = split_op(op, take);
+            let head_cost = (u128::from(cost) * u128::from(take) / u128::from(op.len())) as u64;
+            cur.add(head, head_cost);
+            cur.close(&mut out);
+            op = tail;
+            cost = cost.saturating_sub(head_cost).max(1);
+        }
+        cur.add(op, cost);
+    }
+    cur.close(&mut out);
+    out
+}
+
+/// Split an op after its first `k` new bytes (`0 < k < op.len()`).
+pub fn split_op(op: Op, k: u64) -> (Op, Op) {
+    if k <= op.diff_len {
+        (
+            Op {
+                old_start: op.old_start,
+                diff_len: k,
+                literal_len: 0,
+            },
+            Op {
+                old_start: op.old_start + k,
+                diff_len: op.diff_len - k,
+                literal_len: op.literal_len,
+            },
+        )
+    } else {
+        let lit = k - op.diff_len;
+        (
+            Op {
+                old_start: op.old_start,
+                diff_len: op.diff_len,
+                literal_len: lit,
+            },
+            Op {
+                old_start: op.old_end(),
+                diff_len: 0,
+                literal_len: op.literal_len - lit,
+            },
+        )
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    new_offset: u64,
+    new_len: u64,
+    cost: u64,
+    ops: Vec<Op>,
+}
+
+impl Builder {
+    fn add(&mut self, op: Op, cost: u64) {
+        self.new_len += op.len();
+        self.cost = self.cost.saturating_add(cost.max(1));
+        self.ops.push(op);
+    }
+
+    fn close(&mut self, out: &mut Vec<SegmentPlan>) {
+        if self.ops.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.ops);
+        out.push(SegmentPlan {
+            new_offset: self.new_offset,
+            new_len: self.new_len,
+            old_start: ops[0].old_start,
+            ops,
+        });
+        self.new_offset += self.new_len;
+        self.new_len = 0;
+        self.cost = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_tiling(segs: &[SegmentPlan], total: u64) {
+        let mut at = 0;
+        for s in segs {
+            assert_eq!(s.new_offset, at);
+            assert!(s.new_len > 0);
+            assert_eq!(s.ops.iter().map(Op::len).sum::<u64>(), s.new_len);
+            assert_eq!(s.old_start, s.ops[0].old_start);
+            at += s.new_len;
+        }
+        assert_eq!(at, total);
+    }
+
+    #[test]
+    fn big_literal_is_split_to_target() {
+        let new = vec![1u8; 10_000];
+        let ops = [Op {
+            old_start: 0,
+            diff_len: 0,
+            literal_len: 10_000,
+        }];
+        let segs = split(&ops, &[], &new, 1000);
+        check_tiling(&segs, 10_000);
+        assert!((9..=12).contains(&segs.len()), "{} segments", segs.len());
+    }
+
+    #[test]
+    fn identical_images_are_one_segment() {
+        let data = vec![5u8; 100_000];
+        let ops = [Op {
+            old_start: 0,
+            diff_len: 100_000,
+            literal_len: 0,
+        }];
+        let segs = split(&ops, &data, &data, 1000);
+        assert_eq!(segs.len(), 1);
+        check_tiling(&segs, 100_000);
+    }
+
+    #[test]
+    fn split_op_keeps_old_cursor() {
+        let op = Op {
+            old_start: 10,
+            diff_len: 5,
+            literal_len: 5,
+        };
+        assert_eq!(
+            split_op(op, 3),
+            (
+                Op {
+                    old_start: 10,
+                    diff_len: 3,
+                    literal_len: 0
+                },
+                Op {
+                    old_start: 13,
+                    diff_len: 2,
+                    literal_len: 5
+                }
+            )
+        );
+        assert_eq!(
+            split_op(op, 7),
+            (
+                Op {
+                    old_start: 10,
+                    diff_len: 5,
+                    literal_len: 2
+                },
+                Op {
+                    old_start: 15,
+                    diff_len: 0,
+                    literal_len: 3
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn unlimited_target_gives_one_segment() {
+        let new = vec![9u8; 5000];
+        let ops = [
+            Op {
+                old_start: 0,
+                diff_len: 0,
+                literal_len: 2000,
+            },
+            Op {
+                old_start: 0,
+                diff_len: 0,
+                literal_len: 3000,
+            },
+        ];
+        assert_eq!(split(&ops, &[], &new, u64::MAX).len(), 1);
+    }
+}

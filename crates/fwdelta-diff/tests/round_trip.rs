@@ -1,0 +1,169 @@
+//! Generator → applier round trips over random and structured edits.
+
+use fwdelta_apply::{apply, ApplyOptions};
+use fwdelta_diff::{diff, Options, Plan};
+use proptest::prelude::*;
+
+fn round_trip(old: &[u8], new: &[u8], opts: &Options) -> Vec<u8> {
+    let patch = diff(old, new, opts).expect("diff");
+    let (report, out) =
+        apply(old, &patch.bytes[..], Vec::new(), ApplyOptions::default()).expect("apply");
+    assert_eq!(report.patch_len, patch.bytes.len() as u64);
+    assert_eq!(out, new, "round trip mismatch");
+    patch.bytes
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Code-like data: repeated 4-byte "instructions" with varying fields.
+fn codeish(seed: u64, len: usize) -> Vec<u8> {
+    let n = noise(seed, len / 4 + 1);
+    let mut out = Vec::with_capacity(len);
+    for (i, b) in n.iter().enumerate() {
+        out.extend_from_slice(&[0xf0 | (b & 3), b & 0x0f, (i as u8) & 0x1f, 0xe8]);
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn edge_cases() {
+    let opts = Options::default();
+    let base = codeish(1, 100_000);
+    round_trip(&[], &[], &opts);
+    round_trip(&[], &base, &opts);
+    round_trip(&base, &[], &opts);
+    round_trip(&base, &base, &opts);
+    round_trip(b"a", b"b", &opts);
+    let mut one = base.clone();
+    one[50_000] ^= 1;
+    round_trip(&base, &one, &opts);
+    let mut moved = base.clone();
+    let block: Vec<u8> = moved.drain(10_000..30_000).collect();
+    moved.splice(70_000..70_000, block);
+    round_trip(&base, &moved, &opts);
+    round_trip(&base, &noise(9, 100_000), &opts);
+}
+
+#[test]
+fn identical_patch_is_small() {
+    let data = codeish(3, 2_000_000);
+    let p = round_trip(&data, &data, &Options::default());
+    assert!(
+        p.len() < 300,
+        "identical 2 MB gave a {}-byte patch",
+        p.len()
+    );
+}
+
+#[test]
+fn one_byte_change_is_small() {
+    let data = codeish(4, 4_000_000);
+    let mut new = data.clone();
+    new[1_234_567] ^= 0x40;
+    let p = round_trip(&data, &new, &Options::default());
+    assert!(
+        p.len() < 400,
+        "one changed byte in 4 MB gave a {}-byte patch",
+        p.len()
+    );
+}
+
+#[test]
+fn small_segments_and_tiny_budget_still_round_trip() {
+    let old = codeish(5, 300_000);
+    let mut new = old.clone();
+    new.splice(100..100, noise(6, 40_000));
+    for b in new.iter_mut().skip(200_000).step_by(97) {
+        *b = b.wrapping_add(3);
+    }
+    let tiny = Options {
+        segment_cost: 512,
+        apply_memory: fwdelta_format::MemoryModel::min_budget(),
+        level: 3,
+    };
+    let plan = Plan::build(&old, &new).unwrap();
+    let patch = plan.encode(&old, &new, &tiny).unwrap();
+    assert!(
+        patch.report.segments > 20,
+        "{} segments",
+        patch.report.segments
+    );
+    let (_, out) = apply(
+        &old[..],
+        &patch.bytes[..],
+        Vec::new(),
+        ApplyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(out, new);
+}
+
+/// One edit: (kind, position, length, seed).
+type Edit = (u8, usize, usize, u64);
+
+fn edit_strategy() -> impl Strategy<Value = (Vec<u8>, Vec<Edit>)> {
+    (
+        prop::collection::vec(any::<u8>(), 0..4000),
+        prop::collection::vec((0u8..4, 0usize..4000, 0usize..600, any::<u64>()), 0..8),
+    )
+}
+
+/// Apply a list of edits (insert noise, delete, overwrite, move) to `old`.
+fn edited(old: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut new = old.to_vec();
+    for &(kind, at, len, seed) in edits {
+        let at = if new.is_empty() {
+            0
+        } else {
+            at % (new.len() + 1)
+        };
+        let end = (at + len).min(new.len());
+        match kind {
+            0 => {
+                new.splice(at..at, noise(seed, len));
+            }
+            1 => {
+                new.drain(at..end);
+            }
+            2 => {
+                let n = noise(seed, end - at);
+                new[at..end].copy_from_slice(&n);
+            }
+            _ => {
+                let block: Vec<u8> = new.drain(at..end).collect();
+                let to = (seed as usize) % (new.len() + 1);
+                new.splice(to..to, block);
+            }
+        }
+    }
+    new
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn random_pairs_round_trip(old in prop::collection::vec(any::<u8>(), 0..3000),
+                               new in prop::collection::vec(any::<u8>(), 0..3000)) {
+        round_trip(&old, &new, &Options { level: 3, ..Options::default() });
+    }
+
+    #[test]
+    fn structured_edits_round_trip((old, edits) in edit_strategy(), cost in 16u64..4096) {
+        let new = edited(&old, &edits);
+        let opts = Options { level: 3, segment_cost: cost, ..Options::default() };
+        round_trip(&old, &new, &opts);
+    }
+}

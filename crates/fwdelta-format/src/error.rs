@@ -1,0 +1,81 @@
+//! Typed errors for everything that can be wrong with a patch's bytes.
+
+use thiserror::Error;
+
+/// A reason a patch (or part of one) is refused. Every variant names the problem
+/// in one line, suitable for a terminal log or a CLI error message.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum FormatError {
+    /// The first eight bytes are not [`crate::MAGIC`].
+    #[error("not an fwdelta patch (bad magic bytes)")]
+    BadMagic,
+    /// The container version is not one this build reads.
+    #[error("unsupported patch format version {found} (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// Version found in the patch.
+        found: u16,
+        /// Version this build supports.
+        supported: u16,
+    },
+    /// Flag bits this build does not understand are set.
+    #[error("patch uses unsupported features (flags {0:#06x})")]
+    UnsupportedFlags(u16),
+    /// The header's declared length is out of range.
+    #[error("patch header length {0} is out of range")]
+    BadHeaderLength(u32),
+    /// The 16-byte check closing the header does not match.
+    #[error("patch header is corrupt (header check mismatch)")]
+    HeaderCheck,
+    /// A declared image length exceeds [`crate::MAX_IMAGE_LEN`].
+    #[error("patch claims an absurd {which} image size of {len} bytes (limit {limit})")]
+    AbsurdSize {
+        /// "old" or "new".
+        which: &'static str,
+        /// The claimed length.
+        len: u64,
+        /// The format limit.
+        limit: u64,
+    },
+    /// Unknown compression codec id.
+    #[error("patch uses unknown codec {0}")]
+    UnknownCodec(u8),
+    /// Unknown body layout id.
+    #[error("patch uses unknown body layout {0}")]
+    UnknownLayout(u8),
+    /// Decoder window outside what the format allows.
+    #[error("patch declares decoder window 2^{0}, outside 2^10..=2^30")]
+    BadWindow(u8),
+    /// A field that must be a fixed value is not.
+    #[error("patch header field {field} is invalid: {detail}")]
+    BadField {
+        /// Field name.
+        field: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// An unknown extension marked critical was found in the header.
+    #[error("patch needs header extension {0:#06x}, which this build does not know")]
+    UnknownCriticalExtension(u16),
+    /// A segment header is inconsistent with the patch header or with the previous segments.
+    #[error("segment {index} header is invalid: {detail}")]
+    BadSegment {
+        /// Segment index (as expected by position).
+        index: u32,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A varint ran past its maximum length or overflowed 64 bits.
+    #[error("malformed varint")]
+    BadVarint,
+    /// A record in a segment's stream is inconsistent with the images.
+    #[error("malformed record: {0}")]
+    BadRecord(String),
+    /// Bytes do not form a known tag where one is expected.
+    #[error("expected {expected}, found byte {found:#04x}")]
+    BadTag {
+        /// What was expected ("segment" / "end of patch").
+        expected: &'static str,
+        /// The byte found.
+        found: u8,
+    },
+}

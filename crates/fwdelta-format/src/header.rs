@@ -1,0 +1,450 @@
+//! The patch header: what the patch turns into what, how the body is coded, and
+//! what the applier needs. Parsed in two steps so a streaming reader can learn the
+//! header's length from its first [`Header::PREFIX_LEN`] bytes.
+
+use crate::error::FormatError;
+use crate::memory::MemoryModel;
+use crate::{check_of, CHECK_LEN, FORMAT_VERSION, HASH_LEN, MAGIC, MAX_IMAGE_LEN};
+
+/// Compression codec of segment payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Each payload is one magicless zstd frame.
+    Zstd,
+}
+
+impl Codec {
+    /// Wire id.
+    pub fn id(self) -> u8 {
+        match self {
+            Codec::Zstd => 1,
+        }
+    }
+    /// Name for humans and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Zstd => "zstd",
+        }
+    }
+    fn from_id(id: u8) -> Result<Self, FormatError> {
+        match id {
+            1 => Ok(Codec::Zstd),
+            other => Err(FormatError::UnknownCodec(other)),
+        }
+    }
+}
+
+/// How a segment's decompressed stream is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Records of (diff length, literal length, seek) each followed by its diff
+    /// bytes then its literal bytes, in one stream (see [`crate::record`]).
+    Interleaved,
+}
+
+impl Layout {
+    /// Wire id.
+    pub fn id(self) -> u8 {
+        match self {
+            Layout::Interleaved => 1,
+        }
+    }
+    /// Name for humans and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Interleaved => "interleaved-records",
+        }
+    }
+    fn from_id(id: u8) -> Result<Self, FormatError> {
+        match id {
+            1 => Ok(Layout::Interleaved),
+            other => Err(FormatError::UnknownLayout(other)),
+        }
+    }
+}
+
+/// Flag bits a version-1 reader understands (none yet; later features such as
+/// in-place patches and signatures claim bits and must be refused by readers that
+/// predate them).
+pub const KNOWN_FLAGS: u16 = 0;
+
+/// Smallest decoder window the format admits (log2).
+pub const MIN_WINDOW_LOG: u8 = 10;
+/// Largest decoder window the format admits (log2).
+pub const MAX_WINDOW_LOG: u8 = 30;
+
+/// Decoded patch header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Feature flags; a reader refuses bits outside [`KNOWN_FLAGS`].
+    pub flags: u16,
+    /// Exact length of the old image the patch applies to.
+    pub old_len: u64,
+    /// BLAKE3 of the old image.
+    pub old_hash: [u8; HASH_LEN],
+    /// Exact length of the image the patch produces.
+    pub new_len: u64,
+    /// BLAKE3 of the produced image.
+    pub new_hash: [u8; HASH_LEN],
+    /// Payload codec.
+    pub codec: Codec,
+    /// log2 of the decoder window every payload fits in.
+    pub window_log: u8,
+    /// Decompressed stream layout.
+    pub layout: Layout,
+    /// Number of segments in the body.
+    pub segment_count: u32,
+    /// Bytes of memory the applier needs (decoder and its own buffers), as
+    /// computed by [`MemoryModel::required`] for `window_log` at write time.
+    pub apply_memory: u64,
+}
+
+impl Header {
+    /// Bytes needed to learn the full header length: magic, version, flags, length.
+    pub const PREFIX_LEN: usize = 16;
+    /// Length of the fixed fields before the extension area.
+    pub const FIXED_LEN: usize = 112;
+    /// Length of a header with no extensions (fixed fields and the check).
+    pub const MIN_LEN: usize = Self::FIXED_LEN + CHECK_LEN;
+    /// Longest header accepted (bounds the buffer a streaming parser needs).
+    pub const MAX_LEN: usize = 4096;
+
+    /// Serialise to bytes (no extensions). Cost: one small allocation.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(Self::MIN_LEN);
+        b.extend_from_slice(&MAGIC);
+        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b.extend_from_slice(&self.flags.to_le_bytes());
+        b.extend_from_slice(&(Self::MIN_LEN as u32).to_le_bytes());
+        b.extend_from_slice(&self.old_len.to_le_bytes());
+        b.extend_from_slice(&self.old_hash);
+        b.extend_from_slice(&self.new_len.to_le_bytes());
+        b.extend_from_slice(&self.new_hash);
+        b.push(self.codec.id());
+        b.push(self.window_log);
+        b.push(self.layout.id());
+        b.push(0);
+        b.extend_from_slice(&self.segment_count.to_le_bytes());
+        b.extend_from_slice(&self.apply_memory.to_le_bytes());
+        debug_assert_eq!(b.len(), Self::FIXED_LEN);
+        let check = check_of(&b);
+        b.extend_from_slice(&check);
+        b
+    }
+
+    /// Validate the first [`Self::PREFIX_LEN`] bytes and return the total header
+    /// length they declare. Refuses bad magic, other versions and unknown flags
+    /// here, so a stream of garbage is rejected after 16 bytes.
+    pub fn parse_prefix(prefix: &[u8; Self::PREFIX_LEN]) -> Result<usize, FormatError> {
+        if prefix[..8] != MAGIC {
+            return Err(FormatError::BadMagic);
+        }
+        let version = u16::from_le_bytes([prefix[8], prefix[9]]);
+        if version != FORMAT_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let header_len = u32::from_le_bytes([prefix[12], prefix[13], prefix[14], prefix[15]]);
+        let len = header_len as usize;
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&len) {
+            return Err(FormatError::BadHeaderLength(header_len));
+        }
+        // Flags are checked after the header check in `parse`, so that a flipped
+        // flag bit is reported as corruption rather than as an unknown feature.
+        Ok(len)
+    }
+
+    /// Parse and validate a whole header (`bytes.len()` must be the length
+    /// returned by [`Self::parse_prefix`]). Checks the header check first, then
+    /// every field: flags, sizes, codec, window, layout, segment count and the
+    /// memory claim. Cost: one hash over at most 4 KiB, no allocation.
+    pub fn parse(bytes: &[u8]) -> Result<Header, FormatError> {
+        let mut prefix = [0u8; Self::PREFIX_LEN];
+        prefix.copy_from_slice(
+            bytes
+                .get(..Self::PREFIX_LEN)
+                .ok_or(FormatError::BadHeaderLength(0))?,
+        );
+        let len = Self::parse_prefix(&prefix)?;
+        if bytes.len() != len {
+            return Err(FormatError::BadHeaderLength(bytes.len() as u32));
+        }
+        let (body, check) = bytes.split_at(len - CHECK_LEN);
+        if check_of(body) != check {
+            return Err(FormatError::HeaderCheck);
+        }
+        let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(FormatError::UnsupportedFlags(flags & !KNOWN_FLAGS));
+        }
+        let mut r = Fields {
+            bytes: body,
+            pos: Self::PREFIX_LEN,
+        };
+        let old_len = r.u64();
+        let old_hash = r.hash();
+        let new_len = r.u64();
+        let new_hash = r.hash();
+        let codec = Codec::from_id(r.u8())?;
+        let window_log = r.u8();
+        let layout = Layout::from_id(r.u8())?;
+        let reserved = r.u8();
+        let segment_count = r.u32();
+        let apply_memory = r.u64();
+        debug_assert_eq!(r.pos, Self::FIXED_LEN);
+
+        for (which, len) in [("old", old_len), ("new", new_len)] {
+            if len > MAX_IMAGE_LEN {
+                return Err(FormatError::AbsurdSize {
+                    which,
+                    len,
+                    limit: MAX_IMAGE_LEN,
+                });
+            }
+        }
+        if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&window_log) {
+            return Err(FormatError::BadWindow(window_log));
+        }
+        if reserved != 0 {
+            return Err(FormatError::BadField {
+                field: "reserved",
+                detail: format!("must be 0, is {reserved}"),
+            });
+        }
+        // Every segment produces at least one byte, so there can be no more
+        // segments than new bytes (and none at all for an empty new image).
+        if u64::from(segment_count) > new_len || (new_len > 0 && segment_count == 0) {
+            return Err(FormatError::BadField {
+                field: "segment_count",
+                detail: format!("{segment_count} segments cannot produce {new_len} bytes"),
+            });
+        }
+        let needed = MemoryModel::required(window_log);
+        if apply_memory < needed {
+            return Err(FormatError::BadField {
+                field: "apply_memory",
+                detail: format!(
+                    "claims {apply_memory} bytes but a 2^{window_log} window needs {needed}"
+                ),
+            });
+        }
+        check_extensions(&body[Self::FIXED_LEN..])?;
+
+        Ok(Header {
+            flags,
+            old_len,
+            old_hash,
+            new_len,
+            new_hash,
+            codec,
+            window_log,
+            layout,
+            segment_count,
+            apply_memory,
+        })
+    }
+
+    /// Length this header occupies when encoded by [`Self::encode`].
+    pub fn encoded_len(&self) -> usize {
+        Self::MIN_LEN
+    }
+}
+
+/// Walk the extension area: entries of (type u16, length u16, value). Types with
+/// the high bit set are critical and refused when unknown (all are unknown in
+/// version 1); others are skipped.
+fn check_extensions(mut area: &[u8]) -> Result<(), FormatError> {
+    while !area.is_empty() {
+        if area.len() < 4 {
+            return Err(FormatError::BadField {
+                field: "extensions",
+                detail: "truncated extension entry".into(),
+            });
+        }
+        let ty = u16::from_le_bytes([area[0], area[1]]);
+        let len = usize::from(u16::from_le_bytes([area[2], area[3]]));
+        if ty & 0x8000 != 0 {
+            return Err(FormatError::UnknownCriticalExtension(ty));
+        }
+        area = area.get(4 + len..).ok_or_else(|| FormatError::BadField {
+            field: "extensions",
+            detail: format!("extension {ty:#06x} runs past the header"),
+        })?;
+    }
+    Ok(())
+}
+
+/// Little-endian field reader over a buffer whose length was already checked.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Fields<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.bytes[self.pos..self.pos + N]);
+        self.pos += N;
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+    fn hash(&mut self) -> [u8; HASH_LEN] {
+        self.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Header {
+        Header {
+            flags: 0,
+            old_len: 1000,
+            old_hash: [1; 32],
+            new_len: 2000,
+            new_hash: [2; 32],
+            codec: Codec::Zstd,
+            window_log: 19,
+            layout: Layout::Interleaved,
+            segment_count: 3,
+            apply_memory: MemoryModel::required(19),
+        }
+    }
+
+    fn reparse(bytes: &[u8]) -> Result<Header, FormatError> {
+        let mut prefix = [0u8; Header::PREFIX_LEN];
+        prefix.copy_from_slice(&bytes[..Header::PREFIX_LEN]);
+        let len = Header::parse_prefix(&prefix)?;
+        Header::parse(&bytes[..len])
+    }
+
+    /// Rewrite a field and re-seal the header check, to test field validation
+    /// separately from corruption detection.
+    fn with_field(offset: usize, value: &[u8]) -> Vec<u8> {
+        let mut b = sample().encode();
+        b[offset..offset + value.len()].copy_from_slice(value);
+        let n = b.len() - CHECK_LEN;
+        let check = check_of(&b[..n]);
+        b[n..].copy_from_slice(&check);
+        b
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = sample();
+        let bytes = h.encode();
+        assert_eq!(bytes.len(), Header::MIN_LEN);
+        assert_eq!(reparse(&bytes).unwrap(), h);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let bytes = sample().encode();
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut b = bytes.clone();
+                b[i] ^= bit;
+                let mut prefix = [0u8; Header::PREFIX_LEN];
+                prefix.copy_from_slice(&b[..Header::PREFIX_LEN]);
+                match Header::parse_prefix(&prefix) {
+                    Err(_) => continue,
+                    Ok(len) if len != b.len() => continue,
+                    Ok(_) => assert!(Header::parse(&b).is_err(), "flip at {i} accepted"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_other_version() {
+        let mut b = sample().encode();
+        b[8] = 2;
+        assert_eq!(
+            reparse(&b),
+            Err(FormatError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_flags() {
+        let b = with_field(10, &2u16.to_le_bytes());
+        assert_eq!(reparse(&b), Err(FormatError::UnsupportedFlags(2)));
+    }
+
+    #[test]
+    fn refuses_absurd_sizes() {
+        let b = with_field(56, &u64::MAX.to_le_bytes());
+        assert!(matches!(
+            reparse(&b),
+            Err(FormatError::AbsurdSize { which: "new", .. })
+        ));
+        let b = with_field(16, &(MAX_IMAGE_LEN + 1).to_le_bytes());
+        assert!(matches!(
+            reparse(&b),
+            Err(FormatError::AbsurdSize { which: "old", .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_codec_window_layout_and_counts() {
+        assert_eq!(
+            reparse(&with_field(96, &[9])),
+            Err(FormatError::UnknownCodec(9))
+        );
+        assert_eq!(
+            reparse(&with_field(97, &[40])),
+            Err(FormatError::BadWindow(40))
+        );
+        assert_eq!(
+            reparse(&with_field(98, &[7])),
+            Err(FormatError::UnknownLayout(7))
+        );
+        let b = with_field(100, &5000u32.to_le_bytes());
+        assert!(matches!(
+            reparse(&b),
+            Err(FormatError::BadField {
+                field: "segment_count",
+                ..
+            })
+        ));
+        let b = with_field(104, &1u64.to_le_bytes());
+        assert!(matches!(
+            reparse(&b),
+            Err(FormatError::BadField {
+                field: "apply_memory",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_header_length() {
+        let b = with_field(12, &8000u32.to_le_bytes());
+        assert_eq!(reparse(&b), Err(FormatError::BadHeaderLength(8000)));
+    }
+
+    #[test]
+    fn extensions_skip_unknown_and_refuse_critical() {
+        assert!(check_extensions(&[0x01, 0x00, 2, 0, 9, 9]).is_ok());
+        assert_eq!(
+            check_extensions(&[0x01, 0x80, 0, 0]),
+            Err(FormatError::UnknownCriticalExtension(0x8001))
+        );
+        assert!(check_extensions(&[0x01, 0x00, 9, 0, 1]).is_err());
+        assert!(check_extensions(&[0x01]).is_err());
+    }
+}

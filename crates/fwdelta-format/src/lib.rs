@@ -1,0 +1,62 @@
+//! The fwdelta patch container, version 1 (specified in `docs/FORMAT.md`).
+//!
+//! This crate only describes and validates bytes; it never performs I/O and never
+//! allocates from a size read out of a patch. It is shared by the generator
+//! (`fwdelta-diff`), which writes containers, and the applier (`fwdelta-apply`),
+//! which parses them incrementally in bounded memory.
+//!
+//! Layout of a patch:
+//!
+//! ```text
+//! Header (>= 128 bytes, ends with a 16-byte check)
+//! Segment 0: 'S' + 32-byte segment header + zstd payload + 16-byte check
+//! ...
+//! Segment n-1
+//! Trailer: 'E' + 32-byte BLAKE3 of every byte before it (including the 'E')
+//! ```
+
+pub mod error;
+pub mod header;
+pub mod memory;
+pub mod record;
+pub mod segment;
+pub mod trailer;
+pub mod varint;
+
+pub use error::FormatError;
+pub use header::{Codec, Header, Layout};
+pub use memory::MemoryModel;
+pub use record::Record;
+pub use segment::SegmentHeader;
+
+/// The eight bytes every fwdelta patch starts with. The high first byte and the
+/// CR LF / SUB sequence catch transfers that mangle text or strip the high bit.
+pub const MAGIC: [u8; 8] = [0x89, b'F', b'W', b'D', 0x0D, 0x0A, 0x1A, 0x0A];
+
+/// The container version this crate writes and the only one it reads.
+pub const FORMAT_VERSION: u16 = 1;
+
+/// Largest old or new image the format admits (1 TiB). Sizes above it are refused
+/// as absurd before any other work is done.
+pub const MAX_IMAGE_LEN: u64 = 1 << 40;
+
+/// Length of the truncated BLAKE3 checks that close the header and each segment.
+pub const CHECK_LEN: usize = 16;
+
+/// Length of a full BLAKE3 hash (image hashes and the trailer).
+pub const HASH_LEN: usize = 32;
+
+/// Truncated BLAKE3 check of `bytes`, as stored after the header and each segment.
+///
+/// Cost: one pass over `bytes`, no allocation.
+pub fn check_of(bytes: &[u8]) -> [u8; CHECK_LEN] {
+    let hash = blake3::hash(bytes);
+    truncate_check(&hash)
+}
+
+/// First [`CHECK_LEN`] bytes of a finished BLAKE3 hash.
+pub fn truncate_check(hash: &blake3::Hash) -> [u8; CHECK_LEN] {
+    let mut out = [0u8; CHECK_LEN];
+    out.copy_from_slice(&hash.as_bytes()[..CHECK_LEN]);
+    out
+}

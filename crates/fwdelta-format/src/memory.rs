@@ -1,0 +1,71 @@
+//! The applier's memory model: how many bytes a given decoder window costs, and
+//! which window fits a budget. The generator uses it to pick the window for
+//! `--apply-memory`; the header records the result; the applier refuses a patch
+//! whose claim exceeds its own limit before it reads anything else.
+//!
+//! Calibration (zstd 1.5.7, measured with `ZSTD_sizeof_DCtx` after decoding a
+//! frame of window `W`): `95_976 + W + 3 * min(W, 128 KiB) + 64` bytes. The
+//! constants below round that up; `tests::model_covers_the_real_decoder` in
+//! `fwdelta-apply` re-measures it so a zstd upgrade cannot silently break it.
+
+use crate::header::{MAX_WINDOW_LOG, MIN_WINDOW_LOG};
+
+/// The memory model (a namespace; all functions are pure).
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryModel;
+
+impl MemoryModel {
+    /// Fixed part of a zstd decoding context, rounded up from 95,976 bytes.
+    pub const DCTX_FIXED: u64 = 100 * 1024;
+    /// The applier's own working buffers: decoded-stream buffer, old-image read
+    /// buffer, patch input buffer and output buffer, 16 KiB each.
+    pub const APPLIER_BUFFERS: u64 = 64 * 1024;
+    /// Largest zstd block.
+    pub const MAX_BLOCK: u64 = 128 * 1024;
+
+    /// Bytes a zstd decoder with window `2^window_log` holds.
+    pub fn decoder(window_log: u8) -> u64 {
+        let w = 1u64 << window_log.min(MAX_WINDOW_LOG);
+        Self::DCTX_FIXED + w + 3 * w.min(Self::MAX_BLOCK) + 64
+    }
+
+    /// Bytes the applier needs in all for window `2^window_log`.
+    pub fn required(window_log: u8) -> u64 {
+        Self::decoder(window_log) + Self::APPLIER_BUFFERS
+    }
+
+    /// The largest window whose [`Self::required`] fits `budget`, or `None` if
+    /// even the smallest window does not.
+    pub fn window_log_for_budget(budget: u64) -> Option<u8> {
+        (MIN_WINDOW_LOG..=MAX_WINDOW_LOG)
+            .rev()
+            .find(|&wl| Self::required(wl) <= budget)
+    }
+
+    /// The smallest budget any patch can be made for.
+    pub fn min_budget() -> u64 {
+        Self::required(MIN_WINDOW_LOG)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_map_to_windows() {
+        assert_eq!(MemoryModel::window_log_for_budget(1 << 20), Some(18));
+        assert_eq!(MemoryModel::window_log_for_budget(8 << 20), Some(22));
+        assert_eq!(MemoryModel::window_log_for_budget(64 << 10), None);
+        let min = MemoryModel::min_budget();
+        assert_eq!(
+            MemoryModel::window_log_for_budget(min),
+            Some(MIN_WINDOW_LOG)
+        );
+        assert_eq!(MemoryModel::window_log_for_budget(min - 1), None);
+        for wl in MIN_WINDOW_LOG..=MAX_WINDOW_LOG {
+            let need = MemoryModel::required(wl);
+            assert_eq!(MemoryModel::window_log_for_budget(need), Some(wl));
+        }
+    }
+}

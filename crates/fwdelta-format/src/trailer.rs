@@ -1,0 +1,9 @@
+//! The trailer: an end tag and a BLAKE3 over every byte of the patch before the
+//! hash (tag included). It proves the patch arrived whole and unmodified; a later
+//! format feature signs this hash.
+
+/// Tag byte opening the trailer.
+pub const END_TAG: u8 = b'E';
+
+/// Trailer length: tag and hash.
+pub const TRAILER_LEN: usize = 1 + crate::HASH_LEN;

@@ -1,0 +1,306 @@
+//! `fwdelta bench`: for every pair in a directory, diff, apply in a child
+//! process (so its peak RSS is its own), check the result byte for byte, and
+//! print a size table against the no-delta baseline (`zstd -19` of the new image).
+
+use crate::input::Image;
+use crate::size::human;
+use crate::GenArgs;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use fwdelta_diff::{Options, Plan};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Directory of pairs: each subdirectory holding files `old` and `new` is one pair.
+    #[arg(default_value = "testdata")]
+    dir: PathBuf,
+    #[command(flatten)]
+    gen: GenArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Measurements of one pair.
+struct Row {
+    name: String,
+    old_len: u64,
+    new_len: u64,
+    patch_len: u64,
+    single_segment_len: u64,
+    segments: usize,
+    zstd_len: u64,
+    diff_time: Duration,
+    apply_time: Duration,
+    apply_heap: u64,
+    apply_rss: u64,
+    error: Option<String>,
+}
+
+impl Row {
+    fn pct_of_new(&self) -> f64 {
+        if self.new_len == 0 {
+            0.0
+        } else {
+            100.0 * self.patch_len as f64 / self.new_len as f64
+        }
+    }
+    fn segment_cost_pct(&self) -> f64 {
+        100.0 * (self.patch_len as f64 / self.single_segment_len.max(1) as f64 - 1.0)
+    }
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let pairs = find_pairs(&a.dir)?;
+    let pool = a.gen.pool()?;
+    let opts = a.gen.options();
+    opts.window_log().context("invalid generator options")?;
+    let work = tempfile::tempdir().context("cannot create a scratch directory")?;
+    let mut rows = Vec::new();
+    for (name, dir) in &pairs {
+        let row = pool.install(|| bench_pair(name, dir, work.path(), &opts));
+        let row = row.unwrap_or_else(|e| Row {
+            name: name.clone(),
+            old_len: 0,
+            new_len: 0,
+            patch_len: 0,
+            single_segment_len: 0,
+            segments: 0,
+            zstd_len: 0,
+            diff_time: Duration::ZERO,
+            apply_time: Duration::ZERO,
+            apply_heap: 0,
+            apply_rss: 0,
+            error: Some(format!("{e:#}")),
+        });
+        if !a.json {
+            eprintln!("  {name}: {}", row.error.as_deref().unwrap_or("ok"));
+        }
+        rows.push(row);
+    }
+    if a.json {
+        print_json(&rows, &opts)?;
+    } else {
+        print_table(&rows, &opts);
+    }
+    let failed = rows.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        bail!("{failed} of {} pairs failed", rows.len());
+    }
+    Ok(())
+}
+
+/// Subdirectories of `dir` holding regular files `old` and `new`, by name.
+fn find_pairs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mut pairs = Vec::new();
+    for e in entries {
+        let path = e
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .path();
+        if path.join("old").is_file() && path.join("new").is_file() {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            pairs.push((name, path));
+        }
+    }
+    pairs.sort();
+    if pairs.is_empty() {
+        bail!(
+            "no pairs in {} (expected subdirectories holding files 'old' and 'new')",
+            dir.display()
+        );
+    }
+    Ok(pairs)
+}
+
+fn bench_pair(name: &str, dir: &Path, work: &Path, opts: &Options) -> Result<Row> {
+    let old_path = dir.join("old");
+    let new_path = dir.join("new");
+    let old = Image::open(&old_path)?;
+    let new = Image::open(&new_path)?;
+
+    let start = Instant::now();
+    let plan = Plan::build(&old, &new)?;
+    let patch = plan.encode(&old, &new, opts)?;
+    let diff_time = start.elapsed();
+    let single = plan.encode(
+        &old,
+        &new,
+        &Options {
+            segment_cost: u64::MAX,
+            ..opts.clone()
+        },
+    )?;
+
+    let patch_path = work.join(format!("{name}.fwd"));
+    let out_path = work.join(format!("{name}.out"));
+    crate::write_atomically(&patch_path, &patch.bytes)?;
+    let (apply_time, mem) = apply_in_child(&old_path, &patch_path, &out_path)?;
+    let produced =
+        std::fs::read(&out_path).with_context(|| format!("cannot read {}", out_path.display()))?;
+    let error = (produced[..] != new[..]).then(|| "applied image differs from new".to_string());
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&patch_path);
+
+    let zstd_len = zstd::bulk::compress(&new, 19)
+        .context("zstd baseline failed")?
+        .len() as u64;
+    Ok(Row {
+        name: name.to_string(),
+        old_len: old.len() as u64,
+        new_len: new.len() as u64,
+        patch_len: patch.bytes.len() as u64,
+        single_segment_len: single.bytes.len() as u64,
+        segments: patch.report.segments,
+        zstd_len,
+        diff_time,
+        apply_time,
+        apply_heap: mem.heap,
+        apply_rss: mem.rss,
+        error,
+    })
+}
+
+/// Peak memory of one apply, as the child process measured it.
+struct ApplyMemory {
+    heap: u64,
+    rss: u64,
+}
+
+/// Run `fwdelta apply` as a child; return its wall time and the peak heap and
+/// RSS it reports for itself (see `peak_memory`).
+fn apply_in_child(old: &Path, patch: &Path, out: &Path) -> Result<(Duration, ApplyMemory)> {
+    let exe = std::env::current_exe().context("cannot find the fwdelta executable")?;
+    let start = Instant::now();
+    let output = Command::new(exe)
+        .args(["apply", "--quiet", "--print-peak-memory"])
+        .arg(old)
+        .arg(patch)
+        .arg("-o")
+        .arg(out)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run fwdelta apply")?;
+    let elapsed = start.elapsed();
+    if !output.status.success() {
+        bail!(
+            "fwdelta apply failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| -> Result<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .with_context(|| format!("fwdelta apply did not report {name}"))
+    };
+    Ok((
+        elapsed,
+        ApplyMemory {
+            heap: field("peak_heap_bytes")?,
+            rss: field("peak_rss_bytes")?,
+        },
+    ))
+}
+
+fn print_table(rows: &[Row], opts: &Options) {
+    println!(
+        "fwdelta bench: level {}, apply memory {}, segment size {}",
+        opts.level,
+        human(opts.apply_memory),
+        human(opts.segment_cost)
+    );
+    println!(
+        "| pair | old | new | patch | % of new | zstd -19 of new | patch / zstd | segments | segment cost | diff s | apply s | apply peak heap | apply peak RSS |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        if let Some(e) = &r.error {
+            println!("| {} | FAILED: {e} | | | | | | | | | | | |", r.name);
+            continue;
+        }
+        println!(
+            "| {} | {} | {} | {} | {:.3}% | {} | {} | {} | {:+.2}% | {:.3} | {:.3} | {} | {} |",
+            r.name,
+            r.old_len,
+            r.new_len,
+            r.patch_len,
+            r.pct_of_new(),
+            r.zstd_len,
+            ratio(r.patch_len, r.zstd_len),
+            r.segments,
+            r.segment_cost_pct(),
+            r.diff_time.as_secs_f64(),
+            r.apply_time.as_secs_f64(),
+            human(r.apply_heap),
+            human(r.apply_rss)
+        );
+    }
+    let ok: Vec<&Row> = rows.iter().filter(|r| r.error.is_none()).collect();
+    let (patch, zstd, new, single): (u64, u64, u64, u64) = ok.iter().fold((0, 0, 0, 0), |t, r| {
+        (
+            t.0 + r.patch_len,
+            t.1 + r.zstd_len,
+            t.2 + r.new_len,
+            t.3 + r.single_segment_len,
+        )
+    });
+    println!(
+        "| total | | {new} | {patch} | {:.3}% | {zstd} | {} | | {:+.2}% | | | | |",
+        if new == 0 {
+            0.0
+        } else {
+            100.0 * patch as f64 / new as f64
+        },
+        ratio(patch, zstd),
+        100.0 * (patch as f64 / single.max(1) as f64 - 1.0)
+    );
+}
+
+fn ratio(a: u64, b: u64) -> String {
+    if b == 0 {
+        "-".into()
+    } else {
+        format!("{:.3}", a as f64 / b as f64)
+    }
+}
+
+fn print_json(rows: &[Row], opts: &Options) -> Result<()> {
+    let pairs: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "pair": r.name,
+                "ok": r.error.is_none(),
+                "error": r.error,
+                "old_len": r.old_len,
+                "new_len": r.new_len,
+                "patch_len": r.patch_len,
+                "patch_pct_of_new": r.pct_of_new(),
+                "single_segment_patch_len": r.single_segment_len,
+                "segment_cost_pct": r.segment_cost_pct(),
+                "segments": r.segments,
+                "zstd19_new_len": r.zstd_len,
+                "diff_seconds": r.diff_time.as_secs_f64(),
+                "apply_seconds": r.apply_time.as_secs_f64(),
+                "apply_peak_heap_bytes": r.apply_heap,
+                "apply_peak_rss_bytes": r.apply_rss,
+            })
+        })
+        .collect();
+    let v = serde_json::json!({
+        "level": opts.level,
+        "apply_memory": opts.apply_memory,
+        "segment_size": opts.segment_cost,
+        "pairs": pairs,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! `fwdelta`: make, apply, inspect and benchmark firmware delta patches.
+//!
+//! A thin layer over `fwdelta-diff` (generator) and `fwdelta-apply` (applier):
+//! argument parsing, file handling, and mapping errors to exit codes.
+
+mod bench;
+mod input;
+mod peak_memory;
+mod size;
+
+#[global_allocator]
+static ALLOCATOR: peak_memory::Counting = peak_memory::Counting;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use fwdelta_apply::{apply, ApplyError, ApplyOptions, AtomicFile, ErrorClass, FileImage};
+use fwdelta_diff::{DiffError, Options};
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Exit codes (also listed in the README).
+mod exit {
+    /// Any other failure: I/O, bad options, generator failure.
+    pub const FAILURE: u8 = 1;
+    // 2 is clap's usage error.
+    /// The patch is malformed, corrupt, truncated or of an unsupported version.
+    pub const BAD_PATCH: u8 = 3;
+    /// The patch was made for another old image.
+    pub const WRONG_OLD_IMAGE: u8 = 4;
+    /// The patch exceeds the applier's memory or size limits.
+    pub const LIMITS: u8 = 5;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "fwdelta",
+    version,
+    about = "Small, safe delta patches for firmware images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a patch that turns OLD into NEW.
+    Diff(DiffArgs),
+    /// Apply PATCH to OLD, writing the verified new image to -o.
+    Apply(ApplyArgs),
+    /// Show what a patch contains (and verify its structure and checksums).
+    Info(InfoArgs),
+    /// Diff and apply every pair in a directory and print a size table.
+    Bench(bench::BenchArgs),
+}
+
+/// Generator options shared by `diff` and `bench`.
+#[derive(Args, Clone)]
+pub struct GenArgs {
+    /// zstd level for the patch body (1-22).
+    #[arg(long, default_value_t = 19)]
+    level: i32,
+    /// Memory the applier may use; sets the decoder window, written into the header.
+    #[arg(long, default_value = "1MiB", value_parser = size::parse_size)]
+    apply_memory: u64,
+    /// Target compressed size of one segment (resume/parallel grain).
+    #[arg(long, default_value = "256KiB", value_parser = size::parse_size)]
+    segment_size: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j')]
+    threads: Option<usize>,
+}
+
+impl GenArgs {
+    fn options(&self) -> Options {
+        Options {
+            level: self.level,
+            apply_memory: self.apply_memory,
+            segment_cost: self.segment_size,
+        }
+    }
+
+    fn pool(&self) -> Result<rayon::ThreadPool> {
+        let mut b = rayon::ThreadPoolBuilder::new();
+        if let Some(n) = self.threads {
+            anyhow::ensure!(n >= 1, "--threads must be at least 1");
+            b = b.num_threads(n);
+        }
+        b.build().context("cannot start worker threads")
+    }
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// The image terminals have now.
+    old: PathBuf,
+    /// The image they should have.
+    new: PathBuf,
+    /// Where to write the patch (written whole or not at all).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    gen: GenArgs,
+    /// Print nothing on success.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    /// The current image (never modified).
+    old: PathBuf,
+    /// The patch.
+    patch: PathBuf,
+    /// Where to write the new image (replaced only after it verified).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Refuse patches that need more applier memory than this.
+    #[arg(long, value_parser = size::parse_size)]
+    memory_limit: Option<u64>,
+    /// Refuse patches that produce a larger image than this.
+    #[arg(long, value_parser = size::parse_size)]
+    max_size: Option<u64>,
+    /// Print nothing on success.
+    #[arg(short, long)]
+    quiet: bool,
+    /// After success, print `peak_heap_bytes N` and `peak_rss_bytes N` on stdout.
+    #[arg(long, hide = true)]
+    print_peak_memory: bool,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// The patch.
+    patch: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Diff(a) => cmd_diff(&a),
+        Cmd::Apply(a) => cmd_apply(&a),
+        Cmd::Info(a) => cmd_info(&a),
+        Cmd::Bench(a) => bench::run(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fwdelta: error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(a) = cause.downcast_ref::<ApplyError>() {
+            return match a.class() {
+                ErrorClass::BadPatch => exit::BAD_PATCH,
+                ErrorClass::WrongOldImage => exit::WRONG_OLD_IMAGE,
+                ErrorClass::Limits => exit::LIMITS,
+                ErrorClass::Io => exit::FAILURE,
+            };
+        }
+    }
+    exit::FAILURE
+}
+
+fn cmd_diff(a: &DiffArgs) -> Result<()> {
+    let old = input::Image::open(&a.old)?;
+    let new = input::Image::open(&a.new)?;
+    refuse_overwrite(&a.output, &[&a.old, &a.new])?;
+    let opts = a.gen.options();
+    let start = Instant::now();
+    let patch = a
+        .gen
+        .pool()?
+        .install(|| fwdelta_diff::diff(&old, &new, &opts))
+        .map_err(|e: DiffError| anyhow::Error::new(e))
+        .with_context(|| format!("cannot diff {} -> {}", a.old.display(), a.new.display()))?;
+    let elapsed = start.elapsed();
+    write_atomically(&a.output, &patch.bytes)?;
+    if !a.quiet {
+        let pct = if new.is_empty() {
+            0.0
+        } else {
+            100.0 * patch.bytes.len() as f64 / new.len() as f64
+        };
+        eprintln!(
+            "{}: {} bytes ({pct:.2}% of new), {} segments, window 2^{}, {:.2}s",
+            a.output.display(),
+            patch.bytes.len(),
+            patch.report.segments,
+            patch.report.window_log,
+            elapsed.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_apply(a: &ApplyArgs) -> Result<()> {
+    let old = FileImage::open(&a.old)
+        .with_context(|| format!("cannot open old image {}", a.old.display()))?;
+    let patch =
+        File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
+    refuse_overwrite(&a.output, &[&a.old, &a.patch])?;
+    let sink = AtomicFile::create(&a.output).with_context(|| {
+        format!(
+            "cannot create a temporary file beside {}",
+            a.output.display()
+        )
+    })?;
+    let opts = ApplyOptions {
+        memory_limit: a.memory_limit.unwrap_or(u64::MAX),
+        max_new_len: a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN),
+    };
+    let start = Instant::now();
+    let (report, sink) = apply(&old, patch, sink, opts)
+        .with_context(|| format!("cannot apply {}", a.patch.display()))?;
+    sink.commit()
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    if a.print_peak_memory {
+        println!("peak_heap_bytes {}", peak_memory::peak_heap());
+        println!("peak_rss_bytes {}", peak_memory::peak_rss().unwrap_or(0));
+    }
+    if !a.quiet {
+        eprintln!(
+            "{}: {} bytes verified (BLAKE3 {}), {:.2}s",
+            a.output.display(),
+            report.header.new_len,
+            short_hex(&report.header.new_hash),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_info(a: &InfoArgs) -> Result<()> {
+    let f =
+        File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
+    let info = fwdelta_apply::inspect(BufReader::with_capacity(fwdelta_apply::BUFFER_LEN, f))
+        .with_context(|| format!("cannot read {}", a.patch.display()))?;
+    let h = &info.header;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let segments: Vec<_> = info
+            .segments
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "index": s.index, "new_offset": s.new_offset, "new_len": s.new_len,
+                    "old_start": s.old_start, "payload_len": s.payload_len,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "format_version": fwdelta_format::FORMAT_VERSION,
+            "flags": h.flags,
+            "patch_len": info.patch_len,
+            "header_len": info.header_len,
+            "old": { "len": h.old_len, "blake3": hex(&h.old_hash) },
+            "new": { "len": h.new_len, "blake3": hex(&h.new_hash) },
+            "codec": h.codec.name(),
+            "window_log": h.window_log,
+            "layout": h.layout.name(),
+            "apply_memory": h.apply_memory,
+            "segments": segments,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "fwdelta patch, format version {}, {} bytes",
+        fwdelta_format::FORMAT_VERSION,
+        info.patch_len
+    )?;
+    writeln!(
+        out,
+        "  old image     {:>12} bytes  blake3 {}",
+        h.old_len,
+        hex(&h.old_hash)
+    )?;
+    writeln!(
+        out,
+        "  new image     {:>12} bytes  blake3 {}",
+        h.new_len,
+        hex(&h.new_hash)
+    )?;
+    writeln!(
+        out,
+        "  codec         {}, window 2^{} ({}), layout {}",
+        h.codec.name(),
+        h.window_log,
+        size::human(1 << h.window_log),
+        h.layout.name()
+    )?;
+    writeln!(
+        out,
+        "  apply memory  {} bytes ({})",
+        h.apply_memory,
+        size::human(h.apply_memory)
+    )?;
+    writeln!(
+        out,
+        "  body          {} segments after a {}-byte header",
+        info.segments.len(),
+        info.header_len
+    )?;
+    if !info.segments.is_empty() {
+        writeln!(
+            out,
+            "  {:>7} {:>12} {:>12} {:>12} {:>10}",
+            "segment", "new offset", "new len", "old start", "payload"
+        )?;
+        for s in &info.segments {
+            writeln!(
+                out,
+                "  {:>7} {:>12} {:>12} {:>12} {:>10}",
+                s.index, s.new_offset, s.new_len, s.old_start, s.payload_len
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `bytes` to `path` whole or not at all.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = AtomicFile::create(path)
+        .with_context(|| format!("cannot create a temporary file beside {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.commit()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Refuse an output path that is one of the inputs (by device and inode, so
+/// links and different spellings are caught).
+fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(out) = std::fs::metadata(output) else {
+        return Ok(());
+    };
+    for input in inputs {
+        if let Ok(m) = std::fs::metadata(input) {
+            anyhow::ensure!(
+                m.dev() != out.dev() || m.ino() != out.ino(),
+                "output {} is the same file as input {}; refusing to overwrite it",
+                output.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn short_hex(bytes: &[u8]) -> String {
+    hex(&bytes[..8.min(bytes.len())])
+}
