@@ -35,7 +35,9 @@ pub struct Options {
     /// zstd level for segment payloads, 1..=22. Default 19.
     pub level: i32,
     /// Memory the applier may use (bytes); picks the decoder window and is
-    /// written into the header. Default 1 MiB.
+    /// written into the header. Default 2 MiB (a 1 MiB window: on the public
+    /// corpus a 256 KiB window made some patches 60% larger, and larger windows
+    /// gained nothing).
     pub apply_memory: u64,
     /// Target compressed-cost of one segment, in estimated bytes (see
     /// [`segmenter`]). Smaller segments resume and parallelise at a finer grain
@@ -47,7 +49,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             level: 19,
-            apply_memory: 1 << 20,
+            apply_memory: 2 << 20,
             segment_cost: 256 << 10,
         }
     }

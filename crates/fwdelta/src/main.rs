@@ -64,7 +64,7 @@ pub struct GenArgs {
     #[arg(long, default_value_t = 19)]
     level: i32,
     /// Memory the applier may use; sets the decoder window, written into the header.
-    #[arg(long, default_value = "1MiB", value_parser = size::parse_size)]
+    #[arg(long, default_value = "2MiB", value_parser = size::parse_size)]
     apply_memory: u64,
     /// Target compressed size of one segment (resume/parallel grain).
     #[arg(long, default_value = "256KiB", value_parser = size::parse_size)]
@@ -309,7 +309,7 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
     )?;
     writeln!(
         out,
-        "  body          {} segments after a {}-byte header",
+        "  body          segments: {}, after a {}-byte header",
         info.segments.len(),
         info.header_len
     )?;

@@ -1,0 +1,68 @@
+//! Criterion benchmarks: match finding, segment encoding, apply.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fwdelta_apply::{apply, ApplyOptions};
+use fwdelta_benches::{synthetic_pair, testdata};
+use fwdelta_diff::{diff, matcher, Options, Plan};
+
+fn inputs() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+    let (old, new) = synthetic_pair(4 << 20);
+    vec![
+        (
+            "fw-cortex-m4",
+            testdata("fw-cortex-m4", "old"),
+            testdata("fw-cortex-m4", "new"),
+        ),
+        ("synthetic-4MiB", old, new),
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    let inputs = inputs();
+    let opts = Options::default();
+
+    let mut g = c.benchmark_group("match");
+    g.sample_size(10);
+    for (name, old, new) in &inputs {
+        g.throughput(Throughput::Bytes(new.len() as u64));
+        g.bench_with_input(
+            BenchmarkId::from_parameter(name),
+            &(old, new),
+            |b, (o, n)| b.iter(|| matcher::find_ops(o, n)),
+        );
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("encode");
+    g.sample_size(10);
+    for (name, old, new) in &inputs {
+        let plan = Plan::build(old, new).expect("plan");
+        g.throughput(Throughput::Bytes(new.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(name), &plan, |b, plan| {
+            b.iter(|| plan.encode(old, new, &opts).expect("encode"))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("apply");
+    for (name, old, new) in &inputs {
+        let patch = diff(old, new, &opts).expect("diff").bytes;
+        g.throughput(Throughput::Bytes(new.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(name), &patch, |b, patch| {
+            b.iter(|| {
+                let (_, out) = apply(
+                    &old[..],
+                    &patch[..],
+                    Vec::with_capacity(new.len()),
+                    ApplyOptions::default(),
+                )
+                .expect("apply");
+                out
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

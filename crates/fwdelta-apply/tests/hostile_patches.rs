@@ -1,0 +1,482 @@
+//! The applier against every kind of bad patch: truncated, flipped, for another
+//! old image, other versions, absurd claims, hand-crafted malicious records,
+//! trailing data, budgets. Each must be refused with a typed error, never a
+//! panic, and never with output that passes as the new image.
+
+use fwdelta_apply::{apply, inspect, Applier, ApplyError, ApplyOptions, ErrorClass, OldImage};
+use fwdelta_diff::{diff, Options};
+use fwdelta_format::header::Header;
+use fwdelta_format::record::Record;
+use fwdelta_format::segment::SegmentHeader;
+use fwdelta_format::trailer::END_TAG;
+use fwdelta_format::{check_of, truncate_check, Codec, Layout, MemoryModel, CHECK_LEN};
+use proptest::prelude::*;
+use std::cell::Cell;
+use std::io;
+
+fn testdata(pair: &str, which: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../../testdata/{pair}/{which}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A real firmware pair and a multi-segment patch between them.
+fn firmware_patch() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let old = testdata("fw-cortex-m4", "old");
+    let new = testdata("fw-cortex-m4", "new");
+    let opts = Options {
+        segment_cost: 600,
+        level: 9,
+        ..Options::default()
+    };
+    let patch = diff(&old, &new, &opts).unwrap().bytes;
+    let info = inspect(&patch[..]).unwrap();
+    assert!(
+        info.segments.len() >= 3,
+        "want several segments, got {}",
+        info.segments.len()
+    );
+    (old, new, patch)
+}
+
+fn run(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, ApplyError> {
+    apply(old, patch, Vec::new(), ApplyOptions::default()).map(|(_, out)| out)
+}
+
+#[test]
+fn valid_patch_applies_in_any_split() {
+    let (old, new, patch) = firmware_patch();
+    assert_eq!(run(&old, &patch).unwrap(), new);
+    for chunk in [1usize, 2, 3, 7, 64, 1000] {
+        let mut a = Applier::new(&old[..], Vec::new(), ApplyOptions::default());
+        for piece in patch.chunks(chunk) {
+            a.feed(piece).unwrap();
+        }
+        let (report, out) = a.finish().unwrap();
+        assert_eq!(out, new, "chunk size {chunk}");
+        assert_eq!(report.patch_len, patch.len() as u64);
+    }
+}
+
+#[test]
+fn every_truncation_is_refused() {
+    let (old, _, patch) = firmware_patch();
+    for cut in 0..patch.len() {
+        match run(&old, &patch[..cut]) {
+            Err(e @ ApplyError::Truncated { .. }) => assert_eq!(e.class(), ErrorClass::BadPatch),
+            Err(e) => panic!("cut at {cut}: expected truncation, got {e}"),
+            Ok(_) => panic!("cut at {cut} accepted"),
+        }
+        assert!(
+            inspect(&patch[..cut]).is_err(),
+            "inspect accepted cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn every_flipped_byte_is_refused() {
+    let (old, _, patch) = firmware_patch();
+    for i in 0..patch.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut bad = patch.clone();
+            bad[i] ^= bit;
+            match run(&old, &bad) {
+                Err(e) => assert_eq!(e.class(), ErrorClass::BadPatch, "flip at {i}: {e}"),
+                Ok(_) => panic!("flip {bit:#x} at {i} accepted"),
+            }
+            assert!(inspect(&bad[..]).is_err(), "inspect accepted flip at {i}");
+        }
+    }
+}
+
+#[test]
+fn trailing_data_is_refused() {
+    let (old, _, mut patch) = firmware_patch();
+    patch.push(0);
+    assert!(matches!(run(&old, &patch), Err(ApplyError::TrailingData)));
+    assert!(matches!(inspect(&patch[..]), Err(ApplyError::TrailingData)));
+}
+
+/// An old image that counts reads, to prove what the applier touched.
+struct Counted<'a> {
+    data: &'a [u8],
+    reads: Cell<u64>,
+}
+
+impl OldImage for Counted<'_> {
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.reads.set(self.reads.get() + 1);
+        self.data.read_at(offset, buf)
+    }
+}
+
+#[test]
+fn wrong_old_image_is_refused_before_any_output() {
+    let (old, _, patch) = firmware_patch();
+    let mut other = old.clone();
+    other[100] ^= 1;
+    let mut a = Applier::new(&other[..], Vec::new(), ApplyOptions::default());
+    let err = a.feed(&patch).unwrap_err();
+    assert!(matches!(err, ApplyError::OldHash { .. }), "{err}");
+    assert_eq!(err.class(), ErrorClass::WrongOldImage);
+    assert_eq!(
+        a.produced(),
+        0,
+        "bytes were written before the old image was checked"
+    );
+    assert!(matches!(a.feed(&[]), Err(ApplyError::Poisoned)));
+
+    let shorter = &old[..old.len() - 1];
+    let err = run(shorter, &patch).unwrap_err();
+    assert!(matches!(err, ApplyError::OldLength { .. }), "{err}");
+}
+
+#[test]
+fn memory_budget_is_enforced_from_the_header_alone() {
+    let (old, _, patch) = firmware_patch();
+    let header = inspect(&patch[..]).unwrap().header;
+    let counted = Counted {
+        data: &old,
+        reads: Cell::new(0),
+    };
+    let opts = ApplyOptions {
+        memory_limit: header.apply_memory - 1,
+        ..ApplyOptions::default()
+    };
+    let mut a = Applier::new(&counted, Vec::new(), opts);
+    let err = a.feed(&patch[..Header::MIN_LEN]).unwrap_err();
+    assert!(matches!(err, ApplyError::MemoryBudget { .. }), "{err}");
+    assert_eq!(err.class(), ErrorClass::Limits);
+    assert_eq!(counted.reads.get(), 0, "old image read despite refusal");
+
+    let opts = ApplyOptions {
+        memory_limit: header.apply_memory,
+        ..ApplyOptions::default()
+    };
+    apply(&old[..], &patch[..], Vec::new(), opts).unwrap();
+
+    let opts = ApplyOptions {
+        max_new_len: header.new_len - 1,
+        ..ApplyOptions::default()
+    };
+    let err = apply(&old[..], &patch[..], Vec::new(), opts).unwrap_err();
+    assert!(matches!(err, ApplyError::NewTooLarge { .. }), "{err}");
+}
+
+/// Re-seal a header after editing its fields, so field checks (not the header
+/// check) are what is tested.
+fn reseal(patch: &mut [u8]) {
+    let n = Header::MIN_LEN - CHECK_LEN;
+    let c = check_of(&patch[..n]);
+    patch[n..Header::MIN_LEN].copy_from_slice(&c);
+}
+
+#[test]
+fn unknown_version_and_absurd_claims_are_refused() {
+    let (old, _, patch) = firmware_patch();
+    let mut v2 = patch.clone();
+    v2[8] = 2;
+    let err = run(&old, &v2).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unsupported patch format version 2"),
+        "{err}"
+    );
+
+    let mut absurd = patch.clone();
+    absurd[56..64].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    reseal(&mut absurd);
+    let err = run(&old, &absurd).unwrap_err();
+    assert!(err.to_string().contains("absurd new image size"), "{err}");
+
+    let mut flags = patch.clone();
+    flags[10] = 1;
+    reseal(&mut flags);
+    let err = run(&old, &flags).unwrap_err();
+    assert!(err.to_string().contains("unsupported features"), "{err}");
+
+    assert!(run(&old, b"this is not a patch at all")
+        .unwrap_err()
+        .to_string()
+        .contains("bad magic"));
+    assert!(matches!(run(&old, b""), Err(ApplyError::Truncated { .. })));
+}
+
+/// Build a patch by hand with valid checks, whose segments carry the given raw
+/// (uncompressed) record streams. `claimed_new` is what the header says.
+fn craft(old: &[u8], claimed_new: &[u8], segments: &[(u64, u64, Vec<u8>)]) -> Vec<u8> {
+    let window_log = 16;
+    let header = Header {
+        flags: 0,
+        old_len: old.len() as u64,
+        old_hash: *blake3::hash(old).as_bytes(),
+        new_len: claimed_new.len() as u64,
+        new_hash: *blake3::hash(claimed_new).as_bytes(),
+        codec: Codec::Zstd,
+        window_log,
+        layout: Layout::Interleaved,
+        segment_count: segments.len() as u32,
+        apply_memory: MemoryModel::required(window_log),
+    };
+    let mut out = header.encode();
+    let mut at = 0;
+    for (index, (new_len, old_start, stream)) in segments.iter().enumerate() {
+        let payload = compress(stream, window_log);
+        let head = SegmentHeader {
+            index: index as u32,
+            new_offset: at,
+            new_len: *new_len,
+            old_start: *old_start,
+            payload_len: payload.len() as u32,
+        }
+        .encode();
+        let mut check = blake3::Hasher::new();
+        check.update(&head);
+        check.update(&payload);
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&truncate_check(&check.finalize()));
+        at += new_len;
+    }
+    out.push(END_TAG);
+    let t = blake3::hash(&out);
+    out.extend_from_slice(t.as_bytes());
+    out
+}
+
+fn compress(stream: &[u8], window_log: u8) -> Vec<u8> {
+    use zstd::stream::raw::CParameter;
+    let mut c = zstd::bulk::Compressor::new(3).unwrap();
+    c.set_parameter(CParameter::WindowLog(u32::from(window_log)))
+        .unwrap();
+    c.set_parameter(CParameter::Format(zstd::zstd_safe::FrameFormat::Magicless))
+        .unwrap();
+    c.set_parameter(CParameter::ChecksumFlag(false)).unwrap();
+    c.compress(stream).unwrap()
+}
+
+fn rec(copy: u64, diff: u64, literal: u64, seek: i64, bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    Record {
+        copy_len: copy,
+        diff_len: diff,
+        literal_len: literal,
+        seek,
+    }
+    .encode_head(&mut v);
+    v.extend_from_slice(bytes);
+    v
+}
+
+fn corrupt_detail(result: Result<Vec<u8>, ApplyError>) -> String {
+    match result {
+        Err(ApplyError::CorruptSegment { detail, .. }) => detail,
+        Err(e) => panic!("expected a corrupt segment, got {e}"),
+        Ok(_) => panic!("malicious patch accepted"),
+    }
+}
+
+#[test]
+fn crafted_patches_round_trip_when_honest() {
+    let old = b"0123456789abcdef".to_vec();
+    let new = b"0123XYZ".to_vec();
+    // copy 4 from 0, literal "XYZ"
+    let p = craft(&old, &new, &[(7, 0, rec(4, 0, 3, 0, b"XYZ"))]);
+    assert_eq!(run(&old, &p).unwrap(), new);
+    // two segments, second starts its old cursor at 10: copies "abc"
+    let new2 = b"0123abc".to_vec();
+    let p = craft(
+        &old,
+        &new2,
+        &[(4, 0, rec(4, 0, 0, 0, b"")), (3, 10, rec(3, 0, 0, 0, b""))],
+    );
+    assert_eq!(run(&old, &p).unwrap(), new2);
+}
+
+#[test]
+fn crafted_malicious_records_are_refused() {
+    let old = b"0123456789abcdef".to_vec();
+    let new = vec![b'x'; 8];
+    // reads past the end of the old image
+    let d = corrupt_detail(run(
+        &old,
+        &craft(&old, &new, &[(8, 12, rec(8, 0, 0, 0, b""))]),
+    ));
+    assert!(d.contains("past the 16-byte old image"), "{d}");
+    // diff bytes past the end of the old image
+    let d = corrupt_detail(run(
+        &old,
+        &craft(&old, &new, &[(8, 10, rec(0, 8, 0, 0, &[0; 8]))]),
+    ));
+    assert!(d.contains("past the 16-byte old image"), "{d}");
+    // seeks before the start of the old image
+    let stream = [rec(2, 0, 0, -5, b""), rec(6, 0, 0, 0, b"")].concat();
+    let d = corrupt_detail(run(&old, &craft(&old, &new, &[(8, 0, stream)])));
+    assert!(d.contains("outside the 16-byte old image"), "{d}");
+    // a record larger than its segment
+    let d = corrupt_detail(run(
+        &old,
+        &craft(&old, &new, &[(8, 0, rec(0, 0, 9, 0, &[b'x'; 9]))]),
+    ));
+    assert!(d.contains("overruns the segment"), "{d}");
+    // a stream that stops short of the segment's length
+    let d = corrupt_detail(run(
+        &old,
+        &craft(&old, &new, &[(8, 0, rec(0, 0, 5, 0, &[b'x'; 5]))]),
+    ));
+    assert!(d.contains("still to produce"), "{d}");
+    // bytes after the last record
+    let stream = [rec(0, 0, 8, 0, &[b'x'; 8]), vec![1, 2, 3]].concat();
+    let d = corrupt_detail(run(&old, &craft(&old, &new, &[(8, 0, stream)])));
+    assert!(d.contains("after the segment's last record"), "{d}");
+    // a record that produces nothing
+    let d = corrupt_detail(run(
+        &old,
+        &craft(&old, &new, &[(8, 0, rec(0, 0, 0, 3, b""))]),
+    ));
+    assert!(d.contains("produces no bytes"), "{d}");
+    // a malformed varint
+    let d = corrupt_detail(run(&old, &craft(&old, &new, &[(8, 0, vec![0xff; 12])])));
+    assert!(d.contains("varint"), "{d}");
+    // honest records, but the header's new hash is for other content
+    let p = craft(&old, &new, &[(8, 0, rec(8, 0, 0, 0, b""))]);
+    assert!(matches!(run(&old, &p), Err(ApplyError::NewHashMismatch)));
+}
+
+#[test]
+fn crafted_bad_segment_headers_are_refused() {
+    let old = b"0123456789abcdef".to_vec();
+    let new = b"01234567".to_vec();
+    // segments claiming more than the new image
+    let p = craft(&old, &new, &[(9, 0, rec(9, 0, 0, 0, b""))]);
+    assert!(run(&old, &p)
+        .unwrap_err()
+        .to_string()
+        .contains("does not fit"));
+    // old cursor beyond the old image
+    let p = craft(&old, &new, &[(8, 17, rec(0, 0, 8, 0, b"01234567"))]);
+    assert!(run(&old, &p)
+        .unwrap_err()
+        .to_string()
+        .contains("past the 16-byte old image"));
+    // segments covering less than the new image
+    let p = craft(&old, &new, &[(4, 0, rec(4, 0, 0, 0, b""))]);
+    assert!(run(&old, &p)
+        .unwrap_err()
+        .to_string()
+        .contains("cover 4 of 8"));
+}
+
+#[test]
+fn frames_with_a_larger_window_than_declared_are_refused() {
+    // A payload compressed with a 1 MiB window in a patch that declares 2^16:
+    // the decoder must refuse it rather than allocate the larger window.
+    let old = vec![0u8; 16];
+    let new: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 19) as u8)
+        .collect();
+    let mut stream = Vec::new();
+    Record {
+        copy_len: 0,
+        diff_len: 0,
+        literal_len: new.len() as u64,
+        seek: 0,
+    }
+    .encode_head(&mut stream);
+    stream.extend_from_slice(&new);
+    let mut c = zstd::bulk::Compressor::new(1).unwrap();
+    use zstd::stream::raw::CParameter;
+    c.set_parameter(CParameter::WindowLog(20)).unwrap();
+    c.set_parameter(CParameter::Format(zstd::zstd_safe::FrameFormat::Magicless))
+        .unwrap();
+    let big = c.compress(&stream).unwrap();
+    let mut p = craft(&old, &new, &[(new.len() as u64, 0, stream.clone())]);
+    // swap in the big-window payload and re-seal segment check and trailer
+    let seg_at = Header::MIN_LEN;
+    let mut head = [0u8; SegmentHeader::LEN];
+    head.copy_from_slice(&p[seg_at..seg_at + SegmentHeader::LEN]);
+    head[29..33].copy_from_slice(&(big.len() as u32).to_le_bytes());
+    p.truncate(seg_at);
+    p.extend_from_slice(&head);
+    p.extend_from_slice(&big);
+    let mut check = blake3::Hasher::new();
+    check.update(&head);
+    check.update(&big);
+    p.extend_from_slice(&truncate_check(&check.finalize()));
+    p.push(END_TAG);
+    let t = blake3::hash(&p);
+    p.extend_from_slice(t.as_bytes());
+    let d = corrupt_detail(run(&old, &p));
+    assert!(d.contains("decompression failed"), "{d}");
+}
+
+#[test]
+fn memory_model_covers_the_real_decoder() {
+    use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
+    let data: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 21) as u8)
+        .collect();
+    for wl in [10u8, 14, 16, 17, 18, 20] {
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.set_parameter(zstd::stream::raw::CParameter::WindowLog(u32::from(wl)))
+            .unwrap();
+        let frame = c.compress(&data).unwrap();
+        let mut dctx = zstd::zstd_safe::DCtx::create();
+        dctx.set_parameter(DParameter::WindowLogMax(u32::from(wl)))
+            .unwrap();
+        {
+            let mut dec = Decoder::with_context(&mut dctx);
+            let mut buf = vec![0u8; 16 << 10];
+            let mut input = InBuffer::around(&frame);
+            loop {
+                let mut out = OutBuffer::around(&mut buf[..]);
+                let hint = dec.run(&mut input, &mut out).unwrap();
+                if hint == 0 && out.pos() < buf.len() {
+                    break;
+                }
+            }
+        }
+        let real = dctx.sizeof() as u64;
+        assert!(
+            real <= MemoryModel::decoder(wl),
+            "window 2^{wl}: decoder holds {real} bytes, model says {}",
+            MemoryModel::decoder(wl)
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random splits of a valid patch apply; random damage never yields success.
+    #[test]
+    fn random_splits_and_damage(splits in prop::collection::vec(1usize..500, 1..40),
+                                pos in any::<prop::sample::Index>(), byte in 1u8..=255) {
+        let (old, new, patch) = firmware_patch_cached();
+        let mut a = Applier::new(&old[..], Vec::new(), ApplyOptions::default());
+        let mut rest = &patch[..];
+        for s in splits.iter().cycle() {
+            if rest.is_empty() { break; }
+            let n = (*s).min(rest.len());
+            a.feed(&rest[..n]).unwrap();
+            rest = &rest[n..];
+        }
+        prop_assert_eq!(&a.finish().unwrap().1, new);
+
+        let mut bad = patch.clone();
+        let i = pos.index(bad.len());
+        bad[i] ^= byte;
+        prop_assert!(run(old, &bad).is_err());
+    }
+}
+
+fn firmware_patch_cached() -> &'static (Vec<u8>, Vec<u8>, Vec<u8>) {
+    static CELL: std::sync::OnceLock<(Vec<u8>, Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+    CELL.get_or_init(firmware_patch)
+}

@@ -1,0 +1,866 @@
+//! End-to-end tests of the `fwdelta` binary: round trips, every refusal path of
+//! `apply` (exit code, one-line error, nothing written, old image untouched),
+//! option errors of `diff`, `info` and `bench`.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const EXIT_FAILURE: i32 = 1;
+const EXIT_BAD_PATCH: i32 = 3;
+const EXIT_WRONG_OLD: i32 = 4;
+const EXIT_LIMITS: i32 = 5;
+
+/// Offsets in the version-1 header (see crates/fwdelta-format/src/header.rs).
+const VERSION_AT: usize = 8;
+const NEW_LEN_AT: usize = 56;
+const HEADER_FIXED_LEN: usize = 112;
+const HEADER_LEN: usize = 128;
+const SEGMENT_HEADER_LEN: usize = 33;
+const TRAILER_LEN: usize = 33;
+
+/// Outcome of one run of the binary.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    fn assert_ok(&self) {
+        assert_eq!(self.code, 0, "expected success\n{}", self.describe());
+    }
+
+    /// Exit `code` and exactly one stderr line `fwdelta: error: ...` that
+    /// contains every needle.
+    fn assert_error(&self, code: i32, needles: &[&str]) {
+        assert_eq!(self.code, code, "wrong exit code\n{}", self.describe());
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected exactly one stderr line\n{}",
+            self.describe()
+        );
+        assert!(
+            lines[0].starts_with("fwdelta: error: "),
+            "error line has the wrong prefix\n{}",
+            self.describe()
+        );
+        for needle in needles {
+            assert!(
+                lines[0].contains(needle),
+                "error line does not mention {needle:?}\n{}",
+                self.describe()
+            );
+        }
+    }
+}
+
+fn fwdelta<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
+        .args(args)
+        .output()
+        .expect("cannot run fwdelta");
+    Run {
+        code: out.status.code().expect("fwdelta was killed by a signal"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn testdata(pair: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(pair)
+}
+
+/// Sorted file names in `dir`.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A scratch directory holding a copy of a testdata pair, a patch made from it
+/// with default options, and an empty `out/` directory for apply outputs.
+struct Fixture {
+    dir: tempfile::TempDir,
+    old: PathBuf,
+    new: PathBuf,
+    patch: PathBuf,
+    out_dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(pair: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old");
+        let new = dir.path().join("new");
+        fs::copy(testdata(pair).join("old"), &old).unwrap();
+        fs::copy(testdata(pair).join("new"), &new).unwrap();
+        let patch = dir.path().join("patch.fwd");
+        fwdelta([
+            OsStr::new("diff"),
+            old.as_os_str(),
+            new.as_os_str(),
+            OsStr::new("-o"),
+            patch.as_os_str(),
+            OsStr::new("-q"),
+        ])
+        .assert_ok();
+        let out_dir = dir.path().join("out");
+        fs::create_dir(&out_dir).unwrap();
+        Fixture {
+            dir,
+            old,
+            new,
+            patch,
+            out_dir,
+        }
+    }
+
+    fn patch_bytes(&self) -> Vec<u8> {
+        fs::read(&self.patch).unwrap()
+    }
+
+    fn out(&self) -> PathBuf {
+        self.out_dir.join("image.bin")
+    }
+
+    /// Apply `patch` (bytes written to a scratch file) to `old`, writing to `out/image.bin`.
+    fn apply_with(&self, old: &Path, patch: &[u8], extra: &[&str]) -> Run {
+        let path = self.dir.path().join("candidate.fwd");
+        fs::write(&path, patch).unwrap();
+        let out = self.out();
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("apply"),
+            old.as_os_str(),
+            path.as_os_str(),
+            OsStr::new("-o"),
+            out.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        fwdelta(args)
+    }
+
+    /// Apply `patch` to the fixture's old image and expect a refusal: exit
+    /// `code`, one error line naming the problem, the output directory exactly
+    /// as it was (no output, no temporary file), the old image unchanged.
+    fn refuse(&self, patch: &[u8], extra: &[&str], code: i32, needles: &[&str]) {
+        self.refuse_with_old(&self.old, patch, extra, code, needles);
+    }
+
+    fn refuse_with_old(
+        &self,
+        old: &Path,
+        patch: &[u8],
+        extra: &[&str],
+        code: i32,
+        needles: &[&str],
+    ) {
+        let old_before = fs::read(old).unwrap();
+        let out_before = listing(&self.out_dir);
+        let contents_before = fs::read(self.out()).ok();
+        let run = self.apply_with(old, patch, extra);
+        run.assert_error(code, needles);
+        assert_eq!(
+            run.stdout,
+            "",
+            "nothing expected on stdout\n{}",
+            run.describe()
+        );
+        assert_eq!(
+            listing(&self.out_dir),
+            out_before,
+            "output directory changed (output or temporary file left)\n{}",
+            run.describe()
+        );
+        assert_eq!(
+            fs::read(self.out()).ok(),
+            contents_before,
+            "existing output file was modified"
+        );
+        assert_eq!(fs::read(old).unwrap(), old_before, "old image was modified");
+    }
+}
+
+/// Overwrite bytes at `at` and re-seal the header check, so the header parses
+/// as intact and its fields are validated.
+fn reseal(patch: &mut [u8], at: usize, value: &[u8]) {
+    patch[at..at + value.len()].copy_from_slice(value);
+    let check = blake3::hash(&patch[..HEADER_FIXED_LEN]);
+    patch[HEADER_FIXED_LEN..HEADER_LEN].copy_from_slice(&check.as_bytes()[..16]);
+}
+
+fn info_json(patch: &Path) -> serde_json::Value {
+    let run = fwdelta([OsStr::new("info"), patch.as_os_str(), OsStr::new("--json")]);
+    run.assert_ok();
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("info --json is not JSON: {e}\n{}", run.describe()))
+}
+
+// ---------------------------------------------------------------- round trips
+
+fn round_trip(pair: &str) {
+    let fx = Fixture::new(pair);
+    assert!(fx.patch_bytes().len() > HEADER_LEN + TRAILER_LEN);
+
+    // Default (not quiet): success, the new image byte for byte.
+    let run = fx.apply_with(&fx.old, &fx.patch_bytes(), &[]);
+    run.assert_ok();
+    assert_eq!(fs::read(fx.out()).unwrap(), fs::read(&fx.new).unwrap());
+    assert_eq!(listing(&fx.out_dir), ["image.bin"], "temporary file left");
+
+    // Quiet diff and apply print nothing at all, and replace an existing output.
+    let patch2 = fx.dir.path().join("quiet.fwd");
+    let run = fwdelta([
+        OsStr::new("diff"),
+        fx.old.as_os_str(),
+        fx.new.as_os_str(),
+        OsStr::new("-o"),
+        patch2.as_os_str(),
+        OsStr::new("-q"),
+    ]);
+    run.assert_ok();
+    assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("", ""));
+    fs::write(fx.out(), b"stale").unwrap();
+    let out = fx.out();
+    let run = fwdelta([
+        OsStr::new("apply"),
+        fx.old.as_os_str(),
+        patch2.as_os_str(),
+        OsStr::new("-o"),
+        out.as_os_str(),
+        OsStr::new("-q"),
+    ]);
+    run.assert_ok();
+    assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("", ""));
+    assert_eq!(fs::read(fx.out()).unwrap(), fs::read(&fx.new).unwrap());
+    assert_eq!(listing(&fx.out_dir), ["image.bin"], "temporary file left");
+    // Inputs untouched by either command.
+    assert_eq!(
+        fs::read(&fx.old).unwrap(),
+        fs::read(testdata(pair).join("old")).unwrap()
+    );
+}
+
+#[test]
+fn round_trip_cortex_m4() {
+    round_trip("fw-cortex-m4");
+}
+
+#[test]
+fn round_trip_x86_64() {
+    round_trip("fw-x86-64");
+}
+
+// ----------------------------------------------------------- apply refusals
+
+#[test]
+fn apply_refuses_truncated_patches() {
+    let fx = Fixture::new("fw-cortex-m4");
+    let patch = fx.patch_bytes();
+    let len = patch.len();
+    for cut in [0, 10, 100, HEADER_LEN, len / 2, len - 1] {
+        fx.refuse(&patch[..cut], &[], EXIT_BAD_PATCH, &["truncated"]);
+    }
+}
+
+#[test]
+fn apply_refuses_empty_patch() {
+    let fx = Fixture::new("fw-cortex-m4");
+    fx.refuse(b"", &[], EXIT_BAD_PATCH, &["truncated"]);
+}
+
+#[test]
+fn apply_refuses_flipped_header_byte() {
+    let fx = Fixture::new("fw-cortex-m4");
+    let patch = fx.patch_bytes();
+    // old_len, new_hash, segment_count, the check itself.
+    for at in [20, 70, 100, 120] {
+        let mut bad = patch.clone();
+        bad[at] ^= 0x01;
+        fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["corrupt"]);
+    }
+    // Magic.
+    let mut bad = patch.clone();
+    bad[1] ^= 0x20;
+    fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["not an fwdelta patch"]);
+}
+
+#[test]
+fn apply_refuses_flipped_segment_payload_byte() {
+    let fx = Fixture::new("fw-cortex-m4");
+    let patch = fx.patch_bytes();
+    let payload_len_at = HEADER_LEN + 29;
+    let payload_len = u32::from_le_bytes(
+        patch[payload_len_at..payload_len_at + 4]
+            .try_into()
+            .unwrap(),
+    ) as usize;
+    assert!(
+        payload_len > 4,
+        "first segment payload is {payload_len} bytes"
+    );
+    let payload_at = HEADER_LEN + SEGMENT_HEADER_LEN;
+    for at in [
+        payload_at,
+        payload_at + payload_len / 2,
+        payload_at + payload_len - 1,
+    ] {
+        let mut bad = patch.clone();
+        bad[at] ^= 0x01;
+        fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["corrupt"]);
+    }
+}
+
+#[test]
+fn apply_refuses_flipped_trailer_byte() {
+    let fx = Fixture::new("fw-cortex-m4");
+    let patch = fx.patch_bytes();
+    let len = patch.len();
+    for at in [len - TRAILER_LEN + 1, len - 1] {
+        let mut bad = patch.clone();
+        bad[at] ^= 0x80;
+        fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["corrupt"]);
+    }
+}
+
+#[test]
+fn apply_refuses_other_old_image() {
+    let fx = Fixture::new("fw-cortex-m4");
+    let patch = fx.patch_bytes();
+
+    // Same length, one byte different.
+    let same_len = fx.dir.path().join("other-same-len");
+    let mut bytes = fs::read(&fx.old).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&same_len, &bytes).unwrap();
+    fx.refuse_with_old(&same_len, &patch, &[], EXIT_WRONG_OLD, &["wrong old image"]);
+
+    // Different length (one byte longer, same prefix).
+    let longer = fx.dir.path().join("other-longer");
+    let mut bytes = fs::read(&fx.old).unwrap();
+    bytes.push(0);
+    fs::write(&longer, &bytes).unwrap();
+    fx.refuse_with_old(&longer, &patch, &[], EXIT_WRONG_OLD, &["wrong old image"]);
+
+    // The new image is not the old one either.
+    fx.refuse_with_old(&fx.new, &patch, &[], EXIT_WRONG_OLD, &["wrong old image"]);
+}
+
+#[test]
+fn apply_refuses_unknown_format_version() {
+    let fx = Fixture::new("fw-cortex-m4");
+    let mut bad = fx.patch_bytes();
+    bad[VERSION_AT..VERSION_AT + 2].copy_from_slice(&2u16.to_le_bytes());
+    fx.refuse(
+        &bad,
+        &[],
+        EXIT_BAD_PATCH,
+        &["unsupported patch format version"],
+    );
+    // Also when the header check is re-sealed.
+    let mut bad = fx.patch_bytes();
+    reseal(&mut bad, VERSION_AT, &7u16.to_le_bytes());
+    fx.refuse(
+        &bad,
+        &[],
+        EXIT_BAD_PATCH,
+        &["unsupported patch format version"],
+    );
+}
+
+#[test]
+fn apply_refuses_absurd_new_size() {
+    let fx = Fixture::new("fw-cortex-m4");
+    for size in [u64::MAX, (1u64 << 40) + 1] {
+        let mut bad = fx.patch_bytes();
+        reseal(&mut bad, NEW_LEN_AT, &size.to_le_bytes());
+        fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["absurd"]);
+    }
+}
+
+#[test]
+fn reseal_helper_produces_a_valid_header() {
+    // Guards the absurd-size test: re-sealing an unchanged value must keep the
+    // patch applicable, so the refusal above is about the size, not the check.
+    let fx = Fixture::new("fw-cortex-m4");
+    let mut patch = fx.patch_bytes();
+    let new_len = patch[NEW_LEN_AT..NEW_LEN_AT + 8].to_vec();
+    reseal(&mut patch, NEW_LEN_AT, &new_len);
+    assert_eq!(patch, fx.patch_bytes());
+}
+
+#[test]
+fn apply_refuses_garbage() {
+    let fx = Fixture::new("fw-cortex-m4");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let garbage: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fx.refuse(&garbage, &[], EXIT_BAD_PATCH, &["not an fwdelta patch"]);
+    // A text file.
+    fx.refuse(
+        b"this is not a patch, just some text\n",
+        &[],
+        EXIT_BAD_PATCH,
+        &["not an fwdelta patch"],
+    );
+}
+
+#[test]
+fn apply_refuses_trailing_garbage() {
+    let fx = Fixture::new("fw-cortex-m4");
+    for extra in [&b"x"[..], &b"\0\0\0\0junk after the trailer"[..]] {
+        let mut bad = fx.patch_bytes();
+        bad.extend_from_slice(extra);
+        fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["unexpected data"]);
+    }
+    // A second copy of the whole patch appended.
+    let mut bad = fx.patch_bytes();
+    bad.extend_from_slice(&fx.patch_bytes());
+    fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["unexpected data"]);
+}
+
+#[test]
+fn apply_refuses_patch_over_memory_limit() {
+    let fx = Fixture::new("fw-cortex-m4");
+    fx.refuse(
+        &fx.patch_bytes(),
+        &["--memory-limit", "200KiB"],
+        EXIT_LIMITS,
+        &["memory"],
+    );
+    // The same patch applies under a limit equal to its own claim.
+    let claim = info_json(&fx.patch)["apply_memory"].as_u64().unwrap();
+    let run = fx.apply_with(
+        &fx.old,
+        &fx.patch_bytes(),
+        &["--memory-limit", &claim.to_string(), "-q"],
+    );
+    run.assert_ok();
+    assert_eq!(fs::read(fx.out()).unwrap(), fs::read(&fx.new).unwrap());
+}
+
+#[test]
+fn apply_refuses_patch_over_max_size() {
+    let fx = Fixture::new("fw-cortex-m4");
+    fx.refuse(
+        &fx.patch_bytes(),
+        &["--max-size", "10"],
+        EXIT_LIMITS,
+        &["limit"],
+    );
+    let new_len = fs::metadata(&fx.new).unwrap().len();
+    fx.refuse(
+        &fx.patch_bytes(),
+        &["--max-size", &(new_len - 1).to_string()],
+        EXIT_LIMITS,
+        &["limit"],
+    );
+    let run = fx.apply_with(
+        &fx.old,
+        &fx.patch_bytes(),
+        &["--max-size", &new_len.to_string(), "-q"],
+    );
+    run.assert_ok();
+}
+
+#[test]
+fn failed_apply_leaves_existing_output_untouched() {
+    let fx = Fixture::new("fw-cortex-m4");
+    fs::write(fx.out(), b"precious").unwrap();
+    let patch = fx.patch_bytes();
+    let len = patch.len();
+
+    let mut corrupt = patch.clone();
+    corrupt[len - 1] ^= 1;
+    let mut payload = patch.clone();
+    payload[HEADER_LEN + SEGMENT_HEADER_LEN + 2] ^= 1;
+    fx.refuse(&patch[..len / 2], &[], EXIT_BAD_PATCH, &["truncated"]);
+    fx.refuse(&patch[..len - 1], &[], EXIT_BAD_PATCH, &["truncated"]);
+    fx.refuse(&corrupt, &[], EXIT_BAD_PATCH, &["corrupt"]);
+    fx.refuse(&payload, &[], EXIT_BAD_PATCH, &["corrupt"]);
+    fx.refuse(&patch, &["--max-size", "10"], EXIT_LIMITS, &["limit"]);
+    fx.refuse_with_old(&fx.new, &patch, &[], EXIT_WRONG_OLD, &["wrong old image"]);
+
+    assert_eq!(fs::read(fx.out()).unwrap(), b"precious");
+    assert_eq!(listing(&fx.out_dir), ["image.bin"]);
+}
+
+#[test]
+fn apply_refuses_output_that_is_an_input() {
+    let fx = Fixture::new("fw-cortex-m4");
+    let old_before = fs::read(&fx.old).unwrap();
+    let patch_before = fx.patch_bytes();
+    let dir_before = listing(fx.dir.path());
+    let dotted = fx.dir.path().join(".").join("old");
+    let hard_link = fx.dir.path().join("old-link");
+    fs::hard_link(&fx.old, &hard_link).unwrap();
+    let dir_before_link = {
+        let mut d = dir_before.clone();
+        d.push("old-link".into());
+        d.sort();
+        d
+    };
+    for output in [&fx.old, &dotted, &hard_link, &fx.patch] {
+        let run = fwdelta([
+            OsStr::new("apply"),
+            fx.old.as_os_str(),
+            fx.patch.as_os_str(),
+            OsStr::new("-o"),
+            output.as_os_str(),
+        ]);
+        assert_ne!(
+            run.code,
+            0,
+            "-o {} accepted\n{}",
+            output.display(),
+            run.describe()
+        );
+        run.assert_error(EXIT_FAILURE, &["same file"]);
+        assert_eq!(fs::read(&fx.old).unwrap(), old_before, "old image modified");
+        assert_eq!(fx.patch_bytes(), patch_before, "patch modified");
+        assert_eq!(listing(fx.dir.path()), dir_before_link, "file left behind");
+    }
+}
+
+#[test]
+fn apply_missing_inputs_fail_with_one_line() {
+    let fx = Fixture::new("fw-cortex-m4");
+    let missing = fx.dir.path().join("does-not-exist");
+    let out = fx.out();
+    let run = fwdelta([
+        OsStr::new("apply"),
+        missing.as_os_str(),
+        fx.patch.as_os_str(),
+        OsStr::new("-o"),
+        out.as_os_str(),
+    ]);
+    run.assert_error(EXIT_FAILURE, &["does-not-exist"]);
+    assert!(listing(&fx.out_dir).is_empty());
+
+    let run = fwdelta([
+        OsStr::new("apply"),
+        fx.old.as_os_str(),
+        missing.as_os_str(),
+        OsStr::new("-o"),
+        out.as_os_str(),
+    ]);
+    run.assert_error(EXIT_FAILURE, &["does-not-exist"]);
+    assert!(listing(&fx.out_dir).is_empty());
+
+    // Output directory that does not exist.
+    let nowhere = fx.dir.path().join("no-such-dir").join("image.bin");
+    let run = fwdelta([
+        OsStr::new("apply"),
+        fx.old.as_os_str(),
+        fx.patch.as_os_str(),
+        OsStr::new("-o"),
+        nowhere.as_os_str(),
+    ]);
+    run.assert_error(EXIT_FAILURE, &[]);
+    assert!(!nowhere.exists());
+}
+
+// ------------------------------------------------------------ diff options
+
+fn diff_refused(extra: &[&str], old: Option<&Path>, needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let default_old = testdata("fw-cortex-m4").join("old");
+    let old = old.unwrap_or(&default_old);
+    let new = testdata("fw-cortex-m4").join("new");
+    let patch = dir.path().join("patch.fwd");
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("diff"),
+        old.as_os_str(),
+        new.as_os_str(),
+        OsStr::new("-o"),
+        patch.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    let run = fwdelta(args);
+    run.assert_error(EXIT_FAILURE, needles);
+    assert!(
+        listing(dir.path()).is_empty(),
+        "diff left files behind: {:?}",
+        listing(dir.path())
+    );
+}
+
+#[test]
+fn diff_refuses_too_small_apply_memory() {
+    diff_refused(&["--apply-memory", "64KiB"], None, &["minimum"]);
+}
+
+#[test]
+fn diff_refuses_bad_level() {
+    diff_refused(&["--level", "30"], None, &["level"]);
+    diff_refused(&["--level", "0"], None, &["level"]);
+}
+
+#[test]
+fn diff_refuses_missing_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("does-not-exist");
+    diff_refused(&[], Some(&missing), &["does-not-exist"]);
+}
+
+// -------------------------------------------------------------------- info
+
+#[test]
+fn info_human_and_json() {
+    let fx = Fixture::new("fw-cortex-m4");
+    let v = info_json(&fx.patch);
+    let old_len = fs::metadata(&fx.old).unwrap().len();
+    let new_len = fs::metadata(&fx.new).unwrap().len();
+    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["old"]["len"].as_u64(), Some(old_len));
+    assert_eq!(v["new"]["len"].as_u64(), Some(new_len));
+    assert_eq!(v["codec"], "zstd");
+    assert_eq!(v["patch_len"].as_u64(), Some(fx.patch_bytes().len() as u64));
+    assert_eq!(
+        v["old"]["blake3"].as_str(),
+        Some(blake3::hash(&fs::read(&fx.old).unwrap()).to_hex().as_str())
+    );
+    assert_eq!(
+        v["new"]["blake3"].as_str(),
+        Some(blake3::hash(&fs::read(&fx.new).unwrap()).to_hex().as_str())
+    );
+    let window_log = v["window_log"].as_u64().expect("window_log");
+    assert!((10..=30).contains(&window_log), "window_log {window_log}");
+    let apply_memory = v["apply_memory"].as_u64().expect("apply_memory");
+    assert!(apply_memory >= 1 << window_log);
+    assert!(apply_memory <= 2 << 20, "default budget is 2 MiB");
+    let segments = v["segments"].as_array().expect("segments array");
+    assert!(!segments.is_empty());
+    let covered: u64 = segments
+        .iter()
+        .map(|s| s["new_len"].as_u64().unwrap())
+        .sum();
+    assert_eq!(covered, new_len);
+
+    let run = fwdelta([OsStr::new("info"), fx.patch.as_os_str()]);
+    run.assert_ok();
+    assert!(
+        run.stdout.contains("format version 1"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("segments: {},", segments.len())),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn info_refuses_corrupt_patch() {
+    let fx = Fixture::new("fw-cortex-m4");
+    let patch = fx.patch_bytes();
+    let bad_path = fx.dir.path().join("bad.fwd");
+    let len = patch.len();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            {
+                let mut b = patch.clone();
+                b[len - 1] ^= 1;
+                b
+            },
+            "corrupt",
+        ),
+        (
+            {
+                let mut b = patch.clone();
+                b[20] ^= 1;
+                b
+            },
+            "corrupt",
+        ),
+        (
+            {
+                let mut b = patch.clone();
+                b[HEADER_LEN + SEGMENT_HEADER_LEN + 1] ^= 1;
+                b
+            },
+            "corrupt",
+        ),
+        (patch[..len - 1].to_vec(), "truncated"),
+        (
+            {
+                let mut b = patch.clone();
+                b.push(0);
+                b
+            },
+            "unexpected data",
+        ),
+    ];
+    for (bytes, needle) in cases {
+        fs::write(&bad_path, &bytes).unwrap();
+        for json in [false, true] {
+            let mut args = vec![OsStr::new("info"), bad_path.as_os_str()];
+            if json {
+                args.push(OsStr::new("--json"));
+            }
+            let run = fwdelta(args);
+            run.assert_error(EXIT_BAD_PATCH, &[needle]);
+            assert_eq!(run.stdout, "", "{}", run.describe());
+        }
+    }
+}
+
+// ------------------------------------------------------------------- bench
+
+fn copy_pair(pair: &str, into: &Path) {
+    let d = into.join(pair);
+    fs::create_dir(&d).unwrap();
+    fs::copy(testdata(pair).join("old"), d.join("old")).unwrap();
+    fs::copy(testdata(pair).join("new"), d.join("new")).unwrap();
+}
+
+#[test]
+fn bench_table_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_pair("fw-cortex-m4", dir.path());
+    copy_pair("edge-one-byte", dir.path());
+    // Not a pair: ignored.
+    fs::create_dir(dir.path().join("not-a-pair")).unwrap();
+    fs::write(dir.path().join("not-a-pair").join("old"), b"x").unwrap();
+
+    let run = fwdelta([OsStr::new("bench"), dir.path().as_os_str()]);
+    run.assert_ok();
+    for pair in ["fw-cortex-m4", "edge-one-byte"] {
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("| {pair} |"))),
+            "table has no row for {pair}\n{}",
+            run.describe()
+        );
+    }
+    assert!(!run.stdout.contains("not-a-pair"), "{}", run.describe());
+    assert!(!run.stdout.contains("FAILED"), "{}", run.describe());
+
+    let run = fwdelta([
+        OsStr::new("bench"),
+        dir.path().as_os_str(),
+        OsStr::new("--json"),
+    ]);
+    run.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("bench --json is not JSON: {e}\n{}", run.describe()));
+    let pairs = v["pairs"].as_array().expect("pairs array");
+    let mut names: Vec<&str> = pairs.iter().map(|p| p["pair"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["edge-one-byte", "fw-cortex-m4"]);
+    for p in pairs {
+        assert_eq!(p["ok"], true, "pair failed: {p}");
+        assert!(p["patch_len"].as_u64().unwrap() > 0, "{p}");
+    }
+    // Bench writes nothing into the pairs directory.
+    assert_eq!(
+        listing(dir.path()),
+        ["edge-one-byte", "fw-cortex-m4", "not-a-pair"]
+    );
+}
+
+#[test]
+fn bench_without_pairs_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("half")).unwrap();
+    fs::write(dir.path().join("half").join("new"), b"x").unwrap();
+    for json in [false, true] {
+        let mut args = vec![OsStr::new("bench"), dir.path().as_os_str()];
+        if json {
+            args.push(OsStr::new("--json"));
+        }
+        let run = fwdelta(args);
+        assert_ne!(run.code, 0, "{}", run.describe());
+        run.assert_error(EXIT_FAILURE, &["no pairs"]);
+    }
+    let missing = dir.path().join("does-not-exist");
+    let run = fwdelta([OsStr::new("bench"), missing.as_os_str()]);
+    run.assert_error(EXIT_FAILURE, &["does-not-exist"]);
+}
+
+// ------------------------------------------------------------ apply memory
+
+#[test]
+fn apply_memory_option_sets_window_and_round_trips() {
+    let fx = Fixture::new("fw-x86-64");
+    let default = info_json(&fx.patch);
+
+    let big = fx.dir.path().join("big-window.fwd");
+    fwdelta([
+        OsStr::new("diff"),
+        fx.old.as_os_str(),
+        fx.new.as_os_str(),
+        OsStr::new("-o"),
+        big.as_os_str(),
+        OsStr::new("--apply-memory"),
+        OsStr::new("8MiB"),
+        OsStr::new("-q"),
+    ])
+    .assert_ok();
+    let v = info_json(&big);
+    let wl_default = default["window_log"].as_u64().unwrap();
+    let wl_big = v["window_log"].as_u64().unwrap();
+    assert!(
+        wl_big > wl_default,
+        "8MiB window 2^{wl_big} is not larger than default 2^{wl_default}"
+    );
+    let mem_default = default["apply_memory"].as_u64().unwrap();
+    let mem_big = v["apply_memory"].as_u64().unwrap();
+    assert!(mem_big > mem_default);
+    assert!(
+        mem_big <= 8 << 20,
+        "claim {mem_big} exceeds the 8 MiB budget"
+    );
+    assert!(mem_big > 1 << 20, "claim {mem_big} fits the default budget");
+
+    let out = fx.out();
+    let run = fwdelta([
+        OsStr::new("apply"),
+        fx.old.as_os_str(),
+        big.as_os_str(),
+        OsStr::new("-o"),
+        out.as_os_str(),
+        OsStr::new("-q"),
+    ]);
+    run.assert_ok();
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&fx.new).unwrap());
+
+    // An applier limited to the default budget refuses it.
+    fs::remove_file(&out).unwrap();
+    let bytes = fs::read(&big).unwrap();
+    fx.refuse(
+        &bytes,
+        &["--memory-limit", "1MiB"],
+        EXIT_LIMITS,
+        &["memory"],
+    );
+}
