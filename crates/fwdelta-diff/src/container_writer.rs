@@ -1,7 +1,9 @@
 //! The container writer: header, checked segments, trailer.
 
 use crate::error::DiffError;
+use crate::segment_encoder::EncodedSegment;
 use crate::segmenter::SegmentPlan;
+use fwdelta_format::header::MIN_WINDOW_LOG;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::trailer::END_TAG;
 use fwdelta_format::{truncate_check, Codec, Header, Layout, MemoryModel};
@@ -19,15 +21,20 @@ pub struct Images {
     pub new_hash: [u8; 32],
 }
 
-/// Assemble a patch from encoded segment payloads (`payloads[i]` belongs to
-/// `segments[i]`). Cost: one pass over the payloads to hash them; the patch is
-/// built in one allocation.
+/// Assemble a patch from encoded segments (`encoded[i]` belongs to
+/// `segments[i]`). The header declares the largest window any segment uses, and
+/// the memory that window needs. Cost: one pass over the payloads to hash them;
+/// the patch is built in one allocation.
 pub fn write(
     images: &Images,
-    window_log: u8,
     segments: &[SegmentPlan],
-    payloads: &[Vec<u8>],
+    encoded: &[EncodedSegment],
 ) -> Result<Vec<u8>, DiffError> {
+    let window_log = encoded
+        .iter()
+        .map(|e| e.window_log)
+        .max()
+        .unwrap_or(MIN_WINDOW_LOG);
     let segment_count = u32::try_from(segments.len())
         .map_err(|_| DiffError::InvalidOption("too many segments".into()))?;
     let header = Header {
@@ -42,13 +49,14 @@ pub fn write(
         segment_count,
         apply_memory: MemoryModel::required(window_log),
     };
-    let body: usize = payloads
+    let body: usize = encoded
         .iter()
-        .map(|p| p.len() + SegmentHeader::LEN + 16)
+        .map(|e| e.payload.len() + SegmentHeader::LEN + 16)
         .sum();
     let mut out = Vec::with_capacity(header.encoded_len() + body + 33);
     out.extend_from_slice(&header.encode());
-    for (index, (seg, payload)) in segments.iter().zip(payloads).enumerate() {
+    for (index, (seg, enc)) in segments.iter().zip(encoded).enumerate() {
+        let payload = &enc.payload;
         let head = SegmentHeader {
             index: index as u32,
             new_offset: seg.new_offset,

@@ -26,6 +26,7 @@ pub mod segmenter;
 pub use error::DiffError;
 pub use matcher::Op;
 
+use fwdelta_format::header::MIN_WINDOW_LOG;
 use fwdelta_format::{MemoryModel, MAX_IMAGE_LEN};
 use std::time::{Duration, Instant};
 
@@ -56,7 +57,8 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Check the options and derive the decoder window (log2).
+    /// Check the options and derive the largest decoder window (log2) the
+    /// budget allows. Segments whose streams are smaller use smaller windows.
     pub fn window_log(&self) -> Result<u8, DiffError> {
         if !(1..=22).contains(&self.level) {
             return Err(DiffError::InvalidOption(format!(
@@ -96,7 +98,8 @@ pub struct DiffReport {
     pub literal_bytes: u64,
     /// Segments in the patch.
     pub segments: usize,
-    /// Decoder window (log2).
+    /// Decoder window (log2) declared in the header: the largest any segment
+    /// needs, at most the budget's.
     pub window_log: u8,
     /// Time spent hashing and matching.
     pub match_time: Duration,
@@ -143,10 +146,15 @@ impl Plan {
 
     /// Encode this plan into a patch container.
     pub fn encode(&self, old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
-        let window_log = opts.window_log()?;
+        let max_window_log = opts.window_log()?;
         let start = Instant::now();
         let segments = segmenter::split(&self.ops, old, new, opts.segment_cost);
-        let payloads = segment_encoder::encode_all(&segments, old, new, opts.level, window_log)?;
+        let encoded = segment_encoder::encode_all(&segments, old, new, opts.level, max_window_log)?;
+        let window_log = encoded
+            .iter()
+            .map(|e| e.window_log)
+            .max()
+            .unwrap_or(MIN_WINDOW_LOG);
         let bytes = container_writer::write(
             &container_writer::Images {
                 old_len: old.len() as u64,
@@ -154,9 +162,8 @@ impl Plan {
                 new_len: new.len() as u64,
                 new_hash: self.new_hash,
             },
-            window_log,
             &segments,
-            &payloads,
+            &encoded,
         )?;
         let (diff_bytes, literal_bytes) = self
             .ops

@@ -4,6 +4,7 @@
 
 use crate::error::DiffError;
 use crate::segmenter::SegmentPlan;
+use fwdelta_format::header::MIN_WINDOW_LOG;
 use fwdelta_format::record::Record;
 use fwdelta_format::segment::MAX_PAYLOAD_LEN;
 use rayon::prelude::*;
@@ -14,50 +15,56 @@ use zstd::zstd_safe::FrameFormat;
 /// Difference bytes are computed through a scratch buffer of this size.
 const SCRATCH: usize = 64 * 1024;
 
+/// One encoded segment.
+#[derive(Debug, Clone)]
+pub struct EncodedSegment {
+    /// The compressed payload (one magicless zstd frame).
+    pub payload: Vec<u8>,
+    /// log2 of the window the frame was made with: the budget's window, or less
+    /// when the segment's whole stream is smaller.
+    pub window_log: u8,
+}
+
 /// Encode every segment (in parallel on the ambient rayon pool). Cost per
-/// worker: one zstd context for `level`/`window_log` and a 64 KiB scratch
+/// worker: one zstd context for `level`/`max_window_log` and a 64 KiB scratch
 /// buffer; the payloads are held in memory.
 pub fn encode_all(
     segments: &[SegmentPlan],
     old: &[u8],
     new: &[u8],
     level: i32,
-    window_log: u8,
-) -> Result<Vec<Vec<u8>>, DiffError> {
+    max_window_log: u8,
+) -> Result<Vec<EncodedSegment>, DiffError> {
     segments
         .par_iter()
         .enumerate()
         .map(|(index, seg)| {
-            let payload = encode(seg, old, new, level, window_log)?;
-            if payload.len() > MAX_PAYLOAD_LEN as usize {
+            let encoded = encode(seg, old, new, level, max_window_log)?;
+            if encoded.payload.len() > MAX_PAYLOAD_LEN as usize {
                 return Err(DiffError::PayloadTooLarge {
                     index,
-                    len: payload.len(),
+                    len: encoded.payload.len(),
                 });
             }
-            Ok(payload)
+            Ok(encoded)
         })
         .collect()
 }
 
-/// Encode one segment. Record `k`'s seek moves the old cursor from the end of
-/// op `k`'s diff range to the start of op `k + 1`'s; the last seek is 0.
-pub fn encode(
-    seg: &SegmentPlan,
-    old: &[u8],
-    new: &[u8],
-    level: i32,
-    window_log: u8,
-) -> Result<Vec<u8>, DiffError> {
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
-    enc.set_parameter(CParameter::WindowLog(u32::from(window_log)))?;
-    enc.set_parameter(CParameter::Format(FrameFormat::Magicless))?;
-    enc.include_checksum(false)?;
-    enc.include_contentsize(false)?;
-    enc.include_dictid(false)?;
+/// A record and where its bytes come from.
+struct Planned {
+    record: Record,
+    /// New-image offset of the record's first diff byte.
+    diff_new: usize,
+    /// Old-image offset of the record's first diff byte.
+    diff_old: usize,
+}
 
-    let mut head = Vec::with_capacity(fwdelta_format::record::MAX_HEAD_LEN);
-    let mut scratch = vec![0u8; SCRATCH];
+/// The records of one segment. Record `k`'s seek moves the old cursor from the
+/// end of op `k`'s diff range to the start of op `k + 1`'s; the last seek is 0.
+/// Each op's diff range is cut into copy/diff pieces by [`copy_diff_pieces`].
+fn plan_records(seg: &SegmentPlan, old: &[u8], new: &[u8]) -> Vec<Planned> {
+    let mut out = Vec::with_capacity(seg.ops.len());
     let mut at = seg.new_offset as usize;
     for (k, op) in seg.ops.iter().enumerate() {
         let seek = match seg.ops.get(k + 1) {
@@ -74,29 +81,71 @@ pub fn encode(
             } else {
                 (0, 0)
             };
-            head.clear();
-            Record {
+            let record = Record {
                 copy_len: copy as u64,
                 diff_len: diff as u64,
                 literal_len,
                 seek,
-            }
-            .encode_head(&mut head);
-            enc.write_all(&head)?;
-            let start = piece_at + copy;
-            write_diff(
-                &mut enc,
-                &old[o + start..o + start + diff],
-                &new[at + start..at + start + diff],
-                &mut scratch,
-            )?;
-            piece_at = start + diff;
+            };
+            out.push(Planned {
+                record,
+                diff_new: at + piece_at + copy,
+                diff_old: o + piece_at + copy,
+            });
+            piece_at += copy + diff;
         }
-        at += d;
-        enc.write_all(&new[at..at + op.literal_len as usize])?;
-        at += op.literal_len as usize;
+        at += d + op.literal_len as usize;
     }
-    Ok(enc.finish()?)
+    out
+}
+
+/// Smallest window (log2, within the format's range and at most `max`) that
+/// holds a whole stream of `len` bytes.
+fn window_for(len: u64, max: u8) -> u8 {
+    let need = (64 - len.saturating_sub(1).leading_zeros()) as u8;
+    need.clamp(MIN_WINDOW_LOG, max.max(MIN_WINDOW_LOG))
+}
+
+/// Encode one segment: plan its records, pick the window, compress.
+pub fn encode(
+    seg: &SegmentPlan,
+    old: &[u8],
+    new: &[u8],
+    level: i32,
+    max_window_log: u8,
+) -> Result<EncodedSegment, DiffError> {
+    let records = plan_records(seg, old, new);
+    let stream_len: u64 = records.iter().map(|p| p.record.stream_len()).sum();
+    let window_log = window_for(stream_len, max_window_log);
+
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
+    enc.set_parameter(CParameter::WindowLog(u32::from(window_log)))?;
+    enc.set_parameter(CParameter::Format(FrameFormat::Magicless))?;
+    enc.include_checksum(false)?;
+    enc.include_contentsize(false)?;
+    enc.include_dictid(false)?;
+
+    let mut head = Vec::with_capacity(fwdelta_format::record::MAX_HEAD_LEN);
+    let mut scratch = vec![0u8; SCRATCH];
+    for p in &records {
+        let r = &p.record;
+        head.clear();
+        r.encode_head(&mut head);
+        enc.write_all(&head)?;
+        let d = r.diff_len as usize;
+        write_diff(
+            &mut enc,
+            &old[p.diff_old..p.diff_old + d],
+            &new[p.diff_new..p.diff_new + d],
+            &mut scratch,
+        )?;
+        let lit = p.diff_new + d;
+        enc.write_all(&new[lit..lit + r.literal_len as usize])?;
+    }
+    Ok(EncodedSegment {
+        payload: enc.finish()?,
+        window_log,
+    })
 }
 
 /// Shortest run of equal bytes inside a diff range worth its own record: below
@@ -176,5 +225,14 @@ mod tests {
         assert_eq!(p.iter().map(|(c, d)| c + d).sum::<usize>(), 200);
         assert_eq!(copy_diff_pieces(&old, &old), vec![(200, 0)]);
         assert_eq!(copy_diff_pieces(&[], &[]), vec![(0, 0)]);
+    }
+
+    #[test]
+    fn window_fits_the_stream() {
+        assert_eq!(window_for(0, 20), 10);
+        assert_eq!(window_for(1024, 20), 10);
+        assert_eq!(window_for(1025, 20), 11);
+        assert_eq!(window_for(300_000, 20), 19);
+        assert_eq!(window_for(50_000_000, 20), 20);
     }
 }

@@ -9,7 +9,7 @@
 //! literal bytes; then moves `pos` by the signed `seek`.
 
 use crate::error::FormatError;
-use crate::varint::{get_i64, get_u64, put_i64, put_u64, MAX_VARINT_LEN};
+use crate::varint::{get_i64, get_u64, len_i64, len_u64, put_i64, put_u64, MAX_VARINT_LEN};
 
 /// Longest possible record head.
 pub const MAX_HEAD_LEN: usize = 4 * MAX_VARINT_LEN;
@@ -34,6 +34,19 @@ impl Record {
         put_u64(out, self.diff_len);
         put_u64(out, self.literal_len);
         put_i64(out, self.seek);
+    }
+
+    /// Length of this record's encoded head.
+    pub fn head_len(&self) -> usize {
+        len_u64(self.copy_len)
+            + len_u64(self.diff_len)
+            + len_u64(self.literal_len)
+            + len_i64(self.seek)
+    }
+
+    /// Length of this record in the decompressed stream: head, diff and literal bytes.
+    pub fn stream_len(&self) -> u64 {
+        self.head_len() as u64 + self.diff_len + self.literal_len
     }
 
     /// Parse a head from the start of `bytes`: `Ok(None)` means more bytes are
@@ -98,6 +111,7 @@ mod tests {
             let mut b = Vec::new();
             r.encode_head(&mut b);
             prop_assert!(b.len() <= MAX_HEAD_LEN);
+            prop_assert_eq!(r.head_len(), b.len());
             prop_assert_eq!(Record::parse_head(&b).unwrap(), Some((r, b.len())));
             for cut in 0..b.len() {
                 prop_assert_eq!(Record::parse_head(&b[..cut]).unwrap(), None);

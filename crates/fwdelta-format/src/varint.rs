@@ -15,6 +15,16 @@ pub fn put_u64(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// Encoded length of `v` as LEB128.
+pub fn len_u64(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Encoded length of `v` zig-zag encoded.
+pub fn len_i64(v: i64) -> usize {
+    len_u64(((v << 1) ^ (v >> 63)) as u64)
+}
+
 /// Append `v` zig-zag encoded.
 pub fn put_i64(out: &mut Vec<u8>, v: i64) {
     put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
@@ -58,6 +68,7 @@ mod tests {
             let mut b = Vec::new();
             put_u64(&mut b, v);
             prop_assert!(b.len() <= MAX_VARINT_LEN);
+            prop_assert_eq!(len_u64(v), b.len());
             prop_assert_eq!(get_u64(&b).unwrap(), Some((v, b.len())));
             // every strict prefix asks for more input
             for cut in 0..b.len() {
@@ -69,6 +80,7 @@ mod tests {
         fn i64_round_trip(v: i64) {
             let mut b = Vec::new();
             put_i64(&mut b, v);
+            prop_assert_eq!(len_i64(v), b.len());
             prop_assert_eq!(get_i64(&b).unwrap(), Some((v, b.len())));
         }
     }

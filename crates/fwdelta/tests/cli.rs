@@ -99,6 +99,19 @@ fn listing(dir: &Path) -> Vec<String> {
 
 /// A scratch directory holding a copy of a testdata pair, a patch made from it
 /// with default options, and an empty `out/` directory for apply outputs.
+/// Deterministic incompressible bytes (xorshift).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     old: PathBuf,
@@ -109,11 +122,18 @@ struct Fixture {
 
 impl Fixture {
     fn new(pair: &str) -> Fixture {
+        Fixture::from_bytes(
+            &fs::read(testdata(pair).join("old")).unwrap(),
+            &fs::read(testdata(pair).join("new")).unwrap(),
+        )
+    }
+
+    fn from_bytes(old_bytes: &[u8], new_bytes: &[u8]) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let old = dir.path().join("old");
         let new = dir.path().join("new");
-        fs::copy(testdata(pair).join("old"), &old).unwrap();
-        fs::copy(testdata(pair).join("new"), &new).unwrap();
+        fs::write(&old, old_bytes).unwrap();
+        fs::write(&new, new_bytes).unwrap();
         let patch = dir.path().join("patch.fwd");
         fwdelta([
             OsStr::new("diff"),
@@ -448,14 +468,20 @@ fn apply_refuses_trailing_garbage() {
 #[test]
 fn apply_refuses_patch_over_memory_limit() {
     let fx = Fixture::new("fw-cortex-m4");
+    let claim = info_json(&fx.patch)["apply_memory"].as_u64().unwrap();
     fx.refuse(
         &fx.patch_bytes(),
-        &["--memory-limit", "200KiB"],
+        &["--memory-limit", "100KiB"],
+        EXIT_LIMITS,
+        &["memory"],
+    );
+    fx.refuse(
+        &fx.patch_bytes(),
+        &["--memory-limit", &(claim - 1).to_string()],
         EXIT_LIMITS,
         &["memory"],
     );
     // The same patch applies under a limit equal to its own claim.
-    let claim = info_json(&fx.patch)["apply_memory"].as_u64().unwrap();
     let run = fx.apply_with(
         &fx.old,
         &fx.patch_bytes(),
@@ -811,21 +837,30 @@ fn bench_without_pairs_fails() {
 
 #[test]
 fn apply_memory_option_sets_window_and_round_trips() {
-    let fx = Fixture::new("fw-x86-64");
-    let default = info_json(&fx.patch);
-
+    // One segment holding a 3 MiB stream, larger than the default budget's
+    // window, so the budget decides the window.
+    let fx = Fixture::from_bytes(&noise(1, 3 << 20), &noise(2, 3 << 20));
+    let diff_with = |out: &Path, extra: &[&str]| {
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("diff"),
+            fx.old.as_os_str(),
+            fx.new.as_os_str(),
+            OsStr::new("-o"),
+            out.as_os_str(),
+            OsStr::new("--segment-size"),
+            OsStr::new("64MiB"),
+            OsStr::new("--level"),
+            OsStr::new("3"),
+            OsStr::new("-q"),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        fwdelta(args).assert_ok();
+    };
+    let default_patch = fx.dir.path().join("default-window.fwd");
+    diff_with(&default_patch, &[]);
+    let default = info_json(&default_patch);
     let big = fx.dir.path().join("big-window.fwd");
-    fwdelta([
-        OsStr::new("diff"),
-        fx.old.as_os_str(),
-        fx.new.as_os_str(),
-        OsStr::new("-o"),
-        big.as_os_str(),
-        OsStr::new("--apply-memory"),
-        OsStr::new("8MiB"),
-        OsStr::new("-q"),
-    ])
-    .assert_ok();
+    diff_with(&big, &["--apply-memory", "8MiB"]);
     let v = info_json(&big);
     let wl_default = default["window_log"].as_u64().unwrap();
     let wl_big = v["window_log"].as_u64().unwrap();
