@@ -16,9 +16,14 @@ pub struct AtomicFile {
     out: Option<BufWriter<File>>,
 }
 
+/// Longest part of the target's name kept in the temporary file's name, so the
+/// temporary name stays within common file-name limits (255 bytes).
+const MAX_NAME_IN_TEMP: usize = 120;
+
 impl AtomicFile {
     /// Create a temporary file in the target's directory (`.NAME.fwdelta-PID-N.tmp`,
-    /// created exclusively).
+    /// created exclusively). If the target is a symbolic link, the link itself is
+    /// what [`commit`](Self::commit) replaces.
     pub fn create(target: &Path) -> io::Result<AtomicFile> {
         let dir = match target.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -29,11 +34,11 @@ impl AtomicFile {
             .ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name")
             })?
-            .to_string_lossy()
-            .into_owned();
+            .to_string_lossy();
+        let short: String = name.chars().take(MAX_NAME_IN_TEMP).collect();
         let pid = std::process::id();
         for n in 0..1000u32 {
-            let temp = dir.join(format!(".{name}.fwdelta-{pid}-{n}.tmp"));
+            let temp = dir.join(format!(".{short}.fwdelta-{pid}-{n}.tmp"));
             match OpenOptions::new().write(true).create_new(true).open(&temp) {
                 Ok(file) => {
                     return Ok(AtomicFile {
@@ -57,23 +62,41 @@ impl AtomicFile {
         &self.temp
     }
 
+    /// The temporary file, e.g. to set its permissions before committing.
+    pub fn file(&self) -> Option<&File> {
+        self.out.as_ref().map(|w| w.get_ref())
+    }
+
     /// Flush, fsync, rename over the target, then fsync the directory so the
-    /// rename itself is durable.
+    /// rename itself is durable. On any failure before the rename, the temporary
+    /// file is removed and the target is untouched. If only the final directory
+    /// sync fails, the new file is already in place and the error says so.
     pub fn commit(mut self) -> io::Result<()> {
+        let result = self.finish_and_rename();
+        // Whatever happened, the temporary file must not outlive this call.
+        self.out = None;
+        if result.is_err() {
+            let _ = fs::remove_file(&self.temp);
+        }
+        result?;
+        let dir = match self.target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(d) => d.to_path_buf(),
+            None => PathBuf::from("."),
+        };
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("the new file is in place but its directory could not be synced: {e}"),
+            )
+        })
+    }
+
+    fn finish_and_rename(&mut self) -> io::Result<()> {
         let out = self.out.take().ok_or(io::ErrorKind::Other)?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
-        if let Err(e) = fs::rename(&self.temp, &self.target) {
-            let _ = fs::remove_file(&self.temp);
-            return Err(e);
-        }
-        if let Some(dir) = self.target.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
-        } else {
-            File::open(".")?.sync_all()?;
-        }
-        Ok(())
+        fs::rename(&self.temp, &self.target)
     }
 }
 
@@ -94,6 +117,8 @@ impl Sink for AtomicFile {
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
+        // Still open means never committed: discard. (`commit` clears `out`
+        // and removes the file itself on failure.)
         if self.out.take().is_some() {
             let _ = fs::remove_file(&self.temp);
         }
@@ -123,5 +148,30 @@ mod tests {
         f.commit().unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"after");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failed_commit_removes_the_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The target is a non-empty directory: the rename must fail.
+        let target = dir.path().join("busy");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("keep"), b"x").unwrap();
+        let mut f = AtomicFile::create(&target).unwrap();
+        f.write_all(b"data").unwrap();
+        let temp = f.temp_path().to_path_buf();
+        assert!(f.commit().is_err());
+        assert!(!temp.exists(), "temp file left after a failed commit");
+        assert_eq!(fs::read(target.join("keep")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn long_names_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("n".repeat(250));
+        let mut f = AtomicFile::create(&target).unwrap();
+        f.write_all(b"ok").unwrap();
+        f.commit().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"ok");
     }
 }

@@ -23,13 +23,40 @@ pub struct PatchInfo {
     pub patch_len: u64,
 }
 
+/// Summary of a patch, as read by [`inspect_each`].
+#[derive(Debug, Clone)]
+pub struct PatchSummary {
+    /// The validated header.
+    pub header: Header,
+    /// Length of the header in bytes.
+    pub header_len: u64,
+    /// Total patch length.
+    pub patch_len: u64,
+}
+
 /// Read a whole patch from `r`, validating its structure and every checksum
 /// (header check, segment checks, trailer) without decompressing anything.
-///
-/// Cost: one pass over the patch through a 16 KiB buffer; memory grows by 33
-/// bytes per segment for the returned list (at most one segment per new byte,
-/// and the header's count is checked before any is read).
-pub fn inspect<R: Read>(mut r: R) -> Result<PatchInfo, ApplyError> {
+/// Collects the segment headers: memory grows by ~40 bytes per segment (each
+/// segment takes at least 50 patch bytes). For fixed memory use [`inspect_each`].
+pub fn inspect<R: Read>(r: R) -> Result<PatchInfo, ApplyError> {
+    let mut segments = Vec::new();
+    let summary = inspect_each(r, |s| segments.push(*s))?;
+    Ok(PatchInfo {
+        header: summary.header,
+        header_len: summary.header_len,
+        segments,
+        patch_len: summary.patch_len,
+    })
+}
+
+/// Like [`inspect`], but hands each segment header to `on_segment` as it is
+/// validated (its check is verified after the call) instead of keeping them:
+/// a terminal can verify a downloaded patch in one pass with a 16 KiB buffer
+/// and a header buffer of at most 4 KiB.
+pub fn inspect_each<R: Read>(
+    mut r: R,
+    mut on_segment: impl FnMut(&SegmentHeader),
+) -> Result<PatchSummary, ApplyError> {
     let mut whole = blake3::Hasher::new();
     let mut offset = 0u64;
 
@@ -47,7 +74,6 @@ pub fn inspect<R: Read>(mut r: R) -> Result<PatchInfo, ApplyError> {
     let header = Header::parse(&hbuf)?;
     whole.update(&hbuf);
 
-    let mut segments = Vec::new();
     let mut produced = 0u64;
     let mut buf = vec![0u8; BUFFER_LEN];
     for index in 0..header.segment_count {
@@ -59,6 +85,7 @@ pub fn inspect<R: Read>(mut r: R) -> Result<PatchInfo, ApplyError> {
             &format!("before segment {index}"),
         )?;
         let seg = SegmentHeader::parse(&b, &header, index, produced)?;
+        on_segment(&seg);
         whole.update(&b);
         let mut check = blake3::Hasher::new();
         check.update(&b);
@@ -90,7 +117,6 @@ pub fn inspect<R: Read>(mut r: R) -> Result<PatchInfo, ApplyError> {
         }
         whole.update(&c);
         produced += seg.new_len;
-        segments.push(seg);
     }
     if produced != header.new_len {
         return Err(FormatError::BadField {
@@ -126,10 +152,9 @@ pub fn inspect<R: Read>(mut r: R) -> Result<PatchInfo, ApplyError> {
             Err(e) => return Err(ApplyError::PatchRead(e)),
         }
     }
-    Ok(PatchInfo {
+    Ok(PatchSummary {
         header,
         header_len: header_len as u64,
-        segments,
         patch_len: offset,
     })
 }

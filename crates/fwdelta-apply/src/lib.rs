@@ -29,7 +29,7 @@ pub mod source;
 pub use applier::{apply, Applier, ApplyOptions, ApplyReport};
 pub use atomic_file::AtomicFile;
 pub use error::{ApplyError, ErrorClass};
-pub use inspect::{inspect, PatchInfo};
+pub use inspect::{inspect, inspect_each, PatchInfo, PatchSummary};
 pub use sink::{Sink, WriteSink};
 pub use source::{FileImage, OldImage};
 

@@ -2,8 +2,8 @@
 //! 16 KiB pieces and never holds it whole.
 
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 
 /// A random-read source for the old image: a byte slice, a file read by offset,
@@ -44,8 +44,9 @@ impl OldImage for Vec<u8> {
     }
 }
 
-/// An old image in a file, read with positioned reads (`pread`): no mapping, so
-/// the process's resident memory does not grow with the image.
+/// An old image in a regular file or a block device (e.g. a flash partition),
+/// read with positioned reads (`pread`): no mapping, so the process's resident
+/// memory does not grow with the image.
 #[derive(Debug)]
 pub struct FileImage {
     file: File,
@@ -53,20 +54,22 @@ pub struct FileImage {
 }
 
 impl FileImage {
-    /// Open `path` read-only and record its length.
+    /// Open `path` read-only and record its length (for a block device, the
+    /// device's size).
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
+        let mut file = File::open(path)?;
+        let kind = file.metadata()?.file_type();
+        let len = if kind.is_file() {
+            file.metadata()?.len()
+        } else if kind.is_block_device() {
+            file.seek(SeekFrom::End(0))?
+        } else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "not a regular file",
+                "not a regular file or block device",
             ));
-        }
-        Ok(FileImage {
-            file,
-            len: meta.len(),
-        })
+        };
+        Ok(FileImage { file, len })
     }
 
     /// The open file.

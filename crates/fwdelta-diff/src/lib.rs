@@ -42,7 +42,9 @@ pub struct Options {
     pub apply_memory: u64,
     /// Target compressed-cost of one segment, in estimated bytes (see
     /// [`segmenter`]). Smaller segments resume and parallelise at a finer grain
-    /// but cost more patch bytes. Default 256 KiB. `u64::MAX` makes one segment.
+    /// but cost more patch bytes. Default 256 KiB. Capped at
+    /// [`segmenter::MAX_SEGMENT_COST`] (256 MiB), so `u64::MAX` means "as few
+    /// segments as the format allows".
     pub segment_cost: u64,
 }
 

@@ -35,6 +35,16 @@ impl Op {
     }
 }
 
+/// Largest old-image partition one suffix sort handles: `divsufsort` indexes
+/// with `i32` and asserts the text is shorter than `i32::MAX`.
+const MAX_SORT_PARTITION: usize = 1 << 30;
+
+/// Suffix-array partitions needed for an old image of `len` bytes (1 below
+/// 1 GiB; each partition costs some match quality at its edges).
+pub fn sort_partitions(len: usize) -> usize {
+    len.div_ceil(MAX_SORT_PARTITION).max(1)
+}
+
 /// Smallest chunk of the new image scanned by one task. Chunk edges cost a
 /// little match quality, so small inputs are scanned whole.
 const MIN_SCAN_CHUNK: usize = 1 << 20;
@@ -57,8 +67,9 @@ pub fn find_ops(old: &[u8], new: &[u8]) -> Vec<Op> {
     let threads = rayon::current_num_threads().max(1);
     let chunk = (new.len().div_ceil(threads)).max(MIN_SCAN_CHUNK);
     let scan_chunk = (chunk < new.len()).then_some(chunk);
-    // Valid by construction: one partition, chunk >= 1.
-    let params = bidiff::DiffParams::new(1, scan_chunk).unwrap_or_default();
+    // Valid by construction: partitions >= 1, chunk >= 1.
+    let params =
+        bidiff::DiffParams::new(sort_partitions(old.len()), scan_chunk).unwrap_or_default();
 
     let mut ops: Vec<Op> = Vec::new();
     let mut covered = 0u64;
@@ -157,6 +168,17 @@ mod tests {
         // the copy-heavy edit is found as matches, not literals
         let literal: u64 = ops.iter().map(|o| o.literal_len).sum();
         assert!(literal < 2000, "literal bytes {literal}");
+    }
+
+    #[test]
+    fn partitions_keep_divsufsort_in_range() {
+        assert_eq!(sort_partitions(0), 1);
+        assert_eq!(sort_partitions(1 << 30), 1);
+        assert_eq!(sort_partitions((1 << 30) + 1), 2);
+        assert_eq!(sort_partitions(5 << 30), 5);
+        for len in [(1usize << 31) - 1, 1 << 31, 3 << 31, 1 << 40] {
+            assert!(len.div_ceil(sort_partitions(len)) < i32::MAX as usize);
+        }
     }
 
     #[test]

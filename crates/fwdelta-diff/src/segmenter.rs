@@ -14,6 +14,12 @@ use rayon::prelude::*;
 /// Estimated cost of a record head.
 const HEAD_COST: u64 = 4;
 
+/// Largest segment target honoured: the estimate counts literal and non-zero
+/// diff bytes, which compress to no more than themselves (plus zstd's small
+/// overhead), so segments this size stay far below the format's 1 GiB payload
+/// limit even for incompressible data.
+pub const MAX_SEGMENT_COST: u64 = 256 << 20;
+
 /// One planned segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentPlan {
@@ -53,10 +59,16 @@ pub fn op_costs(ops: &[Op], old: &[u8], new: &[u8]) -> Vec<u64> {
 /// Cut `ops` into segments of estimated cost about `target` each.
 /// Cost: one pass over the ops after [`op_costs`]; the ops are copied once.
 pub fn split(ops: &[Op], old: &[u8], new: &[u8], target: u64) -> Vec<SegmentPlan> {
-    let costs = op_costs(ops, old, new);
+    split_costed(ops, &op_costs(ops, old, new), target)
+}
+
+/// [`split`] with the op costs already known (`costs[i]` is `ops[i]`'s).
+/// Targets are capped at [`MAX_SEGMENT_COST`].
+pub fn split_costed(ops: &[Op], costs: &[u64], target: u64) -> Vec<SegmentPlan> {
+    let target = target.clamp(1, MAX_SEGMENT_COST);
     let mut out = Vec::new();
     let mut cur = Builder::default();
-    for (&op, &cost) in ops.iter().zip(&costs) {
+    for (&op, &cost) in ops.iter().zip(costs) {
         let (mut op, mut cost) = (op, cost);
         if cur.cost > 0 && cur.cost.saturating_add(cost) > target {
             cur.close(&mut out);
@@ -220,6 +232,22 @@ mod tests {
                 }
             )
         );
+    }
+
+    #[test]
+    fn huge_targets_are_capped() {
+        let len = 3 * MAX_SEGMENT_COST;
+        let ops = [Op {
+            old_start: 0,
+            diff_len: 0,
+            literal_len: len,
+        }];
+        // cost of a pure literal is its length; the new image bytes are not read
+        let segs = split_costed(&ops, &[HEAD_COST + len], u64::MAX);
+        let lens: Vec<u64> = segs.iter().map(|s| s.new_len).collect();
+        assert!((3..=4).contains(&segs.len()), "{lens:?}");
+        assert!(lens.iter().all(|&l| l <= MAX_SEGMENT_COST), "{lens:?}");
+        check_tiling(&segs, len);
     }
 
     #[test]
