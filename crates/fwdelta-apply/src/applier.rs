@@ -413,10 +413,8 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 let mut check = blake3::Hasher::new();
                 check.update(&b);
                 if let Some(dec) = self.decoder.as_mut() {
-                    dec.reinit().map_err(|e| ApplyError::CorruptSegment {
-                        index: head.index,
-                        detail: format!("decoder reset failed: {e}"),
-                    })?;
+                    dec.reinit()
+                        .map_err(|e| ApplyError::Decoder(format!("reset failed: {e}")))?;
                 }
                 self.stage = Stage::Payload(Box::new(Segment {
                     head,

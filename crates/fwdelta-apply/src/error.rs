@@ -79,6 +79,9 @@ pub enum ApplyError {
     /// Writing the new image failed.
     #[error("writing the new image failed: {0}")]
     Sink(io::Error),
+    /// The decoder could not be created or configured (typically out of memory).
+    #[error("cannot set up the decoder: {0}")]
+    Decoder(String),
 }
 
 // Causes are folded into each message (not exposed as `source`) so that a
@@ -92,8 +95,12 @@ impl From<FormatError> for ApplyError {
 /// Coarse classes of [`ApplyError`], for exit codes and retry decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// The patch is malformed, corrupt, truncated or unsupported: get it again.
+    /// The patch is malformed, corrupt or truncated: get it again.
     BadPatch,
+    /// The patch is intact but needs features this applier lacks (a newer
+    /// format version, flags, codec, layout or critical extension): fetching it
+    /// again will not help; the applier must be updated.
+    Unsupported,
     /// The patch is fine but is for another old image.
     WrongOldImage,
     /// The patch needs more than this device allows.
@@ -107,6 +114,13 @@ impl ApplyError {
     pub fn class(&self) -> ErrorClass {
         use ApplyError::*;
         match self {
+            Format(
+                FormatError::UnsupportedVersion { .. }
+                | FormatError::UnsupportedFlags(_)
+                | FormatError::UnknownCodec(_)
+                | FormatError::UnknownLayout(_)
+                | FormatError::UnknownCriticalExtension(_),
+            ) => ErrorClass::Unsupported,
             Format(_)
             | Truncated { .. }
             | CorruptSegment { .. }
@@ -116,7 +130,7 @@ impl ApplyError {
             | Poisoned => ErrorClass::BadPatch,
             OldLength { .. } | OldHash { .. } => ErrorClass::WrongOldImage,
             MemoryBudget { .. } | NewTooLarge { .. } => ErrorClass::Limits,
-            OldRead(_) | PatchRead(_) | Sink(_) => ErrorClass::Io,
+            OldRead(_) | PatchRead(_) | Sink(_) | Decoder(_) => ErrorClass::Io,
         }
     }
 }

@@ -93,6 +93,25 @@ fn every_flipped_byte_is_refused() {
 }
 
 #[test]
+fn inspect_each_streams_segment_headers() {
+    let (_, new, patch) = firmware_patch();
+    let mut seen = Vec::new();
+    let summary = fwdelta_apply::inspect_each(&patch[..], |s| {
+        seen.push((s.index, s.new_offset, s.new_len))
+    })
+    .unwrap();
+    assert_eq!(summary.patch_len, patch.len() as u64);
+    assert_eq!(seen.len() as u32, summary.header.segment_count);
+    let mut at = 0;
+    for (i, (index, offset, len)) in seen.iter().enumerate() {
+        assert_eq!(*index as usize, i);
+        assert_eq!(*offset, at);
+        at += len;
+    }
+    assert_eq!(at, new.len() as u64);
+}
+
+#[test]
 fn trailing_data_is_refused() {
     let (old, _, mut patch) = firmware_patch();
     patch.push(0);
@@ -180,8 +199,15 @@ fn reseal(patch: &mut [u8]) {
 #[test]
 fn unknown_version_and_absurd_claims_are_refused() {
     let (old, _, patch) = firmware_patch();
+    let mut damaged = patch.clone();
+    damaged[8] = 2;
+    let err = run(&old, &damaged).unwrap_err();
+    assert!(err.to_string().contains("header check mismatch"), "{err}");
+    assert_eq!(err.class(), ErrorClass::BadPatch);
+
     let mut v2 = patch.clone();
     v2[8] = 2;
+    reseal(&mut v2);
     let err = run(&old, &v2).unwrap_err();
     assert!(
         err.to_string()
@@ -194,12 +220,14 @@ fn unknown_version_and_absurd_claims_are_refused() {
     reseal(&mut absurd);
     let err = run(&old, &absurd).unwrap_err();
     assert!(err.to_string().contains("absurd new image size"), "{err}");
+    assert_eq!(err.class(), ErrorClass::BadPatch);
 
     let mut flags = patch.clone();
     flags[10] = 1;
     reseal(&mut flags);
     let err = run(&old, &flags).unwrap_err();
     assert!(err.to_string().contains("unsupported features"), "{err}");
+    assert_eq!(err.class(), ErrorClass::Unsupported);
 
     assert!(run(&old, b"this is not a patch at all")
         .unwrap_err()

@@ -133,33 +133,27 @@ impl Header {
     }
 
     /// Validate the first [`Self::PREFIX_LEN`] bytes and return the total header
-    /// length they declare. Refuses bad magic, other versions and unknown flags
-    /// here, so a stream of garbage is rejected after 16 bytes.
+    /// length they declare. Only the framing is examined here (magic and
+    /// length), which every format version keeps; the version is read after the
+    /// header check in [`Self::parse`], so that damage is never mistaken for a
+    /// newer version. Garbage is still refused after 16 bytes.
     pub fn parse_prefix(prefix: &[u8; Self::PREFIX_LEN]) -> Result<usize, FormatError> {
         if prefix[..8] != MAGIC {
             return Err(FormatError::BadMagic);
-        }
-        let version = u16::from_le_bytes([prefix[8], prefix[9]]);
-        if version != FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
         }
         let header_len = u32::from_le_bytes([prefix[12], prefix[13], prefix[14], prefix[15]]);
         let len = header_len as usize;
         if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&len) {
             return Err(FormatError::BadHeaderLength(header_len));
         }
-        // Flags are checked after the header check in `parse`, so that a flipped
-        // flag bit is reported as corruption rather than as an unknown feature.
         Ok(len)
     }
 
     /// Parse and validate a whole header (`bytes.len()` must be the length
     /// returned by [`Self::parse_prefix`]). Checks the header check first, then
-    /// every field: flags, sizes, codec, window, layout, segment count and the
-    /// memory claim. Cost: one hash over at most 4 KiB, no allocation.
+    /// the version, then every field: flags, sizes, codec, window, layout,
+    /// segment count and the memory claim. Cost: one hash over at most 4 KiB,
+    /// no allocation.
     pub fn parse(bytes: &[u8]) -> Result<Header, FormatError> {
         let mut prefix = [0u8; Self::PREFIX_LEN];
         prefix.copy_from_slice(
@@ -174,6 +168,13 @@ impl Header {
         let (body, check) = bytes.split_at(len - CHECK_LEN);
         if check_of(body) != check {
             return Err(FormatError::HeaderCheck);
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version != FORMAT_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
         if flags & !KNOWN_FLAGS != 0 {
@@ -368,8 +369,12 @@ mod tests {
 
     #[test]
     fn refuses_other_version() {
+        // damaged: the check fails first
         let mut b = sample().encode();
         b[8] = 2;
+        assert_eq!(reparse(&b), Err(FormatError::HeaderCheck));
+        // intact newer version
+        let b = with_field(8, &2u16.to_le_bytes());
         assert_eq!(
             reparse(&b),
             Err(FormatError::UnsupportedVersion {

@@ -32,6 +32,8 @@ mod exit {
     pub const WRONG_OLD_IMAGE: u8 = 4;
     /// The patch exceeds the applier's memory or size limits.
     pub const LIMITS: u8 = 5;
+    /// The patch needs a newer fwdelta (format version, flags, codec, layout).
+    pub const UNSUPPORTED: u8 = 6;
 }
 
 #[derive(Parser)]
@@ -119,8 +121,8 @@ struct ApplyArgs {
     #[arg(short, long)]
     output: PathBuf,
     /// Refuse patches that need more applier memory than this.
-    #[arg(long, value_parser = size::parse_size)]
-    memory_limit: Option<u64>,
+    #[arg(long, default_value = "64MiB", value_parser = size::parse_size)]
+    memory_limit: u64,
     /// Refuse patches that produce a larger image than this.
     #[arg(long, value_parser = size::parse_size)]
     max_size: Option<u64>,
@@ -163,6 +165,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(a) = cause.downcast_ref::<ApplyError>() {
             return match a.class() {
                 ErrorClass::BadPatch => exit::BAD_PATCH,
+                ErrorClass::Unsupported => exit::UNSUPPORTED,
                 ErrorClass::WrongOldImage => exit::WRONG_OLD_IMAGE,
                 ErrorClass::Limits => exit::LIMITS,
                 ErrorClass::Io => exit::FAILURE,
@@ -217,7 +220,7 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
         )
     })?;
     let opts = ApplyOptions {
-        memory_limit: a.memory_limit.unwrap_or(u64::MAX),
+        memory_limit: a.memory_limit,
         max_new_len: a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN),
     };
     let start = Instant::now();

@@ -11,6 +11,7 @@ const EXIT_FAILURE: i32 = 1;
 const EXIT_BAD_PATCH: i32 = 3;
 const EXIT_WRONG_OLD: i32 = 4;
 const EXIT_LIMITS: i32 = 5;
+const EXIT_UNSUPPORTED: i32 = 6;
 
 /// Offsets in the version-1 header (see crates/fwdelta-format/src/header.rs).
 const VERSION_AT: usize = 8;
@@ -391,19 +392,15 @@ fn apply_refuses_unknown_format_version() {
     let fx = Fixture::new("fw-cortex-m4");
     let mut bad = fx.patch_bytes();
     bad[VERSION_AT..VERSION_AT + 2].copy_from_slice(&2u16.to_le_bytes());
-    fx.refuse(
-        &bad,
-        &[],
-        EXIT_BAD_PATCH,
-        &["unsupported patch format version"],
-    );
-    // Also when the header check is re-sealed.
+    // Without a matching header check this is damage, not a newer version.
+    fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["corrupt"]);
+    // With the header check re-sealed it is a genuinely newer version.
     let mut bad = fx.patch_bytes();
     reseal(&mut bad, VERSION_AT, &7u16.to_le_bytes());
     fx.refuse(
         &bad,
         &[],
-        EXIT_BAD_PATCH,
+        EXIT_UNSUPPORTED,
         &["unsupported patch format version"],
     );
 }
