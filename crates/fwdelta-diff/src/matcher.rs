@@ -21,6 +21,15 @@ pub struct Op {
 }
 
 impl Op {
+    /// An op of `len` literal bytes (its old cursor is filled in by `push`).
+    pub fn literal(len: u64) -> Op {
+        Op {
+            old_start: 0,
+            diff_len: 0,
+            literal_len: len,
+        }
+    }
+
     /// New bytes this op produces.
     pub fn len(&self) -> u64 {
         self.diff_len + self.literal_len
@@ -58,11 +67,7 @@ pub fn find_ops(old: &[u8], new: &[u8]) -> Vec<Op> {
         return Vec::new();
     }
     if old.is_empty() {
-        return vec![Op {
-            old_start: 0,
-            diff_len: 0,
-            literal_len: new.len() as u64,
-        }];
+        return vec![Op::literal(new.len() as u64)];
     }
     let threads = rayon::current_num_threads().max(1);
     let chunk = (new.len().div_ceil(threads)).max(MIN_SCAN_CHUNK);
@@ -78,15 +83,7 @@ pub fn find_ops(old: &[u8], new: &[u8]) -> Vec<Op> {
         let start = m.add_new_start as u64;
         if start > covered {
             // Never seen from bidiff, but keep the tiling exact regardless.
-            push(
-                &mut ops,
-                &mut cursor,
-                Op {
-                    old_start: 0,
-                    diff_len: 0,
-                    literal_len: start - covered,
-                },
-            );
+            push(&mut ops, &mut cursor, Op::literal(start - covered));
         }
         let literal = (m.copy_end - m.copy_start()) as u64;
         push(
@@ -105,11 +102,7 @@ pub fn find_ops(old: &[u8], new: &[u8]) -> Vec<Op> {
         push(
             &mut ops,
             &mut cursor,
-            Op {
-                old_start: 0,
-                diff_len: 0,
-                literal_len: new.len() as u64 - covered,
-            },
+            Op::literal(new.len() as u64 - covered),
         );
     }
     ops
