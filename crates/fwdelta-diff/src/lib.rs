@@ -42,7 +42,9 @@ pub struct Options {
     pub apply_memory: u64,
     /// Target compressed-cost of one segment, in estimated bytes (see
     /// [`segmenter`]). Smaller segments resume and parallelise at a finer grain
-    /// but cost more patch bytes. Default 256 KiB. Capped at
+    /// but cost more patch bytes. Default 1 MiB: on the public corpus it cost
+    /// +0.34% and +0.42% on the two literal-heavy pairs against one segment,
+    /// where 256 KiB cost up to +1.81%. Capped at
     /// [`segmenter::MAX_SEGMENT_COST`] (256 MiB), so `u64::MAX` means "as few
     /// segments as the format allows".
     pub segment_cost: u64,
@@ -53,7 +55,7 @@ impl Default for Options {
         Options {
             level: 19,
             apply_memory: 2 << 20,
-            segment_cost: 256 << 10,
+            segment_cost: 1 << 20,
         }
     }
 }

@@ -69,7 +69,7 @@ pub struct GenArgs {
     #[arg(long, default_value = "2MiB", value_parser = size::parse_size)]
     apply_memory: u64,
     /// Target compressed size of one segment (resume/parallel grain).
-    #[arg(long, default_value = "256KiB", value_parser = size::parse_size)]
+    #[arg(long, default_value = "1MiB", value_parser = size::parse_size)]
     segment_size: u64,
     /// Worker threads (default: all cores).
     #[arg(long, short = 'j')]
