@@ -16,7 +16,10 @@ use fwdelta_format::header::Header;
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::trailer::{END_TAG, TRAILER_LEN};
-use fwdelta_format::{truncate_check, Codec, FormatError, Layout, CHECK_LEN, MAX_IMAGE_LEN};
+use fwdelta_format::{
+    chain, truncate_check, Checkpoint, Codec, FormatError, Layout, CHECK_LEN, HASH_LEN,
+    MAX_IMAGE_LEN,
+};
 use std::io::{self, Read};
 use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
 use zstd::zstd_safe::FrameFormat;
@@ -272,7 +275,8 @@ pub struct Applier<'o, O: OldImage + ?Sized, S: Sink> {
     acc: Vec<u8>,
     want: usize,
     header: Option<Header>,
-    whole: blake3::Hasher,
+    header_hash: [u8; HASH_LEN],
+    chain: [u8; HASH_LEN],
     received: u64,
     next_index: u32,
     decoder: Option<Decoder<'static>>,
@@ -297,12 +301,82 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             acc: Vec::with_capacity(Header::PREFIX_LEN),
             want: Header::PREFIX_LEN,
             header: None,
-            whole: blake3::Hasher::new(),
+            header_hash: [0; HASH_LEN],
+            chain: [0; HASH_LEN],
             received: 0,
             next_index: 0,
             decoder: None,
             dec_buf: Vec::new(),
         }
+    }
+
+    /// Continue an apply that was interrupted after a durable segment.
+    ///
+    /// `header_bytes` is the patch's header (at least its first `header_len`
+    /// bytes), `checkpoint` the last one the sink persisted, and `produced`
+    /// reads back the new-image bytes already written (the first
+    /// `checkpoint.new_offset` are hashed again, through a 16 KiB buffer). The
+    /// old image is verified again. Afterwards, feed the patch from
+    /// `checkpoint.patch_offset` on; `sink` must append after those bytes.
+    pub fn resume<R: Read>(
+        old: &'o O,
+        sink: S,
+        opts: ApplyOptions,
+        header_bytes: &[u8],
+        checkpoint: &Checkpoint,
+        mut produced: R,
+    ) -> Result<Self, ApplyError> {
+        let mut a = Applier::new(old, sink, opts);
+        let mut prefix = [0u8; Header::PREFIX_LEN];
+        let given =
+            header_bytes
+                .get(..Header::PREFIX_LEN)
+                .ok_or_else(|| ApplyError::Truncated {
+                    stage: "inside the header".into(),
+                    offset: header_bytes.len() as u64,
+                })?;
+        prefix.copy_from_slice(given);
+        let len = Header::parse_prefix(&prefix)?;
+        let header_bytes = header_bytes
+            .get(..len)
+            .ok_or_else(|| ApplyError::Truncated {
+                stage: "inside the header".into(),
+                offset: header_bytes.len() as u64,
+            })?;
+        let header = Header::parse(header_bytes)?;
+        checkpoint.validate_for(header_bytes, &header)?;
+        a.accept_header(&header)?;
+
+        let mut hashed = 0u64;
+        let buf = &mut a.out.old_buf;
+        while hashed < checkpoint.new_offset {
+            let n = (checkpoint.new_offset - hashed).min(buf.len() as u64) as usize;
+            match produced.read(&mut buf[..n]) {
+                Ok(0) => {
+                    return Err(ApplyError::Sink(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                        "resume: only {hashed} of the {} bytes already produced could be read back",
+                        checkpoint.new_offset
+                    ),
+                    )))
+                }
+                Ok(got) => {
+                    a.out.hash.update(&buf[..got]);
+                    hashed += got as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ApplyError::Sink(e)),
+            }
+        }
+        a.out.produced = checkpoint.new_offset;
+        a.header_hash = checkpoint.header_hash;
+        a.chain = checkpoint.chain;
+        a.received = checkpoint.patch_offset;
+        a.next_index = checkpoint.next_segment;
+        a.header = Some(header);
+        a.next_part();
+        Ok(a)
     }
 
     /// The header, once it has been read and accepted.
@@ -392,7 +466,8 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             }
             Stage::Header => {
                 let header = Header::parse(&self.acc)?;
-                self.whole.update(&self.acc);
+                self.header_hash = chain::start(&self.acc);
+                self.chain = self.header_hash;
                 self.accept_header(&header)?;
                 self.header = Some(header);
                 self.next_part();
@@ -409,7 +484,6 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                     .into());
                 }
                 let head = SegmentHeader::parse(&b, header, self.next_index, self.out.produced)?;
-                self.whole.update(&b);
                 let mut check = blake3::Hasher::new();
                 check.update(&b);
                 if let Some(dec) = self.decoder.as_mut() {
@@ -430,15 +504,23 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 self.acc.clear();
             }
             Stage::SegmentCheck(seg) => {
-                if truncate_check(&seg.check.finalize()) != self.acc[..] {
+                let hash = seg.check.finalize();
+                if truncate_check(&hash) != self.acc[..] {
                     return Err(seg.corrupt("segment check mismatch"));
                 }
-                self.whole.update(&self.acc);
+                self.chain = chain::next(&self.chain, hash.as_bytes());
+                self.next_index += 1;
+                let checkpoint = Checkpoint {
+                    header_hash: self.header_hash,
+                    next_segment: self.next_index,
+                    patch_offset: self.received,
+                    new_offset: self.out.produced,
+                    chain: self.chain,
+                };
                 self.out
                     .sink
-                    .segment_done(&seg.head)
+                    .segment_done(&seg.head, &checkpoint)
                     .map_err(ApplyError::Sink)?;
-                self.next_index += 1;
                 self.next_part();
             }
             Stage::Trailer => {
@@ -450,8 +532,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                     }
                     .into());
                 }
-                self.whole.update(&self.acc[..1]);
-                if self.whole.finalize().as_bytes()[..] != self.acc[1..] {
+                if chain::trailer(&self.chain)[..] != self.acc[1..] {
                     return Err(ApplyError::TrailerMismatch);
                 }
                 if self.out.produced != header.new_len {
@@ -561,7 +642,6 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         let n = data.len().min(seg.payload_left as usize);
         let chunk = &data[..n];
         seg.check.update(chunk);
-        self.whole.update(chunk);
         let mut input = InBuffer::around(chunk);
         loop {
             if seg.frame_done {
@@ -610,25 +690,33 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     }
 }
 
+impl<O: OldImage + ?Sized, S: Sink> Applier<'_, O, S> {
+    /// Feed everything `patch` yields (16 KiB at a time), then
+    /// [`finish`](Self::finish). After [`resume`](Self::resume), `patch` must
+    /// start at the checkpoint's patch offset.
+    pub fn finish_from<R: Read>(mut self, mut patch: R) -> Result<(ApplyReport, S), ApplyError> {
+        let mut buf = vec![0u8; BUFFER_LEN];
+        loop {
+            match patch.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.feed(&buf[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ApplyError::PatchRead(e)),
+            }
+        }
+        self.finish()
+    }
+}
+
 /// Pull-mode apply: read the whole patch from `patch` (16 KiB at a time) and
 /// write the new image to `sink`. Returns the report and the sink.
 ///
 /// Memory and passes as for [`Applier`].
 pub fn apply<O: OldImage + ?Sized, R: Read, S: Sink>(
     old: &O,
-    mut patch: R,
+    patch: R,
     sink: S,
     opts: ApplyOptions,
 ) -> Result<(ApplyReport, S), ApplyError> {
-    let mut applier = Applier::new(old, sink, opts);
-    let mut buf = vec![0u8; BUFFER_LEN];
-    loop {
-        match patch.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => applier.feed(&buf[..n])?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ApplyError::PatchRead(e)),
-        }
-    }
-    applier.finish()
+    Applier::new(old, sink, opts).finish_from(patch)
 }

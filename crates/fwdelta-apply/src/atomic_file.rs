@@ -20,25 +20,38 @@ pub struct AtomicFile {
 /// temporary name stays within common file-name limits (255 bytes).
 const MAX_NAME_IN_TEMP: usize = 120;
 
+/// A hidden file beside `target`: `(.NAME.SUFFIX)` in the same directory, with
+/// NAME shortened to [`MAX_NAME_IN_TEMP`] characters.
+pub(crate) fn sibling(target: &Path, suffix: &str) -> io::Result<PathBuf> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"))?
+        .to_string_lossy();
+    let short: String = name.chars().take(MAX_NAME_IN_TEMP).collect();
+    Ok(dir.join(format!(".{short}.{suffix}")))
+}
+
+/// fsync the directory holding `path`, making a rename in it durable.
+pub(crate) fn sync_dir_of(path: &Path) -> io::Result<()> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
 impl AtomicFile {
     /// Create a temporary file in the target's directory (`.NAME.fwdelta-PID-N.tmp`,
     /// created exclusively). If the target is a symbolic link, the link itself is
     /// what [`commit`](Self::commit) replaces.
     pub fn create(target: &Path) -> io::Result<AtomicFile> {
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = target
-            .file_name()
-            .ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name")
-            })?
-            .to_string_lossy();
-        let short: String = name.chars().take(MAX_NAME_IN_TEMP).collect();
         let pid = std::process::id();
         for n in 0..1000u32 {
-            let temp = dir.join(format!(".{short}.fwdelta-{pid}-{n}.tmp"));
+            let temp = sibling(target, &format!("fwdelta-{pid}-{n}.tmp"))?;
             match OpenOptions::new().write(true).create_new(true).open(&temp) {
                 Ok(file) => {
                     return Ok(AtomicFile {
@@ -79,11 +92,7 @@ impl AtomicFile {
             let _ = fs::remove_file(&self.temp);
         }
         result?;
-        let dir = match self.target.parent().filter(|d| !d.as_os_str().is_empty()) {
-            Some(d) => d.to_path_buf(),
-            None => PathBuf::from("."),
-        };
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| {
+        sync_dir_of(&self.target).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("the new file is in place but its directory could not be synced: {e}"),

@@ -7,7 +7,7 @@ use crate::BUFFER_LEN;
 use fwdelta_format::header::Header;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::trailer::{END_TAG, TRAILER_LEN};
-use fwdelta_format::{truncate_check, FormatError, CHECK_LEN};
+use fwdelta_format::{chain, truncate_check, FormatError, CHECK_LEN};
 use std::io::{self, Read};
 
 /// The layout of a patch, as read by [`inspect`].
@@ -57,7 +57,6 @@ pub fn inspect_each<R: Read>(
     mut r: R,
     mut on_segment: impl FnMut(&SegmentHeader),
 ) -> Result<PatchSummary, ApplyError> {
-    let mut whole = blake3::Hasher::new();
     let mut offset = 0u64;
 
     let mut prefix = [0u8; Header::PREFIX_LEN];
@@ -72,7 +71,7 @@ pub fn inspect_each<R: Read>(
         "inside the header",
     )?;
     let header = Header::parse(&hbuf)?;
-    whole.update(&hbuf);
+    let mut chain = chain::start(&hbuf);
 
     let mut produced = 0u64;
     let mut buf = vec![0u8; BUFFER_LEN];
@@ -86,7 +85,6 @@ pub fn inspect_each<R: Read>(
         )?;
         let seg = SegmentHeader::parse(&b, &header, index, produced)?;
         on_segment(&seg);
-        whole.update(&b);
         let mut check = blake3::Hasher::new();
         check.update(&b);
         let mut left = seg.payload_len as usize;
@@ -99,7 +97,6 @@ pub fn inspect_each<R: Read>(
                 &format!("inside segment {index}"),
             )?;
             check.update(&buf[..n]);
-            whole.update(&buf[..n]);
             left -= n;
         }
         let mut c = [0u8; CHECK_LEN];
@@ -109,13 +106,14 @@ pub fn inspect_each<R: Read>(
             &mut offset,
             &format!("inside the check of segment {index}"),
         )?;
-        if truncate_check(&check.finalize()) != c {
+        let hash = check.finalize();
+        if truncate_check(&hash) != c {
             return Err(ApplyError::CorruptSegment {
                 index,
                 detail: "segment check mismatch".into(),
             });
         }
-        whole.update(&c);
+        chain = chain::next(&chain, hash.as_bytes());
         produced += seg.new_len;
     }
     if produced != header.new_len {
@@ -139,8 +137,7 @@ pub fn inspect_each<R: Read>(
         }
         .into());
     }
-    whole.update(&t[..1]);
-    if whole.finalize().as_bytes()[..] != t[1..] {
+    if chain::trailer(&chain)[..] != t[1..] {
         return Err(ApplyError::TrailerMismatch);
     }
     let mut extra = [0u8; 1];

@@ -11,7 +11,9 @@
 //! * [`OldImage`] is the random-read source for the old image (a slice, a file
 //!   read by offset, a flash partition); [`Sink`] receives the new image.
 //! * [`AtomicFile`] is a sink that writes beside the target and renames into
-//!   place only after everything verified.
+//!   place only after everything verified; [`ResumableFile`] does the same and
+//!   also persists a [`fwdelta_format::Checkpoint`] after every segment, so
+//!   [`Applier::resume`] can continue after a power loss.
 //!
 //! The old image is hashed and checked against the header before a single
 //! output byte is produced; every segment is checked; the trailer hash and the
@@ -23,6 +25,7 @@ mod applier;
 pub mod atomic_file;
 mod error;
 pub mod inspect;
+pub mod resumable_file;
 pub mod sink;
 pub mod source;
 
@@ -30,6 +33,7 @@ pub use applier::{apply, Applier, ApplyOptions, ApplyReport};
 pub use atomic_file::AtomicFile;
 pub use error::{ApplyError, ErrorClass};
 pub use inspect::{inspect, inspect_each, PatchInfo, PatchSummary};
+pub use resumable_file::ResumableFile;
 pub use sink::{Sink, WriteSink};
 pub use source::{FileImage, OldImage};
 

@@ -1,7 +1,7 @@
 //! Where the new image goes. The applier pushes bytes in order, in pieces of at
 //! most 16 KiB, and says when each segment is complete.
 
-use fwdelta_format::SegmentHeader;
+use fwdelta_format::{Checkpoint, SegmentHeader};
 use std::io::{self, Write};
 
 /// Receiver of the new image, in order.
@@ -9,10 +9,12 @@ pub trait Sink {
     /// Take the next bytes of the new image.
     fn write(&mut self, data: &[u8]) -> io::Result<()>;
 
-    /// Called after a segment's bytes were all written and its check passed.
-    /// Default: nothing.
-    fn segment_done(&mut self, segment: &SegmentHeader) -> io::Result<()> {
-        let _ = segment;
+    /// Called after a segment's bytes were all written and its check passed,
+    /// with the checkpoint that resumes after it. A sink that supports resume
+    /// makes the bytes written so far durable, then persists `checkpoint`
+    /// (see [`crate::ResumableFile`]). Default: nothing.
+    fn segment_done(&mut self, segment: &SegmentHeader, checkpoint: &Checkpoint) -> io::Result<()> {
+        let _ = (segment, checkpoint);
         Ok(())
     }
 }
@@ -28,8 +30,8 @@ impl<S: Sink + ?Sized> Sink for &mut S {
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
         (**self).write(data)
     }
-    fn segment_done(&mut self, segment: &SegmentHeader) -> io::Result<()> {
-        (**self).segment_done(segment)
+    fn segment_done(&mut self, segment: &SegmentHeader, checkpoint: &Checkpoint) -> io::Result<()> {
+        (**self).segment_done(segment, checkpoint)
     }
 }
 

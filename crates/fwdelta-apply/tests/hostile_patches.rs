@@ -9,7 +9,7 @@ use fwdelta_format::header::Header;
 use fwdelta_format::record::Record;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::trailer::END_TAG;
-use fwdelta_format::{check_of, truncate_check, Codec, Layout, MemoryModel, CHECK_LEN};
+use fwdelta_format::{chain, check_of, truncate_check, Codec, Layout, MemoryModel, CHECK_LEN};
 use proptest::prelude::*;
 use std::cell::Cell;
 use std::io;
@@ -253,6 +253,7 @@ fn craft(old: &[u8], claimed_new: &[u8], segments: &[(u64, u64, Vec<u8>)]) -> Ve
         apply_memory: MemoryModel::required(window_log),
     };
     let mut out = header.encode();
+    let mut state = chain::start(&out);
     let mut at = 0;
     for (index, (new_len, old_start, stream)) in segments.iter().enumerate() {
         let payload = compress(stream, window_log);
@@ -267,14 +268,15 @@ fn craft(old: &[u8], claimed_new: &[u8], segments: &[(u64, u64, Vec<u8>)]) -> Ve
         let mut check = blake3::Hasher::new();
         check.update(&head);
         check.update(&payload);
+        let hash = check.finalize();
+        state = chain::next(&state, hash.as_bytes());
         out.extend_from_slice(&head);
         out.extend_from_slice(&payload);
-        out.extend_from_slice(&truncate_check(&check.finalize()));
+        out.extend_from_slice(&truncate_check(&hash));
         at += new_len;
     }
     out.push(END_TAG);
-    let t = blake3::hash(&out);
-    out.extend_from_slice(t.as_bytes());
+    out.extend_from_slice(&chain::trailer(&state));
     out
 }
 
@@ -436,10 +438,11 @@ fn frames_with_a_larger_window_than_declared_are_refused() {
     let mut check = blake3::Hasher::new();
     check.update(&head);
     check.update(&big);
-    p.extend_from_slice(&truncate_check(&check.finalize()));
+    let hash = check.finalize();
+    p.extend_from_slice(&truncate_check(&hash));
     p.push(END_TAG);
-    let t = blake3::hash(&p);
-    p.extend_from_slice(t.as_bytes());
+    let state = chain::next(&chain::start(&p[..seg_at]), hash.as_bytes());
+    p.extend_from_slice(&chain::trailer(&state));
     let d = corrupt_detail(run(&old, &p));
     assert!(d.contains("decompression failed"), "{d}");
 }

@@ -6,7 +6,7 @@ use crate::segmenter::SegmentPlan;
 use fwdelta_format::header::MIN_WINDOW_LOG;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::trailer::END_TAG;
-use fwdelta_format::{truncate_check, Codec, Header, Layout, MemoryModel};
+use fwdelta_format::{chain, truncate_check, Codec, Header, Layout, MemoryModel};
 
 /// What the header says about the two images.
 #[derive(Debug, Clone)]
@@ -54,7 +54,9 @@ pub fn write(
         .map(|e| e.payload.len() + SegmentHeader::LEN + 16)
         .sum();
     let mut out = Vec::with_capacity(header.encoded_len() + body + 33);
-    out.extend_from_slice(&header.encode());
+    let header_bytes = header.encode();
+    let mut chain = chain::start(&header_bytes);
+    out.extend_from_slice(&header_bytes);
     for (index, (seg, enc)) in segments.iter().zip(encoded).enumerate() {
         let payload = &enc.payload;
         let head = SegmentHeader {
@@ -68,12 +70,13 @@ pub fn write(
         let mut check = blake3::Hasher::new();
         check.update(&head);
         check.update(payload);
+        let hash = check.finalize();
+        chain = chain::next(&chain, hash.as_bytes());
         out.extend_from_slice(&head);
         out.extend_from_slice(payload);
-        out.extend_from_slice(&truncate_check(&check.finalize()));
+        out.extend_from_slice(&truncate_check(&hash));
     }
     out.push(END_TAG);
-    let trailer = blake3::hash(&out);
-    out.extend_from_slice(trailer.as_bytes());
+    out.extend_from_slice(&chain::trailer(&chain));
     Ok(out)
 }

@@ -12,9 +12,11 @@
 //! Segment 0: 'S' + 32-byte segment header + zstd payload + 16-byte check
 //! ...
 //! Segment n-1
-//! Trailer: 'E' + 32-byte BLAKE3 of every byte before it (including the 'E')
+//! Trailer: 'E' + 32-byte hash closing the chain over header and segments
 //! ```
 
+pub mod chain;
+pub mod checkpoint;
 pub mod error;
 pub mod header;
 pub mod memory;
@@ -23,6 +25,7 @@ pub mod segment;
 pub mod trailer;
 pub mod varint;
 
+pub use checkpoint::Checkpoint;
 pub use error::FormatError;
 pub use header::{Codec, Header, Layout};
 pub use memory::MemoryModel;

@@ -1,5 +1,5 @@
-//! The trailer: an end tag and a BLAKE3 over every byte of the patch before the
-//! hash (tag included). It proves the patch arrived whole and unmodified; a later
+//! The trailer: an end tag and the hash closing the patch's hash chain (see
+//! [`crate::chain`]). It proves the patch arrived whole and unmodified; a later
 //! format feature signs this hash.
 
 /// Tag byte opening the trailer.

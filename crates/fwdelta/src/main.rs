@@ -13,7 +13,9 @@ static ALLOCATOR: peak_memory::Counting = peak_memory::Counting;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use fwdelta_apply::{apply, ApplyError, ApplyOptions, AtomicFile, ErrorClass, FileImage};
+use fwdelta_apply::{
+    Applier, ApplyError, ApplyOptions, AtomicFile, ErrorClass, FileImage, ResumableFile,
+};
 use fwdelta_diff::{DiffError, Options};
 use std::fs::File;
 use std::io::{BufReader, Write};
@@ -126,6 +128,11 @@ struct ApplyArgs {
     /// Refuse patches that produce a larger image than this.
     #[arg(long, value_parser = size::parse_size)]
     max_size: Option<u64>,
+    /// Continue an apply to the same output that was interrupted (killed, power
+    /// lost) from its last durable segment. Without a usable checkpoint it
+    /// starts from the beginning.
+    #[arg(long)]
+    resume: bool,
     /// Print nothing on success.
     #[arg(short, long)]
     quiet: bool,
@@ -210,22 +217,39 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
 fn cmd_apply(a: &ApplyArgs) -> Result<()> {
     let old = FileImage::open(&a.old)
         .with_context(|| format!("cannot open old image {}", a.old.display()))?;
-    let patch =
+    let mut patch =
         File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
     refuse_overwrite(&a.output, &[&a.old, &a.patch])?;
-    let sink = AtomicFile::create(&a.output).with_context(|| {
-        format!(
-            "cannot create a temporary file beside {}",
-            a.output.display()
-        )
-    })?;
     let opts = ApplyOptions {
         memory_limit: a.memory_limit,
         max_new_len: a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN),
     };
     let start = Instant::now();
-    let (report, sink) = apply(&old, patch, sink, opts)
-        .with_context(|| format!("cannot apply {}", a.patch.display()))?;
+    let context = || format!("cannot apply {}", a.patch.display());
+    let resumed = if a.resume {
+        resume_applier(a, &old, &mut patch, opts)?
+    } else {
+        None
+    };
+    let (report, sink) = match resumed {
+        Some(applier) => applier.finish_from(&mut patch).with_context(context)?,
+        None => {
+            let sink = ResumableFile::create(&a.output).with_context(|| {
+                format!("cannot create a partial file beside {}", a.output.display())
+            })?;
+            // The new version of a file keeps the old one's permission bits.
+            if let (Some(f), Ok(meta)) = (sink.file(), old.file().metadata()) {
+                if meta.is_file() {
+                    f.set_permissions(meta.permissions()).with_context(|| {
+                        format!("cannot set permissions beside {}", a.output.display())
+                    })?;
+                }
+            }
+            Applier::new(&old, sink, opts)
+                .finish_from(&mut patch)
+                .with_context(context)?
+        }
+    };
     sink.commit()
         .with_context(|| format!("cannot write {}", a.output.display()))?;
     if a.print_peak_memory {
@@ -242,6 +266,53 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Set up an applier that continues from the checkpoint beside the output,
+/// with `patch` positioned at the checkpoint. `None` if there is no checkpoint
+/// or it belongs to another patch (then the apply starts over).
+fn resume_applier<'o>(
+    a: &ApplyArgs,
+    old: &'o FileImage,
+    patch: &mut File,
+    opts: ApplyOptions,
+) -> Result<Option<Applier<'o, FileImage, ResumableFile>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Some(checkpoint) = ResumableFile::load_checkpoint(&a.output)
+        .with_context(|| format!("cannot read the checkpoint beside {}", a.output.display()))?
+    else {
+        return Ok(None);
+    };
+    let mut header = Vec::with_capacity(fwdelta_format::Header::MAX_LEN);
+    Read::by_ref(patch)
+        .take(fwdelta_format::Header::MAX_LEN as u64)
+        .read_to_end(&mut header)
+        .with_context(|| format!("cannot read patch {}", a.patch.display()))?;
+    let (sink, produced) = match ResumableFile::reopen(&a.output, &checkpoint) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("fwdelta: starting over: cannot reuse the partial output ({e})");
+            patch.seek(SeekFrom::Start(0))?;
+            return Ok(None);
+        }
+    };
+    match Applier::resume(old, sink, opts, &header, &checkpoint, produced) {
+        Ok(applier) => {
+            patch
+                .seek(SeekFrom::Start(checkpoint.patch_offset))
+                .with_context(|| format!("cannot read patch {}", a.patch.display()))?;
+            Ok(Some(applier))
+        }
+        Err(ApplyError::Format(fwdelta_format::FormatError::BadField {
+            field: "checkpoint",
+            detail,
+        })) => {
+            eprintln!("fwdelta: starting over: the checkpoint does not fit this patch ({detail})");
+            patch.seek(SeekFrom::Start(0))?;
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot resume applying {}", a.patch.display())),
+    }
 }
 
 fn cmd_info(a: &InfoArgs) -> Result<()> {

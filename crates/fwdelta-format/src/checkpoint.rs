@@ -1,0 +1,123 @@
+//! Resume checkpoints: the applier's whole state at a segment boundary, small
+//! enough to write to a flash sector after every segment.
+
+use crate::error::FormatError;
+use crate::header::Header;
+use crate::{check_of, CHECK_LEN, HASH_LEN};
+
+/// Magic opening an encoded checkpoint (version 1 of the checkpoint record).
+pub const CHECKPOINT_MAGIC: [u8; 8] = *b"FWDRSM01";
+
+/// Where an apply stood after its last durable segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// BLAKE3 of the patch header: which patch this checkpoint belongs to.
+    pub header_hash: [u8; HASH_LEN],
+    /// Index of the next segment to apply.
+    pub next_segment: u32,
+    /// Patch offset where that segment (or the trailer) starts.
+    pub patch_offset: u64,
+    /// New-image bytes already produced and made durable.
+    pub new_offset: u64,
+    /// Hash-chain state after the last applied segment (see [`crate::chain`]).
+    pub chain: [u8; HASH_LEN],
+}
+
+impl Checkpoint {
+    /// Encoded length: magic, fields, 16-byte check.
+    pub const LEN: usize = 8 + HASH_LEN + 4 + 8 + 8 + HASH_LEN + CHECK_LEN;
+
+    /// Serialise, with a check so a torn or stale write is detected.
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..8].copy_from_slice(&CHECKPOINT_MAGIC);
+        b[8..40].copy_from_slice(&self.header_hash);
+        b[40..44].copy_from_slice(&self.next_segment.to_le_bytes());
+        b[44..52].copy_from_slice(&self.patch_offset.to_le_bytes());
+        b[52..60].copy_from_slice(&self.new_offset.to_le_bytes());
+        b[60..92].copy_from_slice(&self.chain);
+        let check = check_of(&b[..92]);
+        b[92..].copy_from_slice(&check);
+        b
+    }
+
+    /// Parse and check an encoded checkpoint (its own integrity only; see
+    /// [`Self::validate_for`] for consistency with a patch).
+    pub fn decode(b: &[u8]) -> Result<Checkpoint, FormatError> {
+        let bad = |detail: &str| FormatError::BadField {
+            field: "checkpoint",
+            detail: detail.into(),
+        };
+        if b.len() != Self::LEN {
+            return Err(bad("wrong length"));
+        }
+        if b[..8] != CHECKPOINT_MAGIC {
+            return Err(bad("not a checkpoint"));
+        }
+        if check_of(&b[..92]) != b[92..] {
+            return Err(bad("checkpoint check mismatch"));
+        }
+        let mut header_hash = [0u8; HASH_LEN];
+        header_hash.copy_from_slice(&b[8..40]);
+        let mut chain = [0u8; HASH_LEN];
+        chain.copy_from_slice(&b[60..92]);
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        Ok(Checkpoint {
+            header_hash,
+            next_segment: u32::from_le_bytes([b[40], b[41], b[42], b[43]]),
+            patch_offset: u64_at(44),
+            new_offset: u64_at(52),
+            chain,
+        })
+    }
+
+    /// Check that this checkpoint can belong to the patch whose header is
+    /// `header_bytes` (parsed as `header`).
+    pub fn validate_for(&self, header_bytes: &[u8], header: &Header) -> Result<(), FormatError> {
+        let bad = |detail: String| FormatError::BadField {
+            field: "checkpoint",
+            detail,
+        };
+        if *blake3::hash(header_bytes).as_bytes() != self.header_hash {
+            return Err(bad("it belongs to another patch".into()));
+        }
+        if self.next_segment > header.segment_count
+            || self.new_offset > header.new_len
+            || self.patch_offset < header_bytes.len() as u64
+        {
+            return Err(bad(format!(
+                "segment {} at patch offset {} / new offset {} does not fit this patch",
+                self.next_segment, self.patch_offset, self.new_offset
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage() {
+        let c = Checkpoint {
+            header_hash: [7; 32],
+            next_segment: 3,
+            patch_offset: 12345,
+            new_offset: 999_999,
+            chain: [9; 32],
+        };
+        let b = c.encode();
+        assert_eq!(Checkpoint::decode(&b), Ok(c));
+        for i in 0..b.len() {
+            let mut d = b;
+            d[i] ^= 0x10;
+            assert!(Checkpoint::decode(&d).is_err(), "flip at {i} accepted");
+        }
+        assert!(Checkpoint::decode(&b[..50]).is_err());
+    }
+}
