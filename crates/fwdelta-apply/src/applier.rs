@@ -384,6 +384,12 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         self.header.as_ref()
     }
 
+    /// Give up on this apply and take the sink back (e.g. to read what a
+    /// resumable sink recorded before a cut download).
+    pub fn into_sink(self) -> S {
+        self.out.sink
+    }
+
     /// New-image bytes written to the sink so far.
     pub fn produced(&self) -> u64 {
         self.out.produced
