@@ -1,0 +1,84 @@
+//! Regenerate the committed fuzz seed corpora in `fuzz/corpus/<target>/`:
+//! `cargo run -p fwdelta-fuzz-targets --example make_seeds`.
+//! Seeds are valid patches against the bundled Cortex-M4 image (several edits,
+//! segment sizes and budgets), damaged copies of them, and deterministic noise.
+
+use fwdelta_diff::{diff, Options};
+use fwdelta_fuzz_targets::OLD;
+use std::fs;
+use std::path::Path;
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+    let new_fw = include_bytes!("../../../testdata/fw-cortex-m4/new");
+    let mut inserted = OLD.to_vec();
+    inserted.splice(600..600, noise(3, 300));
+    let mut deleted = OLD.to_vec();
+    deleted.drain(4000..9000);
+    let mut tweaked = OLD.to_vec();
+    for b in tweaked.iter_mut().step_by(211) {
+        *b = b.wrapping_add(1);
+    }
+    let news: Vec<(&str, Vec<u8>)> = vec![
+        ("fw-v2", new_fw.to_vec()),
+        ("identical", OLD.to_vec()),
+        ("empty", Vec::new()),
+        ("inserted", inserted),
+        ("deleted", deleted),
+        ("tweaked", tweaked),
+        ("noise", noise(7, 3000)),
+    ];
+    let mut patches = Vec::new();
+    for (name, new) in &news {
+        for (tag, cost, mem) in [("one", u64::MAX, 2 << 20), ("many", 300, 256 << 10)] {
+            let opts = Options {
+                level: 3,
+                segment_cost: cost,
+                apply_memory: mem,
+            };
+            let p = diff(OLD, new, &opts).expect("diff").bytes;
+            patches.push((format!("{name}-{tag}"), p));
+        }
+    }
+    let mut damaged = Vec::new();
+    for (name, p) in patches.iter().take(4) {
+        let mut flip = p.clone();
+        let at = p.len() / 2;
+        flip[at] ^= 0x20;
+        damaged.push((format!("{name}-flipped"), flip));
+        damaged.push((format!("{name}-cut"), p[..p.len() * 2 / 3].to_vec()));
+    }
+    let write = |target: &str, name: &str, bytes: &[u8]| {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join(name), bytes).expect("write seed");
+    };
+    for (name, p) in patches.iter().chain(&damaged) {
+        write("container", name, p);
+        write("apply_pull", name, p);
+        let mut push = vec![(name.len() * 13) as u8];
+        push.extend_from_slice(p);
+        write("apply_push", name, &push);
+    }
+    write("container", "header-only", &patches[0].1[..128]);
+    for i in 0..24u64 {
+        write(
+            "apply_structured",
+            &format!("noise-{i:02}"),
+            &noise(100 + i, 64 + 97 * i as usize),
+        );
+    }
+    println!("seeds written under {}", root.display());
+}

@@ -1,0 +1,290 @@
+//! Fuzz target functions. `fuzz/` (cargo-fuzz, libFuzzer) calls them with
+//! generated inputs; `tests/replay.rs` calls them with every committed corpus
+//! file, so CI exercises the corpora without a fuzzer.
+//!
+//! Each target panics only when the code under test misbehaves: a panic inside
+//! the parsers or applier, a success whose output is not what the header
+//! promises, push and pull modes disagreeing, or (structured target) the applier
+//! disagreeing with an independent reference interpreter.
+
+use arbitrary::{Result as ArbResult, Unstructured};
+use fwdelta_apply::{apply, inspect, Applier, ApplyOptions};
+use fwdelta_format::header::Header;
+use fwdelta_format::record::Record;
+use fwdelta_format::segment::SegmentHeader;
+use fwdelta_format::{chain, truncate_check, Checkpoint, Codec, Layout, MemoryModel};
+
+/// The old image the apply targets patch: the bundled Cortex-M4 firmware.
+pub static OLD: &[u8] = include_bytes!("../../../testdata/fw-cortex-m4/old");
+
+/// Output limit for fuzzed applies, so a patch claiming a huge image with
+/// cheap records cannot make a run slow.
+const MAX_NEW: u64 = 1 << 20;
+
+fn opts() -> ApplyOptions {
+    ApplyOptions {
+        memory_limit: 8 << 20,
+        max_new_len: MAX_NEW,
+    }
+}
+
+/// Every parser on raw bytes: header (both steps), segment header, record head,
+/// checkpoint, and a whole-container walk.
+pub fn container(data: &[u8]) {
+    if data.len() >= Header::PREFIX_LEN {
+        let mut prefix = [0u8; Header::PREFIX_LEN];
+        prefix.copy_from_slice(&data[..Header::PREFIX_LEN]);
+        if let Ok(len) = Header::parse_prefix(&prefix) {
+            if let Some(h) = data.get(..len) {
+                if let Ok(header) = Header::parse(h) {
+                    if let Some(seg) = data.get(len..len + SegmentHeader::LEN) {
+                        let mut b = [0u8; SegmentHeader::LEN];
+                        b.copy_from_slice(seg);
+                        let _ = SegmentHeader::parse(&b, &header, 0, 0);
+                    }
+                }
+            }
+        }
+    }
+    let _ = Record::parse_head(data);
+    let _ = Checkpoint::decode(data);
+    if let Ok(info) = inspect(data) {
+        assert_eq!(info.patch_len, data.len() as u64);
+        assert_eq!(info.segments.len() as u32, info.header.segment_count);
+    }
+}
+
+/// Check a successful apply's output against its header.
+fn check_success(header: &Header, out: &[u8]) {
+    assert_eq!(
+        out.len() as u64,
+        header.new_len,
+        "accepted output of the wrong length"
+    );
+    assert_eq!(
+        *blake3::hash(out).as_bytes(),
+        header.new_hash,
+        "accepted output with the wrong hash"
+    );
+}
+
+/// Pull-mode apply of `data` to [`OLD`].
+pub fn apply_pull(data: &[u8]) {
+    if let Ok((report, out)) = apply(OLD, data, Vec::new(), opts()) {
+        check_success(&report.header, &out);
+    }
+}
+
+/// Push-mode apply of `data[1..]` in chunks sized from `data[0]`, compared with
+/// pull mode: both must accept with the same output or both refuse.
+pub fn apply_push(data: &[u8]) {
+    let Some((&seed, patch)) = data.split_first() else {
+        return;
+    };
+    let mut a = Applier::new(OLD, Vec::new(), opts());
+    let mut rest = patch;
+    let mut step = usize::from(seed) + 1;
+    let mut pushed = Ok(());
+    while !rest.is_empty() && pushed.is_ok() {
+        let n = step.min(rest.len());
+        pushed = a.feed(&rest[..n]);
+        rest = &rest[n..];
+        step = step * 7 % 251 + 1;
+    }
+    let push = pushed.and_then(|_| a.finish());
+    let pull = apply(OLD, patch, Vec::new(), opts());
+    match (push, pull) {
+        (Ok((r1, o1)), Ok((_, o2))) => {
+            check_success(&r1.header, &o1);
+            assert!(o1 == o2, "push and pull produced different images");
+        }
+        (Err(_), Err(_)) => {}
+        (push, pull) => panic!("push {:?} vs pull {:?}", push.map(|_| ()), pull.map(|_| ())),
+    }
+}
+
+/// A record as the structured target generates it.
+#[derive(Debug, Clone)]
+struct GenRecord {
+    record: Record,
+    diff: Vec<u8>,
+    literal: Vec<u8>,
+}
+
+/// Independent reference interpreter: the new bytes a segment's records make,
+/// or `None` where the format says the applier must refuse.
+fn reference(old: &[u8], old_start: u64, records: &[GenRecord]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut pos = i128::from(old_start);
+    for r in records {
+        let rec = &r.record;
+        if rec.copy_len + rec.diff_len + rec.literal_len == 0 {
+            return None;
+        }
+        let start = usize::try_from(pos).ok()?;
+        let end = start.checked_add(usize::try_from(rec.copy_len + rec.diff_len).ok()?)?;
+        let src = old.get(start..end)?;
+        let (copy, diff) = src.split_at(rec.copy_len as usize);
+        out.extend_from_slice(copy);
+        out.extend(diff.iter().zip(&r.diff).map(|(o, d)| o.wrapping_add(*d)));
+        out.extend_from_slice(&r.literal);
+        pos = end as i128 + i128::from(rec.seek);
+        if pos < 0 || pos > old.len() as i128 {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+fn gen_records(u: &mut Unstructured<'_>, old_len: usize) -> ArbResult<Vec<GenRecord>> {
+    let n = u.int_in_range(0..=6)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let copy_len = u.int_in_range(0..=(old_len as u64 / 4))?;
+        let diff_len = u.int_in_range(0..=64u64)?;
+        let literal_len = u.int_in_range(0..=64u64)?;
+        // Mostly plausible seeks, sometimes wild ones.
+        let seek = if u.ratio(1, 8)? {
+            u.arbitrary::<i64>()?
+        } else {
+            u.int_in_range(-512i64..=512)?
+        };
+        let diff = u.bytes(diff_len as usize)?.to_vec();
+        let literal = u.bytes(literal_len as usize)?.to_vec();
+        v.push(GenRecord {
+            record: Record {
+                copy_len,
+                diff_len: diff.len() as u64,
+                literal_len: literal.len() as u64,
+                seek,
+            },
+            diff,
+            literal,
+        });
+    }
+    Ok(v)
+}
+
+/// Build a well-sealed patch (valid checks, chain and trailer) from arbitrary
+/// records, compute the expected image with [`reference`], and require the
+/// applier to produce exactly it, or to refuse exactly when the reference does.
+pub fn apply_structured(data: &[u8]) {
+    let _ = structured(&mut Unstructured::new(data));
+}
+
+/// How many of `inputs` the structured target built into patches the
+/// applier accepted, and how many into patches it (rightly) refused.
+pub fn structured_verdicts(inputs: &[Vec<u8>]) -> (usize, usize) {
+    let (mut ok, mut refused) = (0, 0);
+    for i in inputs {
+        match structured(&mut Unstructured::new(i)) {
+            Ok(Some(true)) => ok += 1,
+            Ok(Some(false)) => refused += 1,
+            _ => {}
+        }
+    }
+    (ok, refused)
+}
+
+/// `Some(true)` if the built patch was valid and applied, `Some(false)` if it
+/// was invalid and refused, `None` if the input ran out before a patch was built.
+fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
+    let old = OLD;
+    let window_log: u8 = u.int_in_range(10..=16)?;
+    let segments = u.int_in_range(1..=4)?;
+    let mut streams = Vec::new();
+    let mut expected = Some(Vec::new());
+    let mut new_len = 0u64;
+    for _ in 0..segments {
+        let old_start = u.int_in_range(0..=old.len() as u64)?;
+        let records = gen_records(u, old.len())?;
+        let made = reference(old, old_start, &records);
+        let claimed = match &made {
+            Some(m) => m.len() as u64,
+            None => u.int_in_range(1..=4096)?,
+        };
+        if claimed == 0 {
+            return Ok(None);
+        }
+        match (&mut expected, made) {
+            (Some(e), Some(m)) => e.extend_from_slice(&m),
+            _ => expected = None,
+        }
+        let mut stream = Vec::new();
+        for r in &records {
+            r.record.encode_head(&mut stream);
+            stream.extend_from_slice(&r.diff);
+            stream.extend_from_slice(&r.literal);
+        }
+        streams.push((old_start, claimed, new_len, stream));
+        new_len += claimed;
+    }
+    let new_hash = match &expected {
+        Some(e) => *blake3::hash(e).as_bytes(),
+        None => [0x5a; 32],
+    };
+    let header = Header {
+        flags: 0,
+        old_len: old.len() as u64,
+        old_hash: *blake3::hash(old).as_bytes(),
+        new_len,
+        new_hash,
+        codec: Codec::Zstd,
+        window_log,
+        layout: Layout::Interleaved,
+        segment_count: streams.len() as u32,
+        apply_memory: MemoryModel::required(window_log),
+    };
+    let mut patch = header.encode();
+    let mut state = chain::start(&patch);
+    for (index, (old_start, claimed, offset, stream)) in streams.iter().enumerate() {
+        let payload = compress(stream, window_log);
+        let head = SegmentHeader {
+            index: index as u32,
+            new_offset: *offset,
+            new_len: *claimed,
+            old_start: *old_start,
+            payload_len: payload.len() as u32,
+        }
+        .encode();
+        let mut h = blake3::Hasher::new();
+        h.update(&head);
+        h.update(&payload);
+        let hash = h.finalize();
+        state = chain::next(&state, hash.as_bytes());
+        patch.extend_from_slice(&head);
+        patch.extend_from_slice(&payload);
+        patch.extend_from_slice(&truncate_check(&hash));
+    }
+    patch.push(fwdelta_format::trailer::END_TAG);
+    patch.extend_from_slice(&chain::trailer(&state));
+
+    let result = apply(old, &patch[..], Vec::new(), opts());
+    match (&expected, result) {
+        (Some(e), Ok((_, out))) => {
+            assert!(out == *e, "applier output differs from the reference");
+            Ok(Some(true))
+        }
+        (Some(_), Err(err)) => panic!("applier refused a valid patch: {err}"),
+        (None, Ok(_)) => panic!("applier accepted records the reference refuses"),
+        (None, Err(_)) => Ok(Some(false)),
+    }
+}
+
+fn compress(stream: &[u8], window_log: u8) -> Vec<u8> {
+    use zstd::stream::raw::CParameter;
+    let Ok(mut c) = zstd::bulk::Compressor::new(1) else {
+        return Vec::new();
+    };
+    let _ = c.set_parameter(CParameter::WindowLog(u32::from(window_log)));
+    let _ = c.set_parameter(CParameter::Format(zstd::zstd_safe::FrameFormat::Magicless));
+    c.compress(stream).unwrap_or_default()
+}
+
+/// The fuzz targets by name, as `fuzz/` and the replay test know them.
+pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+    ("container", container),
+    ("apply_pull", apply_pull),
+    ("apply_push", apply_push),
+    ("apply_structured", apply_structured),
+];
