@@ -281,8 +281,11 @@ fn compress(stream: &[u8], window_log: u8) -> Vec<u8> {
     c.compress(stream).unwrap_or_default()
 }
 
+/// A fuzz target function.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name, as `fuzz/` and the replay test know them.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("container", container),
     ("apply_pull", apply_pull),
     ("apply_push", apply_push),
