@@ -589,17 +589,18 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         }
         self.verify_old(header)?;
         match (header.codec, header.layout) {
+            (Codec::Stored, Layout::Interleaved) => {}
+            (Codec::Zstd, Layout::Interleaved) if header.segment_count > 0 => {
+                let mut dec = Decoder::new().map_err(|e| ApplyError::Decoder(e.to_string()))?;
+                dec.set_parameter(DParameter::Format(FrameFormat::Magicless))
+                    .and_then(|_| {
+                        dec.set_parameter(DParameter::WindowLogMax(u32::from(header.window_log)))
+                    })
+                    .map_err(|e| ApplyError::Decoder(e.to_string()))?;
+                self.decoder = Some(dec);
+                self.dec_buf = vec![0; BUFFER_LEN];
+            }
             (Codec::Zstd, Layout::Interleaved) => {}
-        }
-        if header.segment_count > 0 {
-            let mut dec = Decoder::new().map_err(ApplyError::Sink)?;
-            dec.set_parameter(DParameter::Format(FrameFormat::Magicless))
-                .and_then(|_| {
-                    dec.set_parameter(DParameter::WindowLogMax(u32::from(header.window_log)))
-                })
-                .map_err(|e| ApplyError::Sink(io::Error::other(format!("zstd setup: {e}"))))?;
-            self.decoder = Some(dec);
-            self.dec_buf = vec![0; BUFFER_LEN];
         }
         Ok(())
     }
@@ -644,10 +645,32 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         let Stage::Payload(seg) = &mut self.stage else {
             return Err(ApplyError::Poisoned);
         };
-        let dec = self.decoder.as_mut().ok_or(ApplyError::Poisoned)?;
         let n = data.len().min(seg.payload_left as usize);
         let chunk = &data[..n];
         seg.check.update(chunk);
+        match self.decoder.as_mut() {
+            // Stored payload: the stream itself.
+            None => {
+                self.out.consume(seg, chunk)?;
+                if n == seg.payload_left as usize {
+                    seg.frame_done = true;
+                }
+            }
+            Some(dec) => Self::decode(dec, &mut self.dec_buf, &mut self.out, seg, chunk)?,
+        }
+        self.end_payload_chunk(n)?;
+        Ok(n)
+    }
+
+    /// Run one chunk of a zstd payload through the decoder and the record
+    /// interpreter.
+    fn decode(
+        dec: &mut Decoder<'static>,
+        dec_buf: &mut [u8],
+        out: &mut Output<'o, O, S>,
+        seg: &mut Segment,
+        chunk: &[u8],
+    ) -> Result<(), ApplyError> {
         let mut input = InBuffer::around(chunk);
         loop {
             if seg.frame_done {
@@ -657,23 +680,32 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 break;
             }
             let in_before = input.pos();
-            let mut ob = OutBuffer::around(&mut self.dec_buf[..]);
+            let mut ob = OutBuffer::around(&mut dec_buf[..]);
             let hint = dec
                 .run(&mut input, &mut ob)
                 .map_err(|e| seg.corrupt(format!("decompression failed: {e}")))?;
             let got = ob.pos();
-            self.out.consume(seg, &self.dec_buf[..got])?;
+            out.consume(seg, &dec_buf[..got])?;
             if hint == 0 {
                 seg.frame_done = true;
             }
             let input_done = input.pos() == chunk.len();
-            if input_done && got < self.dec_buf.len() {
+            if input_done && got < dec_buf.len() {
                 break;
             }
             if got == 0 && input.pos() == in_before {
                 return Err(seg.corrupt("decoder made no progress"));
             }
         }
+        Ok(())
+    }
+
+    /// Account for `n` payload bytes; at the end of the payload, check the
+    /// segment's stream is complete and expect its check.
+    fn end_payload_chunk(&mut self, n: usize) -> Result<(), ApplyError> {
+        let Stage::Payload(seg) = &mut self.stage else {
+            return Err(ApplyError::Poisoned);
+        };
         seg.payload_left -= n as u32;
         if seg.payload_left == 0 {
             if !seg.frame_done {
@@ -692,7 +724,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             self.want = CHECK_LEN;
             self.acc.clear();
         }
-        Ok(n)
+        Ok(())
     }
 }
 

@@ -112,6 +112,36 @@ fn inspect_each_streams_segment_headers() {
 }
 
 #[test]
+fn stored_patches_refuse_every_truncation_and_flip() {
+    let old = testdata("fw-x86-64", "old");
+    let new = testdata("fw-x86-64", "new");
+    let opts = Options {
+        segment_cost: 800,
+        apply_memory: 64 << 10,
+        ..Options::default()
+    };
+    let patch = diff(&old, &new, &opts).unwrap().bytes;
+    let header = inspect(&patch[..]).unwrap().header;
+    assert_eq!(header.codec, Codec::Stored);
+    assert!(header.segment_count >= 3);
+    assert_eq!(run(&old, &patch).unwrap(), new);
+    for cut in 0..patch.len() {
+        assert!(
+            matches!(run(&old, &patch[..cut]), Err(ApplyError::Truncated { .. })),
+            "cut {cut}"
+        );
+    }
+    for i in 0..patch.len() {
+        let mut bad = patch.clone();
+        bad[i] ^= 0x04;
+        match run(&old, &bad) {
+            Err(e) => assert_eq!(e.class(), ErrorClass::BadPatch, "flip at {i}: {e}"),
+            Ok(_) => panic!("flip at {i} accepted"),
+        }
+    }
+}
+
+#[test]
 fn trailing_data_is_refused() {
     let (old, _, mut patch) = firmware_patch();
     patch.push(0);

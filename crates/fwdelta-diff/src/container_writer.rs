@@ -27,6 +27,7 @@ pub struct Images {
 /// the patch is built in one allocation.
 pub fn write(
     images: &Images,
+    codec: Codec,
     segments: &[SegmentPlan],
     encoded: &[EncodedSegment],
 ) -> Result<Vec<u8>, DiffError> {
@@ -43,11 +44,11 @@ pub fn write(
         old_hash: images.old_hash,
         new_len: images.new_len,
         new_hash: images.new_hash,
-        codec: Codec::Zstd,
+        codec,
         window_log,
         layout: Layout::Interleaved,
         segment_count,
-        apply_memory: MemoryModel::required(window_log),
+        apply_memory: MemoryModel::required_for(codec, window_log),
     };
     let body: usize = encoded
         .iter()

@@ -27,7 +27,7 @@ pub use error::DiffError;
 pub use matcher::Op;
 
 use fwdelta_format::header::MIN_WINDOW_LOG;
-use fwdelta_format::{MemoryModel, MAX_IMAGE_LEN};
+use fwdelta_format::{Codec, MemoryModel, MAX_IMAGE_LEN};
 use std::time::{Duration, Instant};
 
 /// Generator options.
@@ -61,9 +61,11 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Check the options and derive the largest decoder window (log2) the
-    /// budget allows. Segments whose streams are smaller use smaller windows.
-    pub fn window_log(&self) -> Result<u8, DiffError> {
+    /// Check the options and derive the codec and largest decoder window
+    /// (log2) the budget allows: zstd when its smallest decoder fits, stored
+    /// payloads below that. Segments whose streams are smaller use smaller
+    /// windows.
+    pub fn codec(&self) -> Result<(Codec, u8), DiffError> {
         if !(1..=22).contains(&self.level) {
             return Err(DiffError::InvalidOption(format!(
                 "compression level {} is outside 1..=22",
@@ -75,7 +77,7 @@ impl Options {
                 "segment cost must be at least 1".into(),
             ));
         }
-        MemoryModel::window_log_for_budget(self.apply_memory).ok_or(DiffError::BudgetTooSmall {
+        MemoryModel::codec_for_budget(self.apply_memory).ok_or(DiffError::BudgetTooSmall {
             budget: self.apply_memory,
             minimum: MemoryModel::min_budget(),
         })
@@ -92,7 +94,7 @@ pub struct Patch {
 }
 
 /// Statistics of one diff.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DiffReport {
     /// Ops in the edit script.
     pub ops: usize,
@@ -102,6 +104,8 @@ pub struct DiffReport {
     pub literal_bytes: u64,
     /// Segments in the patch.
     pub segments: usize,
+    /// Payload codec (zstd, or stored when the budget cannot hold a decoder).
+    pub codec: Codec,
     /// Decoder window (log2) declared in the header: the largest any segment
     /// needs, at most the budget's.
     pub window_log: u8,
@@ -150,10 +154,11 @@ impl Plan {
 
     /// Encode this plan into a patch container.
     pub fn encode(&self, old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
-        let max_window_log = opts.window_log()?;
+        let (codec, max_window_log) = opts.codec()?;
         let start = Instant::now();
         let segments = segmenter::split(&self.ops, old, new, opts.segment_cost);
-        let encoded = segment_encoder::encode_all(&segments, old, new, opts.level, max_window_log)?;
+        let encoded =
+            segment_encoder::encode_all(&segments, old, new, codec, opts.level, max_window_log)?;
         let window_log = encoded
             .iter()
             .map(|e| e.window_log)
@@ -166,6 +171,7 @@ impl Plan {
                 new_len: new.len() as u64,
                 new_hash: self.new_hash,
             },
+            codec,
             &segments,
             &encoded,
         )?;
@@ -180,6 +186,7 @@ impl Plan {
                 diff_bytes,
                 literal_bytes,
                 segments: segments.len(),
+                codec,
                 window_log,
                 match_time: self.match_time,
                 encode_time: start.elapsed(),
@@ -191,7 +198,7 @@ impl Plan {
 /// Make a patch turning `old` into `new`. One-shot form of
 /// [`Plan::build`] followed by [`Plan::encode`].
 pub fn diff(old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
-    opts.window_log()?;
+    opts.codec()?;
     Plan::build(old, new)?.encode(old, new, opts)
 }
 

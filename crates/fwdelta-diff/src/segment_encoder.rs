@@ -1,12 +1,14 @@
 //! The segment encoder: turns a planned segment into its record stream and
 //! compresses it as one magicless zstd frame whose window fits the applier's
-//! budget. Segments are encoded in parallel.
+//! budget (or stores it as it is, for budgets below any zstd decoder).
+//! Segments are encoded in parallel.
 
 use crate::error::DiffError;
 use crate::segmenter::SegmentPlan;
 use fwdelta_format::header::MIN_WINDOW_LOG;
 use fwdelta_format::record::Record;
 use fwdelta_format::segment::MAX_PAYLOAD_LEN;
+use fwdelta_format::Codec;
 use rayon::prelude::*;
 use std::io::Write;
 use zstd::stream::raw::CParameter;
@@ -32,6 +34,7 @@ pub fn encode_all(
     segments: &[SegmentPlan],
     old: &[u8],
     new: &[u8],
+    codec: Codec,
     level: i32,
     max_window_log: u8,
 ) -> Result<Vec<EncodedSegment>, DiffError> {
@@ -39,7 +42,7 @@ pub fn encode_all(
         .par_iter()
         .enumerate()
         .map(|(index, seg)| {
-            let encoded = encode(seg, old, new, level, max_window_log)?;
+            let encoded = encode(seg, old, new, codec, level, max_window_log)?;
             if encoded.payload.len() > MAX_PAYLOAD_LEN as usize {
                 return Err(DiffError::PayloadTooLarge {
                     index,
@@ -63,7 +66,7 @@ struct Planned {
 /// The records of one segment. Record `k`'s seek moves the old cursor from the
 /// end of op `k`'s diff range to the start of op `k + 1`'s; the last seek is 0.
 /// Each op's diff range is cut into copy/diff pieces by [`copy_diff_pieces`].
-fn plan_records(seg: &SegmentPlan, old: &[u8], new: &[u8]) -> Vec<Planned> {
+fn plan_records(seg: &SegmentPlan, old: &[u8], new: &[u8], min_copy_run: usize) -> Vec<Planned> {
     let mut out = Vec::with_capacity(seg.ops.len());
     let mut at = seg.new_offset as usize;
     for (k, op) in seg.ops.iter().enumerate() {
@@ -72,7 +75,7 @@ fn plan_records(seg: &SegmentPlan, old: &[u8], new: &[u8]) -> Vec<Planned> {
             None => 0,
         };
         let (o, d) = (op.old_start as usize, op.diff_len as usize);
-        let pieces = copy_diff_pieces(&old[o..o + d], &new[at..at + d]);
+        let pieces = copy_diff_pieces(&old[o..o + d], &new[at..at + d], min_copy_run);
         let last = pieces.len() - 1;
         let mut piece_at = 0;
         for (i, &(copy, diff)) in pieces.iter().enumerate() {
@@ -111,30 +114,56 @@ pub fn encode(
     seg: &SegmentPlan,
     old: &[u8],
     new: &[u8],
+    codec: Codec,
     level: i32,
     max_window_log: u8,
 ) -> Result<EncodedSegment, DiffError> {
-    let records = plan_records(seg, old, new);
-    let stream_len: u64 = records.iter().map(|p| p.record.stream_len()).sum();
-    let window_log = window_for(stream_len, max_window_log);
+    match codec {
+        Codec::Zstd => {
+            let records = plan_records(seg, old, new, MIN_COPY_RUN_ZSTD);
+            let stream_len: u64 = records.iter().map(|p| p.record.stream_len()).sum();
+            let window_log = window_for(stream_len, max_window_log);
+            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
+            enc.set_parameter(CParameter::WindowLog(u32::from(window_log)))?;
+            enc.set_parameter(CParameter::Format(FrameFormat::Magicless))?;
+            enc.include_checksum(false)?;
+            enc.include_contentsize(false)?;
+            enc.include_dictid(false)?;
+            write_stream(&mut enc, &records, old, new)?;
+            Ok(EncodedSegment {
+                payload: enc.finish()?,
+                window_log,
+            })
+        }
+        Codec::Stored => {
+            let records = plan_records(seg, old, new, MIN_COPY_RUN_STORED);
+            let mut payload = Vec::new();
+            write_stream(&mut payload, &records, old, new)?;
+            Ok(EncodedSegment {
+                payload,
+                window_log: MIN_WINDOW_LOG,
+            })
+        }
+    }
+}
 
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
-    enc.set_parameter(CParameter::WindowLog(u32::from(window_log)))?;
-    enc.set_parameter(CParameter::Format(FrameFormat::Magicless))?;
-    enc.include_checksum(false)?;
-    enc.include_contentsize(false)?;
-    enc.include_dictid(false)?;
-
+/// Write a segment's record stream: each head, its diff bytes, its literals.
+fn write_stream(
+    enc: &mut impl Write,
+    records: &[Planned],
+    old: &[u8],
+    new: &[u8],
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(fwdelta_format::record::MAX_HEAD_LEN);
     let mut scratch = vec![0u8; SCRATCH];
-    for p in &records {
+    for p in records {
         let r = &p.record;
         head.clear();
         r.encode_head(&mut head);
         enc.write_all(&head)?;
         let d = r.diff_len as usize;
         write_diff(
-            &mut enc,
+            enc,
             &old[p.diff_old..p.diff_old + d],
             &new[p.diff_new..p.diff_new + d],
             &mut scratch,
@@ -142,22 +171,24 @@ pub fn encode(
         let lit = p.diff_new + d;
         enc.write_all(&new[lit..lit + r.literal_len as usize])?;
     }
-    Ok(EncodedSegment {
-        payload: enc.finish()?,
-        window_log,
-    })
+    Ok(())
 }
 
-/// Shortest run of equal bytes inside a diff range worth its own record: below
-/// it, the zeros stay in the stream (cheaper than a record head); above it, the
-/// run becomes a verbatim copy, which costs no stream bytes at all.
-const MIN_COPY_RUN: usize = 24;
+/// Shortest run of equal bytes inside a diff range worth its own record when
+/// the stream is compressed: below it, the zeros stay in the stream (cheaper
+/// than a record head once compressed); above it, the run becomes a verbatim
+/// copy, which costs no stream bytes at all.
+const MIN_COPY_RUN_ZSTD: usize = 24;
+
+/// The same threshold for stored streams, where every zero byte costs a byte
+/// and a record head costs about four.
+const MIN_COPY_RUN_STORED: usize = 6;
 
 /// Cut a diff range into (copy, diff) pieces: each piece copies a run of equal
 /// bytes verbatim and then carries differences. A run of equal bytes at the start
-/// of a piece is always a copy; inside, only runs of [`MIN_COPY_RUN`] or more
+/// of a piece is always a copy; inside, only runs of `min_copy_run` or more
 /// start a new piece. Always returns at least one piece; pieces tile the range.
-pub fn copy_diff_pieces(old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
+pub fn copy_diff_pieces(old: &[u8], new: &[u8], min_copy_run: usize) -> Vec<(usize, usize)> {
     let len = old.len().min(new.len());
     let mut pieces = Vec::new();
     let (mut copy, mut diff) = (0usize, 0usize);
@@ -171,7 +202,7 @@ pub fn copy_diff_pieces(old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
         if eq > 0 {
             if diff == 0 {
                 copy += eq;
-            } else if eq >= MIN_COPY_RUN {
+            } else if eq >= min_copy_run {
                 pieces.push((copy, diff));
                 copy = eq;
                 diff = 0;
@@ -220,11 +251,16 @@ mod tests {
         new[50] = 1;
         new[60] = 1; // short equal gap: stays in the diff
         new[150] = 1; // long equal gap before it: new piece
-        let p = copy_diff_pieces(&old, &new);
+        let p = copy_diff_pieces(&old, &new, 24);
         assert_eq!(p, vec![(50, 11), (89, 1), (49, 0)]);
         assert_eq!(p.iter().map(|(c, d)| c + d).sum::<usize>(), 200);
-        assert_eq!(copy_diff_pieces(&old, &old), vec![(200, 0)]);
-        assert_eq!(copy_diff_pieces(&[], &[]), vec![(0, 0)]);
+        assert_eq!(copy_diff_pieces(&old, &old, 24), vec![(200, 0)]);
+        assert_eq!(copy_diff_pieces(&[], &[], 24), vec![(0, 0)]);
+        // a shorter threshold splits the 10-byte gap too
+        assert_eq!(
+            copy_diff_pieces(&old, &new, 6),
+            vec![(50, 1), (9, 1), (89, 1), (49, 0)]
+        );
     }
 
     #[test]

@@ -81,6 +81,51 @@ fn one_byte_change_is_small() {
 }
 
 #[test]
+fn budgets_below_zstd_use_stored_payloads() {
+    let old = codeish(8, 200_000);
+    let mut new = old.clone();
+    new.splice(5000..5000, noise(2, 3000));
+    for b in new.iter_mut().skip(100_000).step_by(501) {
+        *b ^= 0x11;
+    }
+    let opts = Options {
+        apply_memory: 64 << 10,
+        ..Options::default()
+    };
+    let patch = diff(&old, &new, &opts).unwrap();
+    assert_eq!(patch.report.codec, fwdelta_format::Codec::Stored);
+    let header = fwdelta_apply::inspect(&patch.bytes[..]).unwrap().header;
+    assert!(
+        header.apply_memory <= 64 << 10,
+        "claims {}",
+        header.apply_memory
+    );
+    let (_, out) = apply(
+        &old[..],
+        &patch.bytes[..],
+        Vec::new(),
+        ApplyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(out, new);
+    // stored patches stay far smaller than the image when little changed
+    assert!(
+        patch.bytes.len() < 12_000,
+        "stored patch {} bytes",
+        patch.bytes.len()
+    );
+    assert!(diff(
+        &old,
+        &new,
+        &Options {
+            apply_memory: 63 << 10,
+            ..Options::default()
+        }
+    )
+    .is_err());
+}
+
+#[test]
 fn small_segments_and_tiny_budget_still_round_trip() {
     let old = codeish(5, 300_000);
     let mut new = old.clone();
@@ -165,5 +210,7 @@ proptest! {
         let new = edited(&old, &edits);
         let opts = Options { level: 3, segment_cost: cost, ..Options::default() };
         round_trip(&old, &new, &opts);
+        let stored = Options { apply_memory: 64 << 10, ..opts };
+        round_trip(&old, &new, &stored);
     }
 }

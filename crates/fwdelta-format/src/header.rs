@@ -9,6 +9,9 @@ use crate::{check_of, CHECK_LEN, FORMAT_VERSION, HASH_LEN, MAGIC, MAX_IMAGE_LEN}
 /// Compression codec of segment payloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
+    /// Payloads are the record stream itself, uncompressed: for appliers with
+    /// less memory than any zstd decoder needs.
+    Stored,
     /// Each payload is one magicless zstd frame.
     Zstd,
 }
@@ -17,17 +20,20 @@ impl Codec {
     /// Wire id.
     pub fn id(self) -> u8 {
         match self {
+            Codec::Stored => 0,
             Codec::Zstd => 1,
         }
     }
     /// Name for humans and JSON.
     pub fn name(self) -> &'static str {
         match self {
+            Codec::Stored => "stored",
             Codec::Zstd => "zstd",
         }
     }
     fn from_id(id: u8) -> Result<Self, FormatError> {
         match id {
+            0 => Ok(Codec::Stored),
             1 => Ok(Codec::Zstd),
             other => Err(FormatError::UnknownCodec(other)),
         }
@@ -95,7 +101,7 @@ pub struct Header {
     /// Number of segments in the body.
     pub segment_count: u32,
     /// Bytes of memory the applier needs (decoder and its own buffers), as
-    /// computed by [`MemoryModel::required`] for `window_log` at write time.
+    /// computed by [`MemoryModel::required_for`] at write time.
     pub apply_memory: u64,
 }
 
@@ -222,7 +228,7 @@ impl Header {
                 detail: format!("{segment_count} segments cannot produce {new_len} bytes"),
             });
         }
-        let needed = MemoryModel::required(window_log);
+        let needed = MemoryModel::required_for(codec, window_log);
         if apply_memory < needed {
             return Err(FormatError::BadField {
                 field: "apply_memory",

@@ -8,7 +8,7 @@
 //! constants below round that up; `tests::model_covers_the_real_decoder` in
 //! `fwdelta-apply` re-measures it so a zstd upgrade cannot silently break it.
 
-use crate::header::{MAX_WINDOW_LOG, MIN_WINDOW_LOG};
+use crate::header::{Codec, MAX_WINDOW_LOG, MIN_WINDOW_LOG};
 
 /// The memory model (a namespace; all functions are pure).
 #[derive(Debug, Clone, Copy)]
@@ -29,21 +29,45 @@ impl MemoryModel {
         Self::DCTX_FIXED + w + 3 * w.min(Self::MAX_BLOCK) + 64
     }
 
-    /// Bytes the applier needs in all for window `2^window_log`.
+    /// Bytes the applier needs in all for a zstd window of `2^window_log`.
     pub fn required(window_log: u8) -> u64 {
         Self::decoder(window_log) + Self::APPLIER_BUFFERS
     }
 
-    /// The largest window whose [`Self::required`] fits `budget`, or `None` if
-    /// even the smallest window does not.
+    /// Bytes the applier needs in all for `codec` (the window matters only
+    /// for zstd; stored payloads need no decoder).
+    pub fn required_for(codec: Codec, window_log: u8) -> u64 {
+        match codec {
+            Codec::Stored => Self::APPLIER_BUFFERS,
+            Codec::Zstd => Self::required(window_log),
+        }
+    }
+
+    /// The largest zstd window whose [`Self::required`] fits `budget`, or
+    /// `None` if even the smallest window does not.
     pub fn window_log_for_budget(budget: u64) -> Option<u8> {
         (MIN_WINDOW_LOG..=MAX_WINDOW_LOG)
             .rev()
             .find(|&wl| Self::required(wl) <= budget)
     }
 
-    /// The smallest budget any patch can be made for.
+    /// The codec and largest window a budget allows: zstd when its smallest
+    /// decoder fits, otherwise stored payloads, otherwise `None`.
+    pub fn codec_for_budget(budget: u64) -> Option<(Codec, u8)> {
+        match Self::window_log_for_budget(budget) {
+            Some(wl) => Some((Codec::Zstd, wl)),
+            None if budget >= Self::APPLIER_BUFFERS => Some((Codec::Stored, MIN_WINDOW_LOG)),
+            None => None,
+        }
+    }
+
+    /// The smallest budget any patch can be made for (stored payloads).
     pub fn min_budget() -> u64 {
+        Self::APPLIER_BUFFERS
+    }
+
+    /// The smallest budget a zstd-compressed patch can be made for.
+    pub fn min_zstd_budget() -> u64 {
         Self::required(MIN_WINDOW_LOG)
     }
 }
@@ -57,7 +81,16 @@ mod tests {
         assert_eq!(MemoryModel::window_log_for_budget(1 << 20), Some(18));
         assert_eq!(MemoryModel::window_log_for_budget(8 << 20), Some(22));
         assert_eq!(MemoryModel::window_log_for_budget(64 << 10), None);
-        let min = MemoryModel::min_budget();
+        assert_eq!(
+            MemoryModel::codec_for_budget(64 << 10),
+            Some((Codec::Stored, MIN_WINDOW_LOG))
+        );
+        assert_eq!(MemoryModel::codec_for_budget(63 << 10), None);
+        assert_eq!(
+            MemoryModel::codec_for_budget(256 << 10),
+            Some((Codec::Zstd, 14))
+        );
+        let min = MemoryModel::min_zstd_budget();
         assert_eq!(
             MemoryModel::window_log_for_budget(min),
             Some(MIN_WINDOW_LOG)

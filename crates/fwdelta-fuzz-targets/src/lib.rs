@@ -190,6 +190,11 @@ pub fn structured_verdicts(inputs: &[Vec<u8>]) -> (usize, usize) {
 /// was invalid and refused, `None` if the input ran out before a patch was built.
 fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
     let old = OLD;
+    let codec = if u.ratio(1, 3)? {
+        Codec::Stored
+    } else {
+        Codec::Zstd
+    };
     let window_log: u8 = u.int_in_range(10..=16)?;
     let segments = u.int_in_range(1..=4)?;
     let mut streams = Vec::new();
@@ -229,16 +234,22 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         old_hash: *blake3::hash(old).as_bytes(),
         new_len,
         new_hash,
-        codec: Codec::Zstd,
+        codec,
         window_log,
         layout: Layout::Interleaved,
         segment_count: streams.len() as u32,
-        apply_memory: MemoryModel::required(window_log),
+        apply_memory: MemoryModel::required_for(codec, window_log),
     };
     let mut patch = header.encode();
     let mut state = chain::start(&patch);
     for (index, (old_start, claimed, offset, stream)) in streams.iter().enumerate() {
-        let payload = compress(stream, window_log);
+        let payload = match codec {
+            Codec::Stored => stream.clone(),
+            Codec::Zstd => compress(stream, window_log),
+        };
+        if payload.is_empty() {
+            return Ok(None);
+        }
         let head = SegmentHeader {
             index: index as u32,
             new_offset: *offset,

@@ -57,7 +57,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let pairs = find_pairs(&a.dir)?;
     let pool = a.gen.pool()?;
     let opts = a.gen.options();
-    opts.window_log().context("invalid generator options")?;
+    opts.codec().context("invalid generator options")?;
     let work = tempfile::tempdir().context("cannot create a scratch directory")?;
     let mut rows = Vec::new();
     for (name, dir) in &pairs {

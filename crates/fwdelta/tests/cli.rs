@@ -636,7 +636,39 @@ fn diff_refused(extra: &[&str], old: Option<&Path>, needles: &[&str]) {
 
 #[test]
 fn diff_refuses_too_small_apply_memory() {
-    diff_refused(&["--apply-memory", "64KiB"], None, &["minimum"]);
+    // 64 KiB is the smallest budget (stored payloads); below it, refused.
+    diff_refused(
+        &["--apply-memory", "63KiB"],
+        None,
+        &["minimum of 65536 bytes"],
+    );
+}
+
+#[test]
+fn tiny_budget_uses_stored_payloads_and_round_trips() {
+    let fx = Fixture::new("fw-x86-64");
+    let patch = fx.dir.path().join("tiny.fwd");
+    fwdelta([
+        OsStr::new("diff"),
+        fx.old.as_os_str(),
+        fx.new.as_os_str(),
+        OsStr::new("-o"),
+        patch.as_os_str(),
+        OsStr::new("--apply-memory"),
+        OsStr::new("64KiB"),
+        OsStr::new("-q"),
+    ])
+    .assert_ok();
+    let v = info_json(&patch);
+    assert_eq!(v["codec"], "stored");
+    assert!(v["apply_memory"].as_u64().unwrap() <= 64 << 10);
+    let run = fx.apply_with(
+        &fx.old,
+        &fs::read(&patch).unwrap(),
+        &["--memory-limit", "64KiB", "-q"],
+    );
+    run.assert_ok();
+    assert_eq!(fs::read(fx.out()).unwrap(), fs::read(&fx.new).unwrap());
 }
 
 #[test]
