@@ -22,6 +22,11 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Instead of the main table, measure each of these applier memory budgets
+    /// (comma-separated, e.g. 64KiB,256KiB,1MiB,8MiB): patch size, its cost
+    /// against the largest budget, and apply peak heap and RSS.
+    #[arg(long, value_delimiter = ',', value_parser = crate::size::parse_size)]
+    budgets: Vec<u64>,
 }
 
 /// Measurements of one pair.
@@ -54,6 +59,9 @@ impl Row {
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
+    if !a.budgets.is_empty() {
+        return run_budgets(a);
+    }
     let pairs = find_pairs(&a.dir)?;
     let pool = a.gen.pool()?;
     let opts = a.gen.options();
@@ -302,5 +310,116 @@ fn print_json(rows: &[Row], opts: &Options) -> Result<()> {
         "pairs": pairs,
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// One pair under one budget.
+struct BudgetRow {
+    pair: String,
+    new_len: u64,
+    budget: u64,
+    codec: &'static str,
+    window_log: u8,
+    patch_len: u64,
+    claim: u64,
+    heap: u64,
+    rss: u64,
+}
+
+/// `--budgets`: every pair under every budget. Fails if any apply exceeds its
+/// budget plus 64 KiB of heap, or produces the wrong image.
+fn run_budgets(a: &BenchArgs) -> Result<()> {
+    let pairs = find_pairs(&a.dir)?;
+    let pool = a.gen.pool()?;
+    let work = tempfile::tempdir().context("cannot create a scratch directory")?;
+    let mut budgets = a.budgets.clone();
+    budgets.sort_unstable();
+    budgets.dedup();
+    let reference = *budgets.last().context("no budgets")?;
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for (name, dir) in &pairs {
+        let old_path = dir.join("old");
+        let old = Image::open(&old_path)?;
+        let new = Image::open(&dir.join("new"))?;
+        let plan = pool.install(|| Plan::build(&old, &new))?;
+        for &budget in &budgets {
+            let opts = Options {
+                apply_memory: budget,
+                ..a.gen.options()
+            };
+            let patch = pool.install(|| plan.encode(&old, &new, &opts))?;
+            let patch_path = work.path().join(format!("{name}.fwd"));
+            let out_path = work.path().join(format!("{name}.out"));
+            crate::write_atomically(&patch_path, &patch.bytes)?;
+            let (_, mem) = apply_in_child(&old_path, &patch_path, &out_path)?;
+            if std::fs::read(&out_path)?[..] != new[..] {
+                failures.push(format!("{name} at {}: wrong image", human(budget)));
+            }
+            let info = fwdelta_apply::inspect(&patch.bytes[..])?;
+            if mem.heap > budget + (64 << 10) {
+                failures.push(format!(
+                    "{name} at {}: peak heap {} exceeds budget + 64 KiB",
+                    human(budget),
+                    human(mem.heap)
+                ));
+            }
+            rows.push(BudgetRow {
+                pair: name.clone(),
+                new_len: new.len() as u64,
+                budget,
+                codec: info.header.codec.name(),
+                window_log: info.header.window_log,
+                patch_len: patch.bytes.len() as u64,
+                claim: info.header.apply_memory,
+                heap: mem.heap,
+                rss: mem.rss,
+            });
+            eprintln!("  {name} @ {}: {} bytes", human(budget), patch.bytes.len());
+        }
+    }
+    let size_at = |pair: &str, budget: u64| {
+        rows.iter()
+            .find(|r| r.pair == pair && r.budget == budget)
+            .map_or(0, |r| r.patch_len)
+    };
+    if a.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "pair": r.pair, "new_len": r.new_len, "budget": r.budget, "codec": r.codec,
+                    "window_log": r.window_log, "patch_len": r.patch_len,
+                    "patch_vs_largest_budget": r.patch_len as f64 / size_at(&r.pair, reference).max(1) as f64,
+                    "apply_memory_claim": r.claim, "apply_peak_heap_bytes": r.heap, "apply_peak_rss_bytes": r.rss,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("fwdelta bench --budgets: patch size and apply memory per applier budget (cost against {})", human(reference));
+        println!("| pair | new | budget | codec | window | patch | vs {} | claim | apply peak heap | heap - budget | apply peak RSS |", human(reference));
+        println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &rows {
+            let base = size_at(&r.pair, reference).max(1);
+            println!(
+                "| {} | {} | {} | {} | 2^{} | {} | {:+.1}% | {} | {} | {:+} KiB | {} |",
+                r.pair,
+                r.new_len,
+                human(r.budget),
+                r.codec,
+                r.window_log,
+                r.patch_len,
+                100.0 * (r.patch_len as f64 / base as f64 - 1.0),
+                human(r.claim),
+                human(r.heap),
+                (r.heap as i64 - r.budget as i64) / 1024,
+                human(r.rss)
+            );
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
     Ok(())
 }
