@@ -575,6 +575,11 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
 
     /// Enforce this applier's limits, verify the old image, create the decoder.
     fn accept_header(&mut self, header: &Header) -> Result<(), ApplyError> {
+        if header.cell_log.is_some() {
+            return Err(ApplyError::WrongMode(
+                "this is an in-place patch: apply it in place (fwdelta apply --in-place)",
+            ));
+        }
         if header.apply_memory > self.opts.memory_limit {
             return Err(ApplyError::MemoryBudget {
                 needed: header.apply_memory,

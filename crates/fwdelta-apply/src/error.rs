@@ -79,6 +79,9 @@ pub enum ApplyError {
     /// Writing the new image failed.
     #[error("writing the new image failed: {0}")]
     Sink(io::Error),
+    /// The patch is for the other apply mode (in-place vs. to a new file).
+    #[error("{0}")]
+    WrongMode(&'static str),
     /// The decoder could not be created or configured (typically out of memory).
     #[error("cannot set up the decoder: {0}")]
     Decoder(String),
@@ -121,6 +124,7 @@ impl ApplyError {
                 | FormatError::UnknownLayout(_)
                 | FormatError::UnknownCriticalExtension(_),
             ) => ErrorClass::Unsupported,
+            WrongMode(_) => ErrorClass::Unsupported,
             Format(_)
             | Truncated { .. }
             | CorruptSegment { .. }

@@ -253,7 +253,7 @@ fn unknown_version_and_absurd_claims_are_refused() {
     assert_eq!(err.class(), ErrorClass::BadPatch);
 
     let mut flags = patch.clone();
-    flags[10] = 1;
+    flags[10] = 2;
     reseal(&mut flags);
     let err = run(&old, &flags).unwrap_err();
     assert!(err.to_string().contains("unsupported features"), "{err}");
@@ -281,6 +281,7 @@ fn craft(old: &[u8], claimed_new: &[u8], segments: &[(u64, u64, Vec<u8>)]) -> Ve
         layout: Layout::Interleaved,
         segment_count: segments.len() as u32,
         apply_memory: MemoryModel::required(window_log),
+        cell_log: None,
     };
     let mut out = header.encode();
     let mut state = chain::start(&out);

@@ -49,6 +49,7 @@ pub fn write(
         layout: Layout::Interleaved,
         segment_count,
         apply_memory: MemoryModel::required_for(codec, window_log),
+        cell_log: None,
     };
     let body: usize = encoded
         .iter()

@@ -69,10 +69,24 @@ impl Layout {
     }
 }
 
-/// Flag bits a version-1 reader understands (none yet; later features such as
-/// in-place patches and signatures claim bits and must be refused by readers that
-/// predate them).
-pub const KNOWN_FLAGS: u16 = 0;
+/// Flag: an in-place patch (see `docs/FORMAT.md`, "In-place patches"). Its
+/// header carries [`EXT_IN_PLACE`]; its segments are cells, in apply order.
+pub const FLAG_IN_PLACE: u16 = 1;
+
+/// Flag bits this reader understands. Later features (signatures) claim other
+/// bits and must be refused by readers that predate them.
+pub const KNOWN_FLAGS: u16 = FLAG_IN_PLACE;
+
+/// Critical header extension of in-place patches: one byte, log2 of the cell
+/// size (the applier's scratch buffer).
+pub const EXT_IN_PLACE: u16 = 0x8001;
+
+/// Smallest in-place cell (log2): 4 KiB, a common flash page/sector size.
+pub const MIN_CELL_LOG: u8 = 12;
+/// Largest in-place cell (log2): 16 MiB.
+pub const MAX_CELL_LOG: u8 = 24;
+/// Most cells an in-place patch may have (the applier keeps one bit per cell).
+pub const MAX_CELLS: u64 = 1 << 16;
 
 /// Smallest decoder window the format admits (log2).
 pub const MIN_WINDOW_LOG: u8 = 10;
@@ -100,9 +114,12 @@ pub struct Header {
     pub layout: Layout,
     /// Number of segments in the body.
     pub segment_count: u32,
-    /// Bytes of memory the applier needs (decoder and its own buffers), as
-    /// computed by [`MemoryModel::required_for`] at write time.
+    /// Bytes of memory the applier needs (decoder and its own buffers, plus the
+    /// cell buffer of an in-place patch), as computed by
+    /// [`MemoryModel::required_for`] at write time.
     pub apply_memory: u64,
+    /// For in-place patches, log2 of the cell size; `None` otherwise.
+    pub cell_log: Option<u8>,
 }
 
 impl Header {
@@ -115,13 +132,15 @@ impl Header {
     /// Longest header accepted (bounds the buffer a streaming parser needs).
     pub const MAX_LEN: usize = 4096;
 
-    /// Serialise to bytes (no extensions). Cost: one small allocation.
+    /// Serialise to bytes (with the in-place extension when `cell_log` is set).
+    /// Cost: one small allocation.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(Self::MIN_LEN);
+        let len = self.encoded_len();
+        let mut b = Vec::with_capacity(len);
         b.extend_from_slice(&MAGIC);
         b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         b.extend_from_slice(&self.flags.to_le_bytes());
-        b.extend_from_slice(&(Self::MIN_LEN as u32).to_le_bytes());
+        b.extend_from_slice(&(len as u32).to_le_bytes());
         b.extend_from_slice(&self.old_len.to_le_bytes());
         b.extend_from_slice(&self.old_hash);
         b.extend_from_slice(&self.new_len.to_le_bytes());
@@ -133,6 +152,11 @@ impl Header {
         b.extend_from_slice(&self.segment_count.to_le_bytes());
         b.extend_from_slice(&self.apply_memory.to_le_bytes());
         debug_assert_eq!(b.len(), Self::FIXED_LEN);
+        if let Some(cell_log) = self.cell_log {
+            b.extend_from_slice(&EXT_IN_PLACE.to_le_bytes());
+            b.extend_from_slice(&1u16.to_le_bytes());
+            b.push(cell_log);
+        }
         let check = check_of(&b);
         b.extend_from_slice(&check);
         b
@@ -228,7 +252,27 @@ impl Header {
                 detail: format!("{segment_count} segments cannot produce {new_len} bytes"),
             });
         }
-        let needed = MemoryModel::required_for(codec, window_log);
+        let cell_log = check_extensions(&body[Self::FIXED_LEN..])?;
+        if cell_log.is_some() != (flags & FLAG_IN_PLACE != 0) {
+            return Err(FormatError::BadField {
+                field: "flags",
+                detail: "in-place flag and in-place extension disagree".into(),
+            });
+        }
+        if let Some(cl) = cell_log {
+            let cells = new_len.div_ceil(1u64 << cl);
+            if cells > MAX_CELLS || u64::from(segment_count) != cells {
+                return Err(FormatError::BadField {
+                    field: "segment_count",
+                    detail: format!(
+                        "an in-place patch of {new_len} bytes in 2^{cl}-byte cells has {cells} cells \
+                         (at most {MAX_CELLS}), not {segment_count} segments"
+                    ),
+                });
+            }
+        }
+        let needed =
+            MemoryModel::required_for(codec, window_log) + cell_log.map_or(0, |cl| 1u64 << cl);
         if apply_memory < needed {
             return Err(FormatError::BadField {
                 field: "apply_memory",
@@ -237,7 +281,6 @@ impl Header {
                 ),
             });
         }
-        check_extensions(&body[Self::FIXED_LEN..])?;
 
         Ok(Header {
             flags,
@@ -250,19 +293,26 @@ impl Header {
             layout,
             segment_count,
             apply_memory,
+            cell_log,
         })
     }
 
     /// Length this header occupies when encoded by [`Self::encode`].
     pub fn encoded_len(&self) -> usize {
-        Self::MIN_LEN
+        Self::MIN_LEN + if self.cell_log.is_some() { 5 } else { 0 }
+    }
+
+    /// Cell size of an in-place patch.
+    pub fn cell_len(&self) -> Option<u64> {
+        self.cell_log.map(|cl| 1u64 << cl)
     }
 }
 
 /// Walk the extension area: entries of (type u16, length u16, value). Types with
-/// the high bit set are critical and refused when unknown (all are unknown in
-/// version 1); others are skipped.
-fn check_extensions(mut area: &[u8]) -> Result<(), FormatError> {
+/// the high bit set are critical and refused when unknown; others are skipped.
+/// Returns the in-place cell size (log2) if [`EXT_IN_PLACE`] is present.
+fn check_extensions(mut area: &[u8]) -> Result<Option<u8>, FormatError> {
+    let mut cell_log = None;
     while !area.is_empty() {
         if area.len() < 4 {
             return Err(FormatError::BadField {
@@ -272,15 +322,30 @@ fn check_extensions(mut area: &[u8]) -> Result<(), FormatError> {
         }
         let ty = u16::from_le_bytes([area[0], area[1]]);
         let len = usize::from(u16::from_le_bytes([area[2], area[3]]));
-        if ty & 0x8000 != 0 {
-            return Err(FormatError::UnknownCriticalExtension(ty));
-        }
-        area = area.get(4 + len..).ok_or_else(|| FormatError::BadField {
+        let value = area.get(4..4 + len).ok_or_else(|| FormatError::BadField {
             field: "extensions",
             detail: format!("extension {ty:#06x} runs past the header"),
         })?;
+        match ty {
+            EXT_IN_PLACE => {
+                let bad = |detail: String| FormatError::BadField {
+                    field: "in-place extension",
+                    detail,
+                };
+                if len != 1 || cell_log.is_some() {
+                    return Err(bad("must appear once, one byte long".into()));
+                }
+                if !(MIN_CELL_LOG..=MAX_CELL_LOG).contains(&value[0]) {
+                    return Err(bad(format!("cell size 2^{} is out of range", value[0])));
+                }
+                cell_log = Some(value[0]);
+            }
+            t if t & 0x8000 != 0 => return Err(FormatError::UnknownCriticalExtension(t)),
+            _ => {}
+        }
+        area = &area[4 + len..];
     }
-    Ok(())
+    Ok(cell_log)
 }
 
 /// Little-endian field reader over a buffer whose length was already checked.
@@ -326,7 +391,39 @@ mod tests {
             layout: Layout::Interleaved,
             segment_count: 3,
             apply_memory: MemoryModel::required(19),
+            cell_log: None,
         }
+    }
+
+    #[test]
+    fn in_place_round_trip_and_consistency() {
+        let mut h = sample();
+        h.flags = FLAG_IN_PLACE;
+        h.cell_log = Some(12);
+        h.new_len = 3 * 4096 - 5;
+        h.apply_memory = MemoryModel::required(19) + 4096;
+        let bytes = h.encode();
+        assert_eq!(bytes.len(), Header::MIN_LEN + 5);
+        assert_eq!(reparse(&bytes).unwrap(), h);
+        // wrong cell count
+        let mut bad = h.clone();
+        bad.segment_count = 2;
+        assert!(reparse(&bad.encode()).is_err());
+        // flag without extension, extension without flag
+        let mut bad = h.clone();
+        bad.flags = 0;
+        assert!(reparse(&bad.encode()).is_err());
+        let mut bad = h.clone();
+        bad.cell_log = None;
+        assert!(reparse(&bad.encode()).is_err());
+        // memory claim must include the cell buffer
+        let mut bad = h.clone();
+        bad.apply_memory = MemoryModel::required(19);
+        assert!(reparse(&bad.encode()).is_err());
+        // cell size out of range
+        let mut bad = h;
+        bad.cell_log = Some(30);
+        assert!(reparse(&bad.encode()).is_err());
     }
 
     fn reparse(bytes: &[u8]) -> Result<Header, FormatError> {
@@ -450,10 +547,12 @@ mod tests {
 
     #[test]
     fn extensions_skip_unknown_and_refuse_critical() {
-        assert!(check_extensions(&[0x01, 0x00, 2, 0, 9, 9]).is_ok());
+        assert_eq!(check_extensions(&[0x01, 0x00, 2, 0, 9, 9]), Ok(None));
+        assert_eq!(check_extensions(&[0x01, 0x80, 1, 0, 14]), Ok(Some(14)));
+        assert!(check_extensions(&[0x01, 0x80, 1, 0, 14, 0x01, 0x80, 1, 0, 14]).is_err());
         assert_eq!(
-            check_extensions(&[0x01, 0x80, 0, 0]),
-            Err(FormatError::UnknownCriticalExtension(0x8001))
+            check_extensions(&[0x02, 0x80, 0, 0]),
+            Err(FormatError::UnknownCriticalExtension(0x8002))
         );
         assert!(check_extensions(&[0x01, 0x00, 9, 0, 1]).is_err());
         assert!(check_extensions(&[0x01]).is_err());

@@ -239,6 +239,7 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         layout: Layout::Interleaved,
         segment_count: streams.len() as u32,
         apply_memory: MemoryModel::required_for(codec, window_log),
+        cell_log: None,
     };
     let mut patch = header.encode();
     let mut state = chain::start(&patch);
