@@ -78,6 +78,38 @@ struct Segment {
 }
 
 impl Segment {
+    /// State for decoding segment `head`, whose header bytes are `head_bytes`.
+    fn new(head: SegmentHeader, head_bytes: &[u8]) -> Segment {
+        let mut check = blake3::Hasher::new();
+        check.update(head_bytes);
+        Segment {
+            head,
+            payload_left: head.payload_len,
+            remaining_out: head.new_len,
+            old_pos: head.old_start,
+            rec: Rec::Head,
+            head_buf: [0; MAX_HEAD_LEN],
+            head_len: 0,
+            check,
+            frame_done: false,
+        }
+    }
+
+    /// At the end of the payload: the frame and the record stream must both be
+    /// complete and have produced exactly the segment's bytes.
+    fn finish(&self) -> Result<(), ApplyError> {
+        if !self.frame_done {
+            return Err(self.corrupt("compressed payload ends before its frame does"));
+        }
+        if self.rec != Rec::Head || self.head_len != 0 || self.remaining_out != 0 {
+            return Err(self.corrupt(format!(
+                "stream ends with {} of {} bytes still to produce",
+                self.remaining_out, self.head.new_len
+            )));
+        }
+        Ok(())
+    }
+
     fn corrupt(&self, detail: impl Into<String>) -> ApplyError {
         ApplyError::CorruptSegment {
             index: self.head.index,
@@ -490,23 +522,11 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                     .into());
                 }
                 let head = SegmentHeader::parse(&b, header, self.next_index, self.out.produced)?;
-                let mut check = blake3::Hasher::new();
-                check.update(&b);
                 if let Some(dec) = self.decoder.as_mut() {
                     dec.reinit()
                         .map_err(|e| ApplyError::Decoder(format!("reset failed: {e}")))?;
                 }
-                self.stage = Stage::Payload(Box::new(Segment {
-                    head,
-                    payload_left: head.payload_len,
-                    remaining_out: head.new_len,
-                    old_pos: head.old_start,
-                    rec: Rec::Head,
-                    head_buf: [0; MAX_HEAD_LEN],
-                    head_len: 0,
-                    check,
-                    frame_done: false,
-                }));
+                self.stage = Stage::Payload(Box::new(Segment::new(head, &b)));
                 self.acc.clear();
             }
             Stage::SegmentCheck(seg) => {
@@ -596,13 +616,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         match (header.codec, header.layout) {
             (Codec::Stored, Layout::Interleaved) => {}
             (Codec::Zstd, Layout::Interleaved) if header.segment_count > 0 => {
-                let mut dec = Decoder::new().map_err(|e| ApplyError::Decoder(e.to_string()))?;
-                dec.set_parameter(DParameter::Format(FrameFormat::Magicless))
-                    .and_then(|_| {
-                        dec.set_parameter(DParameter::WindowLogMax(u32::from(header.window_log)))
-                    })
-                    .map_err(|e| ApplyError::Decoder(e.to_string()))?;
-                self.decoder = Some(dec);
+                self.decoder = Some(new_decoder(header)?);
                 self.dec_buf = vec![0; BUFFER_LEN];
             }
             (Codec::Zstd, Layout::Interleaved) => {}
@@ -661,48 +675,10 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                     seg.frame_done = true;
                 }
             }
-            Some(dec) => Self::decode(dec, &mut self.dec_buf, &mut self.out, seg, chunk)?,
+            Some(dec) => decode_chunk(dec, &mut self.dec_buf, &mut self.out, seg, chunk)?,
         }
         self.end_payload_chunk(n)?;
         Ok(n)
-    }
-
-    /// Run one chunk of a zstd payload through the decoder and the record
-    /// interpreter.
-    fn decode(
-        dec: &mut Decoder<'static>,
-        dec_buf: &mut [u8],
-        out: &mut Output<'o, O, S>,
-        seg: &mut Segment,
-        chunk: &[u8],
-    ) -> Result<(), ApplyError> {
-        let mut input = InBuffer::around(chunk);
-        loop {
-            if seg.frame_done {
-                if input.pos() < chunk.len() {
-                    return Err(seg.corrupt("data after the end of the compressed frame"));
-                }
-                break;
-            }
-            let in_before = input.pos();
-            let mut ob = OutBuffer::around(&mut dec_buf[..]);
-            let hint = dec
-                .run(&mut input, &mut ob)
-                .map_err(|e| seg.corrupt(format!("decompression failed: {e}")))?;
-            let got = ob.pos();
-            out.consume(seg, &dec_buf[..got])?;
-            if hint == 0 {
-                seg.frame_done = true;
-            }
-            let input_done = input.pos() == chunk.len();
-            if input_done && got < dec_buf.len() {
-                break;
-            }
-            if got == 0 && input.pos() == in_before {
-                return Err(seg.corrupt("decoder made no progress"));
-            }
-        }
-        Ok(())
     }
 
     /// Account for `n` payload bytes; at the end of the payload, check the
@@ -713,21 +689,156 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         };
         seg.payload_left -= n as u32;
         if seg.payload_left == 0 {
-            if !seg.frame_done {
-                return Err(seg.corrupt("compressed payload ends before its frame does"));
-            }
-            if seg.rec != Rec::Head || seg.head_len != 0 || seg.remaining_out != 0 {
-                return Err(seg.corrupt(format!(
-                    "stream ends with {} of {} bytes still to produce",
-                    seg.remaining_out, seg.head.new_len
-                )));
-            }
+            seg.finish()?;
             let Stage::Payload(seg) = std::mem::replace(&mut self.stage, Stage::Failed) else {
                 return Err(ApplyError::Poisoned);
             };
             self.stage = Stage::SegmentCheck(seg);
             self.want = CHECK_LEN;
             self.acc.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Run one chunk of a zstd payload through the decoder and the record
+/// interpreter.
+fn decode_chunk<O: OldImage + ?Sized, S: Sink>(
+    dec: &mut Decoder<'static>,
+    dec_buf: &mut [u8],
+    out: &mut Output<'_, O, S>,
+    seg: &mut Segment,
+    chunk: &[u8],
+) -> Result<(), ApplyError> {
+    let mut input = InBuffer::around(chunk);
+    loop {
+        if seg.frame_done {
+            if input.pos() < chunk.len() {
+                return Err(seg.corrupt("data after the end of the compressed frame"));
+            }
+            break;
+        }
+        let in_before = input.pos();
+        let mut ob = OutBuffer::around(&mut dec_buf[..]);
+        let hint = dec
+            .run(&mut input, &mut ob)
+            .map_err(|e| seg.corrupt(format!("decompression failed: {e}")))?;
+        let got = ob.pos();
+        out.consume(seg, &dec_buf[..got])?;
+        if hint == 0 {
+            seg.frame_done = true;
+        }
+        let input_done = input.pos() == chunk.len();
+        if input_done && got < dec_buf.len() {
+            break;
+        }
+        if got == 0 && input.pos() == in_before {
+            return Err(seg.corrupt("decoder made no progress"));
+        }
+    }
+    Ok(())
+}
+
+/// A zstd decoder for `header`'s payloads: magicless frames, window at most
+/// the header's.
+fn new_decoder(header: &Header) -> Result<Decoder<'static>, ApplyError> {
+    let mut dec = Decoder::new().map_err(|e| ApplyError::Decoder(e.to_string()))?;
+    dec.set_parameter(DParameter::Format(FrameFormat::Magicless))
+        .and_then(|_| dec.set_parameter(DParameter::WindowLogMax(u32::from(header.window_log))))
+        .map_err(|e| ApplyError::Decoder(e.to_string()))?;
+    Ok(dec)
+}
+
+/// Decodes whole segments one at a time from a reader: the building block of
+/// the in-place applier, which visits segments in its own order. Holds a
+/// decoder (zstd patches) and three 16 KiB buffers.
+pub(crate) struct SegmentRunner {
+    decoder: Option<Decoder<'static>>,
+    dec_buf: Vec<u8>,
+    old_buf: Vec<u8>,
+    in_buf: Vec<u8>,
+}
+
+impl SegmentRunner {
+    pub(crate) fn new(header: &Header) -> Result<SegmentRunner, ApplyError> {
+        let decoder = match header.codec {
+            Codec::Zstd => Some(new_decoder(header)?),
+            Codec::Stored => None,
+        };
+        Ok(SegmentRunner {
+            dec_buf: if decoder.is_some() {
+                vec![0; BUFFER_LEN]
+            } else {
+                Vec::new()
+            },
+            decoder,
+            old_buf: vec![0; BUFFER_LEN],
+            in_buf: vec![0; BUFFER_LEN],
+        })
+    }
+
+    /// Decode segment `head` (encoded as `head_bytes`), whose payload is next
+    /// in `patch`, reading `old` and writing to `sink`. Returns the segment's
+    /// hash (header and payload); the caller checks it against the stored
+    /// check and the chain. Validates the stream as the push applier does.
+    pub(crate) fn run<O: OldImage + ?Sized, S: Sink, R: Read>(
+        &mut self,
+        head: SegmentHeader,
+        head_bytes: &[u8],
+        patch: &mut R,
+        old: &O,
+        sink: S,
+    ) -> Result<blake3::Hash, ApplyError> {
+        if let Some(dec) = self.decoder.as_mut() {
+            dec.reinit()
+                .map_err(|e| ApplyError::Decoder(format!("reset failed: {e}")))?;
+        }
+        let mut seg = Segment::new(head, head_bytes);
+        let mut out = Output {
+            old,
+            sink,
+            old_buf: std::mem::take(&mut self.old_buf),
+            hash: blake3::Hasher::new(),
+            produced: 0,
+        };
+        let result = self.pump(&mut seg, &mut out, patch);
+        self.old_buf = out.old_buf;
+        result?;
+        seg.finish()?;
+        Ok(seg.check.finalize())
+    }
+
+    fn pump<O: OldImage + ?Sized, S: Sink, R: Read>(
+        &mut self,
+        seg: &mut Segment,
+        out: &mut Output<'_, O, S>,
+        patch: &mut R,
+    ) -> Result<(), ApplyError> {
+        while seg.payload_left > 0 {
+            let want = (seg.payload_left as usize).min(self.in_buf.len());
+            let n = match patch.read(&mut self.in_buf[..want]) {
+                Ok(0) => {
+                    return Err(ApplyError::Truncated {
+                        stage: format!("inside segment {}", seg.head.index),
+                        offset: 0,
+                    })
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ApplyError::PatchRead(e)),
+            };
+            let chunk = &self.in_buf[..n];
+            seg.check.update(chunk);
+            match self.decoder.as_mut() {
+                None => {
+                    out.consume(seg, chunk)?;
+                    if n == seg.payload_left as usize {
+                        seg.frame_done = true;
+                    }
+                }
+                Some(dec) => decode_chunk(dec, &mut self.dec_buf, out, seg, chunk)?,
+            }
+            seg.payload_left -= n as u32;
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ pub struct PatchSummary {
 
 /// Read a whole patch from `r`, validating its structure and every checksum
 /// (header check, segment checks, trailer) without decompressing anything.
+/// In-place patches are checked cell by cell: every cell exactly once.
 /// Collects the segment headers: memory grows by ~40 bytes per segment (each
 /// segment takes at least 50 patch bytes). For fixed memory use [`inspect_each`].
 pub fn inspect<R: Read>(r: R) -> Result<PatchInfo, ApplyError> {
@@ -74,6 +75,10 @@ pub fn inspect_each<R: Read>(
     let mut chain = chain::start(&hbuf);
 
     let mut produced = 0u64;
+    // In-place patches: one bit per cell (at most 8 KiB; the count was checked).
+    let mut cells_seen = header
+        .cell_log
+        .map(|_| vec![0u8; (header.segment_count as usize).div_ceil(8)]);
     let mut buf = vec![0u8; BUFFER_LEN];
     for index in 0..header.segment_count {
         let mut b = [0u8; SegmentHeader::LEN];
@@ -83,7 +88,22 @@ pub fn inspect_each<R: Read>(
             &mut offset,
             &format!("before segment {index}"),
         )?;
-        let seg = SegmentHeader::parse(&b, &header, index, produced)?;
+        let seg = match &mut cells_seen {
+            None => SegmentHeader::parse(&b, &header, index, produced)?,
+            Some(seen) => {
+                let (seg, cell) = SegmentHeader::parse_cell(&b, &header, index)?;
+                let (byte, bit) = ((cell / 8) as usize, 1u8 << (cell % 8));
+                if seen[byte] & bit != 0 {
+                    return Err(FormatError::BadSegment {
+                        index,
+                        detail: format!("cell {cell} comes twice"),
+                    }
+                    .into());
+                }
+                seen[byte] |= bit;
+                seg
+            }
+        };
         on_segment(&seg);
         let mut check = blake3::Hasher::new();
         check.update(&b);

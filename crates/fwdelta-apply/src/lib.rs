@@ -10,6 +10,8 @@
 //! * [`apply`] is the pull-mode adapter: patch from any [`std::io::Read`].
 //! * [`OldImage`] is the random-read source for the old image (a slice, a file
 //!   read by offset, a flash partition); [`Sink`] receives the new image.
+//! * [`apply_in_place`] rewrites a [`Region`] holding the old image into the
+//!   new one (single-slot flash), proving the result before overwriting.
 //! * [`AtomicFile`] is a sink that writes beside the target and renames into
 //!   place only after everything verified; [`ResumableFile`] does the same and
 //!   also persists a [`fwdelta_format::Checkpoint`] after every segment, so
@@ -24,6 +26,7 @@
 mod applier;
 pub mod atomic_file;
 mod error;
+pub mod in_place;
 pub mod inspect;
 pub mod resumable_file;
 pub mod sink;
@@ -32,6 +35,7 @@ pub mod source;
 pub use applier::{apply, Applier, ApplyOptions, ApplyReport};
 pub use atomic_file::AtomicFile;
 pub use error::{ApplyError, ErrorClass};
+pub use in_place::{apply_in_place, FileRegion, MemRegion, Region};
 pub use inspect::{inspect, inspect_each, PatchInfo, PatchSummary};
 pub use resumable_file::ResumableFile;
 pub use sink::{Sink, WriteSink};

@@ -3,7 +3,7 @@
 use crate::error::DiffError;
 use crate::segment_encoder::EncodedSegment;
 use crate::segmenter::SegmentPlan;
-use fwdelta_format::header::MIN_WINDOW_LOG;
+use fwdelta_format::header::{FLAG_IN_PLACE, MIN_WINDOW_LOG};
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::trailer::END_TAG;
 use fwdelta_format::{chain, truncate_check, Codec, Header, Layout, MemoryModel};
@@ -22,12 +22,14 @@ pub struct Images {
 }
 
 /// Assemble a patch from encoded segments (`encoded[i]` belongs to
-/// `segments[i]`). The header declares the largest window any segment uses, and
+/// `segments[i]`); with `cell_log`, an in-place patch whose segments are cells
+/// in apply order. The header declares the largest window any segment uses, and
 /// the memory that window needs. Cost: one pass over the payloads to hash them;
 /// the patch is built in one allocation.
 pub fn write(
     images: &Images,
     codec: Codec,
+    cell_log: Option<u8>,
     segments: &[SegmentPlan],
     encoded: &[EncodedSegment],
 ) -> Result<Vec<u8>, DiffError> {
@@ -38,8 +40,11 @@ pub fn write(
         .unwrap_or(MIN_WINDOW_LOG);
     let segment_count = u32::try_from(segments.len())
         .map_err(|_| DiffError::InvalidOption("too many segments".into()))?;
+    let extra = cell_log.map_or(0, |cl| {
+        MemoryModel::in_place_extra(cl, segments.len() as u64)
+    });
     let header = Header {
-        flags: 0,
+        flags: if cell_log.is_some() { FLAG_IN_PLACE } else { 0 },
         old_len: images.old_len,
         old_hash: images.old_hash,
         new_len: images.new_len,
@@ -48,8 +53,8 @@ pub fn write(
         window_log,
         layout: Layout::Interleaved,
         segment_count,
-        apply_memory: MemoryModel::required_for(codec, window_log),
-        cell_log: None,
+        apply_memory: MemoryModel::required_for(codec, window_log) + extra,
+        cell_log,
     };
     let body: usize = encoded
         .iter()

@@ -19,6 +19,7 @@
 
 pub mod container_writer;
 mod error;
+pub mod in_place_planner;
 pub mod matcher;
 pub mod segment_encoder;
 pub mod segmenter;
@@ -26,7 +27,7 @@ pub mod segmenter;
 pub use error::DiffError;
 pub use matcher::Op;
 
-use fwdelta_format::header::MIN_WINDOW_LOG;
+use fwdelta_format::header::{MAX_CELLS, MAX_CELL_LOG, MIN_CELL_LOG, MIN_WINDOW_LOG};
 use fwdelta_format::{Codec, MemoryModel, MAX_IMAGE_LEN};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,9 @@ pub struct Options {
     /// [`segmenter::MAX_SEGMENT_COST`] (256 MiB), so `u64::MAX` means "as few
     /// segments as the format allows".
     pub segment_cost: u64,
+    /// Make an in-place patch with cells of `2^cell_log` bytes (the applier's
+    /// scratch size), instead of one for a separate output. Default `None`.
+    pub in_place: Option<u8>,
 }
 
 impl Default for Options {
@@ -56,6 +60,7 @@ impl Default for Options {
             level: 19,
             apply_memory: 2 << 20,
             segment_cost: 1 << 20,
+            in_place: None,
         }
     }
 }
@@ -76,6 +81,13 @@ impl Options {
             return Err(DiffError::InvalidOption(
                 "segment cost must be at least 1".into(),
             ));
+        }
+        if let Some(cl) = self.in_place {
+            if !(MIN_CELL_LOG..=MAX_CELL_LOG).contains(&cl) {
+                return Err(DiffError::InvalidOption(format!(
+                    "in-place scratch 2^{cl} is outside 4 KiB..=16 MiB"
+                )));
+            }
         }
         MemoryModel::codec_for_budget(self.apply_memory).ok_or(DiffError::BudgetTooSmall {
             budget: self.apply_memory,
@@ -104,6 +116,9 @@ pub struct DiffReport {
     pub literal_bytes: u64,
     /// Segments in the patch.
     pub segments: usize,
+    /// In-place patches: new bytes carried as literals because their old bytes
+    /// are overwritten before they are needed.
+    pub forced_literal_bytes: u64,
     /// Payload codec (zstd, or stored when the budget cannot hold a decoder).
     pub codec: Codec,
     /// Decoder window (log2) declared in the header: the largest any segment
@@ -156,7 +171,19 @@ impl Plan {
     pub fn encode(&self, old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
         let (codec, max_window_log) = opts.codec()?;
         let start = Instant::now();
-        let segments = segmenter::split(&self.ops, old, new, opts.segment_cost);
+        let (segments, forced_literal_bytes) = match opts.in_place {
+            Some(cl) => {
+                let cells = (new.len() as u64).div_ceil(1 << cl);
+                if cells > MAX_CELLS {
+                    return Err(DiffError::InvalidOption(format!(
+                        "{cells} in-place cells of 2^{cl} bytes: at most {MAX_CELLS}; use a larger scratch"
+                    )));
+                }
+                let p = in_place_planner::plan(&self.ops, new.len() as u64, cl);
+                (p.segments, p.forced_literal_bytes)
+            }
+            None => (segmenter::split(&self.ops, old, new, opts.segment_cost), 0),
+        };
         let encoded =
             segment_encoder::encode_all(&segments, old, new, codec, opts.level, max_window_log)?;
         let window_log = encoded
@@ -172,6 +199,7 @@ impl Plan {
                 new_hash: self.new_hash,
             },
             codec,
+            opts.in_place,
             &segments,
             &encoded,
         )?;
@@ -186,6 +214,7 @@ impl Plan {
                 diff_bytes,
                 literal_bytes,
                 segments: segments.len(),
+                forced_literal_bytes,
                 codec,
                 window_log,
                 match_time: self.match_time,

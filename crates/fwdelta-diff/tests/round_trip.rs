@@ -80,6 +80,51 @@ fn one_byte_change_is_small() {
     );
 }
 
+fn in_place_round_trip(old: &[u8], new: &[u8], opts: &Options) -> Vec<u8> {
+    let patch = diff(old, new, opts).expect("diff");
+    let region = fwdelta_apply::MemRegion::new(old.to_vec());
+    fwdelta_apply::apply_in_place(
+        &region,
+        std::io::Cursor::new(&patch.bytes),
+        ApplyOptions::default(),
+    )
+    .expect("apply in place");
+    assert_eq!(region.into_inner(), new, "in-place round trip mismatch");
+    patch.bytes
+}
+
+#[test]
+fn in_place_edge_cases_and_shifts() {
+    let opts = Options {
+        in_place: Some(12),
+        ..Options::default()
+    };
+    let base = codeish(11, 100_000);
+    in_place_round_trip(&base, &base, &opts);
+    in_place_round_trip(&[], &base, &opts);
+    in_place_round_trip(&base, &[], &opts);
+    // insertion near the start: everything shifts up (grows)
+    let mut grown = base.clone();
+    grown.splice(300..300, noise(1, 9000));
+    in_place_round_trip(&base, &grown, &opts);
+    // deletion near the start: everything shifts down (shrinks)
+    let mut shrunk = base.clone();
+    shrunk.drain(300..9300);
+    in_place_round_trip(&base, &shrunk, &opts);
+    // blocks swapped: a dependency cycle
+    let mut swapped = base.clone();
+    let a: Vec<u8> = swapped[8192..16384].to_vec();
+    let b: Vec<u8> = swapped[40960..49152].to_vec();
+    swapped[8192..16384].copy_from_slice(&b);
+    swapped[40960..49152].copy_from_slice(&a);
+    in_place_round_trip(&base, &swapped, &opts);
+    let stored = Options {
+        apply_memory: 64 << 10,
+        ..opts
+    };
+    in_place_round_trip(&base, &grown, &stored);
+}
+
 #[test]
 fn budgets_below_zstd_use_stored_payloads() {
     let old = codeish(8, 200_000);
@@ -135,8 +180,9 @@ fn small_segments_and_tiny_budget_still_round_trip() {
     }
     let tiny = Options {
         segment_cost: 512,
-        apply_memory: fwdelta_format::MemoryModel::min_budget(),
+        apply_memory: fwdelta_format::MemoryModel::min_zstd_budget(),
         level: 3,
+        in_place: None,
     };
     let plan = Plan::build(&old, &new).unwrap();
     let patch = plan.encode(&old, &new, &tiny).unwrap();
@@ -210,7 +256,9 @@ proptest! {
         let new = edited(&old, &edits);
         let opts = Options { level: 3, segment_cost: cost, ..Options::default() };
         round_trip(&old, &new, &opts);
-        let stored = Options { apply_memory: 64 << 10, ..opts };
+        let stored = Options { apply_memory: 64 << 10, ..opts.clone() };
         round_trip(&old, &new, &stored);
+        let in_place = Options { in_place: Some(12), ..opts };
+        in_place_round_trip(&old, &new, &in_place);
     }
 }

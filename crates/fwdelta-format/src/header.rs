@@ -401,7 +401,7 @@ mod tests {
         h.flags = FLAG_IN_PLACE;
         h.cell_log = Some(12);
         h.new_len = 3 * 4096 - 5;
-        h.apply_memory = MemoryModel::required(19) + 4096;
+        h.apply_memory = MemoryModel::required(19) + MemoryModel::in_place_extra(12, 3);
         let bytes = h.encode();
         assert_eq!(bytes.len(), Header::MIN_LEN + 5);
         assert_eq!(reparse(&bytes).unwrap(), h);

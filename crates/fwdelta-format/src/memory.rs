@@ -43,6 +43,12 @@ impl MemoryModel {
         }
     }
 
+    /// Extra bytes an in-place applier needs: the cell buffer and an 8-byte
+    /// patch offset per cell (its segment index, for the verification pass).
+    pub fn in_place_extra(cell_log: u8, cells: u64) -> u64 {
+        (1u64 << cell_log) + 8 * cells
+    }
+
     /// The largest zstd window whose [`Self::required`] fits `budget`, or
     /// `None` if even the smallest window does not.
     pub fn window_log_for_budget(budget: u64) -> Option<u8> {

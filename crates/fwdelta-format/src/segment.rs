@@ -43,16 +43,8 @@ impl SegmentHeader {
         b
     }
 
-    /// Parse and validate against the patch header and the position the applier
-    /// has reached: the index must be the next one, the range must start where
-    /// the previous segment ended and stay inside the new image, and the old
-    /// cursor must lie inside the old image.
-    pub fn parse(
-        b: &[u8; Self::LEN],
-        header: &Header,
-        expected_index: u32,
-        expected_new_offset: u64,
-    ) -> Result<SegmentHeader, FormatError> {
+    /// Decode the fields, checking only the tag.
+    fn decode(b: &[u8; Self::LEN]) -> Result<SegmentHeader, FormatError> {
         if b[0] != SEGMENT_TAG {
             return Err(FormatError::BadTag {
                 expected: "segment",
@@ -65,20 +57,90 @@ impl SegmentHeader {
             a.copy_from_slice(&b[i..i + 8]);
             u64::from_le_bytes(a)
         };
-        let s = SegmentHeader {
+        Ok(SegmentHeader {
             index: u32_at(1),
             new_offset: u64_at(5),
             new_len: u64_at(13),
             old_start: u64_at(21),
             payload_len: u32_at(29),
-        };
+        })
+    }
+
+    /// Checks shared by both kinds of patch: index, old cursor, payload length.
+    fn check_common(&self, header: &Header, expected_index: u32) -> Result<(), FormatError> {
         let bad = |detail: String| FormatError::BadSegment {
             index: expected_index,
             detail,
         };
-        if s.index != expected_index {
-            return Err(bad(format!("index is {}", s.index)));
+        if self.index != expected_index {
+            return Err(bad(format!("index is {}", self.index)));
         }
+        if self.old_start > header.old_len {
+            return Err(bad(format!(
+                "old cursor {} is past the {}-byte old image",
+                self.old_start, header.old_len
+            )));
+        }
+        if self.payload_len == 0 || self.payload_len > MAX_PAYLOAD_LEN {
+            return Err(bad(format!(
+                "payload length {} out of range",
+                self.payload_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Parse and validate a segment of an in-place patch: it must be exactly
+    /// one cell (start on a cell boundary, cover the cell or the image's tail).
+    /// Returns the header and its cell number; the caller checks that no cell
+    /// comes twice.
+    pub fn parse_cell(
+        b: &[u8; Self::LEN],
+        header: &Header,
+        expected_index: u32,
+    ) -> Result<(SegmentHeader, u64), FormatError> {
+        let s = Self::decode(b)?;
+        s.check_common(header, expected_index)?;
+        let bad = |detail: String| FormatError::BadSegment {
+            index: expected_index,
+            detail,
+        };
+        let cell = header
+            .cell_len()
+            .ok_or_else(|| bad("not an in-place patch".into()))?;
+        let c = s.new_offset / cell;
+        if s.new_offset % cell != 0 || c >= u64::from(header.segment_count) {
+            return Err(bad(format!(
+                "new offset {} is not a cell of this patch",
+                s.new_offset
+            )));
+        }
+        let expected_len = cell.min(header.new_len - s.new_offset);
+        if s.new_len != expected_len {
+            return Err(bad(format!(
+                "cell {c} has {} bytes, not {expected_len}",
+                s.new_len
+            )));
+        }
+        Ok((s, c))
+    }
+
+    /// Parse and validate against the patch header and the position the applier
+    /// has reached: the index must be the next one, the range must start where
+    /// the previous segment ended and stay inside the new image, and the old
+    /// cursor must lie inside the old image.
+    pub fn parse(
+        b: &[u8; Self::LEN],
+        header: &Header,
+        expected_index: u32,
+        expected_new_offset: u64,
+    ) -> Result<SegmentHeader, FormatError> {
+        let s = Self::decode(b)?;
+        s.check_common(header, expected_index)?;
+        let bad = |detail: String| FormatError::BadSegment {
+            index: expected_index,
+            detail,
+        };
         if s.new_offset != expected_new_offset {
             return Err(bad(format!(
                 "starts at new offset {} instead of {expected_new_offset}",
@@ -90,18 +152,6 @@ impl SegmentHeader {
             return Err(bad(format!(
                 "range {}+{} does not fit a {}-byte new image",
                 s.new_offset, s.new_len, header.new_len
-            )));
-        }
-        if s.old_start > header.old_len {
-            return Err(bad(format!(
-                "old cursor {} is past the {}-byte old image",
-                s.old_start, header.old_len
-            )));
-        }
-        if s.payload_len == 0 || s.payload_len > MAX_PAYLOAD_LEN {
-            return Err(bad(format!(
-                "payload length {} out of range",
-                s.payload_len
             )));
         }
         Ok(s)

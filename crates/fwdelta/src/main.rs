@@ -84,6 +84,7 @@ impl GenArgs {
             level: self.level,
             apply_memory: self.apply_memory,
             segment_cost: self.segment_size,
+            in_place: None,
         }
     }
 
@@ -108,6 +109,14 @@ struct DiffArgs {
     output: PathBuf,
     #[command(flatten)]
     gen: GenArgs,
+    /// Make a patch that `apply --in-place` uses to rewrite the old image where
+    /// it is (single-slot flash), needing only --scratch bytes of buffer.
+    #[arg(long)]
+    in_place: bool,
+    /// In-place cell size: the applier's scratch buffer (a power of two, 4 KiB
+    /// to 16 MiB). Larger cells mean fewer forced literals.
+    #[arg(long, default_value = "64KiB", value_parser = size::parse_size, requires = "in_place")]
+    scratch: Option<u64>,
     /// Print nothing on success.
     #[arg(short, long)]
     quiet: bool,
@@ -115,13 +124,18 @@ struct DiffArgs {
 
 #[derive(Args)]
 struct ApplyArgs {
-    /// The current image (never modified).
+    /// The current image (never modified, except with --in-place).
     old: PathBuf,
     /// The patch.
     patch: PathBuf,
     /// Where to write the new image (replaced only after it verified).
-    #[arg(short, long)]
-    output: PathBuf,
+    #[arg(short, long, required_unless_present = "in_place")]
+    output: Option<PathBuf>,
+    /// Rewrite OLD itself into the new image, for an in-place patch. The patch
+    /// and the old image are fully verified, and the result proven by a dry
+    /// run, before the first byte of OLD is overwritten.
+    #[arg(long, conflicts_with_all = ["output", "resume"])]
+    in_place: bool,
     /// Refuse patches that need more applier memory than this.
     #[arg(long, default_value = "64MiB", value_parser = size::parse_size)]
     memory_limit: u64,
@@ -186,7 +200,15 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
     let old = input::Image::open(&a.old)?;
     let new = input::Image::open(&a.new)?;
     refuse_overwrite(&a.output, &[&a.old, &a.new])?;
-    let opts = a.gen.options();
+    let mut opts = a.gen.options();
+    if a.in_place {
+        let scratch = a.scratch.unwrap_or(64 << 10);
+        anyhow::ensure!(
+            scratch.is_power_of_two(),
+            "--scratch must be a power of two, not {scratch}"
+        );
+        opts.in_place = Some(scratch.trailing_zeros() as u8);
+    }
     let start = Instant::now();
     let patch = a
         .gen
@@ -210,38 +232,47 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
             patch.report.window_log,
             elapsed.as_secs_f64()
         );
+        if a.in_place {
+            eprintln!(
+                "  in place: {} new bytes carried as literals because their old bytes are overwritten first",
+                patch.report.forced_literal_bytes
+            );
+        }
     }
     Ok(())
 }
 
 fn cmd_apply(a: &ApplyArgs) -> Result<()> {
-    let old = FileImage::open(&a.old)
-        .with_context(|| format!("cannot open old image {}", a.old.display()))?;
-    let mut patch =
-        File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
-    refuse_overwrite(&a.output, &[&a.old, &a.patch])?;
     let opts = ApplyOptions {
         memory_limit: a.memory_limit,
         max_new_len: a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN),
     };
+    let Some(output) = a.output.as_deref() else {
+        return cmd_apply_in_place(a, opts);
+    };
+    let old = FileImage::open(&a.old)
+        .with_context(|| format!("cannot open old image {}", a.old.display()))?;
+    let mut patch =
+        File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
+    refuse_overwrite(output, &[&a.old, &a.patch])?;
     let start = Instant::now();
     let context = || format!("cannot apply {}", a.patch.display());
     let resumed = if a.resume {
-        resume_applier(a, &old, &mut patch, opts)?
+        resume_applier(a, output, &old, &mut patch, opts)?
     } else {
         None
     };
     let (report, sink) = match resumed {
         Some(applier) => applier.finish_from(&mut patch).with_context(context)?,
         None => {
-            let sink = ResumableFile::create(&a.output).with_context(|| {
-                format!("cannot create a partial file beside {}", a.output.display())
+            let sink = ResumableFile::create(output).with_context(|| {
+                format!("cannot create a partial file beside {}", output.display())
             })?;
             // The new version of a file keeps the old one's permission bits.
             if let (Some(f), Ok(meta)) = (sink.file(), old.file().metadata()) {
                 if meta.is_file() {
                     f.set_permissions(meta.permissions()).with_context(|| {
-                        format!("cannot set permissions beside {}", a.output.display())
+                        format!("cannot set permissions beside {}", output.display())
                     })?;
                 }
             }
@@ -251,7 +282,26 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
         }
     };
     sink.commit()
-        .with_context(|| format!("cannot write {}", a.output.display()))?;
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    report_apply(a, output, &report, start);
+    Ok(())
+}
+
+/// `apply --in-place`: rewrite the old image file itself.
+fn cmd_apply_in_place(a: &ApplyArgs, opts: ApplyOptions) -> Result<()> {
+    refuse_overwrite(&a.old, &[&a.patch])?;
+    let region = fwdelta_apply::FileRegion::open(&a.old)
+        .with_context(|| format!("cannot open {} for in-place update", a.old.display()))?;
+    let patch =
+        File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
+    let start = Instant::now();
+    let report = fwdelta_apply::apply_in_place(&region, patch, opts)
+        .with_context(|| format!("cannot apply {} in place", a.patch.display()))?;
+    report_apply(a, &a.old, &report, start);
+    Ok(())
+}
+
+fn report_apply(a: &ApplyArgs, output: &Path, report: &fwdelta_apply::ApplyReport, start: Instant) {
     if a.print_peak_memory {
         println!("peak_heap_bytes {}", peak_memory::peak_heap());
         println!("peak_rss_bytes {}", peak_memory::peak_rss().unwrap_or(0));
@@ -259,13 +309,12 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
     if !a.quiet {
         eprintln!(
             "{}: {} bytes verified (BLAKE3 {}), {:.2}s",
-            a.output.display(),
+            output.display(),
             report.header.new_len,
             short_hex(&report.header.new_hash),
             start.elapsed().as_secs_f64()
         );
     }
-    Ok(())
 }
 
 /// Set up an applier that continues from the checkpoint beside the output,
@@ -273,13 +322,14 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
 /// or it belongs to another patch (then the apply starts over).
 fn resume_applier<'o>(
     a: &ApplyArgs,
+    output: &Path,
     old: &'o FileImage,
     patch: &mut File,
     opts: ApplyOptions,
 ) -> Result<Option<Applier<'o, FileImage, ResumableFile>>> {
     use std::io::{Read, Seek, SeekFrom};
-    let Some(checkpoint) = ResumableFile::load_checkpoint(&a.output)
-        .with_context(|| format!("cannot read the checkpoint beside {}", a.output.display()))?
+    let Some(checkpoint) = ResumableFile::load_checkpoint(output)
+        .with_context(|| format!("cannot read the checkpoint beside {}", output.display()))?
     else {
         return Ok(None);
     };
@@ -288,7 +338,7 @@ fn resume_applier<'o>(
         .take(fwdelta_format::Header::MAX_LEN as u64)
         .read_to_end(&mut header)
         .with_context(|| format!("cannot read patch {}", a.patch.display()))?;
-    let (sink, produced) = match ResumableFile::reopen(&a.output, &checkpoint) {
+    let (sink, produced) = match ResumableFile::reopen(output, &checkpoint) {
         Ok(pair) => pair,
         Err(e) => {
             eprintln!("fwdelta: starting over: cannot reuse the partial output ({e})");

@@ -1,0 +1,351 @@
+//! In-place apply for single-slot flash: rewrite one region holding the old
+//! image into the new image, with a cell-sized scratch buffer.
+//!
+//! Nothing is overwritten until the patch has been proven to produce the
+//! declared image from this old image:
+//!
+//! 1. the whole patch is verified (header, every segment check, every cell
+//!    exactly once, the trailer's hash chain);
+//! 2. the old image's length and BLAKE3 are verified;
+//! 3. a dry run decodes every cell, in image order, against the untouched
+//!    region and checks the new image's BLAKE3;
+//! 4. only then are cells decoded again, in the patch's order (which the
+//!    generator chose so that no cell is overwritten while a later cell still
+//!    reads it), each into the scratch buffer and then over its cell;
+//! 5. the region is cut to the new length, synced, and hashed once more.
+//!
+//! Costs: the patch is read three times (it must be seekable: a file, or a
+//! download kept in storage), cells are decoded twice, the old image is read
+//! about three times. Memory: the header's claim (decoder, buffers, one cell,
+//! and 8 bytes per cell).
+
+use crate::applier::SegmentRunner;
+use crate::error::ApplyError;
+use crate::inspect::inspect_each;
+use crate::sink::Sink;
+use crate::source::OldImage;
+use crate::{ApplyOptions, ApplyReport, BUFFER_LEN};
+use fwdelta_format::header::Header;
+use fwdelta_format::segment::SegmentHeader;
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Storage that holds the old image and receives the new one in place.
+pub trait Region {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Whether the region is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Fill `buf` from `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Write `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Grow or shrink to `len` bytes (a fixed partition may accept any `len`
+    /// up to its size and ignore it).
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Make everything written so far durable.
+    fn sync(&self) -> io::Result<()>;
+}
+
+/// A region in a file, read and written by offset.
+#[derive(Debug)]
+pub struct FileRegion {
+    file: File,
+}
+
+impl FileRegion {
+    /// Open `path` for reading and writing.
+    pub fn open(path: &Path) -> io::Result<FileRegion> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(FileRegion { file })
+    }
+}
+
+impl Region for FileRegion {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+/// A region in memory (tests, RAM-backed images).
+#[derive(Debug, Default)]
+pub struct MemRegion(pub RefCell<Vec<u8>>);
+
+impl MemRegion {
+    /// A region holding `bytes`.
+    pub fn new(bytes: Vec<u8>) -> MemRegion {
+        MemRegion(RefCell::new(bytes))
+    }
+    /// The region's bytes.
+    pub fn into_inner(self) -> Vec<u8> {
+        self.0.into_inner()
+    }
+}
+
+impl Region for MemRegion {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.borrow().len() as u64)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.borrow().as_slice().read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut v = self.0.borrow_mut();
+        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let end = start
+            .checked_add(data.len())
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        if end > v.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        v[start..end].copy_from_slice(data);
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        self.0.borrow_mut().resize(len, 0);
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The region seen as the old image: reads limited to the old length.
+struct OldView<'r, R: ?Sized> {
+    region: &'r R,
+    old_len: u64,
+}
+
+impl<R: Region + ?Sized> OldImage for OldView<'_, R> {
+    fn len(&self) -> u64 {
+        self.old_len
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.region.read_at(offset, buf)
+    }
+}
+
+/// A sink that only hashes (dry run).
+struct HashSink<'h>(&'h mut blake3::Hasher);
+
+impl Sink for HashSink<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.update(data);
+        Ok(())
+    }
+}
+
+/// A sink into the cell buffer.
+struct CellSink<'c>(&'c mut Vec<u8>);
+
+impl Sink for CellSink<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+/// Read the header at the start of `patch`.
+fn read_header<P: Read>(patch: &mut P) -> Result<(Header, usize), ApplyError> {
+    let mut prefix = [0u8; Header::PREFIX_LEN];
+    read_exact(patch, &mut prefix, "inside the header")?;
+    let len = Header::parse_prefix(&prefix)?;
+    let mut bytes = vec![0u8; len];
+    bytes[..Header::PREFIX_LEN].copy_from_slice(&prefix);
+    read_exact(patch, &mut bytes[Header::PREFIX_LEN..], "inside the header")?;
+    Ok((Header::parse(&bytes)?, len))
+}
+
+fn read_exact<P: Read>(patch: &mut P, buf: &mut [u8], stage: &str) -> Result<(), ApplyError> {
+    patch.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => ApplyError::Truncated {
+            stage: stage.into(),
+            offset: 0,
+        },
+        _ => ApplyError::PatchRead(e),
+    })
+}
+
+/// Hash `len` bytes of the region from offset 0.
+fn hash_region<R: Region + ?Sized>(region: &R, len: u64) -> io::Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; BUFFER_LEN];
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(BUFFER_LEN as u64) as usize;
+        region.read_at(pos, &mut buf[..n])?;
+        h.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(h.finalize())
+}
+
+/// Apply the in-place patch `patch` to `region`, which holds the old image
+/// (see the module documentation for the steps and their costs).
+///
+/// Errors before step 4 leave the region untouched. An I/O error during steps
+/// 4-5 leaves it partly rewritten; the error says so.
+pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
+    region: &R,
+    mut patch: P,
+    opts: ApplyOptions,
+) -> Result<ApplyReport, ApplyError> {
+    // 1. The whole patch, with an index of where each cell's segment starts.
+    patch
+        .seek(SeekFrom::Start(0))
+        .map_err(ApplyError::PatchRead)?;
+    let (header, header_len) = read_header(&mut patch)?;
+    let cell = header.cell_len().ok_or(ApplyError::WrongMode(
+        "this patch is not an in-place patch: apply it to a new file",
+    ))?;
+    if header.apply_memory > opts.memory_limit {
+        return Err(ApplyError::MemoryBudget {
+            needed: header.apply_memory,
+            limit: opts.memory_limit,
+        });
+    }
+    if header.new_len > opts.max_new_len {
+        return Err(ApplyError::NewTooLarge {
+            len: header.new_len,
+            limit: opts.max_new_len,
+        });
+    }
+    patch
+        .seek(SeekFrom::Start(0))
+        .map_err(ApplyError::PatchRead)?;
+    let mut offsets = vec![0u64; header.segment_count as usize];
+    let mut at = header_len as u64;
+    let summary = inspect_each(&mut patch, |s| {
+        offsets[(s.new_offset / cell) as usize] = at;
+        at += (SegmentHeader::LEN + s.payload_len as usize + fwdelta_format::CHECK_LEN) as u64;
+    })?;
+
+    // 2. The old image.
+    let actual = region.len().map_err(ApplyError::OldRead)?;
+    if actual != header.old_len {
+        return Err(ApplyError::OldLength {
+            expected: header.old_len,
+            actual,
+        });
+    }
+    let old_hash = hash_region(region, header.old_len).map_err(ApplyError::OldRead)?;
+    if *old_hash.as_bytes() != header.old_hash {
+        return Err(ApplyError::OldHash {
+            expected: blake3::Hash::from_bytes(header.old_hash)
+                .to_hex()
+                .to_string(),
+            actual: old_hash.to_hex().to_string(),
+        });
+    }
+
+    // 3. Dry run in image order: the new image's hash, nothing written.
+    let old = OldView {
+        region,
+        old_len: header.old_len,
+    };
+    let mut runner = SegmentRunner::new(&header)?;
+    let mut new_hash = blake3::Hasher::new();
+    for &offset in &offsets {
+        let (head, bytes) = segment_at(&mut patch, offset, &header)?;
+        let hash = runner.run(head, &bytes, &mut patch, &old, HashSink(&mut new_hash))?;
+        read_check(&mut patch, &hash, head.index)?;
+    }
+    if *new_hash.finalize().as_bytes() != header.new_hash {
+        return Err(ApplyError::NewHashMismatch);
+    }
+
+    // 4. Rewrite, cell by cell, in patch order.
+    let partial = |e: io::Error| {
+        ApplyError::Sink(io::Error::new(
+            e.kind(),
+            format!("{e}; the image is partly rewritten"),
+        ))
+    };
+    if header.new_len > header.old_len {
+        region.set_len(header.new_len).map_err(partial)?;
+    }
+    let mut scratch = Vec::with_capacity(cell as usize);
+    patch
+        .seek(SeekFrom::Start(header_len as u64))
+        .map_err(ApplyError::PatchRead)?;
+    for _ in 0..header.segment_count {
+        let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
+        let (head, bytes) = segment_at(&mut patch, offset, &header)?;
+        scratch.clear();
+        let hash = runner.run(head, &bytes, &mut patch, &old, CellSink(&mut scratch))?;
+        read_check(&mut patch, &hash, head.index)?;
+        region
+            .write_at(head.new_offset, &scratch)
+            .map_err(partial)?;
+    }
+
+    // 5. Final length, durability, and one more look.
+    if header.new_len < header.old_len {
+        region.set_len(header.new_len).map_err(partial)?;
+    }
+    region.sync().map_err(partial)?;
+    let final_hash = hash_region(region, header.new_len).map_err(partial)?;
+    if *final_hash.as_bytes() != header.new_hash {
+        return Err(partial(io::Error::other(
+            "the rewritten image does not verify",
+        )));
+    }
+    Ok(ApplyReport {
+        header,
+        patch_len: summary.patch_len,
+    })
+}
+
+/// Read the segment header at patch offset `offset` (any valid cell).
+fn segment_at<P: Read + Seek>(
+    patch: &mut P,
+    offset: u64,
+    header: &Header,
+) -> Result<(SegmentHeader, [u8; SegmentHeader::LEN]), ApplyError> {
+    patch
+        .seek(SeekFrom::Start(offset))
+        .map_err(ApplyError::PatchRead)?;
+    let mut b = [0u8; SegmentHeader::LEN];
+    read_exact(patch, &mut b, "inside a segment header")?;
+    let index = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
+    let (head, _) = SegmentHeader::parse_cell(&b, header, index)?;
+    Ok((head, b))
+}
+
+/// Read a segment's stored check and compare it with the hash just computed
+/// (the patch may have changed since it was verified).
+fn read_check<P: Read>(patch: &mut P, hash: &blake3::Hash, index: u32) -> Result<(), ApplyError> {
+    let mut c = [0u8; fwdelta_format::CHECK_LEN];
+    read_exact(patch, &mut c, "inside a segment check")?;
+    if fwdelta_format::truncate_check(hash) != c {
+        return Err(ApplyError::CorruptSegment {
+            index,
+            detail: "segment check mismatch".into(),
+        });
+    }
+    Ok(())
+}
