@@ -47,6 +47,7 @@ fn main() {
                 level: 3,
                 segment_cost: cost,
                 apply_memory: mem,
+                in_place: None,
             };
             let p = diff(OLD, new, &opts).expect("diff").bytes;
             patches.push((format!("{name}-{tag}"), p));
