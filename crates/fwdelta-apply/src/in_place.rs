@@ -7,16 +7,19 @@
 //! 1. the whole patch is verified (header, every segment check, every cell
 //!    exactly once, the trailer's hash chain);
 //! 2. the old image's length and BLAKE3 are verified;
-//! 3. a dry run decodes every cell, in image order, against the untouched
+//! 3. an ordering pass decodes every cell in the patch's order and refuses the
+//!    patch if any cell reads old bytes of a cell written before it (the
+//!    generator orders cells so this never happens; a patch that does it
+//!    would destroy the image it reads);
+//! 4. a dry run decodes every cell, in image order, against the untouched
 //!    region and checks the new image's BLAKE3;
-//! 4. only then are cells decoded again, in the patch's order (which the
-//!    generator chose so that no cell is overwritten while a later cell still
-//!    reads it), each into the scratch buffer and then over its cell;
-//! 5. the region is cut to the new length, synced, and hashed once more.
+//! 5. only then are cells decoded again, in the patch's order, each into the
+//!    scratch buffer and then over its cell (the ordering guard stays on);
+//! 6. the region is cut to the new length, synced, and hashed once more.
 //!
-//! Costs: the patch is read three times (it must be seekable: a file, or a
-//! download kept in storage), cells are decoded twice, the old image is read
-//! about three times. Memory: the header's claim (decoder, buffers, one cell,
+//! Costs: the patch is read four times (it must be seekable: a file, or a
+//! download kept in storage), cells are decoded three times, the old image is
+//! read about four times. Memory: the header's claim (decoder, buffers, one cell,
 //! and 8 bytes per cell).
 
 use crate::applier::SegmentRunner;
@@ -134,10 +137,63 @@ impl Region for MemRegion {
     }
 }
 
-/// The region seen as the old image: reads limited to the old length.
+/// The region seen as the old image: reads limited to the old length, and
+/// refused where they would hit a cell already rewritten (other than the cell
+/// being decoded, whose output goes to scratch first).
 struct OldView<'r, R: ?Sized> {
     region: &'r R,
     old_len: u64,
+    cell: u64,
+    /// One bit per cell of the new image: rewritten (or, in the ordering
+    /// pass, would have been).
+    written: RefCell<Vec<u8>>,
+    current: std::cell::Cell<u64>,
+    violation: std::cell::Cell<Option<u64>>,
+}
+
+impl<'r, R: Region + ?Sized> OldView<'r, R> {
+    fn new(region: &'r R, header: &Header, cell: u64) -> Self {
+        OldView {
+            region,
+            old_len: header.old_len,
+            cell,
+            written: RefCell::new(vec![0; (header.segment_count as usize).div_ceil(8)]),
+            current: std::cell::Cell::new(0),
+            violation: std::cell::Cell::new(None),
+        }
+    }
+
+    fn is_written(&self, c: u64) -> bool {
+        let w = self.written.borrow();
+        w.get((c / 8) as usize)
+            .is_some_and(|b| b & (1 << (c % 8)) != 0)
+    }
+
+    fn mark_written(&self, c: u64) {
+        if let Some(b) = self.written.borrow_mut().get_mut((c / 8) as usize) {
+            *b |= 1 << (c % 8);
+        }
+    }
+
+    fn reset(&self) {
+        self.written.borrow_mut().iter_mut().for_each(|b| *b = 0);
+        self.violation.set(None);
+    }
+
+    /// Turn an error from decoding cell `current` into the ordering refusal
+    /// if the guard tripped.
+    fn explain(&self, err: ApplyError, index: u32) -> ApplyError {
+        match self.violation.get() {
+            Some(c) => ApplyError::CorruptSegment {
+                index,
+                detail: format!(
+                    "cell {} reads old bytes of cell {c}, which an earlier segment overwrites",
+                    self.current.get()
+                ),
+            },
+            None => err,
+        }
+    }
 }
 
 impl<R: Region + ?Sized> OldImage for OldView<'_, R> {
@@ -145,7 +201,25 @@ impl<R: Region + ?Sized> OldImage for OldView<'_, R> {
         self.old_len
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if !buf.is_empty() {
+            let last = (offset + buf.len() as u64 - 1) / self.cell;
+            for c in offset / self.cell..=last {
+                if c != self.current.get() && self.is_written(c) {
+                    self.violation.set(Some(c));
+                    return Err(io::Error::other("read of a rewritten cell"));
+                }
+            }
+        }
         self.region.read_at(offset, buf)
+    }
+}
+
+/// A sink that discards (ordering pass).
+struct NullSink;
+
+impl Sink for NullSink {
+    fn write(&mut self, _data: &[u8]) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -262,15 +336,30 @@ pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
         });
     }
 
-    // 3. Dry run in image order: the new image's hash, nothing written.
-    let old = OldView {
-        region,
-        old_len: header.old_len,
-    };
+    // 3. Ordering pass in patch order: no cell may read a cell written before.
+    let old = OldView::new(region, &header, cell);
     let mut runner = SegmentRunner::new(&header)?;
-    let mut new_hash = blake3::Hasher::new();
-    for &offset in &offsets {
+    patch
+        .seek(SeekFrom::Start(header_len as u64))
+        .map_err(ApplyError::PatchRead)?;
+    for _ in 0..header.segment_count {
+        let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
         let (head, bytes) = segment_at(&mut patch, offset, &header)?;
+        let c = head.new_offset / cell;
+        old.current.set(c);
+        let hash = runner
+            .run(head, &bytes, &mut patch, &old, NullSink)
+            .map_err(|e| old.explain(e, head.index))?;
+        read_check(&mut patch, &hash, head.index)?;
+        old.mark_written(c);
+    }
+    old.reset();
+
+    // 4. Dry run in image order: the new image's hash, nothing written.
+    let mut new_hash = blake3::Hasher::new();
+    for (c, &offset) in offsets.iter().enumerate() {
+        let (head, bytes) = segment_at(&mut patch, offset, &header)?;
+        old.current.set(c as u64);
         let hash = runner.run(head, &bytes, &mut patch, &old, HashSink(&mut new_hash))?;
         read_check(&mut patch, &hash, head.index)?;
     }
@@ -278,7 +367,7 @@ pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
         return Err(ApplyError::NewHashMismatch);
     }
 
-    // 4. Rewrite, cell by cell, in patch order.
+    // 5. Rewrite, cell by cell, in patch order (the guard stays on).
     let partial = |e: io::Error| {
         ApplyError::Sink(io::Error::new(
             e.kind(),
@@ -295,15 +384,20 @@ pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
     for _ in 0..header.segment_count {
         let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
         let (head, bytes) = segment_at(&mut patch, offset, &header)?;
+        let c = head.new_offset / cell;
+        old.current.set(c);
         scratch.clear();
-        let hash = runner.run(head, &bytes, &mut patch, &old, CellSink(&mut scratch))?;
+        let hash = runner
+            .run(head, &bytes, &mut patch, &old, CellSink(&mut scratch))
+            .map_err(|e| old.explain(e, head.index))?;
         read_check(&mut patch, &hash, head.index)?;
         region
             .write_at(head.new_offset, &scratch)
             .map_err(partial)?;
+        old.mark_written(c);
     }
 
-    // 5. Final length, durability, and one more look.
+    // 6. Final length, durability, and one more look.
     if header.new_len < header.old_len {
         region.set_len(header.new_len).map_err(partial)?;
     }
