@@ -51,6 +51,9 @@ pub struct ApplyReport {
     pub header: Header,
     /// Patch bytes consumed.
     pub patch_len: u64,
+    /// In-place only: the image already was the new image (an earlier apply
+    /// finished but its caller did not learn of it), so nothing was written.
+    pub already_applied: bool,
 }
 
 /// Where in a record the decoded stream is.
@@ -449,6 +452,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                     ApplyReport {
                         header,
                         patch_len: self.received,
+                        already_applied: false,
                     },
                     self.out.sink,
                 ));

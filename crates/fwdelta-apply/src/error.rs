@@ -79,6 +79,9 @@ pub enum ApplyError {
     /// Writing the new image failed.
     #[error("writing the new image failed: {0}")]
     Sink(io::Error),
+    /// The image holds an interrupted in-place update by another patch.
+    #[error("{0}")]
+    InterruptedUpdate(&'static str),
     /// The patch is for the other apply mode (in-place vs. to a new file).
     #[error("{0}")]
     WrongMode(&'static str),
@@ -132,7 +135,7 @@ impl ApplyError {
             | NewHashMismatch
             | TrailingData
             | Poisoned => ErrorClass::BadPatch,
-            OldLength { .. } | OldHash { .. } => ErrorClass::WrongOldImage,
+            OldLength { .. } | OldHash { .. } | InterruptedUpdate(_) => ErrorClass::WrongOldImage,
             MemoryBudget { .. } | NewTooLarge { .. } => ErrorClass::Limits,
             OldRead(_) | PatchRead(_) | Sink(_) | Decoder(_) => ErrorClass::Io,
         }

@@ -30,6 +30,7 @@ use crate::source::OldImage;
 use crate::{ApplyOptions, ApplyReport, BUFFER_LEN};
 use fwdelta_format::header::Header;
 use fwdelta_format::segment::SegmentHeader;
+use fwdelta_format::InPlaceCheckpoint;
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -243,15 +244,15 @@ impl Sink for CellSink<'_> {
     }
 }
 
-/// Read the header at the start of `patch`.
-fn read_header<P: Read>(patch: &mut P) -> Result<(Header, usize), ApplyError> {
+/// Read the header at the start of `patch`; returns it and its bytes.
+fn read_header<P: Read>(patch: &mut P) -> Result<(Header, Vec<u8>), ApplyError> {
     let mut prefix = [0u8; Header::PREFIX_LEN];
     read_exact(patch, &mut prefix, "inside the header")?;
     let len = Header::parse_prefix(&prefix)?;
     let mut bytes = vec![0u8; len];
     bytes[..Header::PREFIX_LEN].copy_from_slice(&prefix);
     read_exact(patch, &mut bytes[Header::PREFIX_LEN..], "inside the header")?;
-    Ok((Header::parse(&bytes)?, len))
+    Ok((Header::parse(&bytes)?, bytes))
 }
 
 fn read_exact<P: Read>(patch: &mut P, buf: &mut [u8], stage: &str) -> Result<(), ApplyError> {
@@ -278,21 +279,144 @@ fn hash_region<R: Region + ?Sized>(region: &R, len: u64) -> io::Result<blake3::H
     Ok(h.finalize())
 }
 
-/// Apply the in-place patch `patch` to `region`, which holds the old image
-/// (see the module documentation for the steps and their costs).
-///
-/// Errors before step 4 leave the region untouched. An I/O error during steps
-/// 4-5 leaves it partly rewritten; the error says so.
+/// Where an in-place apply persists its progress, so a power loss can be
+/// resumed: a small state record and one staged cell.
+pub trait Journal {
+    /// The last state saved, if any (a damaged record counts as none only if
+    /// the implementation can tell it was never completed; see `FileJournal`).
+    fn load(&mut self) -> io::Result<Option<InPlaceCheckpoint>>;
+    /// Durably replace the state record.
+    fn save(&mut self, checkpoint: &InPlaceCheckpoint) -> io::Result<()>;
+    /// Durably store a cell's bytes before it is written over the image.
+    fn stage(&mut self, cell: &[u8]) -> io::Result<()>;
+    /// Read back the staged cell (`len` bytes).
+    fn staged(&mut self, len: u64, into: &mut Vec<u8>) -> io::Result<()>;
+    /// Forget everything (the apply finished).
+    fn clear(&mut self) -> io::Result<()>;
+}
+
+/// A journal that keeps nothing: an interrupted apply cannot be resumed.
+#[derive(Debug, Default)]
+pub struct NoJournal;
+
+impl Journal for NoJournal {
+    fn load(&mut self) -> io::Result<Option<InPlaceCheckpoint>> {
+        Ok(None)
+    }
+    fn save(&mut self, _: &InPlaceCheckpoint) -> io::Result<()> {
+        Ok(())
+    }
+    fn stage(&mut self, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn staged(&mut self, _: u64, _: &mut Vec<u8>) -> io::Result<()> {
+        Err(io::Error::other("no journal"))
+    }
+    fn clear(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A journal in two hidden files beside the image: `.NAME.fwdelta-inplace`
+/// (the state, replaced atomically) and `.NAME.fwdelta-journal` (the staged
+/// cell, fsynced before the state says it is there).
+#[derive(Debug)]
+pub struct FileJournal {
+    state: std::path::PathBuf,
+    data: std::path::PathBuf,
+}
+
+impl FileJournal {
+    /// The journal for the image at `image`.
+    pub fn beside(image: &Path) -> io::Result<FileJournal> {
+        Ok(FileJournal {
+            state: crate::atomic_file::sibling(image, "fwdelta-inplace")?,
+            data: crate::atomic_file::sibling(image, "fwdelta-journal")?,
+        })
+    }
+}
+
+impl Journal for FileJournal {
+    fn load(&mut self) -> io::Result<Option<InPlaceCheckpoint>> {
+        match std::fs::read(&self.state) {
+            Ok(b) => InPlaceCheckpoint::decode(&b)
+                .map(Some)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn save(&mut self, checkpoint: &InPlaceCheckpoint) -> io::Result<()> {
+        let tmp = self.state.with_extension("tmp");
+        {
+            let mut f = File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &checkpoint.encode())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.state)?;
+        crate::atomic_file::sync_dir_of(&self.state)
+    }
+    fn stage(&mut self, cell: &[u8]) -> io::Result<()> {
+        let mut f = File::create(&self.data)?;
+        std::io::Write::write_all(&mut f, cell)?;
+        f.sync_all()?;
+        crate::atomic_file::sync_dir_of(&self.data)
+    }
+    fn staged(&mut self, len: u64, into: &mut Vec<u8>) -> io::Result<()> {
+        into.clear();
+        File::open(&self.data)?.take(len).read_to_end(into)?;
+        if into.len() as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "staged cell is short",
+            ));
+        }
+        Ok(())
+    }
+    fn clear(&mut self) -> io::Result<()> {
+        for p in [&self.state, &self.data] {
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        crate::atomic_file::sync_dir_of(&self.state)
+    }
+}
+
+/// Apply the in-place patch `patch` to `region`, which holds the old image,
+/// keeping no journal (see [`apply_in_place_with`]).
 pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
+    region: &R,
+    patch: P,
+    opts: ApplyOptions,
+) -> Result<ApplyReport, ApplyError> {
+    apply_in_place_with(region, patch, opts, &mut NoJournal)
+}
+
+/// Apply the in-place patch `patch` to `region`, which holds the old image
+/// (see the module documentation for the steps and their costs), persisting
+/// progress in `journal`. If the journal holds the state of an interrupted
+/// apply of this same patch, it is resumed: the staged cell (if any) is
+/// written again and the rewrite continues; the proofs of steps 2-4 were made
+/// before the first state was saved.
+///
+/// Errors before step 5 leave the region untouched. An I/O error during steps
+/// 5-6 leaves it partly rewritten (the error says so); with a journal, calling
+/// again finishes the job.
+pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized>(
     region: &R,
     mut patch: P,
     opts: ApplyOptions,
+    journal: &mut J,
 ) -> Result<ApplyReport, ApplyError> {
     // 1. The whole patch, with an index of where each cell's segment starts.
     patch
         .seek(SeekFrom::Start(0))
         .map_err(ApplyError::PatchRead)?;
-    let (header, header_len) = read_header(&mut patch)?;
+    let (header, header_bytes) = read_header(&mut patch)?;
+    let header_len = header_bytes.len() as u64;
+    let header_hash = fwdelta_format::chain::start(&header_bytes);
     let cell = header.cell_len().ok_or(ApplyError::WrongMode(
         "this patch is not an in-place patch: apply it to a new file",
     ))?;
@@ -312,78 +436,157 @@ pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
         .seek(SeekFrom::Start(0))
         .map_err(ApplyError::PatchRead)?;
     let mut offsets = vec![0u64; header.segment_count as usize];
-    let mut at = header_len as u64;
+    let mut at = header_len;
     let summary = inspect_each(&mut patch, |s| {
         offsets[(s.new_offset / cell) as usize] = at;
         at += (SegmentHeader::LEN + s.payload_len as usize + fwdelta_format::CHECK_LEN) as u64;
     })?;
 
-    // 2. The old image.
-    let actual = region.len().map_err(ApplyError::OldRead)?;
-    if actual != header.old_len {
-        return Err(ApplyError::OldLength {
-            expected: header.old_len,
-            actual,
-        });
-    }
-    let old_hash = hash_region(region, header.old_len).map_err(ApplyError::OldRead)?;
-    if *old_hash.as_bytes() != header.old_hash {
-        return Err(ApplyError::OldHash {
-            expected: blake3::Hash::from_bytes(header.old_hash)
-                .to_hex()
-                .to_string(),
-            actual: old_hash.to_hex().to_string(),
-        });
-    }
-
-    // 3. Ordering pass in patch order: no cell may read a cell written before.
+    let resume = match journal.load() {
+        Ok(Some(cp)) if cp.header_hash == header_hash && cp.next_segment <= header.segment_count => Some(cp),
+        Ok(Some(_)) => {
+            return Err(ApplyError::InterruptedUpdate(
+                "the image is in the middle of an in-place update by another patch; finish that one first",
+            ))
+        }
+        Ok(None) => None,
+        Err(e) => return Err(ApplyError::Sink(e)),
+    };
     let old = OldView::new(region, &header, cell);
     let mut runner = SegmentRunner::new(&header)?;
-    patch
-        .seek(SeekFrom::Start(header_len as u64))
-        .map_err(ApplyError::PatchRead)?;
-    for _ in 0..header.segment_count {
-        let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
-        let (head, bytes) = segment_at(&mut patch, offset, &header)?;
-        let c = head.new_offset / cell;
-        old.current.set(c);
-        let hash = runner
-            .run(head, &bytes, &mut patch, &old, NullSink)
-            .map_err(|e| old.explain(e, head.index))?;
-        read_check(&mut patch, &hash, head.index)?;
-        old.mark_written(c);
-    }
-    old.reset();
-
-    // 4. Dry run in image order: the new image's hash, nothing written.
-    let mut new_hash = blake3::Hasher::new();
-    for (c, &offset) in offsets.iter().enumerate() {
-        let (head, bytes) = segment_at(&mut patch, offset, &header)?;
-        old.current.set(c as u64);
-        let hash = runner.run(head, &bytes, &mut patch, &old, HashSink(&mut new_hash))?;
-        read_check(&mut patch, &hash, head.index)?;
-    }
-    if *new_hash.finalize().as_bytes() != header.new_hash {
-        return Err(ApplyError::NewHashMismatch);
-    }
-
-    // 5. Rewrite, cell by cell, in patch order (the guard stays on).
     let partial = |e: io::Error| {
         ApplyError::Sink(io::Error::new(
             e.kind(),
             format!("{e}; the image is partly rewritten"),
         ))
     };
-    if header.new_len > header.old_len {
-        region.set_len(header.new_len).map_err(partial)?;
-    }
     let mut scratch = Vec::with_capacity(cell as usize);
+
+    let mut cp = match resume {
+        Some(mut cp) => {
+            // Cells written before the interruption, for the guard.
+            patch
+                .seek(SeekFrom::Start(header_len))
+                .map_err(ApplyError::PatchRead)?;
+            for _ in 0..cp.next_segment {
+                let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
+                let (head, _) = segment_at(&mut patch, offset, &header)?;
+                old.mark_written(head.new_offset / cell);
+                let skip = head.payload_len as i64 + fwdelta_format::CHECK_LEN as i64;
+                patch
+                    .seek(SeekFrom::Current(skip))
+                    .map_err(ApplyError::PatchRead)?;
+            }
+            if header.new_len > header.old_len {
+                region.set_len(header.new_len).map_err(partial)?;
+            }
+            if cp.staged {
+                journal.staged(cp.cell_len, &mut scratch).map_err(partial)?;
+                if *blake3::hash(&scratch).as_bytes() != cp.cell_hash {
+                    return Err(partial(io::Error::other(
+                        "the journal's staged cell is damaged",
+                    )));
+                }
+                region.write_at(cp.cell_offset, &scratch).map_err(partial)?;
+                region.sync().map_err(partial)?;
+                old.mark_written(cp.cell_offset / cell);
+                let (head, _) = segment_at(&mut patch, cp.patch_offset, &header)?;
+                cp.next_segment += 1;
+                cp.patch_offset += (SegmentHeader::LEN
+                    + head.payload_len as usize
+                    + fwdelta_format::CHECK_LEN) as u64;
+                cp.staged = false;
+                journal.save(&cp).map_err(partial)?;
+            }
+            cp
+        }
+        None => {
+            // 2. The old image, unless the update already completed (a power
+            // loss after the last step but before the caller heard of it).
+            let actual = region.len().map_err(ApplyError::OldRead)?;
+            if actual == header.new_len
+                && (actual != header.old_len || header.old_hash != header.new_hash)
+            {
+                let now = hash_region(region, header.new_len).map_err(ApplyError::OldRead)?;
+                if *now.as_bytes() == header.new_hash {
+                    journal.clear().map_err(ApplyError::Sink)?;
+                    return Ok(ApplyReport {
+                        header,
+                        patch_len: summary.patch_len,
+                        already_applied: true,
+                    });
+                }
+            }
+            if actual != header.old_len {
+                return Err(ApplyError::OldLength {
+                    expected: header.old_len,
+                    actual,
+                });
+            }
+            let old_hash = hash_region(region, header.old_len).map_err(ApplyError::OldRead)?;
+            if *old_hash.as_bytes() != header.old_hash {
+                return Err(ApplyError::OldHash {
+                    expected: blake3::Hash::from_bytes(header.old_hash)
+                        .to_hex()
+                        .to_string(),
+                    actual: old_hash.to_hex().to_string(),
+                });
+            }
+
+            // 3. Ordering pass in patch order: no cell may read a cell written before.
+            patch
+                .seek(SeekFrom::Start(header_len))
+                .map_err(ApplyError::PatchRead)?;
+            for _ in 0..header.segment_count {
+                let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
+                let (head, bytes) = segment_at(&mut patch, offset, &header)?;
+                let c = head.new_offset / cell;
+                old.current.set(c);
+                let hash = runner
+                    .run(head, &bytes, &mut patch, &old, NullSink)
+                    .map_err(|e| old.explain(e, head.index))?;
+                read_check(&mut patch, &hash, head.index)?;
+                old.mark_written(c);
+            }
+            old.reset();
+
+            // 4. Dry run in image order: the new image's hash, nothing written.
+            let mut new_hash = blake3::Hasher::new();
+            for (c, &offset) in offsets.iter().enumerate() {
+                let (head, bytes) = segment_at(&mut patch, offset, &header)?;
+                old.current.set(c as u64);
+                let hash = runner.run(head, &bytes, &mut patch, &old, HashSink(&mut new_hash))?;
+                read_check(&mut patch, &hash, head.index)?;
+            }
+            if *new_hash.finalize().as_bytes() != header.new_hash {
+                return Err(ApplyError::NewHashMismatch);
+            }
+
+            // From here on the region may change: record that first.
+            let cp = InPlaceCheckpoint {
+                header_hash,
+                next_segment: 0,
+                patch_offset: header_len,
+                staged: false,
+                cell_offset: 0,
+                cell_len: 0,
+                cell_hash: [0; 32],
+            };
+            journal.save(&cp).map_err(ApplyError::Sink)?;
+            if header.new_len > header.old_len {
+                region.set_len(header.new_len).map_err(partial)?;
+            }
+            cp
+        }
+    };
+
+    // 5. Rewrite, cell by cell, in patch order (the guard stays on): stage the
+    // cell, write it, then record it done.
     patch
-        .seek(SeekFrom::Start(header_len as u64))
+        .seek(SeekFrom::Start(cp.patch_offset))
         .map_err(ApplyError::PatchRead)?;
-    for _ in 0..header.segment_count {
-        let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
-        let (head, bytes) = segment_at(&mut patch, offset, &header)?;
+    while cp.next_segment < header.segment_count {
+        let (head, bytes) = segment_at(&mut patch, cp.patch_offset, &header)?;
         let c = head.new_offset / cell;
         old.current.set(c);
         scratch.clear();
@@ -391,10 +594,21 @@ pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
             .run(head, &bytes, &mut patch, &old, CellSink(&mut scratch))
             .map_err(|e| old.explain(e, head.index))?;
         read_check(&mut patch, &hash, head.index)?;
+        journal.stage(&scratch).map_err(partial)?;
+        cp.staged = true;
+        cp.cell_offset = head.new_offset;
+        cp.cell_len = scratch.len() as u64;
+        cp.cell_hash = *blake3::hash(&scratch).as_bytes();
+        journal.save(&cp).map_err(partial)?;
         region
             .write_at(head.new_offset, &scratch)
             .map_err(partial)?;
+        region.sync().map_err(partial)?;
         old.mark_written(c);
+        cp.staged = false;
+        cp.next_segment += 1;
+        cp.patch_offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
+        journal.save(&cp).map_err(partial)?;
     }
 
     // 6. Final length, durability, and one more look.
@@ -408,9 +622,11 @@ pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
             "the rewritten image does not verify",
         )));
     }
+    journal.clear().map_err(ApplyError::Sink)?;
     Ok(ApplyReport {
         header,
         patch_len: summary.patch_len,
+        already_applied: false,
     })
 }
 

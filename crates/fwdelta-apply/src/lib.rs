@@ -35,7 +35,10 @@ pub mod source;
 pub use applier::{apply, Applier, ApplyOptions, ApplyReport};
 pub use atomic_file::AtomicFile;
 pub use error::{ApplyError, ErrorClass};
-pub use in_place::{apply_in_place, FileRegion, MemRegion, Region};
+pub use in_place::{
+    apply_in_place, apply_in_place_with, FileJournal, FileRegion, Journal, MemRegion, NoJournal,
+    Region,
+};
 pub use inspect::{inspect, inspect_each, PatchInfo, PatchSummary};
 pub use resumable_file::ResumableFile;
 pub use sink::{Sink, WriteSink};

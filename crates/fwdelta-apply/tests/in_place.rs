@@ -182,3 +182,157 @@ fn a_cell_reading_an_overwritten_cell_is_refused_before_writing() {
     assert!(r.unwrap_err().to_string().contains("comes twice"));
     assert_eq!(out, old);
 }
+
+/// Shared "persistent" state that survives a simulated power cut: the region's
+/// bytes, the journal's records, and a countdown to the cut.
+#[derive(Default)]
+struct Device {
+    image: std::cell::RefCell<Vec<u8>>,
+    state: std::cell::RefCell<Option<fwdelta_format::InPlaceCheckpoint>>,
+    staged: std::cell::RefCell<Vec<u8>>,
+    /// Durable operations left before the power goes (None: never).
+    left: std::cell::Cell<Option<u32>>,
+}
+
+impl Device {
+    /// Count one durable operation; `Err` when the power goes now.
+    fn tick(&self) -> std::io::Result<()> {
+        match self.left.get() {
+            Some(0) => Err(std::io::Error::other("power cut")),
+            Some(n) => {
+                self.left.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+struct DevRegion<'d>(&'d Device);
+
+impl fwdelta_apply::Region for DevRegion<'_> {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.image.borrow().len() as u64)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let img = self.0.image.borrow();
+        let s = offset as usize;
+        buf.copy_from_slice(
+            img.get(s..s + buf.len())
+                .ok_or(std::io::ErrorKind::UnexpectedEof)?,
+        );
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let s = offset as usize;
+        if let Err(e) = self.0.tick() {
+            // torn write: half the cell reaches the flash
+            let half = data.len() / 2;
+            self.0.image.borrow_mut()[s..s + half].copy_from_slice(&data[..half]);
+            return Err(e);
+        }
+        self.0.image.borrow_mut()[s..s + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.tick()?;
+        self.0.image.borrow_mut().resize(len as usize, 0);
+        Ok(())
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.0.tick()
+    }
+}
+
+struct DevJournal<'d>(&'d Device);
+
+impl fwdelta_apply::Journal for DevJournal<'_> {
+    fn load(&mut self) -> std::io::Result<Option<fwdelta_format::InPlaceCheckpoint>> {
+        Ok(*self.0.state.borrow())
+    }
+    fn save(&mut self, cp: &fwdelta_format::InPlaceCheckpoint) -> std::io::Result<()> {
+        self.0.tick()?;
+        *self.0.state.borrow_mut() = Some(*cp);
+        Ok(())
+    }
+    fn stage(&mut self, cell: &[u8]) -> std::io::Result<()> {
+        self.0.tick()?;
+        *self.0.staged.borrow_mut() = cell.to_vec();
+        Ok(())
+    }
+    fn staged(&mut self, len: u64, into: &mut Vec<u8>) -> std::io::Result<()> {
+        *into = self.0.staged.borrow().clone();
+        assert_eq!(into.len() as u64, len);
+        Ok(())
+    }
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.0.tick()?;
+        *self.0.state.borrow_mut() = None;
+        Ok(())
+    }
+}
+
+fn apply_on(dev: &Device, patch: &[u8]) -> Result<(), ApplyError> {
+    fwdelta_apply::apply_in_place_with(
+        &DevRegion(dev),
+        Cursor::new(patch),
+        ApplyOptions::default(),
+        &mut DevJournal(dev),
+    )
+    .map(|_| ())
+}
+
+#[test]
+fn power_cut_at_every_durable_step_resumes_to_the_exact_image() {
+    for pair in ["fw-x86-64", "fw-cortex-m4"] {
+        let (old, new) = (testdata(pair, "old"), testdata(pair, "new"));
+        let patch = diff(&old, &new, &in_place_opts()).unwrap().bytes;
+        let mut cut = 0;
+        loop {
+            let dev = Device::default();
+            *dev.image.borrow_mut() = old.clone();
+            dev.left.set(Some(cut));
+            let first = apply_on(&dev, &patch);
+            // Power comes back; possibly cut again during the resume.
+            dev.left.set(Some(cut / 2));
+            let second = apply_on(&dev, &patch);
+            dev.left.set(None);
+            let third = apply_on(&dev, &patch);
+            match (&first, &second) {
+                (Ok(()), _) => {
+                    assert_eq!(*dev.image.borrow(), new, "{pair}: uncut run");
+                    break;
+                }
+                _ => {
+                    // whichever run completed, the image must be exact
+                    assert!(
+                        third.is_ok() || second.is_ok(),
+                        "{pair} cut {cut}: {third:?}"
+                    );
+                    assert!(
+                        *dev.image.borrow() == new,
+                        "{pair} cut {cut}: wrong image after resume"
+                    );
+                    assert!(
+                        dev.state.borrow().is_none(),
+                        "{pair} cut {cut}: journal not cleared"
+                    );
+                }
+            }
+            cut += 1;
+        }
+        assert!(cut > 20, "{pair}: only {cut} durable steps");
+    }
+}
+
+#[test]
+fn applying_again_to_the_new_image_is_a_no_op_success() {
+    let (old, new) = (testdata("fw-x86-64", "old"), testdata("fw-x86-64", "new"));
+    let patch = diff(&old, &new, &in_place_opts()).unwrap().bytes;
+    let region = MemRegion::new(old.clone());
+    let first = apply_in_place(&region, Cursor::new(&patch), ApplyOptions::default()).unwrap();
+    assert!(!first.already_applied);
+    let second = apply_in_place(&region, Cursor::new(&patch), ApplyOptions::default()).unwrap();
+    assert!(second.already_applied);
+    assert_eq!(region.into_inner(), new);
+}

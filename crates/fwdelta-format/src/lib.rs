@@ -25,7 +25,7 @@ pub mod segment;
 pub mod trailer;
 pub mod varint;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, InPlaceCheckpoint};
 pub use error::FormatError;
 pub use header::{Codec, Header, Layout};
 pub use memory::MemoryModel;

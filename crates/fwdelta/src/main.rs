@@ -133,8 +133,10 @@ struct ApplyArgs {
     output: Option<PathBuf>,
     /// Rewrite OLD itself into the new image, for an in-place patch. The patch
     /// and the old image are fully verified, and the result proven by a dry
-    /// run, before the first byte of OLD is overwritten.
-    #[arg(long, conflicts_with_all = ["output", "resume"])]
+    /// run, before the first byte of OLD is overwritten. Progress is journaled
+    /// beside OLD; an interrupted update by the same patch is always resumed
+    /// (`--resume` may be given too).
+    #[arg(long, conflicts_with = "output")]
     in_place: bool,
     /// Refuse patches that need more applier memory than this.
     #[arg(long, default_value = "64MiB", value_parser = size::parse_size)]
@@ -294,9 +296,14 @@ fn cmd_apply_in_place(a: &ApplyArgs, opts: ApplyOptions) -> Result<()> {
         .with_context(|| format!("cannot open {} for in-place update", a.old.display()))?;
     let patch =
         File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
+    let mut journal = fwdelta_apply::FileJournal::beside(&a.old)
+        .with_context(|| format!("cannot place a journal beside {}", a.old.display()))?;
     let start = Instant::now();
-    let report = fwdelta_apply::apply_in_place(&region, patch, opts)
+    let report = fwdelta_apply::apply_in_place_with(&region, patch, opts, &mut journal)
         .with_context(|| format!("cannot apply {} in place", a.patch.display()))?;
+    if report.already_applied && !a.quiet {
+        eprintln!("{}: already the new image; nothing to do", a.old.display());
+    }
     report_apply(a, &a.old, &report, start);
     Ok(())
 }
