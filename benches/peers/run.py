@@ -11,8 +11,9 @@ image byte for byte. Each diff and apply runs alone under `/usr/bin/time -f '%e 
 (wall seconds, peak RSS in KiB). Writes peers.md, peers.json and peers.svg to the output
 directory (default target/peers/) and prints the Markdown.
 
-Exit status: 0 if every tool's patch applied back to the exact new image, 1 if any result
-was a MISMATCH or any diff/apply FAILED, 2 on usage errors.
+Exit status: 0 if every tool's patch applied back to the exact new image; 1 if any result
+was a MISMATCH or any diff/apply FAILED, or if the run could not start (unknown --pairs or
+--tools, no corpus); 2 on command-line syntax errors (argparse).
 
 Python 3.11, standard library only.
 """

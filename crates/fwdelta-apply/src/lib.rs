@@ -23,6 +23,7 @@
 //! [`ApplyError`]; output already handed to the sink must then be discarded
 //! (the [`AtomicFile`] sink does that by itself).
 
+pub mod aligned_sink;
 mod applier;
 pub mod atomic_file;
 mod error;
@@ -32,6 +33,7 @@ pub mod resumable_file;
 pub mod sink;
 pub mod source;
 
+pub use aligned_sink::{AlignedSink, BlockWriter};
 pub use applier::{apply, Applier, ApplyOptions, ApplyReport};
 pub use atomic_file::AtomicFile;
 pub use error::{ApplyError, ErrorClass};

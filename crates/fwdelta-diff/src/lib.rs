@@ -52,6 +52,11 @@ pub struct Options {
     /// Make an in-place patch with cells of `2^cell_log` bytes (the applier's
     /// scratch size), instead of one for a separate output. Default `None`.
     pub in_place: Option<u8>,
+    /// Put every segment boundary on a multiple of this many new bytes (the
+    /// target's flash page), so an applier writing whole pages can checkpoint
+    /// after any segment. Default 1 (no constraint). In-place cells are
+    /// always aligned to their size.
+    pub align: u64,
 }
 
 impl Default for Options {
@@ -61,6 +66,7 @@ impl Default for Options {
             apply_memory: 2 << 20,
             segment_cost: 1 << 20,
             in_place: None,
+            align: 1,
         }
     }
 }
@@ -182,7 +188,10 @@ impl Plan {
                 let p = in_place_planner::plan(&self.ops, new.len() as u64, cl);
                 (p.segments, p.forced_literal_bytes)
             }
-            None => (segmenter::split(&self.ops, old, new, opts.segment_cost), 0),
+            None => {
+                let segments = segmenter::split(&self.ops, old, new, opts.segment_cost);
+                (segmenter::align_boundaries(segments, opts.align), 0)
+            }
         };
         let encoded =
             segment_encoder::encode_all(&segments, old, new, codec, opts.level, max_window_log)?;

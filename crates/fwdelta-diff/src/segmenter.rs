@@ -89,6 +89,57 @@ pub fn split_costed(ops: &[Op], costs: &[u64], target: u64) -> Vec<SegmentPlan> 
     out
 }
 
+/// Move every segment boundary up to the next multiple of `align` new bytes
+/// (the image's end stays where it is), so a sink that writes whole flash
+/// pages never has to rewrite one across a checkpoint. Segments that become
+/// empty disappear. Cost: one pass over the ops.
+pub fn align_boundaries(segments: Vec<SegmentPlan>, align: u64) -> Vec<SegmentPlan> {
+    if align <= 1 || segments.is_empty() {
+        return segments;
+    }
+    let total: u64 = segments.iter().map(|s| s.new_len).sum();
+    let mut cuts: Vec<u64> = segments
+        .iter()
+        .map(|s| {
+            (s.new_offset + s.new_len)
+                .div_ceil(align)
+                .saturating_mul(align)
+                .min(total)
+        })
+        .collect();
+    cuts.dedup();
+    let ops: Vec<Op> = segments.into_iter().flat_map(|s| s.ops).collect();
+    let mut out = Vec::with_capacity(cuts.len());
+    let mut cur = Builder::default();
+    let mut at = 0u64;
+    let mut cuts = cuts.into_iter().peekable();
+    for op in ops {
+        let mut op = op;
+        while !op.is_empty() {
+            let Some(&cut) = cuts.peek() else { break };
+            let room = cut - at;
+            if op.len() <= room {
+                at += op.len();
+                cur.add(op, 1);
+                op = Op::literal(0);
+            } else {
+                let (head, tail) = split_op(op, room);
+                if !head.is_empty() {
+                    cur.add(head, 1);
+                }
+                at += room;
+                op = tail;
+            }
+            if at == cut {
+                cur.close(&mut out);
+                cuts.next();
+            }
+        }
+    }
+    cur.close(&mut out);
+    out
+}
+
 /// Split an op after its first `k` new bytes (`0 < k < op.len()`).
 pub fn split_op(op: Op, k: u64) -> (Op, Op) {
     if k <= op.diff_len {
@@ -193,6 +244,39 @@ mod tests {
         let segs = split(&ops, &data, &data, 1000);
         assert_eq!(segs.len(), 1);
         check_tiling(&segs, 100_000);
+    }
+
+    #[test]
+    fn boundaries_move_to_alignment() {
+        let new = vec![1u8; 10_000];
+        let ops = [Op {
+            old_start: 0,
+            diff_len: 0,
+            literal_len: 10_000,
+        }];
+        let segs = align_boundaries(split(&ops, &[], &new, 700), 4096);
+        check_tiling(&segs, 10_000);
+        let ends: Vec<u64> = segs.iter().map(|s| s.new_offset + s.new_len).collect();
+        assert_eq!(ends, vec![4096, 8192, 10_000]);
+        // a diff/literal mix keeps its old cursors
+        let old = vec![2u8; 10_000];
+        let ops = [
+            Op {
+                old_start: 100,
+                diff_len: 3000,
+                literal_len: 2000,
+            },
+            Op {
+                old_start: 5000,
+                diff_len: 5000,
+                literal_len: 0,
+            },
+        ];
+        let segs = align_boundaries(split(&ops, &old, &new, 500), 1024);
+        check_tiling(&segs, 10_000);
+        for s in &segs[..segs.len() - 1] {
+            assert_eq!((s.new_offset + s.new_len) % 1024, 0);
+        }
     }
 
     #[test]

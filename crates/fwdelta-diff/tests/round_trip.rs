@@ -183,6 +183,7 @@ fn small_segments_and_tiny_budget_still_round_trip() {
         apply_memory: fwdelta_format::MemoryModel::min_zstd_budget(),
         level: 3,
         in_place: None,
+        align: 1,
     };
     let plan = Plan::build(&old, &new).unwrap();
     let patch = plan.encode(&old, &new, &tiny).unwrap();

@@ -48,6 +48,7 @@ fn main() {
                 segment_cost: cost,
                 apply_memory: mem,
                 in_place: None,
+                align: 1,
             };
             let p = diff(OLD, new, &opts).expect("diff").bytes;
             patches.push((format!("{name}-{tag}"), p));

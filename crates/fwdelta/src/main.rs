@@ -73,6 +73,10 @@ pub struct GenArgs {
     /// Target compressed size of one segment (resume/parallel grain).
     #[arg(long, default_value = "1MiB", value_parser = size::parse_size)]
     segment_size: u64,
+    /// Put segment boundaries on multiples of SIZE (the device's flash page), so
+    /// an applier writing whole pages can checkpoint after any segment.
+    #[arg(long, default_value = "1", value_parser = size::parse_size)]
+    align: u64,
     /// Worker threads (default: all cores).
     #[arg(long, short = 'j')]
     threads: Option<usize>,
@@ -85,6 +89,7 @@ impl GenArgs {
             apply_memory: self.apply_memory,
             segment_cost: self.segment_size,
             in_place: None,
+            align: self.align.max(1),
         }
     }
 
