@@ -75,6 +75,18 @@ fn main() {
         write("apply_push", name, &push);
     }
     write("container", "header-only", &patches[0].1[..128]);
+    for (name, new) in &news {
+        for cell_log in [12u8, 14] {
+            let opts = Options {
+                level: 3,
+                in_place: Some(cell_log),
+                ..Options::default()
+            };
+            let p = diff(OLD, new, &opts).expect("diff").bytes;
+            write("apply_in_place", &format!("{name}-cell{cell_log}"), &p);
+            write("container", &format!("{name}-in-place-cell{cell_log}"), &p);
+        }
+    }
     for i in 0..24u64 {
         write(
             "apply_structured",

@@ -103,6 +103,19 @@ pub fn apply_push(data: &[u8]) {
     }
 }
 
+/// In-place apply of `data` to a copy of [`OLD`] in memory. A memory region
+/// has no I/O errors, so every refusal must leave the image byte-identical,
+/// and every success must leave exactly the image the header promises.
+pub fn apply_in_place(data: &[u8]) {
+    let region = fwdelta_apply::MemRegion::new(OLD.to_vec());
+    let result = fwdelta_apply::apply_in_place(&region, std::io::Cursor::new(data), opts());
+    let image = region.into_inner();
+    match result {
+        Ok(report) => check_success(&report.header, &image),
+        Err(e) => assert!(image == OLD, "refused ({e}) but modified the image"),
+    }
+}
+
 /// A record as the structured target generates it.
 #[derive(Debug, Clone)]
 struct GenRecord {
@@ -297,9 +310,10 @@ fn compress(stream: &[u8], window_log: u8) -> Vec<u8> {
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name, as `fuzz/` and the replay test know them.
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("container", container),
     ("apply_pull", apply_pull),
     ("apply_push", apply_push),
     ("apply_structured", apply_structured),
+    ("apply_in_place", apply_in_place),
 ];
