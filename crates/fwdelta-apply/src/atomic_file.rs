@@ -44,6 +44,37 @@ pub(crate) fn sync_dir_of(path: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Flush `out`, fsync its file, and rename `from` to `to`.
+pub(crate) fn sync_and_rename(out: BufWriter<File>, from: &Path, to: &Path) -> io::Result<()> {
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(from, to)
+}
+
+/// Replace the small file `path` with `bytes` durably: write a temporary
+/// sibling, fsync it, rename it over `path`, fsync the directory.
+pub(crate) fn replace_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir_of(path)
+}
+
+/// Remove `path`; a file that is already gone is fine.
+pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 impl AtomicFile {
     /// Create a temporary file in the target's directory (`.NAME.fwdelta-PID-N.tmp`,
     /// created exclusively). If the target is a symbolic link, the link itself is
@@ -102,10 +133,7 @@ impl AtomicFile {
 
     fn finish_and_rename(&mut self) -> io::Result<()> {
         let out = self.out.take().ok_or(io::ErrorKind::Other)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&self.temp, &self.target)
+        sync_and_rename(out, &self.temp, &self.target)
     }
 }
 

@@ -347,14 +347,7 @@ impl Journal for FileJournal {
         }
     }
     fn save(&mut self, checkpoint: &InPlaceCheckpoint) -> io::Result<()> {
-        let tmp = self.state.with_extension("tmp");
-        {
-            let mut f = File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, &checkpoint.encode())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.state)?;
-        crate::atomic_file::sync_dir_of(&self.state)
+        crate::atomic_file::replace_durably(&self.state, &checkpoint.encode())
     }
     fn stage(&mut self, cell: &[u8]) -> io::Result<()> {
         let mut f = File::create(&self.data)?;
@@ -374,12 +367,8 @@ impl Journal for FileJournal {
         Ok(())
     }
     fn clear(&mut self) -> io::Result<()> {
-        for p in [&self.state, &self.data] {
-            match std::fs::remove_file(p) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
+        crate::atomic_file::remove_if_present(&self.state)?;
+        crate::atomic_file::remove_if_present(&self.data)?;
         crate::atomic_file::sync_dir_of(&self.state)
     }
 }

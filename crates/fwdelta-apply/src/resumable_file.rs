@@ -8,7 +8,9 @@
 //! so only a killed process or a power loss leaves them behind, and the target
 //! itself is replaced only by a successful commit.
 
-use crate::atomic_file::{sibling, sync_dir_of};
+use crate::atomic_file::{
+    remove_if_present, replace_durably, sibling, sync_and_rename, sync_dir_of,
+};
 use crate::sink::Sink;
 use fwdelta_format::{Checkpoint, SegmentHeader};
 use std::fs::{self, File, OpenOptions};
@@ -123,10 +125,7 @@ impl ResumableFile {
 
     fn finish_and_rename(&mut self) -> io::Result<()> {
         let out = self.out.take().ok_or(io::ErrorKind::Other)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&self.partial, &self.target)
+        sync_and_rename(out, &self.partial, &self.target)
     }
 
     fn discard_files(&self) {
@@ -139,14 +138,7 @@ impl ResumableFile {
         out.flush()?;
         // The data must be durable before a checkpoint claims it.
         out.get_ref().sync_data()?;
-        let tmp = sibling(&self.target, "fwdelta-resume.tmp")?;
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&checkpoint.encode())?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &self.state)?;
-        sync_dir_of(&self.state)
+        replace_durably(&self.state, &checkpoint.encode())
     }
 }
 
@@ -172,12 +164,5 @@ impl Drop for ResumableFile {
         if self.out.take().is_some() {
             self.discard_files();
         }
-    }
-}
-
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }

@@ -3,31 +3,12 @@
 //! always finish with the exact new image and no journal left behind.
 //! `FWDELTA_KILL_RUNS` sets the number of runs (default 12).
 
+mod common;
+
+use common::{hidden_files, Rng};
 use std::fs;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn hidden(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn sigkill_during_in_place_apply_always_resumes_to_the_exact_image() {
@@ -105,9 +86,9 @@ fn sigkill_during_in_place_apply_always_resumes_to_the_exact_image() {
     for run in 0..runs {
         fs::write(&image, &old).unwrap();
         assert!(
-            hidden(&work).is_empty(),
+            hidden_files(&work).is_empty(),
             "run {run}: leftovers {:?}",
-            hidden(&work)
+            hidden_files(&work)
         );
         let mut finished = false;
         for _ in 0..3 {
@@ -138,9 +119,9 @@ fn sigkill_during_in_place_apply_always_resumes_to_the_exact_image() {
         }
         assert!(fs::read(&image).unwrap() == new, "run {run}: wrong image");
         assert!(
-            hidden(&work).is_empty(),
+            hidden_files(&work).is_empty(),
             "run {run}: leftovers {:?}",
-            hidden(&work)
+            hidden_files(&work)
         );
     }
     eprintln!(

@@ -7,6 +7,9 @@
 //! `FWDELTA_KILL_RUNS` sets the number of runs (default 12 in the test suite;
 //! the figures in the issue notes come from a run with 200).
 
+mod common;
+
+use common::{hidden_files, Rng};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,17 +17,6 @@ use std::time::{Duration, Instant};
 
 fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_fwdelta")
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// An 8 MiB old image and a new one with scattered edits, so the patch has
@@ -50,16 +42,6 @@ fn make_pair(dir: &Path) -> (PathBuf, PathBuf) {
     fs::write(&o, old).unwrap();
     fs::write(&n, new).unwrap();
     (o, n)
-}
-
-fn hidden_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
