@@ -44,34 +44,38 @@ fn make_pair(dir: &Path) -> (PathBuf, PathBuf) {
     (o, n)
 }
 
-#[test]
-fn sigkill_at_random_moments_always_resumes_to_the_exact_image() {
-    let runs: usize = std::env::var("FWDELTA_KILL_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    let dir = tempfile::tempdir().unwrap();
-    let (old, new) = make_pair(dir.path());
-    let patch = dir.path().join("patch.fwd");
+/// Kill statistics of one stress run.
+#[derive(Default)]
+struct Tally {
+    runs: usize,
+    kills: usize,
+    resumed: usize,
+}
+
+/// Diff `old` -> `new` with small segments, then `runs` times: apply with
+/// `--resume`, SIGKILL it at random moments up to three times, finish, and
+/// check the image, the old image and that nothing is left behind.
+fn stress(old: &Path, new: &Path, work: &Path, runs: usize, seed: u64) -> Tally {
+    let patch = work.join("patch.fwd");
     let st = Command::new(exe())
         .args(["diff", "-q", "--level", "3", "--segment-size", "8KiB"])
-        .arg(&old)
-        .arg(&new)
+        .arg(old)
+        .arg(new)
         .arg("-o")
         .arg(&patch)
         .status()
         .unwrap();
     assert!(st.success());
-    let old_bytes = fs::read(&old).unwrap();
-    let new_bytes = fs::read(&new).unwrap();
+    let old_bytes = fs::read(old).unwrap();
+    let new_bytes = fs::read(new).unwrap();
 
-    let out_dir = dir.path().join("out");
-    fs::create_dir(&out_dir).unwrap();
+    let out_dir = work.join("out");
+    fs::create_dir_all(&out_dir).unwrap();
     let out = out_dir.join("image.bin");
     let apply = || {
         let mut c = Command::new(exe());
         c.args(["apply", "--resume", "-q"])
-            .arg(&old)
+            .arg(old)
             .arg(&patch)
             .arg("-o")
             .arg(&out);
@@ -85,8 +89,11 @@ fn sigkill_at_random_moments_always_resumes_to_the_exact_image() {
     let full = t.elapsed();
     assert_eq!(fs::read(&out).unwrap(), new_bytes);
 
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let (mut kills, mut resumed_from_checkpoint) = (0usize, 0usize);
+    let mut rng = Rng(seed | 1);
+    let mut tally = Tally {
+        runs,
+        ..Tally::default()
+    };
     for run in 0..runs {
         fs::remove_file(&out).unwrap();
         assert!(
@@ -97,14 +104,14 @@ fn sigkill_at_random_moments_always_resumes_to_the_exact_image() {
         // Kill up to three times in a row before letting it finish.
         for _ in 0..3 {
             if out_dir.join(".image.bin.fwdelta-resume").exists() {
-                resumed_from_checkpoint += 1;
+                tally.resumed += 1;
             }
             let mut child = apply().spawn().unwrap();
             let delay = Duration::from_micros(rng.next() % (full.as_micros() as u64).max(1));
             std::thread::sleep(delay);
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap();
-                kills += 1;
+                tally.kills += 1;
             }
             child.wait().unwrap();
             if out.exists() {
@@ -124,7 +131,7 @@ fn sigkill_at_random_moments_always_resumes_to_the_exact_image() {
             "run {run}: wrong image after resume"
         );
         assert!(
-            fs::read(&old).unwrap() == old_bytes,
+            fs::read(old).unwrap() == old_bytes,
             "run {run}: old image modified"
         );
         assert!(
@@ -134,13 +141,53 @@ fn sigkill_at_random_moments_always_resumes_to_the_exact_image() {
         );
     }
     eprintln!(
-        "power-loss stress: {runs} runs, {kills} kills, {resumed_from_checkpoint} resumes from a checkpoint, \
-         uninterrupted apply {:.1} ms",
+        "  {}: {runs} runs, {} kills, {} resumes from a checkpoint, uninterrupted apply {:.1} ms",
+        new.parent()
+            .map_or(String::new(), |p| p.display().to_string()),
+        tally.kills,
+        tally.resumed,
         full.as_secs_f64() * 1e3
     );
-    assert!(kills > 0, "no apply was ever interrupted");
-    assert!(
-        resumed_from_checkpoint > 0,
-        "no kill ever landed after a checkpoint"
+    tally
+}
+
+/// The synthetic pair by default; with `FWDELTA_KILL_CORPUS=DIR`, every pair
+/// `DIR/<pair>/{old,new}`, the runs spread over them.
+#[test]
+fn sigkill_at_random_moments_always_resumes_to_the_exact_image() {
+    let runs: usize = std::env::var("FWDELTA_KILL_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let dir = tempfile::tempdir().unwrap();
+    let pairs: Vec<(PathBuf, PathBuf)> = match std::env::var_os("FWDELTA_KILL_CORPUS") {
+        Some(corpus) => {
+            let mut v: Vec<_> = fs::read_dir(corpus)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.join("old").is_file() && p.join("new").is_file())
+                .map(|p| (p.join("old"), p.join("new")))
+                .collect();
+            v.sort();
+            assert!(!v.is_empty(), "FWDELTA_KILL_CORPUS has no pairs");
+            v
+        }
+        None => vec![make_pair(dir.path())],
+    };
+    let mut total = Tally::default();
+    for (i, (old, new)) in pairs.iter().enumerate() {
+        let work = dir.path().join(format!("work{i}"));
+        fs::create_dir_all(&work).unwrap();
+        let share = (runs / pairs.len() + usize::from(i < runs % pairs.len())).max(1);
+        let t = stress(old, new, &work, share, 0x9E37_79B9_7F4A_7C15 ^ i as u64);
+        total.runs += t.runs;
+        total.kills += t.kills;
+        total.resumed += t.resumed;
+    }
+    eprintln!(
+        "power-loss stress: {} runs, {} kills, {} resumes from a checkpoint",
+        total.runs, total.kills, total.resumed
     );
+    assert!(total.kills > 0, "no apply was ever interrupted");
+    assert!(total.resumed > 0, "no kill ever landed after a checkpoint");
 }
