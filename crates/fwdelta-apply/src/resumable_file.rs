@@ -110,8 +110,12 @@ impl ResumableFile {
         self.out.as_ref().map(|w| w.get_ref())
     }
 
-    /// Flush, fsync, rename the partial file over the target, remove the
-    /// checkpoint, and fsync the directory.
+    /// Flush and fsync the partial file, remove the checkpoint, rename the
+    /// partial file over the target, and fsync the directory.
+    ///
+    /// The checkpoint goes first (and the directory is synced), then the
+    /// rename: once the target exists nothing is left beside it, and a crash
+    /// in between leaves only a partial file that the next run replaces.
     pub fn commit(mut self) -> io::Result<()> {
         let result = self.finish_and_rename();
         self.out = None;
@@ -119,12 +123,13 @@ impl ResumableFile {
             self.discard_files();
         }
         result?;
-        remove_if_present(&self.state)?;
         sync_dir_of(&self.target)
     }
 
     fn finish_and_rename(&mut self) -> io::Result<()> {
         let out = self.out.take().ok_or(io::ErrorKind::Other)?;
+        remove_if_present(&self.state)?;
+        sync_dir_of(&self.state)?;
         sync_and_rename(out, &self.partial, &self.target)
     }
 
