@@ -137,14 +137,18 @@ struct Output<'o, O: ?Sized, S> {
     old: &'o O,
     sink: S,
     old_buf: Vec<u8>,
-    hash: blake3::Hasher,
+    /// Hash of everything produced (the streaming applier checks it against
+    /// the header); `None` where the caller verifies otherwise.
+    hash: Option<blake3::Hasher>,
     produced: u64,
 }
 
 impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
     fn emit(&mut self, seg: &mut Segment, bytes: &[u8]) -> Result<(), ApplyError> {
         self.sink.write(bytes).map_err(ApplyError::Sink)?;
-        self.hash.update(bytes);
+        if let Some(h) = self.hash.as_mut() {
+            h.update(bytes);
+        }
         self.produced += bytes.len() as u64;
         seg.remaining_out -= bytes.len() as u64;
         Ok(())
@@ -328,7 +332,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 old,
                 sink,
                 old_buf: vec![0; BUFFER_LEN],
-                hash: blake3::Hasher::new(),
+                hash: Some(blake3::Hasher::new()),
                 produced: 0,
             },
             opts,
@@ -397,7 +401,9 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                     )))
                 }
                 Ok(got) => {
-                    a.out.hash.update(&buf[..got]);
+                    if let Some(h) = a.out.hash.as_mut() {
+                        h.update(&buf[..got]);
+                    }
                     hashed += got as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -574,7 +580,8 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                         ),
                     }));
                 }
-                if *self.out.hash.finalize().as_bytes() != header.new_hash {
+                let produced_hash = self.out.hash.as_ref().map(|h| *h.finalize().as_bytes());
+                if produced_hash != Some(header.new_hash) {
                     return Err(ApplyError::NewHashMismatch);
                 }
                 self.stage = Stage::Done;
@@ -802,7 +809,9 @@ impl SegmentRunner {
             old,
             sink,
             old_buf: std::mem::take(&mut self.old_buf),
-            hash: blake3::Hasher::new(),
+            // Segment output is checked by the caller (dry-run hash, final
+            // region hash); hashing it here too would be wasted.
+            hash: None,
             produced: 0,
         };
         let result = self.pump(&mut seg, &mut out, patch);
