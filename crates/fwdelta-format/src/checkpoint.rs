@@ -3,7 +3,7 @@
 
 use crate::error::FormatError;
 use crate::header::Header;
-use crate::{check_of, CHECK_LEN, HASH_LEN};
+use crate::{check_of, u32_at, u64_at, CHECK_LEN, HASH_LEN};
 
 /// Magic opening an encoded checkpoint (version 1 of the checkpoint record).
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"FWDRSM01";
@@ -61,16 +61,11 @@ impl Checkpoint {
         header_hash.copy_from_slice(&b[8..40]);
         let mut chain = [0u8; HASH_LEN];
         chain.copy_from_slice(&b[60..92]);
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
         Ok(Checkpoint {
             header_hash,
-            next_segment: u32::from_le_bytes([b[40], b[41], b[42], b[43]]),
-            patch_offset: u64_at(44),
-            new_offset: u64_at(52),
+            next_segment: u32_at(b, 40),
+            patch_offset: u64_at(b, 44),
+            new_offset: u64_at(b, 52),
             chain,
         })
     }
@@ -180,22 +175,17 @@ impl InPlaceCheckpoint {
         if check_of(&b[..101]) != b[101..] || b[52] > 1 {
             return Err(bad("checkpoint check mismatch"));
         }
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
         let mut header_hash = [0u8; HASH_LEN];
         header_hash.copy_from_slice(&b[8..40]);
         let mut cell_hash = [0u8; HASH_LEN];
         cell_hash.copy_from_slice(&b[69..101]);
         Ok(InPlaceCheckpoint {
             header_hash,
-            next_segment: u32::from_le_bytes([b[40], b[41], b[42], b[43]]),
-            patch_offset: u64_at(44),
+            next_segment: u32_at(b, 40),
+            patch_offset: u64_at(b, 44),
             staged: b[52] == 1,
-            cell_offset: u64_at(53),
-            cell_len: u64_at(61),
+            cell_offset: u64_at(b, 53),
+            cell_len: u64_at(b, 61),
             cell_hash,
         })
     }

@@ -49,6 +49,18 @@ pub const CHECK_LEN: usize = 16;
 /// Length of a full BLAKE3 hash (image hashes and the trailer).
 pub const HASH_LEN: usize = 32;
 
+/// Little-endian `u64` at `bytes[at..at + 8]`; callers have checked the length.
+pub(crate) fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Little-endian `u32` at `bytes[at..at + 4]`; callers have checked the length.
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
 /// Truncated BLAKE3 check of `bytes`, as stored after the header and each segment.
 ///
 /// Cost: one pass over `bytes`, no allocation.

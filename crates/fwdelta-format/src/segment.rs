@@ -4,6 +4,7 @@
 
 use crate::error::FormatError;
 use crate::header::Header;
+use crate::{u32_at, u64_at};
 
 /// Tag byte opening a segment.
 pub const SEGMENT_TAG: u8 = b'S';
@@ -51,18 +52,12 @@ impl SegmentHeader {
                 found: b[0],
             });
         }
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
         Ok(SegmentHeader {
-            index: u32_at(1),
-            new_offset: u64_at(5),
-            new_len: u64_at(13),
-            old_start: u64_at(21),
-            payload_len: u32_at(29),
+            index: u32_at(b, 1),
+            new_offset: u64_at(b, 5),
+            new_len: u64_at(b, 13),
+            old_start: u64_at(b, 21),
+            payload_len: u32_at(b, 29),
         })
     }
 
