@@ -108,12 +108,24 @@ pub fn find_ops(old: &[u8], new: &[u8]) -> Vec<Op> {
     ops
 }
 
+/// Matches shorter than this are carried as literals instead. bsdiff's scan
+/// accepts matches of 8 bytes and up, and in changed code most short ones are
+/// chance: each costs a record head (poorly compressible varints) to save a
+/// few literal bytes that zstd compresses anyway. On the public corpus, 32
+/// made patches 1.2-4.4% smaller than no threshold (P7 -4.4%, P2 -1.2%; the
+/// two near-identical pairs moved by under 2 bytes); 16 and 24 gained less.
+pub const MIN_MATCH_LEN: u64 = 32;
+
 /// Append an op, dropping empty ones and folding literal-only ops into the
-/// previous op (they need no record of their own). A literal-only first op gets
-/// the current old cursor as its `old_start`.
+/// previous op (they need no record of their own); an op whose match is
+/// shorter than [`MIN_MATCH_LEN`] becomes literal-only first. A literal-only
+/// first op gets the current old cursor as its `old_start`.
 fn push(ops: &mut Vec<Op>, cursor: &mut u64, mut op: Op) {
     if op.is_empty() {
         return;
+    }
+    if op.diff_len < MIN_MATCH_LEN {
+        op = Op::literal(op.len());
     }
     if op.diff_len == 0 {
         if let Some(last) = ops.last_mut() {
