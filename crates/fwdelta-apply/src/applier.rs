@@ -9,6 +9,7 @@
 //! the patch.
 
 use crate::error::ApplyError;
+use crate::predicted_old::Predictor;
 use crate::sink::Sink;
 use crate::source::OldImage;
 use crate::BUFFER_LEN;
@@ -141,6 +142,9 @@ struct Output<'o, O: ?Sized, S> {
     /// the header); `None` where the caller verifies otherwise.
     hash: Option<blake3::Hasher>,
     produced: u64,
+    /// Reads old bytes through the patch's reference predictions
+    /// (executable-aware patches only).
+    predictor: Option<Box<Predictor>>,
 }
 
 impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
@@ -289,9 +293,11 @@ impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
         buf: &mut [u8],
         diff: Option<&[u8]>,
     ) -> Result<(), ApplyError> {
-        self.old
-            .read_at(seg.old_pos, buf)
-            .map_err(ApplyError::OldRead)?;
+        match self.predictor.as_deref_mut() {
+            Some(p) => p.read(self.old, seg.old_pos, buf),
+            None => self.old.read_at(seg.old_pos, buf),
+        }
+        .map_err(ApplyError::OldRead)?;
         if let Some(diff) = diff {
             for (o, d) in buf.iter_mut().zip(diff) {
                 *o = o.wrapping_add(*d);
@@ -334,6 +340,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 old_buf: vec![0; BUFFER_LEN],
                 hash: Some(blake3::Hasher::new()),
                 produced: 0,
+                predictor: None,
             },
             opts,
             stage: Stage::Prefix,
@@ -624,6 +631,9 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             });
         }
         self.verify_old(header)?;
+        if let Some(code) = &header.code_refs {
+            self.out.predictor = Some(Box::new(Predictor::new(code, header.old_len)));
+        }
         match (header.codec, header.layout) {
             (Codec::Stored, Layout::Interleaved) => {}
             (Codec::Zstd, Layout::Interleaved) if header.segment_count > 0 => {
@@ -813,6 +823,7 @@ impl SegmentRunner {
             // region hash); hashing it here too would be wasted.
             hash: None,
             produced: 0,
+            predictor: None,
         };
         let result = self.pump(&mut seg, &mut out, patch);
         self.old_buf = out.old_buf;

@@ -29,6 +29,7 @@ pub mod atomic_file;
 mod error;
 pub mod in_place;
 pub mod inspect;
+mod predicted_old;
 pub mod resumable_file;
 pub mod sink;
 pub mod source;

@@ -22,7 +22,9 @@ fn testdata(pair: &str, which: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// A real firmware pair and a multi-segment patch between them.
+/// A real firmware pair and a multi-segment patch between them. It is an
+/// executable-aware patch (Thumb-2), so every test below also covers the
+/// code extension and the predicted reads.
 fn firmware_patch() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let old = testdata("fw-cortex-m4", "old");
     let new = testdata("fw-cortex-m4", "new");
@@ -37,6 +39,10 @@ fn firmware_patch() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         info.segments.len() >= 3,
         "want several segments, got {}",
         info.segments.len()
+    );
+    assert!(
+        info.header.code_refs.is_some(),
+        "want an executable-aware patch"
     );
     (old, new, patch)
 }
@@ -189,7 +195,8 @@ fn wrong_old_image_is_refused_before_any_output() {
 #[test]
 fn memory_budget_is_enforced_from_the_header_alone() {
     let (old, _, patch) = firmware_patch();
-    let header = inspect(&patch[..]).unwrap().header;
+    let info = inspect(&patch[..]).unwrap();
+    let header = info.header;
     let counted = Counted {
         data: &old,
         reads: Cell::new(0),
@@ -199,7 +206,7 @@ fn memory_budget_is_enforced_from_the_header_alone() {
         ..ApplyOptions::default()
     };
     let mut a = Applier::new(&counted, Vec::new(), opts);
-    let err = a.feed(&patch[..Header::MIN_LEN]).unwrap_err();
+    let err = a.feed(&patch[..info.header_len as usize]).unwrap_err();
     assert!(matches!(err, ApplyError::MemoryBudget { .. }), "{err}");
     assert_eq!(err.class(), ErrorClass::Limits);
     assert_eq!(counted.reads.get(), 0, "old image read despite refusal");
@@ -221,9 +228,45 @@ fn memory_budget_is_enforced_from_the_header_alone() {
 /// Re-seal a header after editing its fields, so field checks (not the header
 /// check) are what is tested.
 fn reseal(patch: &mut [u8]) {
-    let n = Header::MIN_LEN - CHECK_LEN;
+    let len = u32::from_le_bytes([patch[12], patch[13], patch[14], patch[15]]) as usize;
+    let n = len - CHECK_LEN;
     let c = check_of(&patch[..n]);
-    patch[n..Header::MIN_LEN].copy_from_slice(&c);
+    patch[n..len].copy_from_slice(&c);
+}
+
+#[test]
+fn bad_code_extensions_are_refused() {
+    let (old, new, patch) = firmware_patch();
+    // The extension follows the fixed fields: type, length, arch id, map.
+    let at = Header::FIXED_LEN;
+    assert_eq!(
+        u16::from_le_bytes([patch[at], patch[at + 1]]),
+        fwdelta_format::header::EXT_CODE_REFS
+    );
+    let value = at + 4;
+    let cases: [(usize, u8, &str); 3] = [
+        (value, 0, "instruction set"),
+        (value, 9, "instruction set"),
+        (value + 1, 0, "address map"),
+    ];
+    for (offset, byte, expect) in cases {
+        let mut bad = patch.clone();
+        bad[offset] = byte;
+        reseal(&mut bad);
+        let err = run(&old, &bad).unwrap_err();
+        assert!(err.to_string().contains(expect), "{err}");
+        assert_eq!(err.class(), ErrorClass::BadPatch);
+    }
+    // Another valid instruction set is accepted by the parser, but predicts
+    // other bytes: the segment output fails the new image's hash, never
+    // passes as the new image.
+    let mut other = patch.clone();
+    other[value] = fwdelta_format::reference_rewriter::Arch::X86_64.id();
+    reseal(&mut other);
+    match run(&old, &other) {
+        Ok(out) => panic!("accepted; output equal to new: {}", out == new),
+        Err(e) => assert_eq!(e.class(), ErrorClass::BadPatch, "{e}"),
+    }
 }
 
 #[test]
@@ -282,6 +325,7 @@ fn craft(old: &[u8], claimed_new: &[u8], segments: &[(u64, u64, Vec<u8>)]) -> Ve
         segment_count: segments.len() as u32,
         apply_memory: MemoryModel::required(window_log),
         cell_log: None,
+        code_refs: None,
     };
     let mut out = header.encode();
     let mut state = chain::start(&out);

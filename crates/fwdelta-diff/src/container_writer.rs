@@ -6,7 +6,7 @@ use crate::segmenter::SegmentPlan;
 use fwdelta_format::header::{FLAG_IN_PLACE, MIN_WINDOW_LOG};
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::trailer::END_TAG;
-use fwdelta_format::{chain, truncate_check, Codec, Header, Layout, MemoryModel};
+use fwdelta_format::{chain, truncate_check, CodeRefs, Codec, Header, Layout, MemoryModel};
 
 /// What the header says about the two images.
 #[derive(Debug, Clone)]
@@ -23,13 +23,15 @@ pub struct Images {
 
 /// Assemble a patch from encoded segments (`encoded[i]` belongs to
 /// `segments[i]`); with `cell_log`, an in-place patch whose segments are cells
-/// in apply order. The header declares the largest window any segment uses, and
+/// in apply order; with `code_refs`, an executable-aware patch whose diff
+/// bytes apply to the predicted old image. The header declares the largest window any segment uses, and
 /// the memory that window needs. Cost: one pass over the payloads to hash them;
 /// the patch is built in one allocation.
 pub fn write(
     images: &Images,
     codec: Codec,
     cell_log: Option<u8>,
+    code_refs: Option<&CodeRefs>,
     segments: &[SegmentPlan],
     encoded: &[EncodedSegment],
 ) -> Result<Vec<u8>, DiffError> {
@@ -43,7 +45,7 @@ pub fn write(
     let extra = cell_log.map_or(0, |cl| {
         MemoryModel::in_place_extra(cl, segments.len() as u64)
     });
-    let header = Header {
+    let mut header = Header {
         flags: if cell_log.is_some() { FLAG_IN_PLACE } else { 0 },
         old_len: images.old_len,
         old_hash: images.old_hash,
@@ -55,7 +57,12 @@ pub fn write(
         segment_count,
         apply_memory: MemoryModel::required_for(codec, window_log) + extra,
         cell_log,
+        code_refs: code_refs.cloned(),
     };
+    if let Some(code) = code_refs {
+        header.apply_memory +=
+            MemoryModel::code_refs_extra(header.encoded_len() as u64, code.map.runs() as u64);
+    }
     let body: usize = encoded
         .iter()
         .map(|e| e.payload.len() + SegmentHeader::LEN + 16)

@@ -17,6 +17,8 @@
 //! memory cost), the op list (32 bytes per match), the patch itself, and one
 //! zstd compression context per worker thread.
 
+pub mod address_mapper;
+pub mod code_detector;
 pub mod container_writer;
 mod error;
 pub mod in_place_planner;
@@ -27,9 +29,24 @@ pub mod segmenter;
 pub use error::DiffError;
 pub use matcher::Op;
 
-use fwdelta_format::header::{MAX_CELLS, MAX_CELL_LOG, MIN_CELL_LOG, MIN_WINDOW_LOG};
-use fwdelta_format::{Codec, MemoryModel, MAX_IMAGE_LEN};
+use fwdelta_format::header::{
+    MAX_CELLS, MAX_CELL_LOG, MAX_EXTENSION_LEN, MIN_CELL_LOG, MIN_WINDOW_LOG,
+};
+use fwdelta_format::reference_rewriter::{Arch, ReferenceRewriter};
+use fwdelta_format::{CodeRefs, Codec, Header, MemoryModel, MAX_IMAGE_LEN};
 use std::time::{Duration, Instant};
+
+/// Executable-aware diffing (see `fwdelta_format::reference_rewriter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeMode {
+    /// Plain byte-level diff.
+    Off,
+    /// Detect the instruction set ([`code_detector`]); if the old image looks
+    /// like code, also make an executable-aware patch and keep the smaller.
+    Auto,
+    /// Predict references of this instruction set (and keep the smaller patch).
+    Arch(Arch),
+}
 
 /// Generator options.
 #[derive(Debug, Clone)]
@@ -57,6 +74,11 @@ pub struct Options {
     /// after any segment. Default 1 (no constraint). In-place cells are
     /// always aligned to their size.
     pub align: u64,
+    /// Executable-aware diffing. Default [`CodeMode::Auto`]. Whenever an
+    /// executable-aware patch is made, the plain one is made too and the smaller
+    /// is kept, so a wrong guess costs time, never size. In-place patches are
+    /// always plain.
+    pub code: CodeMode,
 }
 
 impl Default for Options {
@@ -67,6 +89,7 @@ impl Default for Options {
             segment_cost: 1 << 20,
             in_place: None,
             align: 1,
+            code: CodeMode::Auto,
         }
     }
 }
@@ -130,6 +153,12 @@ pub struct DiffReport {
     /// Decoder window (log2) declared in the header: the largest any segment
     /// needs, at most the budget's.
     pub window_log: u8,
+    /// The instruction set whose references the patch predicts, and the runs
+    /// of its address map; `None` for a plain patch.
+    pub code: Option<(Arch, usize)>,
+    /// Size of the plain patch, when an executable-aware one was also made
+    /// (whichever is smaller is the patch).
+    pub plain_len: Option<usize>,
     /// Time spent hashing and matching.
     pub match_time: Duration,
     /// Time spent segmenting, compressing and writing.
@@ -143,15 +172,34 @@ pub struct DiffReport {
 pub struct Plan {
     /// Ops covering the new image in order.
     pub ops: Vec<Op>,
+    /// The executable-aware alternative, if one was planned.
+    code: Option<CodePlan>,
     old_hash: [u8; 32],
     new_hash: [u8; 32],
     match_time: Duration,
 }
 
+/// An executable-aware plan: the references to predict, the old image as
+/// predicted, and the matches against it.
+#[derive(Debug, Clone)]
+struct CodePlan {
+    refs: CodeRefs,
+    predicted: Vec<u8>,
+    ops: Vec<Op>,
+}
+
 impl Plan {
-    /// Hash both images and find matches. Cost: the suffix array (5 bytes per
-    /// old byte) and one pass over each image to hash it.
+    /// Hash both images and find matches, plain only. Cost: the suffix array
+    /// (5 bytes per old byte) and one pass over each image to hash it.
     pub fn build(old: &[u8], new: &[u8]) -> Result<Plan, DiffError> {
+        Self::build_with(old, new, CodeMode::Off)
+    }
+
+    /// As [`Self::build`], then, if `code` names or detects an instruction
+    /// set: derive the address map from the plain matches, predict the old
+    /// image through it and match again. Cost of the second part: a copy of
+    /// the old image, one rewrite pass and a second suffix sort and scan.
+    pub fn build_with(old: &[u8], new: &[u8], code: CodeMode) -> Result<Plan, DiffError> {
         for (which, len) in [("old", old.len()), ("new", new.len())] {
             if len as u64 > MAX_IMAGE_LEN {
                 return Err(DiffError::TooLarge {
@@ -165,16 +213,73 @@ impl Plan {
             || rayon::join(|| hash(old), || hash(new)),
             || matcher::find_ops(old, new),
         );
+        let arch = match code {
+            CodeMode::Off => None,
+            CodeMode::Arch(a) => Some(a),
+            CodeMode::Auto => code_detector::detect(old),
+        };
+        let code = arch.and_then(|arch| plan_code(arch, old, new, &ops));
         Ok(Plan {
             ops,
+            code,
             old_hash,
             new_hash,
             match_time: start.elapsed(),
         })
     }
 
-    /// Encode this plan into a patch container.
+    /// Encode this plan into a patch container: the plain patch, and the
+    /// executable-aware one if planned (in parallel), keeping the smaller.
+    /// The executable-aware patch gets the decoder window that fits the
+    /// budget once its map and rewriter are paid for; if none does, only the
+    /// plain patch is made.
     pub fn encode(&self, old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
+        let aware_opts = self.code.as_ref().and_then(|code| {
+            let header_len = Header::MIN_LEN + 4 + code.refs.encode().len();
+            let extra =
+                MemoryModel::code_refs_extra(header_len as u64, code.refs.map.runs() as u64);
+            let o = Options {
+                apply_memory: opts.apply_memory.checked_sub(extra)?,
+                ..opts.clone()
+            };
+            (opts.in_place.is_none() && o.codec().is_ok()).then_some((code, o))
+        });
+        let Some((code, aware_opts)) = aware_opts else {
+            return self.encode_ops(&self.ops, old, old, new, opts, None);
+        };
+        let (plain, aware) = rayon::join(
+            || self.encode_ops(&self.ops, old, old, new, opts, None),
+            || {
+                self.encode_ops(
+                    &code.ops,
+                    old,
+                    &code.predicted,
+                    new,
+                    &aware_opts,
+                    Some(&code.refs),
+                )
+            },
+        );
+        let (plain, mut aware) = (plain?, aware?);
+        if aware.bytes.len() < plain.bytes.len() {
+            aware.report.plain_len = Some(plain.bytes.len());
+            Ok(aware)
+        } else {
+            Ok(plain)
+        }
+    }
+
+    /// Encode `ops`, whose diff bytes apply to `base` (the old image, or the
+    /// old image as `code_refs` predicts it).
+    fn encode_ops(
+        &self,
+        ops: &[Op],
+        old: &[u8],
+        base: &[u8],
+        new: &[u8],
+        opts: &Options,
+        code_refs: Option<&CodeRefs>,
+    ) -> Result<Patch, DiffError> {
         let (codec, max_window_log) = opts.codec()?;
         let start = Instant::now();
         let (segments, forced_literal_bytes) = match opts.in_place {
@@ -185,16 +290,16 @@ impl Plan {
                         "{cells} in-place cells of 2^{cl} bytes: at most {MAX_CELLS}; use a larger scratch"
                     )));
                 }
-                let p = in_place_planner::plan(&self.ops, new.len() as u64, cl);
+                let p = in_place_planner::plan(ops, new.len() as u64, cl);
                 (p.segments, p.forced_literal_bytes)
             }
             None => {
-                let segments = segmenter::split(&self.ops, old, new, opts.segment_cost);
+                let segments = segmenter::split(ops, base, new, opts.segment_cost);
                 (segmenter::align_boundaries(segments, opts.align), 0)
             }
         };
         let encoded =
-            segment_encoder::encode_all(&segments, old, new, codec, opts.level, max_window_log)?;
+            segment_encoder::encode_all(&segments, base, new, codec, opts.level, max_window_log)?;
         let window_log = encoded
             .iter()
             .map(|e| e.window_log)
@@ -209,23 +314,25 @@ impl Plan {
             },
             codec,
             opts.in_place,
+            code_refs,
             &segments,
             &encoded,
         )?;
-        let (diff_bytes, literal_bytes) = self
-            .ops
+        let (diff_bytes, literal_bytes) = ops
             .iter()
             .fold((0, 0), |(d, l), op| (d + op.diff_len, l + op.literal_len));
         Ok(Patch {
             bytes,
             report: DiffReport {
-                ops: self.ops.len(),
+                ops: ops.len(),
                 diff_bytes,
                 literal_bytes,
                 segments: segments.len(),
                 forced_literal_bytes,
                 codec,
                 window_log,
+                code: code_refs.map(|c| (c.arch, c.map.runs())),
+                plain_len: None,
                 match_time: self.match_time,
                 encode_time: start.elapsed(),
             },
@@ -233,11 +340,41 @@ impl Plan {
     }
 }
 
+/// Plan the executable-aware alternative for `arch`: map, predicted old
+/// image, matches against it. `None` when there is nothing to predict (no
+/// moved code, or no reference changes).
+fn plan_code(arch: Arch, old: &[u8], new: &[u8], ops: &[Op]) -> Option<CodePlan> {
+    if old.is_empty() || new.is_empty() {
+        return None;
+    }
+    // One byte of the extension holds the arch id.
+    let map = address_mapper::build_map_fitting(ops, old.len() as u64, MAX_EXTENSION_LEN - 1);
+    if map.is_identity() {
+        return None;
+    }
+    let mut predicted = old.to_vec();
+    ReferenceRewriter::new(arch, map.clone(), old.len() as u64).rewrite_image(&mut predicted);
+    if predicted == old {
+        return None;
+    }
+    let ops = matcher::find_ops(&predicted, new);
+    Some(CodePlan {
+        refs: CodeRefs { arch, map },
+        predicted,
+        ops,
+    })
+}
+
 /// Make a patch turning `old` into `new`. One-shot form of
 /// [`Plan::build`] followed by [`Plan::encode`].
 pub fn diff(old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
     opts.codec()?;
-    Plan::build(old, new)?.encode(old, new, opts)
+    let code = if opts.in_place.is_some() {
+        CodeMode::Off
+    } else {
+        opts.code
+    };
+    Plan::build_with(old, new, code)?.encode(old, new, opts)
 }
 
 fn hash(data: &[u8]) -> [u8; 32] {

@@ -2,8 +2,10 @@
 //! what the applier needs. Parsed in two steps so a streaming reader can learn the
 //! header's length from its first [`Header::PREFIX_LEN`] bytes.
 
+use crate::address_map::AddressMap;
 use crate::error::FormatError;
 use crate::memory::MemoryModel;
+use crate::reference_rewriter::Arch;
 use crate::{check_of, CHECK_LEN, FORMAT_VERSION, HASH_LEN, MAGIC, MAX_IMAGE_LEN};
 
 /// Compression codec of segment payloads.
@@ -81,6 +83,32 @@ pub const KNOWN_FLAGS: u16 = FLAG_IN_PLACE;
 /// size (the applier's scratch buffer).
 pub const EXT_IN_PLACE: u16 = 0x8001;
 
+/// Critical header extension of executable-aware patches: the instruction set
+/// (one byte, [`Arch::id`]) and the [`AddressMap`] wire form. The applier reads
+/// the old image through a [`crate::reference_rewriter::ReferenceRewriter`].
+pub const EXT_CODE_REFS: u16 = 0x8002;
+
+/// Longest extension value (its length is a `u16`).
+pub const MAX_EXTENSION_LEN: usize = u16::MAX as usize;
+
+/// What an executable-aware patch predicts: the instruction set and the map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRefs {
+    /// Instruction set whose references are rewritten.
+    pub arch: Arch,
+    /// Where old offsets are expected in the new image.
+    pub map: AddressMap,
+}
+
+impl CodeRefs {
+    /// The extension value: arch id, then the map.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![self.arch.id()];
+        self.map.encode(&mut v);
+        v
+    }
+}
+
 /// Smallest in-place cell (log2): 4 KiB, a common flash page/sector size.
 pub const MIN_CELL_LOG: u8 = 12;
 /// Largest in-place cell (log2): 16 MiB.
@@ -120,6 +148,8 @@ pub struct Header {
     pub apply_memory: u64,
     /// For in-place patches, log2 of the cell size; `None` otherwise.
     pub cell_log: Option<u8>,
+    /// For executable-aware patches, the references the applier predicts.
+    pub code_refs: Option<CodeRefs>,
 }
 
 impl Header {
@@ -129,11 +159,14 @@ impl Header {
     pub const FIXED_LEN: usize = 112;
     /// Length of a header with no extensions (fixed fields and the check).
     pub const MIN_LEN: usize = Self::FIXED_LEN + CHECK_LEN;
-    /// Longest header accepted (bounds the buffer a streaming parser needs).
-    pub const MAX_LEN: usize = 4096;
+    /// Longest header accepted (bounds the buffer a streaming parser needs):
+    /// 4 KiB plus one maximal extension (an executable-aware patch's map).
+    pub const MAX_LEN: usize = 4096 + 4 + MAX_EXTENSION_LEN;
 
-    /// Serialise to bytes (with the in-place extension when `cell_log` is set).
-    /// Cost: one small allocation.
+    /// Serialise to bytes (with the in-place extension when `cell_log` is set
+    /// and the code extension when `code_refs` is). Cost: one allocation.
+    /// Panics if the code extension exceeds [`MAX_EXTENSION_LEN`]; writers
+    /// size the map to fit (see `fwdelta-diff`'s address mapper).
     pub fn encode(&self) -> Vec<u8> {
         let len = self.encoded_len();
         let mut b = Vec::with_capacity(len);
@@ -156,6 +189,13 @@ impl Header {
             b.extend_from_slice(&EXT_IN_PLACE.to_le_bytes());
             b.extend_from_slice(&1u16.to_le_bytes());
             b.push(cell_log);
+        }
+        if let Some(code) = &self.code_refs {
+            let v = code.encode();
+            assert!(v.len() <= MAX_EXTENSION_LEN, "code extension too long");
+            b.extend_from_slice(&EXT_CODE_REFS.to_le_bytes());
+            b.extend_from_slice(&(v.len() as u16).to_le_bytes());
+            b.extend_from_slice(&v);
         }
         let check = check_of(&b);
         b.extend_from_slice(&check);
@@ -252,7 +292,13 @@ impl Header {
                 detail: format!("{segment_count} segments cannot produce {new_len} bytes"),
             });
         }
-        let cell_log = check_extensions(&body[Self::FIXED_LEN..])?;
+        let (cell_log, code_refs) = check_extensions(&body[Self::FIXED_LEN..], old_len)?;
+        if cell_log.is_some() && code_refs.is_some() {
+            return Err(FormatError::BadField {
+                field: "extensions",
+                detail: "an in-place patch cannot carry code references".into(),
+            });
+        }
         if cell_log.is_some() != (flags & FLAG_IN_PLACE != 0) {
             return Err(FormatError::BadField {
                 field: "flags",
@@ -271,8 +317,11 @@ impl Header {
                 });
             }
         }
-        let needed =
-            MemoryModel::required_for(codec, window_log) + cell_log.map_or(0, |cl| 1u64 << cl);
+        let needed = MemoryModel::required_for(codec, window_log)
+            + cell_log.map_or(0, |cl| 1u64 << cl)
+            + code_refs.as_ref().map_or(0, |c| {
+                MemoryModel::code_refs_extra(len as u64, c.map.runs() as u64)
+            });
         if apply_memory < needed {
             return Err(FormatError::BadField {
                 field: "apply_memory",
@@ -294,12 +343,15 @@ impl Header {
             segment_count,
             apply_memory,
             cell_log,
+            code_refs,
         })
     }
 
     /// Length this header occupies when encoded by [`Self::encode`].
     pub fn encoded_len(&self) -> usize {
-        Self::MIN_LEN + if self.cell_log.is_some() { 5 } else { 0 }
+        Self::MIN_LEN
+            + if self.cell_log.is_some() { 5 } else { 0 }
+            + self.code_refs.as_ref().map_or(0, |c| 4 + c.encode().len())
     }
 
     /// Cell size of an in-place patch.
@@ -310,9 +362,15 @@ impl Header {
 
 /// Walk the extension area: entries of (type u16, length u16, value). Types with
 /// the high bit set are critical and refused when unknown; others are skipped.
-/// Returns the in-place cell size (log2) if [`EXT_IN_PLACE`] is present.
-fn check_extensions(mut area: &[u8]) -> Result<Option<u8>, FormatError> {
+/// Returns the in-place cell size (log2) if [`EXT_IN_PLACE`] is present, and
+/// the code references if [`EXT_CODE_REFS`] is (its map validated against an
+/// old image of `old_len` bytes).
+fn check_extensions(
+    mut area: &[u8],
+    old_len: u64,
+) -> Result<(Option<u8>, Option<CodeRefs>), FormatError> {
     let mut cell_log = None;
+    let mut code_refs = None;
     while !area.is_empty() {
         if area.len() < 4 {
             return Err(FormatError::BadField {
@@ -340,12 +398,24 @@ fn check_extensions(mut area: &[u8]) -> Result<Option<u8>, FormatError> {
                 }
                 cell_log = Some(value[0]);
             }
+            EXT_CODE_REFS => {
+                if code_refs.is_some() || value.is_empty() {
+                    return Err(FormatError::BadField {
+                        field: "code extension",
+                        detail: "must appear once, with an instruction set".into(),
+                    });
+                }
+                code_refs = Some(CodeRefs {
+                    arch: Arch::from_id(value[0])?,
+                    map: AddressMap::decode(&value[1..], old_len)?,
+                });
+            }
             t if t & 0x8000 != 0 => return Err(FormatError::UnknownCriticalExtension(t)),
             _ => {}
         }
         area = &area[4 + len..];
     }
-    Ok(cell_log)
+    Ok((cell_log, code_refs))
 }
 
 /// Little-endian field reader over a buffer whose length was already checked.
@@ -392,6 +462,7 @@ mod tests {
             segment_count: 3,
             apply_memory: MemoryModel::required(19),
             cell_log: None,
+            code_refs: None,
         }
     }
 
@@ -541,20 +612,95 @@ mod tests {
 
     #[test]
     fn refuses_bad_header_length() {
-        let b = with_field(12, &8000u32.to_le_bytes());
-        assert_eq!(reparse(&b), Err(FormatError::BadHeaderLength(8000)));
+        let b = with_field(12, &100_000u32.to_le_bytes());
+        assert_eq!(reparse(&b), Err(FormatError::BadHeaderLength(100_000)));
+    }
+
+    fn with_code() -> Header {
+        let map = AddressMap::from_runs(&[(0, 0), (400, 16)], 1000).unwrap();
+        let mut h = sample();
+        h.code_refs = Some(CodeRefs {
+            arch: Arch::Thumb2,
+            map,
+        });
+        h.apply_memory += MemoryModel::code_refs_extra(h.encoded_len() as u64, 2);
+        h
+    }
+
+    #[test]
+    fn code_refs_round_trip_and_are_checked() {
+        let h = with_code();
+        let b = h.encode();
+        assert_eq!(b.len(), h.encoded_len());
+        assert_eq!(Header::parse(&b), Ok(h.clone()));
+
+        // the claim must cover the map and the rewriter
+        let mut cheap = h.clone();
+        cheap.apply_memory = MemoryModel::required(19);
+        assert!(matches!(
+            Header::parse(&cheap.encode()),
+            Err(FormatError::BadField {
+                field: "apply_memory",
+                ..
+            })
+        ));
+
+        // never together with in-place cells
+        let mut both = h.clone();
+        both.flags = FLAG_IN_PLACE;
+        both.cell_log = Some(12);
+        both.new_len = 4096 * 3;
+        both.apply_memory += 1 << 20;
+        assert!(matches!(
+            Header::parse(&both.encode()),
+            Err(FormatError::BadField {
+                field: "extensions",
+                ..
+            })
+        ));
+
+        // a map run past the old image
+        let mut short = h.clone();
+        short.old_len = 300;
+        assert!(matches!(
+            Header::parse(&short.encode()),
+            Err(FormatError::BadField {
+                field: "address map",
+                ..
+            })
+        ));
+
+        // twice
+        let mut b = h.encode();
+        let ext_len = b.len() - Header::MIN_LEN;
+        let ext = b[Header::FIXED_LEN..Header::FIXED_LEN + ext_len].to_vec();
+        b.truncate(b.len() - CHECK_LEN);
+        b.extend_from_slice(&ext);
+        let len = (b.len() + CHECK_LEN) as u32;
+        b[12..16].copy_from_slice(&len.to_le_bytes());
+        let c = check_of(&b);
+        b.extend_from_slice(&c);
+        assert!(matches!(
+            Header::parse(&b),
+            Err(FormatError::BadField {
+                field: "code extension",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn extensions_skip_unknown_and_refuse_critical() {
-        assert_eq!(check_extensions(&[0x01, 0x00, 2, 0, 9, 9]), Ok(None));
-        assert_eq!(check_extensions(&[0x01, 0x80, 1, 0, 14]), Ok(Some(14)));
-        assert!(check_extensions(&[0x01, 0x80, 1, 0, 14, 0x01, 0x80, 1, 0, 14]).is_err());
+        let ext = |b: &[u8]| check_extensions(b, 1000);
+        assert_eq!(ext(&[0x01, 0x00, 2, 0, 9, 9]), Ok((None, None)));
+        assert_eq!(ext(&[0x01, 0x80, 1, 0, 14]), Ok((Some(14), None)));
+        assert!(ext(&[0x01, 0x80, 1, 0, 14, 0x01, 0x80, 1, 0, 14]).is_err());
         assert_eq!(
-            check_extensions(&[0x02, 0x80, 0, 0]),
-            Err(FormatError::UnknownCriticalExtension(0x8002))
+            ext(&[0x03, 0x80, 0, 0]),
+            Err(FormatError::UnknownCriticalExtension(0x8003))
         );
-        assert!(check_extensions(&[0x01, 0x00, 9, 0, 1]).is_err());
-        assert!(check_extensions(&[0x01]).is_err());
+        assert!(ext(&[0x02, 0x80, 0, 0]).is_err());
+        assert!(ext(&[0x01, 0x00, 9, 0, 1]).is_err());
+        assert!(ext(&[0x01]).is_err());
     }
 }

@@ -15,19 +15,21 @@
 //! Trailer: 'E' + 32-byte hash closing the chain over header and segments
 //! ```
 
+pub mod address_map;
 pub mod chain;
 pub mod checkpoint;
 pub mod error;
 pub mod header;
 pub mod memory;
 pub mod record;
+pub mod reference_rewriter;
 pub mod segment;
 pub mod trailer;
 pub mod varint;
 
 pub use checkpoint::{Checkpoint, InPlaceCheckpoint};
 pub use error::FormatError;
-pub use header::{Codec, Header, Layout};
+pub use header::{CodeRefs, Codec, Header, Layout};
 pub use memory::MemoryModel;
 pub use record::Record;
 pub use segment::SegmentHeader;

@@ -49,6 +49,14 @@ impl MemoryModel {
         (1u64 << cell_log) + 8 * cells
     }
 
+    /// Extra bytes an executable-aware applier needs: the header it keeps
+    /// (`header_len`, which holds the map's wire form), the decoded map (16
+    /// bytes per run), and the rewriter's window and scratch (a 16 KiB read
+    /// with its context, and one byte per position of it).
+    pub fn code_refs_extra(header_len: u64, runs: u64) -> u64 {
+        header_len + 16 * runs + 2 * (16 * 1024 + 64)
+    }
+
     /// The largest zstd window whose [`Self::required`] fits `budget`, or
     /// `None` if even the smallest window does not.
     pub fn window_log_for_budget(budget: u64) -> Option<u8> {

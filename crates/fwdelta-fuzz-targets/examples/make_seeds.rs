@@ -49,6 +49,7 @@ fn main() {
                 apply_memory: mem,
                 in_place: None,
                 align: 1,
+                code: fwdelta_diff::CodeMode::Auto,
             };
             let p = diff(OLD, new, &opts).expect("diff").bytes;
             patches.push((format!("{name}-{tag}"), p));

@@ -253,6 +253,7 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         segment_count: streams.len() as u32,
         apply_memory: MemoryModel::required_for(codec, window_log),
         cell_log: None,
+        code_refs: None,
     };
     let mut patch = header.encode();
     let mut state = chain::start(&patch);

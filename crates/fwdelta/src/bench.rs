@@ -37,6 +37,8 @@ struct Row {
     patch_len: u64,
     single_segment_len: u64,
     segments: usize,
+    /// Instruction set of an executable-aware patch, `None` for a plain one.
+    code: Option<&'static str>,
     zstd_len: u64,
     diff_time: Duration,
     apply_time: Duration,
@@ -77,6 +79,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             patch_len: 0,
             single_segment_len: 0,
             segments: 0,
+            code: None,
             zstd_len: 0,
             diff_time: Duration::ZERO,
             apply_time: Duration::ZERO,
@@ -135,7 +138,7 @@ fn bench_pair(name: &str, dir: &Path, work: &Path, opts: &Options) -> Result<Row
     let new = Image::open(&new_path)?;
 
     let start = Instant::now();
-    let plan = Plan::build(&old, &new)?;
+    let plan = Plan::build_with(&old, &new, opts.code)?;
     let patch = plan.encode(&old, &new, opts)?;
     let diff_time = start.elapsed();
     let single = plan.encode(
@@ -167,6 +170,7 @@ fn bench_pair(name: &str, dir: &Path, work: &Path, opts: &Options) -> Result<Row
         patch_len: patch.bytes.len() as u64,
         single_segment_len: single.bytes.len() as u64,
         segments: patch.report.segments,
+        code: patch.report.code.map(|(a, _)| a.name()),
         zstd_len,
         diff_time,
         apply_time,
@@ -226,16 +230,16 @@ fn print_table(rows: &[Row], opts: &Options) {
         human(opts.segment_cost)
     );
     println!(
-        "| pair | old | new | patch | % of new | zstd -19 of new | patch / zstd | segments | segment cost | diff s | apply s | apply peak heap | apply peak RSS |"
+        "| pair | old | new | patch | % of new | zstd -19 of new | patch / zstd | segments | code | segment cost | diff s | apply s | apply peak heap | apply peak RSS |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
     for r in rows {
         if let Some(e) = &r.error {
-            println!("| {} | FAILED: {e} | | | | | | | | | | | |", r.name);
+            println!("| {} | FAILED: {e} | | | | | | | | | | | | |", r.name);
             continue;
         }
         println!(
-            "| {} | {} | {} | {} | {:.3}% | {} | {} | {} | {:+.2}% | {:.3} | {:.3} | {} | {} |",
+            "| {} | {} | {} | {} | {:.3}% | {} | {} | {} | {} | {:+.2}% | {:.3} | {:.3} | {} | {} |",
             r.name,
             r.old_len,
             r.new_len,
@@ -244,6 +248,7 @@ fn print_table(rows: &[Row], opts: &Options) {
             r.zstd_len,
             ratio(r.patch_len, r.zstd_len),
             r.segments,
+            r.code.unwrap_or("-"),
             r.segment_cost_pct(),
             r.diff_time.as_secs_f64(),
             r.apply_time.as_secs_f64(),
@@ -261,7 +266,7 @@ fn print_table(rows: &[Row], opts: &Options) {
         )
     });
     println!(
-        "| total | | {new} | {patch} | {:.3}% | {zstd} | {} | | {:+.2}% | | | | |",
+        "| total | | {new} | {patch} | {:.3}% | {zstd} | {} | | | {:+.2}% | | | | |",
         if new == 0 {
             0.0
         } else {
@@ -295,6 +300,7 @@ fn print_json(rows: &[Row], opts: &Options) -> Result<()> {
                 "single_segment_patch_len": r.single_segment_len,
                 "segment_cost_pct": r.segment_cost_pct(),
                 "segments": r.segments,
+                "code": r.code,
                 "zstd19_new_len": r.zstd_len,
                 "diff_seconds": r.diff_time.as_secs_f64(),
                 "apply_seconds": r.apply_time.as_secs_f64(),

@@ -16,7 +16,8 @@ use clap::{Args, Parser, Subcommand};
 use fwdelta_apply::{
     Applier, ApplyError, ApplyOptions, AtomicFile, ErrorClass, FileImage, ResumableFile,
 };
-use fwdelta_diff::{DiffError, Options};
+use fwdelta_diff::{CodeMode, DiffError, Options};
+use fwdelta_format::reference_rewriter::Arch;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -80,6 +81,25 @@ pub struct GenArgs {
     /// Worker threads (default: all cores).
     #[arg(long, short = 'j')]
     threads: Option<usize>,
+    /// Executable-aware diffing: predict the branch, call and literal
+    /// references of this instruction set (auto, none, aarch64, arm32, thumb2,
+    /// x86-64). `auto` reads the ELF header or scores the image's call density.
+    /// The plain patch is made too and the smaller one kept.
+    #[arg(long, default_value = "auto", value_parser = parse_code_mode)]
+    arch: CodeMode,
+}
+
+/// Parse `--arch`.
+fn parse_code_mode(s: &str) -> Result<CodeMode, String> {
+    match s {
+        "auto" => Ok(CodeMode::Auto),
+        "none" => Ok(CodeMode::Off),
+        _ => Arch::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .map(CodeMode::Arch)
+            .ok_or_else(|| "expected auto, none, aarch64, arm32, thumb2 or x86-64".to_string()),
+    }
 }
 
 impl GenArgs {
@@ -90,6 +110,7 @@ impl GenArgs {
             segment_cost: self.segment_size,
             in_place: None,
             align: self.align.max(1),
+            code: self.arch,
         }
     }
 
@@ -215,6 +236,10 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
             "--scratch must be a power of two, not {scratch}"
         );
         opts.in_place = Some(scratch.trailing_zeros() as u8);
+        anyhow::ensure!(
+            !matches!(opts.code, CodeMode::Arch(_)),
+            "--arch cannot be combined with --in-place (in-place patches are plain)"
+        );
     }
     let start = Instant::now();
     let patch = a
@@ -239,6 +264,12 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
             patch.report.window_log,
             elapsed.as_secs_f64()
         );
+        if let (Some((arch, runs)), Some(plain)) = (patch.report.code, patch.report.plain_len) {
+            eprintln!(
+                "  executable-aware ({}, {runs}-run address map); the plain patch was {plain} bytes",
+                arch.name()
+            );
+        }
         if a.in_place {
             eprintln!(
                 "  in place: {} new bytes carried as literals because their old bytes are overwritten first",
@@ -406,6 +437,10 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
             "window_log": h.window_log,
             "layout": h.layout.name(),
             "apply_memory": h.apply_memory,
+            "code": h.code_refs.as_ref().map(|c| serde_json::json!({
+                "arch": c.arch.name(), "map_runs": c.map.runs(),
+            })),
+            "in_place_cell_log": h.cell_log,
             "segments": segments,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
@@ -443,6 +478,14 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
         h.apply_memory,
         size::human(h.apply_memory)
     )?;
+    if let Some(c) = &h.code_refs {
+        writeln!(
+            out,
+            "  code          {} references predicted through a {}-run address map",
+            c.arch.name(),
+            c.map.runs()
+        )?;
+    }
     writeln!(
         out,
         "  body          segments: {}, after a {}-byte header",

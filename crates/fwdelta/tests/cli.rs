@@ -143,6 +143,10 @@ impl Fixture {
             OsStr::new("-o"),
             patch.as_os_str(),
             OsStr::new("-q"),
+            // plain, so the header has the fixed length the byte-level
+            // refusal tests below poke at (round trips cover --arch auto)
+            OsStr::new("--arch"),
+            OsStr::new("none"),
         ])
         .assert_ok();
         let out_dir = dir.path().join("out");
@@ -289,6 +293,49 @@ fn round_trip_cortex_m4() {
 #[test]
 fn round_trip_x86_64() {
     round_trip("fw-x86-64");
+}
+
+#[test]
+fn executable_aware_diff_is_reported_and_checked() {
+    let fx = Fixture::new("fw-x86-64");
+    let patch = fx.dir.path().join("aware.fwd");
+    let diff = |extra: &[&str]| {
+        let mut args = vec![
+            OsStr::new("diff"),
+            fx.old.as_os_str(),
+            fx.new.as_os_str(),
+            OsStr::new("-o"),
+            patch.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        fwdelta(args)
+    };
+    let run = diff(&["--arch", "x86-64"]);
+    run.assert_ok();
+    assert!(
+        run.stderr.contains("executable-aware (x86-64"),
+        "{}",
+        run.describe()
+    );
+    let aware = fs::read(&patch).unwrap();
+    assert!(
+        aware.len() < fx.patch_bytes().len(),
+        "not smaller than plain"
+    );
+    assert_eq!(info_json(&patch)["code"]["arch"], "x86-64");
+    let run = fx.apply_with(&fx.old, &aware, &[]);
+    run.assert_ok();
+    assert_eq!(fs::read(fx.out()).unwrap(), fs::read(&fx.new).unwrap());
+
+    // clap's own usage message (several lines), exit 2
+    let run = diff(&["--arch", "sparc"]);
+    assert_eq!(run.code, 2, "{}", run.describe());
+    assert!(
+        run.stderr.contains("expected auto, none"),
+        "{}",
+        run.describe()
+    );
+    diff(&["--arch", "x86-64", "--in-place"]).assert_error(1, &["--in-place"]);
 }
 
 // ----------------------------------------------------------- apply refusals
