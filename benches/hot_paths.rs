@@ -1,9 +1,11 @@
-//! Criterion benchmarks: match finding, segment encoding, apply.
+//! Criterion benchmarks: suffix sorting, match finding (sort + scan), the
+//! reference rewriter, segment encoding, apply.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fwdelta_apply::{apply, ApplyOptions};
 use fwdelta_benches::{synthetic_pair, testdata};
-use fwdelta_diff::{diff, matcher, Options, Plan};
+use fwdelta_diff::{address_mapper, diff, matcher, Options, Plan};
+use fwdelta_format::reference_rewriter::{Arch, ReferenceRewriter};
 
 fn inputs() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
     let (old, new) = synthetic_pair(4 << 20);
@@ -20,6 +22,39 @@ fn inputs() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
 fn bench(c: &mut Criterion) {
     let inputs = inputs();
     let opts = Options::default();
+
+    let mut g = c.benchmark_group("suffix_sort");
+    g.sample_size(10);
+    for (name, old, _) in &inputs {
+        g.throughput(Throughput::Bytes(old.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(name), old, |b, o| {
+            b.iter(|| {
+                let mut sa = vec![0i32; o.len()];
+                divsufsort::sort_in_place(o, &mut sa);
+                sa
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("predict_old");
+    g.sample_size(10);
+    for (name, old, new) in &inputs {
+        let ops = matcher::find_ops(old, new);
+        let map = address_mapper::build_map(&ops, old.len() as u64, 4096);
+        for arch in [Arch::Thumb2, Arch::X86_64] {
+            g.throughput(Throughput::Bytes(old.len() as u64));
+            g.bench_with_input(BenchmarkId::new(arch.name(), name), &map, |b, map| {
+                b.iter(|| {
+                    let mut img = old.clone();
+                    ReferenceRewriter::new(arch, map.clone(), old.len() as u64)
+                        .rewrite_image(&mut img);
+                    img
+                })
+            });
+        }
+    }
+    g.finish();
 
     let mut g = c.benchmark_group("match");
     g.sample_size(10);
