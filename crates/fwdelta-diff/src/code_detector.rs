@@ -8,7 +8,7 @@
 //! few dozen bytes; in data, such a pattern with an in-range target is rare
 //! (well under 0.1% of positions for images up to tens of MB).
 
-use fwdelta_format::reference_rewriter::Arch;
+use fwdelta_format::reference_rewriter::{call_target, Arch};
 
 /// Call density (calls per aligned position) above which an image counts as
 /// code of that instruction set.
@@ -53,61 +53,18 @@ fn elf_machine(b: &[u8]) -> Option<Arch> {
     }
 }
 
-/// Calls with in-image targets per aligned position.
+/// Calls with in-image targets per aligned position. Cost: one pass.
 pub fn call_density(arch: Arch, b: &[u8]) -> f64 {
-    let len = b.len() as i64;
-    let in_range = |t: i64| (0..len).contains(&t);
-    let mut calls = 0u64;
-    let positions;
-    match arch {
-        Arch::X86_64 => {
-            positions = b.len();
-            for (p, w) in b.windows(5).enumerate() {
-                if w[0] == 0xE8 {
-                    let d = i32::from_le_bytes([w[1], w[2], w[3], w[4]]);
-                    calls += u64::from(in_range(p as i64 + 5 + i64::from(d)));
-                }
-            }
-        }
-        Arch::Aarch64 | Arch::Arm32 => {
-            positions = b.len() / 4;
-            for (i, w) in b.chunks_exact(4).enumerate() {
-                let w = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                let p = 4 * i as i64;
-                let t = if arch == Arch::Aarch64 {
-                    (w & 0xFC00_0000 == 0x9400_0000)
-                        .then(|| p + 4 * ((((w & 0x03FF_FFFF) << 6) as i32) >> 6) as i64)
-                } else {
-                    (w & 0xFF00_0000 == 0xEB00_0000)
-                        .then(|| p + 8 + 4 * ((((w & 0x00FF_FFFF) << 8) as i32) >> 8) as i64)
-                };
-                calls += u64::from(t.is_some_and(in_range));
-            }
-        }
-        Arch::Thumb2 => {
-            positions = b.len() / 2;
-            for (i, w) in b.chunks_exact(2).collect::<Vec<_>>().windows(2).enumerate() {
-                let (h1, h2) = (
-                    u16::from_le_bytes([w[0][0], w[0][1]]),
-                    u16::from_le_bytes([w[1][0], w[1][1]]),
-                );
-                if h1 & 0xF800 == 0xF000 && h2 & 0xD000 == 0xD000 {
-                    let s = u32::from(h1 >> 10) & 1;
-                    let i1 = !((u32::from(h2) >> 13) & 1 ^ s) & 1;
-                    let i2 = !((u32::from(h2) >> 11) & 1 ^ s) & 1;
-                    let v = (s << 23)
-                        | (i1 << 22)
-                        | (i2 << 21)
-                        | ((u32::from(h1) & 0x3FF) << 11)
-                        | (u32::from(h2) & 0x7FF);
-                    let off = (((v << 8) as i32) >> 8) as i64 * 2;
-                    calls += u64::from(in_range(2 * i as i64 + 4 + off));
-                }
-            }
-        }
-    }
+    let align = arch.align() as usize;
+    let positions = b.len() / align;
     if positions == 0 {
         return 0.0;
     }
+    let calls = (0..b.len())
+        .step_by(align)
+        .filter(|&p| {
+            call_target(arch, &b[p..], p as u64).is_some_and(|t| (0..b.len() as i64).contains(&t))
+        })
+        .count();
     calls as f64 / positions as f64
 }

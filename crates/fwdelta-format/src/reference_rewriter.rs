@@ -81,7 +81,7 @@ impl Arch {
     }
 
     /// Alignment of the positions a reference may start at.
-    fn align(self) -> u64 {
+    pub fn align(self) -> u64 {
         match self {
             Arch::Aarch64 | Arch::Arm32 => 4,
             Arch::Thumb2 => 2,
@@ -253,6 +253,21 @@ fn target_of(r: Ref, p: u64, b: &[u8]) -> i64 {
             p + r.len as i64 + i64::from(d)
         }
     }
+}
+
+/// If a call instruction starts at `b` (old offset `p`), its target: x86 CALL
+/// rel32, A64 BL, A32 BL (condition "always"), T32 BL. The instruction-set
+/// detector counts these; `b` shorter than the instruction matches nothing.
+pub fn call_target(arch: Arch, b: &[u8], p: u64) -> Option<i64> {
+    let r = recognise(arch, b)?;
+    let is_call = match r.kind {
+        Kind::A64 { shift: 0, .. } => word(b) & 0xFC00_0000 == 0x9400_0000,
+        Kind::A32Branch => word(b) >> 24 == 0xEB,
+        Kind::T32Branch => half(b, 2) & 0xD000 == 0xD000,
+        Kind::X86Rel { .. } => b[0] == 0xE8,
+        _ => false,
+    };
+    is_call.then(|| target_of(r, p, b))
 }
 
 /// Write reference `r` (bytes `b`, instruction now expected at `np`) so it
