@@ -235,7 +235,7 @@ impl Plan {
     /// plain patch is made.
     pub fn encode(&self, old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
         let aware_opts = self.code.as_ref().and_then(|code| {
-            let header_len = Header::MIN_LEN + 4 + code.refs.encode().len();
+            let header_len = Header::MIN_LEN + code.refs.extension_len();
             let extra =
                 MemoryModel::code_refs_extra(header_len as u64, code.refs.map.runs() as u64);
             let o = Options {

@@ -107,6 +107,11 @@ impl CodeRefs {
         self.map.encode(&mut v);
         v
     }
+
+    /// Bytes the extension entry takes in a header: type, length, value.
+    pub fn extension_len(&self) -> usize {
+        4 + self.encode().len()
+    }
 }
 
 /// Smallest in-place cell (log2): 4 KiB, a common flash page/sector size.
@@ -351,7 +356,7 @@ impl Header {
     pub fn encoded_len(&self) -> usize {
         Self::MIN_LEN
             + if self.cell_log.is_some() { 5 } else { 0 }
-            + self.code_refs.as_ref().map_or(0, |c| 4 + c.encode().len())
+            + self.code_refs.as_ref().map_or(0, CodeRefs::extension_len)
     }
 
     /// Cell size of an in-place patch.
