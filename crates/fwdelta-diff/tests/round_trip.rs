@@ -315,6 +315,15 @@ fn program(arch: fwdelta_format::reference_rewriter::Arch, insert: usize) -> Vec
     img
 }
 
+/// The plain (not executable-aware) patch for a pair.
+fn plain_diff(old: &[u8], new: &[u8]) -> fwdelta_diff::Patch {
+    let opts = Options {
+        code: fwdelta_diff::CodeMode::Off,
+        ..Options::default()
+    };
+    diff(old, new, &opts).unwrap()
+}
+
 #[test]
 fn executable_aware_patches_predict_moved_calls() {
     use fwdelta_diff::CodeMode;
@@ -322,15 +331,7 @@ fn executable_aware_patches_predict_moved_calls() {
     for arch in [Arch::X86_64, Arch::Aarch64] {
         let old = program(arch, 0);
         let new = program(arch, 1024);
-        let plain = diff(
-            &old,
-            &new,
-            &Options {
-                code: CodeMode::Off,
-                ..Options::default()
-            },
-        )
-        .unwrap();
+        let plain = plain_diff(&old, &new);
         assert!(plain.report.code.is_none());
         let opts = Options {
             code: CodeMode::Arch(arch),
@@ -362,20 +363,12 @@ fn executable_aware_mode_never_makes_a_larger_patch() {
     let old = noise(5, 50_000);
     let mut new = old.clone();
     new.splice(20_000..20_000, noise(6, 300));
+    let plain = plain_diff(&old, &new);
     for arch in Arch::ALL {
         let opts = Options {
             code: CodeMode::Arch(arch),
             ..Options::default()
         };
-        let plain = diff(
-            &old,
-            &new,
-            &Options {
-                code: CodeMode::Off,
-                ..Options::default()
-            },
-        )
-        .unwrap();
         let patch = round_trip(&old, &new, &opts);
         assert!(patch.len() <= plain.bytes.len(), "{arch:?}");
     }
