@@ -16,7 +16,6 @@ use crate::BUFFER_LEN;
 use fwdelta_format::header::Header;
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};
 use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::trailer::{END_TAG, TRAILER_LEN};
 use fwdelta_format::{
     chain, truncate_check, Checkpoint, Codec, FormatError, Layout, CHECK_LEN, HASH_LEN,
     MAX_IMAGE_LEN,
@@ -82,9 +81,10 @@ struct Segment {
 }
 
 impl Segment {
-    /// State for decoding segment `head`, whose header bytes are `head_bytes`.
-    fn new(head: SegmentHeader, head_bytes: &[u8]) -> Segment {
-        let mut check = blake3::Hasher::new();
+    /// State for decoding segment `head`, whose header bytes are `head_bytes`,
+    /// of the patch whose header hashes to `header_hash`.
+    fn new(head: SegmentHeader, head_bytes: &[u8], header_hash: &[u8; HASH_LEN]) -> Segment {
+        let mut check = chain::segment_hasher(header_hash, head.index);
         check.update(head_bytes);
         Segment {
             head,
@@ -128,7 +128,6 @@ enum Stage {
     SegmentHead,
     Payload(Box<Segment>),
     SegmentCheck(Box<Segment>),
-    Trailer,
     Done,
     Failed,
 }
@@ -423,7 +422,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         a.received = checkpoint.patch_offset;
         a.next_index = checkpoint.next_segment;
         a.header = Some(header);
-        a.next_part();
+        a.next_part()?;
         Ok(a)
     }
 
@@ -455,8 +454,9 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         result
     }
 
-    /// Declare the patch complete. Succeeds only if the trailer was read and
-    /// every check passed; returns the report and the sink.
+    /// Declare the patch complete. Succeeds only if every segment the header
+    /// announced was read and every check passed; returns the report and the
+    /// sink.
     pub fn finish(self) -> Result<(ApplyReport, S), ApplyError> {
         let stage = match &self.stage {
             Stage::Done => {
@@ -478,7 +478,6 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             Stage::SegmentHead => format!("inside the header of segment {}", self.next_index),
             Stage::Payload(seg) => format!("inside segment {}", seg.head.index),
             Stage::SegmentCheck(seg) => format!("inside the check of segment {}", seg.head.index),
-            Stage::Trailer => "before its trailer is complete".to_string(),
         };
         Err(ApplyError::Truncated {
             stage,
@@ -510,7 +509,8 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         Ok(())
     }
 
-    /// A fixed-size part (`acc`) is complete: act on it.
+    /// A part (`acc`) is complete, or (segment headers, whose length is only
+    /// known once their varints end) one byte longer: act on it.
     fn complete_part(&mut self) -> Result<(), ApplyError> {
         match std::mem::replace(&mut self.stage, Stage::Failed) {
             Stage::Prefix => {
@@ -525,25 +525,30 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 self.chain = self.header_hash;
                 self.accept_header(&header)?;
                 self.header = Some(header);
-                self.next_part();
+                self.next_part()?;
             }
             Stage::SegmentHead => {
                 let header = self.header.as_ref().ok_or(ApplyError::Poisoned)?;
-                let mut b = [0u8; SegmentHeader::LEN];
-                b.copy_from_slice(&self.acc);
-                if b[0] == END_TAG {
-                    return Err(FormatError::BadTag {
-                        expected: "segment",
-                        found: b[0],
+                let complete = SegmentHeader::complete_len(&self.acc).map_err(|_| {
+                    FormatError::BadSegment {
+                        index: self.next_index,
+                        detail: "malformed header".into(),
                     }
-                    .into());
+                })?;
+                if complete.is_none() {
+                    // A varint is still open: take one more byte.
+                    self.want += 1;
+                    self.stage = Stage::SegmentHead;
+                    return Ok(());
                 }
-                let head = SegmentHeader::parse(&b, header, self.next_index, self.out.produced)?;
+                let head =
+                    SegmentHeader::parse(&self.acc, header, self.next_index, self.out.produced)?;
                 if let Some(dec) = self.decoder.as_mut() {
                     dec.reinit()
                         .map_err(|e| ApplyError::Decoder(format!("reset failed: {e}")))?;
                 }
-                self.stage = Stage::Payload(Box::new(Segment::new(head, &b)));
+                self.stage =
+                    Stage::Payload(Box::new(Segment::new(head, &self.acc, &self.header_hash)));
                 self.acc.clear();
             }
             Stage::SegmentCheck(seg) => {
@@ -564,51 +569,46 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                     .sink
                     .segment_done(&seg.head, &checkpoint)
                     .map_err(ApplyError::Sink)?;
-                self.next_part();
-            }
-            Stage::Trailer => {
-                let header = self.header.as_ref().ok_or(ApplyError::Poisoned)?;
-                if self.acc[0] != END_TAG {
-                    return Err(FormatError::BadTag {
-                        expected: "end of patch",
-                        found: self.acc[0],
-                    }
-                    .into());
-                }
-                if chain::trailer(&self.chain)[..] != self.acc[1..] {
-                    return Err(ApplyError::TrailerMismatch);
-                }
-                if self.out.produced != header.new_len {
-                    return Err(ApplyError::Format(FormatError::BadField {
-                        field: "segments",
-                        detail: format!(
-                            "cover {} of {} new bytes",
-                            self.out.produced, header.new_len
-                        ),
-                    }));
-                }
-                let produced_hash = self.out.hash.as_ref().map(|h| *h.finalize().as_bytes());
-                if produced_hash != Some(header.new_hash) {
-                    return Err(ApplyError::NewHashMismatch);
-                }
-                self.stage = Stage::Done;
+                self.next_part()?;
             }
             Stage::Payload(_) | Stage::Done | Stage::Failed => return Err(ApplyError::Poisoned),
         }
         Ok(())
     }
 
-    /// After the header or a segment: expect the next segment or the trailer.
-    fn next_part(&mut self) {
+    /// After the header or a segment: expect the next segment, or, after the
+    /// last one, check that the segments produced the new image.
+    fn next_part(&mut self) -> Result<(), ApplyError> {
         let count = self.header.as_ref().map_or(0, |h| h.segment_count);
         self.acc.clear();
         if self.next_index < count {
             self.stage = Stage::SegmentHead;
-            self.want = SegmentHeader::LEN;
+            self.want = 1;
+            Ok(())
         } else {
-            self.stage = Stage::Trailer;
-            self.want = TRAILER_LEN;
+            self.finish_image()
         }
+    }
+
+    /// Every segment has been read and checked: the output must be the whole
+    /// new image, with the header's hash.
+    fn finish_image(&mut self) -> Result<(), ApplyError> {
+        let header = self.header.as_ref().ok_or(ApplyError::Poisoned)?;
+        if self.out.produced != header.new_len {
+            return Err(ApplyError::Format(FormatError::BadField {
+                field: "segments",
+                detail: format!(
+                    "cover {} of {} new bytes",
+                    self.out.produced, header.new_len
+                ),
+            }));
+        }
+        let produced_hash = self.out.hash.as_ref().map(|h| *h.finalize().as_bytes());
+        if produced_hash != Some(header.new_hash) {
+            return Err(ApplyError::NewHashMismatch);
+        }
+        self.stage = Stage::Done;
+        Ok(())
     }
 
     /// Enforce this applier's limits, verify the old image, create the decoder.
@@ -667,16 +667,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             hasher.update(buf);
             pos += n as u64;
         }
-        let hash = hasher.finalize();
-        if *hash.as_bytes() != header.old_hash {
-            return Err(ApplyError::OldHash {
-                expected: blake3::Hash::from_bytes(header.old_hash)
-                    .to_hex()
-                    .to_string(),
-                actual: hash.to_hex().to_string(),
-            });
-        }
-        Ok(())
+        crate::error::check_old_hash(&hasher.finalize(), header)
     }
 
     /// Stream payload bytes through the decoder and the record interpreter.
@@ -778,10 +769,16 @@ pub(crate) struct SegmentRunner {
     dec_buf: Vec<u8>,
     old_buf: Vec<u8>,
     in_buf: Vec<u8>,
+    header_hash: [u8; HASH_LEN],
 }
 
 impl SegmentRunner {
-    pub(crate) fn new(header: &Header) -> Result<SegmentRunner, ApplyError> {
+    /// A runner for the segments of the patch with `header`, whose bytes hash
+    /// to `header_hash` (segment checks bind to it).
+    pub(crate) fn new(
+        header: &Header,
+        header_hash: [u8; HASH_LEN],
+    ) -> Result<SegmentRunner, ApplyError> {
         let decoder = match header.codec {
             Codec::Zstd => Some(new_decoder(header)?),
             Codec::Stored => None,
@@ -795,13 +792,14 @@ impl SegmentRunner {
             decoder,
             old_buf: vec![0; BUFFER_LEN],
             in_buf: vec![0; BUFFER_LEN],
+            header_hash,
         })
     }
 
     /// Decode segment `head` (encoded as `head_bytes`), whose payload is next
     /// in `patch`, reading `old` and writing to `sink`. Returns the segment's
-    /// hash (header and payload); the caller checks it against the stored
-    /// check and the chain. Validates the stream as the push applier does.
+    /// hash (bound to the patch header and the segment's index); the caller
+    /// checks it against the stored check. Validates the stream as the push applier does.
     pub(crate) fn run<O: OldImage + ?Sized, S: Sink, R: Read>(
         &mut self,
         head: SegmentHeader,
@@ -814,7 +812,7 @@ impl SegmentRunner {
             dec.reinit()
                 .map_err(|e| ApplyError::Decoder(format!("reset failed: {e}")))?;
         }
-        let mut seg = Segment::new(head, head_bytes);
+        let mut seg = Segment::new(head, head_bytes, &self.header_hash);
         let mut out = Output {
             old,
             sink,

@@ -35,11 +35,13 @@ pub enum ApplyError {
         actual: u64,
     },
     /// The old image has the right length but the wrong content.
-    #[error("wrong old image: its BLAKE3 is {actual}, the patch was made for {expected}")]
+    #[error(
+        "wrong old image: its BLAKE3 starts {actual}, the patch was made for one starting {expected}"
+    )]
     OldHash {
-        /// Expected hash (hex).
+        /// Expected BLAKE3 prefix (the header's 16-byte old-image check, hex).
         expected: String,
-        /// Actual hash (hex).
+        /// Actual BLAKE3 prefix (hex, same length).
         actual: String,
     },
     /// The patch ended early.
@@ -58,13 +60,10 @@ pub enum ApplyError {
         /// What went wrong.
         detail: String,
     },
-    /// The trailer hash does not match the bytes received.
-    #[error("patch is corrupt: trailer checksum mismatch")]
-    TrailerMismatch,
     /// Every check passed but the output's hash differs from the header's.
     #[error("patch produced an image whose BLAKE3 does not match the header")]
     NewHashMismatch,
-    /// Bytes follow the trailer.
+    /// Bytes follow the last segment.
     #[error("patch is corrupt: unexpected data after its end")]
     TrailingData,
     /// An earlier call failed; this applier is unusable.
@@ -131,7 +130,6 @@ impl ApplyError {
             Format(_)
             | Truncated { .. }
             | CorruptSegment { .. }
-            | TrailerMismatch
             | NewHashMismatch
             | TrailingData
             | Poisoned => ErrorClass::BadPatch,
@@ -140,4 +138,19 @@ impl ApplyError {
             OldRead(_) | PatchRead(_) | Sink(_) | Decoder(_) => ErrorClass::Io,
         }
     }
+}
+
+/// Compare an old image's BLAKE3 with the header's 16-byte old-image check.
+pub(crate) fn check_old_hash(
+    actual: &blake3::Hash,
+    header: &fwdelta_format::Header,
+) -> Result<(), ApplyError> {
+    if fwdelta_format::truncate_check(actual) != header.old_check {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        return Err(ApplyError::OldHash {
+            expected: hex(&header.old_check),
+            actual: hex(&actual.as_bytes()[..fwdelta_format::CHECK_LEN]),
+        });
+    }
+    Ok(())
 }

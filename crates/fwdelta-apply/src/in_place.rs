@@ -5,7 +5,7 @@
 //! declared image from this old image:
 //!
 //! 1. the whole patch is verified (header, every segment check, every cell
-//!    exactly once, the trailer's hash chain);
+//!    exactly once, none missing);
 //! 2. the old image's length and BLAKE3 are verified;
 //! 3. an ordering pass decodes every cell in the patch's order and refuses the
 //!    patch if any cell reads old bytes of a cell written before it (the
@@ -424,12 +424,21 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
     patch
         .seek(SeekFrom::Start(0))
         .map_err(ApplyError::PatchRead)?;
-    let mut offsets = vec![0u64; header.segment_count as usize];
-    let mut at = header_len;
-    let summary = inspect_each(&mut patch, |s| {
-        offsets[(s.new_offset / cell) as usize] = at;
-        at += (SegmentHeader::LEN + s.payload_len as usize + fwdelta_format::CHECK_LEN) as u64;
+    // Per cell: where its segment starts in the patch, and its position in
+    // patch order (which its check binds to), packed as `offset << 16 | index`
+    // (at most 2^16 cells; a patch over 2^48 bytes is refused).
+    let mut cells = vec![0u64; header.segment_count as usize];
+    let mut too_long = false;
+    let summary = inspect_each(&mut patch, |s, at| {
+        too_long |= at >> 48 != 0;
+        cells[(s.new_offset / cell) as usize] = at << 16 | u64::from(s.index);
     })?;
+    if too_long {
+        return Err(ApplyError::Format(fwdelta_format::FormatError::BadField {
+            field: "segments",
+            detail: "an in-place patch larger than 2^48 bytes".into(),
+        }));
+    }
 
     let resume = match journal.load() {
         Ok(Some(cp)) if cp.header_hash == header_hash && cp.next_segment <= header.segment_count => Some(cp),
@@ -442,7 +451,7 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
         Err(e) => return Err(ApplyError::Sink(e)),
     };
     let old = OldView::new(region, &header, cell);
-    let mut runner = SegmentRunner::new(&header)?;
+    let mut runner = SegmentRunner::new(&header, header_hash)?;
     let partial = |e: io::Error| {
         ApplyError::Sink(io::Error::new(
             e.kind(),
@@ -457,9 +466,9 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
             patch
                 .seek(SeekFrom::Start(header_len))
                 .map_err(ApplyError::PatchRead)?;
-            for _ in 0..cp.next_segment {
+            for index in 0..cp.next_segment {
                 let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
-                let (head, _) = segment_at(&mut patch, offset, &header)?;
+                let (head, _) = segment_at(&mut patch, offset, &header, index)?;
                 old.mark_written(head.new_offset / cell);
                 let skip = head.payload_len as i64 + fwdelta_format::CHECK_LEN as i64;
                 patch
@@ -479,11 +488,11 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
                 region.write_at(cp.cell_offset, &scratch).map_err(partial)?;
                 region.sync().map_err(partial)?;
                 old.mark_written(cp.cell_offset / cell);
-                let (head, _) = segment_at(&mut patch, cp.patch_offset, &header)?;
+                let (head, bytes) =
+                    segment_at(&mut patch, cp.patch_offset, &header, cp.next_segment)?;
                 cp.next_segment += 1;
-                cp.patch_offset += (SegmentHeader::LEN
-                    + head.payload_len as usize
-                    + fwdelta_format::CHECK_LEN) as u64;
+                cp.patch_offset +=
+                    (bytes.len() + head.payload_len as usize + fwdelta_format::CHECK_LEN) as u64;
                 cp.staged = false;
                 journal.save(&cp).map_err(partial)?;
             }
@@ -494,7 +503,8 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
             // loss after the last step but before the caller heard of it).
             let actual = region.len().map_err(ApplyError::OldRead)?;
             if actual == header.new_len
-                && (actual != header.old_len || header.old_hash != header.new_hash)
+                && (actual != header.old_len
+                    || header.old_check[..] != header.new_hash[..fwdelta_format::CHECK_LEN])
             {
                 let now = hash_region(region, header.new_len).map_err(ApplyError::OldRead)?;
                 if *now.as_bytes() == header.new_hash {
@@ -513,22 +523,15 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
                 });
             }
             let old_hash = hash_region(region, header.old_len).map_err(ApplyError::OldRead)?;
-            if *old_hash.as_bytes() != header.old_hash {
-                return Err(ApplyError::OldHash {
-                    expected: blake3::Hash::from_bytes(header.old_hash)
-                        .to_hex()
-                        .to_string(),
-                    actual: old_hash.to_hex().to_string(),
-                });
-            }
+            crate::error::check_old_hash(&old_hash, &header)?;
 
             // 3. Ordering pass in patch order: no cell may read a cell written before.
             patch
                 .seek(SeekFrom::Start(header_len))
                 .map_err(ApplyError::PatchRead)?;
-            for _ in 0..header.segment_count {
+            for index in 0..header.segment_count {
                 let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
-                let (head, bytes) = segment_at(&mut patch, offset, &header)?;
+                let (head, bytes) = segment_at(&mut patch, offset, &header, index)?;
                 let c = head.new_offset / cell;
                 old.current.set(c);
                 let hash = runner
@@ -541,8 +544,9 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
 
             // 4. Dry run in image order: the new image's hash, nothing written.
             let mut new_hash = blake3::Hasher::new();
-            for (c, &offset) in offsets.iter().enumerate() {
-                let (head, bytes) = segment_at(&mut patch, offset, &header)?;
+            for (c, &packed) in cells.iter().enumerate() {
+                let (offset, index) = (packed >> 16, (packed & 0xFFFF) as u32);
+                let (head, bytes) = segment_at(&mut patch, offset, &header, index)?;
                 old.current.set(c as u64);
                 let hash = runner.run(head, &bytes, &mut patch, &old, HashSink(&mut new_hash))?;
                 read_check(&mut patch, &hash, head.index)?;
@@ -575,7 +579,7 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
         .seek(SeekFrom::Start(cp.patch_offset))
         .map_err(ApplyError::PatchRead)?;
     while cp.next_segment < header.segment_count {
-        let (head, bytes) = segment_at(&mut patch, cp.patch_offset, &header)?;
+        let (head, bytes) = segment_at(&mut patch, cp.patch_offset, &header, cp.next_segment)?;
         let c = head.new_offset / cell;
         old.current.set(c);
         scratch.clear();
@@ -619,18 +623,19 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
     })
 }
 
-/// Read the segment header at patch offset `offset` (any valid cell).
+/// Read the header of segment `index` (in patch order) at patch offset
+/// `offset`; it may name any cell. Returns it and its bytes.
 fn segment_at<P: Read + Seek>(
     patch: &mut P,
     offset: u64,
     header: &Header,
-) -> Result<(SegmentHeader, [u8; SegmentHeader::LEN]), ApplyError> {
+    index: u32,
+) -> Result<(SegmentHeader, Vec<u8>), ApplyError> {
     patch
         .seek(SeekFrom::Start(offset))
         .map_err(ApplyError::PatchRead)?;
-    let mut b = [0u8; SegmentHeader::LEN];
-    read_exact(patch, &mut b, "inside a segment header")?;
-    let index = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
+    let mut at = offset;
+    let b = crate::inspect::read_segment_head(patch, &mut at, index)?;
     let (head, _) = SegmentHeader::parse_cell(&b, header, index)?;
     Ok((head, b))
 }

@@ -1,12 +1,11 @@
 //! Walk a patch's container without decoding payloads: header, every segment
-//! header and check, trailer. For `fwdelta info`, and for a terminal that wants
+//! header and check, and the end. For `fwdelta info`, and for a terminal that wants
 //! to verify a downloaded patch's integrity before it starts applying.
 
 use crate::error::ApplyError;
 use crate::BUFFER_LEN;
 use fwdelta_format::header::Header;
 use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::trailer::{END_TAG, TRAILER_LEN};
 use fwdelta_format::{chain, truncate_check, FormatError, CHECK_LEN};
 use std::io::{self, Read};
 
@@ -35,13 +34,14 @@ pub struct PatchSummary {
 }
 
 /// Read a whole patch from `r`, validating its structure and every checksum
-/// (header check, segment checks, trailer) without decompressing anything.
+/// (header check, segment checks, the segment count) without decompressing
+/// anything.
 /// In-place patches are checked cell by cell: every cell exactly once.
 /// Collects the segment headers: memory grows by ~40 bytes per segment (each
 /// segment takes at least 50 patch bytes). For fixed memory use [`inspect_each`].
 pub fn inspect<R: Read>(r: R) -> Result<PatchInfo, ApplyError> {
     let mut segments = Vec::new();
-    let summary = inspect_each(r, |s| segments.push(*s))?;
+    let summary = inspect_each(r, |s, _| segments.push(*s))?;
     Ok(PatchInfo {
         header: summary.header,
         header_len: summary.header_len,
@@ -50,13 +50,14 @@ pub fn inspect<R: Read>(r: R) -> Result<PatchInfo, ApplyError> {
     })
 }
 
-/// Like [`inspect`], but hands each segment header to `on_segment` as it is
-/// validated (its check is verified after the call) instead of keeping them:
+/// Like [`inspect`], but hands each segment header and the patch offset where
+/// the segment starts to `on_segment` as it is validated (its check is
+/// verified after the call) instead of keeping them:
 /// a terminal can verify a downloaded patch in one pass with a 16 KiB buffer
 /// and a header buffer of at most 4 KiB.
 pub fn inspect_each<R: Read>(
     mut r: R,
-    mut on_segment: impl FnMut(&SegmentHeader),
+    mut on_segment: impl FnMut(&SegmentHeader, u64),
 ) -> Result<PatchSummary, ApplyError> {
     let mut offset = 0u64;
 
@@ -72,7 +73,7 @@ pub fn inspect_each<R: Read>(
         "inside the header",
     )?;
     let header = Header::parse(&hbuf)?;
-    let mut chain = chain::start(&hbuf);
+    let header_hash = chain::start(&hbuf);
 
     let mut produced = 0u64;
     // In-place patches: one bit per cell (at most 8 KiB; the count was checked).
@@ -81,13 +82,8 @@ pub fn inspect_each<R: Read>(
         .map(|_| vec![0u8; (header.segment_count as usize).div_ceil(8)]);
     let mut buf = vec![0u8; BUFFER_LEN];
     for index in 0..header.segment_count {
-        let mut b = [0u8; SegmentHeader::LEN];
-        read_part(
-            &mut r,
-            &mut b,
-            &mut offset,
-            &format!("before segment {index}"),
-        )?;
+        let at = offset;
+        let b = read_segment_head(&mut r, &mut offset, index)?;
         let seg = match &mut cells_seen {
             None => SegmentHeader::parse(&b, &header, index, produced)?,
             Some(seen) => {
@@ -104,8 +100,8 @@ pub fn inspect_each<R: Read>(
                 seg
             }
         };
-        on_segment(&seg);
-        let mut check = blake3::Hasher::new();
+        on_segment(&seg, at);
+        let mut check = chain::segment_hasher(&header_hash, index);
         check.update(&b);
         let mut left = seg.payload_len as usize;
         while left > 0 {
@@ -133,7 +129,6 @@ pub fn inspect_each<R: Read>(
                 detail: "segment check mismatch".into(),
             });
         }
-        chain = chain::next(&chain, hash.as_bytes());
         produced += seg.new_len;
     }
     if produced != header.new_len {
@@ -142,23 +137,6 @@ pub fn inspect_each<R: Read>(
             detail: format!("cover {produced} of {} new bytes", header.new_len),
         }
         .into());
-    }
-    let mut t = [0u8; TRAILER_LEN];
-    read_part(
-        &mut r,
-        &mut t,
-        &mut offset,
-        "before its trailer is complete",
-    )?;
-    if t[0] != END_TAG {
-        return Err(FormatError::BadTag {
-            expected: "end of patch",
-            found: t[0],
-        }
-        .into());
-    }
-    if chain::trailer(&chain)[..] != t[1..] {
-        return Err(ApplyError::TrailerMismatch);
     }
     let mut extra = [0u8; 1];
     loop {
@@ -174,6 +152,33 @@ pub fn inspect_each<R: Read>(
         header_len: header_len as u64,
         patch_len: offset,
     })
+}
+
+/// Read a segment header, byte by byte until its varints end (at most
+/// [`SegmentHeader::MAX_LEN`] bytes), advancing `offset`.
+pub(crate) fn read_segment_head<R: Read>(
+    r: &mut R,
+    offset: &mut u64,
+    index: u32,
+) -> Result<Vec<u8>, ApplyError> {
+    let mut b = Vec::with_capacity(SegmentHeader::MAX_LEN);
+    loop {
+        let stage = if b.is_empty() {
+            format!("before segment {index}")
+        } else {
+            format!("inside the header of segment {index}")
+        };
+        let mut one = [0u8; 1];
+        read_part(r, &mut one, offset, &stage)?;
+        b.push(one[0]);
+        let complete = SegmentHeader::complete_len(&b).map_err(|_| FormatError::BadSegment {
+            index,
+            detail: "malformed header".into(),
+        })?;
+        if complete.is_some() {
+            return Ok(b);
+        }
+    }
 }
 
 fn read_part<R: Read>(

@@ -8,8 +8,7 @@ use fwdelta_diff::{diff, Options};
 use fwdelta_format::header::Header;
 use fwdelta_format::record::Record;
 use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::trailer::END_TAG;
-use fwdelta_format::{chain, check_of, truncate_check, Codec, Layout, MemoryModel, CHECK_LEN};
+use fwdelta_format::{chain, check_of, Codec, Layout, MemoryModel, CHECK_LEN};
 use proptest::prelude::*;
 use std::cell::Cell;
 use std::io;
@@ -102,7 +101,7 @@ fn every_flipped_byte_is_refused() {
 fn inspect_each_streams_segment_headers() {
     let (_, new, patch) = firmware_patch();
     let mut seen = Vec::new();
-    let summary = fwdelta_apply::inspect_each(&patch[..], |s| {
+    let summary = fwdelta_apply::inspect_each(&patch[..], |s, _| {
         seen.push((s.index, s.new_offset, s.new_len))
     })
     .unwrap();
@@ -237,8 +236,11 @@ fn reseal(patch: &mut [u8]) {
 #[test]
 fn bad_code_extensions_are_refused() {
     let (old, new, patch) = firmware_patch();
-    // The extension follows the fixed fields: type, length, arch id, map.
-    let at = Header::FIXED_LEN;
+    // The extension is the last thing before the header check: type, length,
+    // arch id, map.
+    let header_len = u32::from_le_bytes([patch[12], patch[13], patch[14], patch[15]]) as usize;
+    let header = Header::parse(&patch[..header_len]).unwrap();
+    let at = header_len - CHECK_LEN - header.code_refs.as_ref().unwrap().extension_len();
     assert_eq!(
         u16::from_le_bytes([patch[at], patch[at + 1]]),
         fwdelta_format::header::EXT_CODE_REFS
@@ -273,24 +275,28 @@ fn bad_code_extensions_are_refused() {
 fn unknown_version_and_absurd_claims_are_refused() {
     let (old, _, patch) = firmware_patch();
     let mut damaged = patch.clone();
-    damaged[8] = 2;
+    damaged[8] = 3;
     let err = run(&old, &damaged).unwrap_err();
     assert!(err.to_string().contains("header check mismatch"), "{err}");
     assert_eq!(err.class(), ErrorClass::BadPatch);
 
-    let mut v2 = patch.clone();
-    v2[8] = 2;
-    reseal(&mut v2);
-    let err = run(&old, &v2).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("unsupported patch format version 2"),
-        "{err}"
-    );
+    for version in [1u8, 3] {
+        let mut other = patch.clone();
+        other[8] = version;
+        reseal(&mut other);
+        let err = run(&old, &other).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("unsupported patch format version {version}")),
+            "{err}"
+        );
+    }
 
-    let mut absurd = patch.clone();
-    absurd[56..64].copy_from_slice(&(1u64 << 60).to_le_bytes());
-    reseal(&mut absurd);
+    let header_len = u32::from_le_bytes([patch[12], patch[13], patch[14], patch[15]]) as usize;
+    let mut header = Header::parse(&patch[..header_len]).unwrap();
+    header.new_len = 1 << 60;
+    let mut absurd = header.encode();
+    absurd.extend_from_slice(&patch[header_len..]);
     let err = run(&old, &absurd).unwrap_err();
     assert!(err.to_string().contains("absurd new image size"), "{err}");
     assert_eq!(err.class(), ErrorClass::BadPatch);
@@ -313,10 +319,24 @@ fn unknown_version_and_absurd_claims_are_refused() {
 /// (uncompressed) record streams. `claimed_new` is what the header says.
 fn craft(old: &[u8], claimed_new: &[u8], segments: &[(u64, u64, Vec<u8>)]) -> Vec<u8> {
     let window_log = 16;
+    let compressed: Vec<_> = segments
+        .iter()
+        .map(|(len, start, stream)| (*len, *start, compress(stream, window_log)))
+        .collect();
+    craft_payloads(old, claimed_new, window_log, &compressed)
+}
+
+/// As [`craft`], with the payloads given as they go into the patch.
+fn craft_payloads(
+    old: &[u8],
+    claimed_new: &[u8],
+    window_log: u8,
+    segments: &[(u64, u64, Vec<u8>)],
+) -> Vec<u8> {
     let header = Header {
         flags: 0,
         old_len: old.len() as u64,
-        old_hash: *blake3::hash(old).as_bytes(),
+        old_check: fwdelta_format::check_of(old),
         new_len: claimed_new.len() as u64,
         new_hash: *blake3::hash(claimed_new).as_bytes(),
         codec: Codec::Zstd,
@@ -328,10 +348,10 @@ fn craft(old: &[u8], claimed_new: &[u8], segments: &[(u64, u64, Vec<u8>)]) -> Ve
         code_refs: None,
     };
     let mut out = header.encode();
-    let mut state = chain::start(&out);
+    let header_hash = chain::start(&out);
+    let mut state = header_hash;
     let mut at = 0;
-    for (index, (new_len, old_start, stream)) in segments.iter().enumerate() {
-        let payload = compress(stream, window_log);
+    for (index, (new_len, old_start, payload)) in segments.iter().enumerate() {
         let head = SegmentHeader {
             index: index as u32,
             new_offset: at,
@@ -339,19 +359,17 @@ fn craft(old: &[u8], claimed_new: &[u8], segments: &[(u64, u64, Vec<u8>)]) -> Ve
             old_start: *old_start,
             payload_len: payload.len() as u32,
         }
-        .encode();
-        let mut check = blake3::Hasher::new();
-        check.update(&head);
-        check.update(&payload);
-        let hash = check.finalize();
-        state = chain::next(&state, hash.as_bytes());
-        out.extend_from_slice(&head);
-        out.extend_from_slice(&payload);
-        out.extend_from_slice(&truncate_check(&hash));
+        .encode(&header);
+        chain::seal_segment(
+            &mut out,
+            &header_hash,
+            &mut state,
+            index as u32,
+            &head,
+            payload,
+        );
         at += new_len;
     }
-    out.push(END_TAG);
-    out.extend_from_slice(&chain::trailer(&state));
     out
 }
 
@@ -478,6 +496,49 @@ fn crafted_bad_segment_headers_are_refused() {
         .contains("cover 4 of 8"));
 }
 
+/// Byte ranges of a patch's segments (header, payload, check each).
+fn segment_ranges(patch: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut starts = Vec::new();
+    fwdelta_apply::inspect_each(patch, |_, at| starts.push(at as usize)).unwrap();
+    starts.push(patch.len());
+    starts.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
+#[test]
+fn segments_are_bound_to_their_patch_and_position() {
+    // No trailer: the segment checks alone must catch segments that are
+    // swapped, dropped or spliced in from another patch, even when every
+    // segment is well formed and the lengths still add up.
+    let old = b"0123456789abcdef".to_vec();
+    let new = b"abcdabcd".to_vec();
+    let same = rec(4, 0, 0, 0, b"");
+    let p = craft(&old, &new, &[(4, 10, same.clone()), (4, 10, same.clone())]);
+    assert_eq!(run(&old, &p).unwrap(), new);
+    let r = segment_ranges(&p);
+    assert_eq!(r.len(), 2);
+    // Two byte-identical segments swapped: the bytes are the same, the
+    // positions differ, so this must be caught by the index binding.
+    assert_eq!(p[r[0].start..r[0].end - 16], p[r[1].start..r[1].end - 16]);
+    let swapped = [&p[..r[0].start], &p[r[1].clone()], &p[r[0].clone()]].concat();
+    let d = corrupt_detail(run(&old, &swapped));
+    assert!(d.contains("check mismatch"), "{d}");
+    // The first segment's bytes twice (a replayed segment).
+    let replayed = [&p[..r[1].start], &p[r[0].clone()]].concat();
+    let d = corrupt_detail(run(&old, &replayed));
+    assert!(d.contains("check mismatch"), "{d}");
+    // A segment spliced in from a patch with another header (other new
+    // image), identical in every segment byte but its check.
+    let other_new = b"abcdabce".to_vec();
+    let q = craft(&old, &other_new, &[(4, 10, same.clone()), (4, 10, same)]);
+    let rq = segment_ranges(&q);
+    let spliced = [&p[..r[1].start], &q[rq[1].clone()]].concat();
+    let d = corrupt_detail(run(&old, &spliced));
+    assert!(d.contains("check mismatch"), "{d}");
+    // Dropping the last segment is truncation, not a shorter image.
+    let err = run(&old, &p[..r[1].start]).unwrap_err();
+    assert!(matches!(err, ApplyError::Truncated { .. }), "{err}");
+}
+
 #[test]
 fn frames_with_a_larger_window_than_declared_are_refused() {
     // A payload compressed with a 1 MiB window in a patch that declares 2^16:
@@ -501,23 +562,8 @@ fn frames_with_a_larger_window_than_declared_are_refused() {
     c.set_parameter(CParameter::Format(zstd::zstd_safe::FrameFormat::Magicless))
         .unwrap();
     let big = c.compress(&stream).unwrap();
-    let mut p = craft(&old, &new, &[(new.len() as u64, 0, stream.clone())]);
-    // swap in the big-window payload and re-seal segment check and trailer
-    let seg_at = Header::MIN_LEN;
-    let mut head = [0u8; SegmentHeader::LEN];
-    head.copy_from_slice(&p[seg_at..seg_at + SegmentHeader::LEN]);
-    head[29..33].copy_from_slice(&(big.len() as u32).to_le_bytes());
-    p.truncate(seg_at);
-    p.extend_from_slice(&head);
-    p.extend_from_slice(&big);
-    let mut check = blake3::Hasher::new();
-    check.update(&head);
-    check.update(&big);
-    let hash = check.finalize();
-    p.extend_from_slice(&truncate_check(&hash));
-    p.push(END_TAG);
-    let state = chain::next(&chain::start(&p[..seg_at]), hash.as_bytes());
-    p.extend_from_slice(&chain::trailer(&state));
+    // The header declares 2^16; the payload's frame needs 2^20.
+    let p = craft_payloads(&old, &new, 16, &[(new.len() as u64, 0, big)]);
     let d = corrupt_detail(run(&old, &p));
     assert!(d.contains("decompression failed"), "{d}");
 }

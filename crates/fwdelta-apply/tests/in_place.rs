@@ -6,7 +6,7 @@ use fwdelta_diff::{diff, Options};
 use fwdelta_format::header::{Header, FLAG_IN_PLACE};
 use fwdelta_format::record::Record;
 use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::{chain, truncate_check, Codec, Layout, MemoryModel};
+use fwdelta_format::{chain, Codec, Layout, MemoryModel};
 use std::io::Cursor;
 
 fn testdata(pair: &str, which: &str) -> Vec<u8> {
@@ -87,7 +87,7 @@ fn craft(old: &[u8], new: &[u8], cells: &[(u64, u64, Vec<u8>)]) -> Vec<u8> {
     let header = Header {
         flags: FLAG_IN_PLACE,
         old_len: old.len() as u64,
-        old_hash: *blake3::hash(old).as_bytes(),
+        old_check: fwdelta_format::check_of(old),
         new_len: new.len() as u64,
         new_hash: *blake3::hash(new).as_bytes(),
         codec: Codec::Stored,
@@ -100,7 +100,8 @@ fn craft(old: &[u8], new: &[u8], cells: &[(u64, u64, Vec<u8>)]) -> Vec<u8> {
         code_refs: None,
     };
     let mut out = header.encode();
-    let mut state = chain::start(&out);
+    let header_hash = chain::start(&out);
+    let mut state = header_hash;
     for (index, (cell, old_start, stream)) in cells.iter().enumerate() {
         let head = SegmentHeader {
             index: index as u32,
@@ -109,18 +110,16 @@ fn craft(old: &[u8], new: &[u8], cells: &[(u64, u64, Vec<u8>)]) -> Vec<u8> {
             old_start: *old_start,
             payload_len: stream.len() as u32,
         }
-        .encode();
-        let mut h = blake3::Hasher::new();
-        h.update(&head);
-        h.update(stream);
-        let hash = h.finalize();
-        state = chain::next(&state, hash.as_bytes());
-        out.extend_from_slice(&head);
-        out.extend_from_slice(stream);
-        out.extend_from_slice(&truncate_check(&hash));
+        .encode(&header);
+        chain::seal_segment(
+            &mut out,
+            &header_hash,
+            &mut state,
+            index as u32,
+            &head,
+            stream,
+        );
     }
-    out.push(fwdelta_format::trailer::END_TAG);
-    out.extend_from_slice(&chain::trailer(&state));
     out
 }
 

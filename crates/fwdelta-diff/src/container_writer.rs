@@ -1,19 +1,18 @@
-//! The container writer: header, checked segments, trailer.
+//! The container writer: header, then segments whose checks chain over the patch.
 
 use crate::error::DiffError;
 use crate::segment_encoder::EncodedSegment;
 use crate::segmenter::SegmentPlan;
 use fwdelta_format::header::{FLAG_IN_PLACE, MIN_WINDOW_LOG};
 use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::trailer::END_TAG;
-use fwdelta_format::{chain, truncate_check, CodeRefs, Codec, Header, Layout, MemoryModel};
+use fwdelta_format::{chain, CodeRefs, Codec, Header, Layout, MemoryModel, CHECK_LEN};
 
 /// What the header says about the two images.
 #[derive(Debug, Clone)]
 pub struct Images {
     /// Old image length.
     pub old_len: u64,
-    /// Old image BLAKE3.
+    /// Old image BLAKE3 (the header keeps its first 16 bytes).
     pub old_hash: [u8; 32],
     /// New image length.
     pub new_len: u64,
@@ -48,7 +47,9 @@ pub fn write(
     let mut header = Header {
         flags: if cell_log.is_some() { FLAG_IN_PLACE } else { 0 },
         old_len: images.old_len,
-        old_hash: images.old_hash,
+        old_check: images.old_hash[..CHECK_LEN]
+            .try_into()
+            .map_err(|_| DiffError::InvalidOption("old hash".into()))?,
         new_len: images.new_len,
         new_hash: images.new_hash,
         codec,
@@ -60,16 +61,19 @@ pub fn write(
         code_refs: code_refs.cloned(),
     };
     if let Some(code) = code_refs {
+        // The claim covers the header, whose length depends on the claim's own
+        // varint: size it with the longest the claim could make the header.
         header.apply_memory +=
-            MemoryModel::code_refs_extra(header.encoded_len() as u64, code.map.runs() as u64);
+            MemoryModel::code_refs_extra(header.encoded_len_bound() as u64, code.map.runs() as u64);
     }
     let body: usize = encoded
         .iter()
-        .map(|e| e.payload.len() + SegmentHeader::LEN + 16)
+        .map(|e| e.payload.len() + SegmentHeader::MAX_LEN + CHECK_LEN)
         .sum();
-    let mut out = Vec::with_capacity(header.encoded_len() + body + 33);
+    let mut out = Vec::with_capacity(header.encoded_len() + body);
     let header_bytes = header.encode();
-    let mut chain = chain::start(&header_bytes);
+    let header_hash = chain::start(&header_bytes);
+    let mut chain = header_hash;
     out.extend_from_slice(&header_bytes);
     for (index, (seg, enc)) in segments.iter().zip(encoded).enumerate() {
         let payload = &enc.payload;
@@ -80,17 +84,15 @@ pub fn write(
             old_start: seg.old_start,
             payload_len: payload.len() as u32,
         }
-        .encode();
-        let mut check = blake3::Hasher::new();
-        check.update(&head);
-        check.update(payload);
-        let hash = check.finalize();
-        chain = chain::next(&chain, hash.as_bytes());
-        out.extend_from_slice(&head);
-        out.extend_from_slice(payload);
-        out.extend_from_slice(&truncate_check(&hash));
+        .encode(&header);
+        chain::seal_segment(
+            &mut out,
+            &header_hash,
+            &mut chain,
+            index as u32,
+            &head,
+            payload,
+        );
     }
-    out.push(END_TAG);
-    out.extend_from_slice(&chain::trailer(&chain));
     Ok(out)
 }

@@ -8,7 +8,7 @@
 //! 3. [`segment_encoder`]: turn each segment into a record stream and compress it
 //!    (one zstd frame, window bounded by the applier's memory budget), segments
 //!    in parallel.
-//! 4. [`container_writer`]: header, segments with checks, trailer.
+//! 4. [`container_writer`]: header, then segments with their checks.
 //!
 //! Work runs on the ambient rayon pool: wrap calls in
 //! `rayon::ThreadPool::install` to choose the thread count.
@@ -235,7 +235,7 @@ impl Plan {
     /// plain patch is made.
     pub fn encode(&self, old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
         let aware_opts = self.code.as_ref().and_then(|code| {
-            let header_len = Header::MIN_LEN + code.refs.extension_len();
+            let header_len = Header::MAX_BASE_LEN + code.refs.extension_len();
             let extra =
                 MemoryModel::code_refs_extra(header_len as u64, code.refs.map.runs() as u64);
             let o = Options {

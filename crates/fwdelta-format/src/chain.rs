@@ -1,21 +1,36 @@
-//! The patch hash chain that the trailer closes.
+//! Segment checks and the patch digest.
 //!
-//! `chain₀ = BLAKE3(header bytes)`; after segment `i`,
-//! `chainᵢ₊₁ = BLAKE3(chainᵢ ‖ BLAKE3(segment header ‖ payload))`; the trailer holds
-//! `BLAKE3(chainₙ ‖ 'E')`. Every patch byte is covered (the segment checks are
-//! derived from the segment hashes), and the whole state between segments is 32
-//! bytes, which is what lets an applier that keeps nothing of the patch resume
-//! after a power loss from a [`crate::Checkpoint`].
+//! `header_hash = BLAKE3(header bytes)`. Segment `i` hashes to
+//! `seg_hashᵢ = BLAKE3(header_hash ‖ u32le(i) ‖ segment header ‖ payload)`, and
+//! its stored check is the first 16 bytes of `seg_hashᵢ`: it covers the
+//! segment's bytes and binds them to this patch's header and to their position,
+//! yet can be verified on its own (an in-place applier re-reads segments out
+//! of order). Since the header's segment count says where the patch ends,
+//! truncation, reordering and splicing are all detected without a trailer.
+//!
+//! The patch digest chains the segment hashes: `chain₀ = header_hash`,
+//! `chainᵢ₊₁ = BLAKE3(chainᵢ ‖ seg_hashᵢ)`, digest `chainₙ`. It is not stored;
+//! it is what a signature signs. Between segments it is 32 bytes of state, kept
+//! in a [`crate::Checkpoint`] so a resumed apply still ends with the digest.
 
-use crate::trailer::END_TAG;
-use crate::HASH_LEN;
+use crate::{truncate_check, HASH_LEN};
 
-/// Chain state after the header.
+/// Chain state after the header (also the header hash segments bind to).
 pub fn start(header_bytes: &[u8]) -> [u8; HASH_LEN] {
     *blake3::hash(header_bytes).as_bytes()
 }
 
-/// Chain state after a segment whose header and payload hash to `segment_hash`.
+/// A hasher for segment `index` of the patch whose header hashes to
+/// `header_hash`: feed it the segment header and the payload, and the first 16
+/// bytes of the result are the segment's check.
+pub fn segment_hasher(header_hash: &[u8; HASH_LEN], index: u32) -> blake3::Hasher {
+    let mut h = blake3::Hasher::new();
+    h.update(header_hash);
+    h.update(&index.to_le_bytes());
+    h
+}
+
+/// Chain state after a segment whose hash is `segment_hash`.
 pub fn next(chain: &[u8; HASH_LEN], segment_hash: &[u8; HASH_LEN]) -> [u8; HASH_LEN] {
     let mut h = blake3::Hasher::new();
     h.update(chain);
@@ -23,10 +38,23 @@ pub fn next(chain: &[u8; HASH_LEN], segment_hash: &[u8; HASH_LEN]) -> [u8; HASH_
     *h.finalize().as_bytes()
 }
 
-/// The trailer hash for a final chain state.
-pub fn trailer(chain: &[u8; HASH_LEN]) -> [u8; HASH_LEN] {
-    let mut h = blake3::Hasher::new();
-    h.update(chain);
-    h.update(&[END_TAG]);
-    *h.finalize().as_bytes()
+/// Append segment `index` (header, payload, check) to `out` and advance the
+/// digest `chain` past it. For writers and tests that build patches in memory;
+/// the applier does the same incrementally. Cost: one hash over the payload.
+pub fn seal_segment(
+    out: &mut Vec<u8>,
+    header_hash: &[u8; HASH_LEN],
+    chain: &mut [u8; HASH_LEN],
+    index: u32,
+    head: &[u8],
+    payload: &[u8],
+) {
+    let mut h = segment_hasher(header_hash, index);
+    h.update(head);
+    h.update(payload);
+    let hash = h.finalize();
+    *chain = next(chain, hash.as_bytes());
+    out.extend_from_slice(head);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&truncate_check(&hash));
 }

@@ -15,7 +15,7 @@ pub struct Checkpoint {
     pub header_hash: [u8; HASH_LEN],
     /// Index of the next segment to apply.
     pub next_segment: u32,
-    /// Patch offset where that segment (or the trailer) starts.
+    /// Patch offset where that segment starts (or the patch's length).
     pub patch_offset: u64,
     /// New-image bytes already produced and made durable.
     pub new_offset: u64,
@@ -130,7 +130,7 @@ pub struct InPlaceCheckpoint {
     pub header_hash: [u8; HASH_LEN],
     /// Index (in patch order) of the next segment to decode.
     pub next_segment: u32,
-    /// Patch offset of that segment (or of the trailer).
+    /// Patch offset of that segment (or the patch's length).
     pub patch_offset: u64,
     /// Whether segment `next_segment`'s cell is staged in the journal, to be
     /// (re)written from there.

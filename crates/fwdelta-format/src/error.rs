@@ -70,12 +70,4 @@ pub enum FormatError {
     /// A record in a segment's stream is inconsistent with the images.
     #[error("malformed record: {0}")]
     BadRecord(String),
-    /// Bytes do not form a known tag where one is expected.
-    #[error("expected {expected}, found byte {found:#04x}")]
-    BadTag {
-        /// What was expected ("segment" / "end of patch").
-        expected: &'static str,
-        /// The byte found.
-        found: u8,
-    },
 }

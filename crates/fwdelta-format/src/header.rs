@@ -6,6 +6,7 @@ use crate::address_map::AddressMap;
 use crate::error::FormatError;
 use crate::memory::MemoryModel;
 use crate::reference_rewriter::Arch;
+use crate::varint;
 use crate::{check_of, CHECK_LEN, FORMAT_VERSION, HASH_LEN, MAGIC, MAX_IMAGE_LEN};
 
 /// Compression codec of segment payloads.
@@ -133,8 +134,10 @@ pub struct Header {
     pub flags: u16,
     /// Exact length of the old image the patch applies to.
     pub old_len: u64,
-    /// BLAKE3 of the old image.
-    pub old_hash: [u8; HASH_LEN],
+    /// First 16 bytes of the old image's BLAKE3: names the base version. It
+    /// guards against applying to the wrong image; what the output must be is
+    /// fixed by `new_hash`, which is complete.
+    pub old_check: [u8; CHECK_LEN],
     /// Exact length of the image the patch produces.
     pub new_len: u64,
     /// BLAKE3 of the produced image.
@@ -160,10 +163,14 @@ pub struct Header {
 impl Header {
     /// Bytes needed to learn the full header length: magic, version, flags, length.
     pub const PREFIX_LEN: usize = 16;
-    /// Length of the fixed fields before the extension area.
-    pub const FIXED_LEN: usize = 112;
-    /// Length of a header with no extensions (fixed fields and the check).
-    pub const MIN_LEN: usize = Self::FIXED_LEN + CHECK_LEN;
+    /// Offset of the varint fields (old_len, new_len, segment_count,
+    /// apply_memory), after the fixed-width ones.
+    pub const VARINTS_AT: usize = 67;
+    /// Length of the shortest possible header: fixed-width fields, four
+    /// one-byte varints, the check.
+    pub const MIN_LEN: usize = Self::VARINTS_AT + 4 + CHECK_LEN;
+    /// Length of the longest header without extensions (four maximal varints).
+    pub const MAX_BASE_LEN: usize = Self::VARINTS_AT + 4 * varint::MAX_VARINT_LEN + CHECK_LEN;
     /// Longest header accepted (bounds the buffer a streaming parser needs):
     /// 4 KiB plus one maximal extension (an executable-aware patch's map).
     pub const MAX_LEN: usize = 4096 + 4 + MAX_EXTENSION_LEN;
@@ -179,17 +186,16 @@ impl Header {
         b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         b.extend_from_slice(&self.flags.to_le_bytes());
         b.extend_from_slice(&(len as u32).to_le_bytes());
-        b.extend_from_slice(&self.old_len.to_le_bytes());
-        b.extend_from_slice(&self.old_hash);
-        b.extend_from_slice(&self.new_len.to_le_bytes());
+        b.extend_from_slice(&self.old_check);
         b.extend_from_slice(&self.new_hash);
         b.push(self.codec.id());
         b.push(self.window_log);
         b.push(self.layout.id());
-        b.push(0);
-        b.extend_from_slice(&self.segment_count.to_le_bytes());
-        b.extend_from_slice(&self.apply_memory.to_le_bytes());
-        debug_assert_eq!(b.len(), Self::FIXED_LEN);
+        debug_assert_eq!(b.len(), Self::VARINTS_AT);
+        varint::put_u64(&mut b, self.old_len);
+        varint::put_u64(&mut b, self.new_len);
+        varint::put_u64(&mut b, u64::from(self.segment_count));
+        varint::put_u64(&mut b, self.apply_memory);
         if let Some(cell_log) = self.cell_log {
             b.extend_from_slice(&EXT_IN_PLACE.to_le_bytes());
             b.extend_from_slice(&1u16.to_le_bytes());
@@ -259,17 +265,16 @@ impl Header {
             bytes: body,
             pos: Self::PREFIX_LEN,
         };
-        let old_len = r.u64();
-        let old_hash = r.hash();
-        let new_len = r.u64();
-        let new_hash = r.hash();
-        let codec = Codec::from_id(r.u8())?;
-        let window_log = r.u8();
-        let layout = Layout::from_id(r.u8())?;
-        let reserved = r.u8();
-        let segment_count = r.u32();
-        let apply_memory = r.u64();
-        debug_assert_eq!(r.pos, Self::FIXED_LEN);
+        let old_check = r.take::<CHECK_LEN>();
+        let new_hash = r.take::<HASH_LEN>();
+        let codec = Codec::from_id(r.take::<1>()[0])?;
+        let window_log = r.take::<1>()[0];
+        let layout = Layout::from_id(r.take::<1>()[0])?;
+        debug_assert_eq!(r.pos, Self::VARINTS_AT);
+        let old_len = r.varint("old_len")?;
+        let new_len = r.varint("new_len")?;
+        let segment_count = r.varint("segment_count")?;
+        let apply_memory = r.varint("apply_memory")?;
 
         for (which, len) in [("old", old_len), ("new", new_len)] {
             if len > MAX_IMAGE_LEN {
@@ -283,21 +288,19 @@ impl Header {
         if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&window_log) {
             return Err(FormatError::BadWindow(window_log));
         }
-        if reserved != 0 {
-            return Err(FormatError::BadField {
-                field: "reserved",
-                detail: format!("must be 0, is {reserved}"),
-            });
-        }
         // Every segment produces at least one byte, so there can be no more
         // segments than new bytes (and none at all for an empty new image).
-        if u64::from(segment_count) > new_len || (new_len > 0 && segment_count == 0) {
+        if segment_count > new_len
+            || (new_len > 0 && segment_count == 0)
+            || segment_count > u64::from(u32::MAX)
+        {
             return Err(FormatError::BadField {
                 field: "segment_count",
                 detail: format!("{segment_count} segments cannot produce {new_len} bytes"),
             });
         }
-        let (cell_log, code_refs) = check_extensions(&body[Self::FIXED_LEN..], old_len)?;
+        let segment_count = segment_count as u32;
+        let (cell_log, code_refs) = check_extensions(&body[r.pos..], old_len)?;
         if cell_log.is_some() && code_refs.is_some() {
             return Err(FormatError::BadField {
                 field: "extensions",
@@ -339,7 +342,7 @@ impl Header {
         Ok(Header {
             flags,
             old_len,
-            old_hash,
+            old_check,
             new_len,
             new_hash,
             codec,
@@ -354,9 +357,21 @@ impl Header {
 
     /// Length this header occupies when encoded by [`Self::encode`].
     pub fn encoded_len(&self) -> usize {
-        Self::MIN_LEN
+        Self::VARINTS_AT
+            + varint::len_u64(self.old_len)
+            + varint::len_u64(self.new_len)
+            + varint::len_u64(u64::from(self.segment_count))
+            + varint::len_u64(self.apply_memory)
             + if self.cell_log.is_some() { 5 } else { 0 }
             + self.code_refs.as_ref().map_or(0, CodeRefs::extension_len)
+            + CHECK_LEN
+    }
+
+    /// An upper bound of [`Self::encoded_len`] whatever `apply_memory` is: a
+    /// writer whose memory claim depends on the header's length (executable-
+    /// aware patches) sizes the claim with it.
+    pub fn encoded_len_bound(&self) -> usize {
+        self.encoded_len() - varint::len_u64(self.apply_memory) + varint::MAX_VARINT_LEN
     }
 
     /// Cell size of an in-place patch.
@@ -430,23 +445,27 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
+    /// The next `N` bytes; only called within [`Header::VARINTS_AT`], which the
+    /// minimum header length guarantees.
     fn take<const N: usize>(&mut self) -> [u8; N] {
         let mut out = [0u8; N];
         out.copy_from_slice(&self.bytes[self.pos..self.pos + N]);
         self.pos += N;
         out
     }
-    fn u8(&mut self) -> u8 {
-        self.take::<1>()[0]
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.take())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.take())
-    }
-    fn hash(&mut self) -> [u8; HASH_LEN] {
-        self.take()
+    /// The next varint, which must end inside the header body.
+    fn varint(&mut self, field: &'static str) -> Result<u64, FormatError> {
+        let rest = self.bytes.get(self.pos..).unwrap_or_default();
+        match varint::get_u64(rest) {
+            Ok(Some((v, n))) => {
+                self.pos += n;
+                Ok(v)
+            }
+            _ => Err(FormatError::BadField {
+                field,
+                detail: "malformed or runs past the header".into(),
+            }),
+        }
     }
 }
 
@@ -458,7 +477,7 @@ mod tests {
         Header {
             flags: 0,
             old_len: 1000,
-            old_hash: [1; 32],
+            old_check: [1; 16],
             new_len: 2000,
             new_hash: [2; 32],
             codec: Codec::Zstd,
@@ -479,7 +498,7 @@ mod tests {
         h.new_len = 3 * 4096 - 5;
         h.apply_memory = MemoryModel::required(19) + MemoryModel::in_place_extra(12, 3);
         let bytes = h.encode();
-        assert_eq!(bytes.len(), Header::MIN_LEN + 5);
+        assert_eq!(bytes.len(), h.encoded_len());
         assert_eq!(reparse(&bytes).unwrap(), h);
         // wrong cell count
         let mut bad = h.clone();
@@ -524,7 +543,7 @@ mod tests {
     fn round_trip() {
         let h = sample();
         let bytes = h.encode();
-        assert_eq!(bytes.len(), Header::MIN_LEN);
+        assert_eq!(bytes.len(), h.encoded_len());
         assert_eq!(reparse(&bytes).unwrap(), h);
     }
 
@@ -550,17 +569,19 @@ mod tests {
     fn refuses_other_version() {
         // damaged: the check fails first
         let mut b = sample().encode();
-        b[8] = 2;
+        b[8] = 3;
         assert_eq!(reparse(&b), Err(FormatError::HeaderCheck));
-        // intact newer version
-        let b = with_field(8, &2u16.to_le_bytes());
-        assert_eq!(
-            reparse(&b),
-            Err(FormatError::UnsupportedVersion {
-                found: 2,
-                supported: 1
-            })
-        );
+        // intact, but older or newer
+        for v in [1u16, 3] {
+            let b = with_field(8, &v.to_le_bytes());
+            assert_eq!(
+                reparse(&b),
+                Err(FormatError::UnsupportedVersion {
+                    found: v,
+                    supported: FORMAT_VERSION
+                })
+            );
+        }
     }
 
     #[test]
@@ -571,12 +592,15 @@ mod tests {
 
     #[test]
     fn refuses_absurd_sizes() {
-        let b = with_field(56, &u64::MAX.to_le_bytes());
+        let mut h = sample();
+        h.new_len = u64::MAX;
         assert!(matches!(
-            reparse(&b),
+            reparse(&h.encode()),
             Err(FormatError::AbsurdSize { which: "new", .. })
         ));
-        let b = with_field(16, &(MAX_IMAGE_LEN + 1).to_le_bytes());
+        let mut h = sample();
+        h.old_len = MAX_IMAGE_LEN + 1;
+        let b = h.encode();
         assert!(matches!(
             reparse(&b),
             Err(FormatError::AbsurdSize { which: "old", .. })
@@ -586,33 +610,62 @@ mod tests {
     #[test]
     fn refuses_bad_codec_window_layout_and_counts() {
         assert_eq!(
-            reparse(&with_field(96, &[9])),
+            reparse(&with_field(64, &[9])),
             Err(FormatError::UnknownCodec(9))
         );
         assert_eq!(
-            reparse(&with_field(97, &[40])),
+            reparse(&with_field(65, &[40])),
             Err(FormatError::BadWindow(40))
         );
         assert_eq!(
-            reparse(&with_field(98, &[7])),
+            reparse(&with_field(66, &[7])),
             Err(FormatError::UnknownLayout(7))
         );
-        let b = with_field(100, &5000u32.to_le_bytes());
+        let mut h = sample();
+        h.segment_count = 5000;
         assert!(matches!(
-            reparse(&b),
+            reparse(&h.encode()),
             Err(FormatError::BadField {
                 field: "segment_count",
                 ..
             })
         ));
-        let b = with_field(104, &1u64.to_le_bytes());
+        let mut h = sample();
+        h.apply_memory = 1;
         assert!(matches!(
-            reparse(&b),
+            reparse(&h.encode()),
             Err(FormatError::BadField {
                 field: "apply_memory",
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn varints_must_end_inside_the_header() {
+        // Cut the header right after the fixed-width fields: the varints run
+        // into the check, or past it.
+        let mut b = sample().encode();
+        b.truncate(Header::VARINTS_AT + 2);
+        let len = (b.len() + CHECK_LEN) as u32;
+        b[12..16].copy_from_slice(&len.to_le_bytes());
+        b[Header::VARINTS_AT + 1] |= 0x80;
+        let c = check_of(&b);
+        b.extend_from_slice(&c);
+        assert!(matches!(
+            Header::parse(&b),
+            Err(FormatError::BadField { .. }) | Err(FormatError::BadHeaderLength(_))
+        ));
+    }
+
+    #[test]
+    fn compact_header_is_small() {
+        // The fixed cost every patch pays: 16 bytes of framing, the old image's
+        // 16-byte check, its full new hash, three codec bytes, four varints, the
+        // header check.
+        let h = sample();
+        assert_eq!(h.encode().len(), 16 + 16 + 32 + 3 + 2 + 2 + 1 + 3 + 16);
+        assert!(h.encoded_len_bound() >= h.encoded_len());
     }
 
     #[test]
@@ -677,8 +730,9 @@ mod tests {
 
         // twice
         let mut b = h.encode();
-        let ext_len = b.len() - Header::MIN_LEN;
-        let ext = b[Header::FIXED_LEN..Header::FIXED_LEN + ext_len].to_vec();
+        let ext_len = h.code_refs.as_ref().unwrap().extension_len();
+        let ext_at = b.len() - CHECK_LEN - ext_len;
+        let ext = b[ext_at..ext_at + ext_len].to_vec();
         b.truncate(b.len() - CHECK_LEN);
         b.extend_from_slice(&ext);
         let len = (b.len() + CHECK_LEN) as u32;

@@ -1,4 +1,4 @@
-//! The fwdelta patch container, version 1 (specified in `docs/FORMAT.md`).
+//! The fwdelta patch container, version 2 (specified in `docs/FORMAT.md`).
 //!
 //! This crate only describes and validates bytes; it never performs I/O and never
 //! allocates from a size read out of a patch. It is shared by the generator
@@ -8,11 +8,12 @@
 //! Layout of a patch:
 //!
 //! ```text
-//! Header (>= 128 bytes, ends with a 16-byte check)
-//! Segment 0: 'S' + 32-byte segment header + zstd payload + 16-byte check
+//! Header (>= 87 bytes: framing, old-image check, new-image hash, codec,
+//!         four varints, extensions, 16-byte header check)
+//! Segment 0: three varints + zstd payload + 16-byte check (bound to the
+//!            header and the segment's position)
 //! ...
-//! Segment n-1
-//! Trailer: 'E' + 32-byte hash closing the chain over header and segments
+//! Segment n-1 (the header's segment count says the patch ends here)
 //! ```
 
 pub mod address_map;
@@ -24,7 +25,6 @@ pub mod memory;
 pub mod record;
 pub mod reference_rewriter;
 pub mod segment;
-pub mod trailer;
 pub mod varint;
 
 pub use checkpoint::{Checkpoint, InPlaceCheckpoint};
@@ -39,7 +39,7 @@ pub use segment::SegmentHeader;
 pub const MAGIC: [u8; 8] = [0x89, b'F', b'W', b'D', 0x0D, 0x0A, 0x1A, 0x0A];
 
 /// The container version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 /// Largest old or new image the format admits (1 TiB). Sizes above it are refused
 /// as absurd before any other work is done.
@@ -48,7 +48,7 @@ pub const MAX_IMAGE_LEN: u64 = 1 << 40;
 /// Length of the truncated BLAKE3 checks that close the header and each segment.
 pub const CHECK_LEN: usize = 16;
 
-/// Length of a full BLAKE3 hash (image hashes and the trailer).
+/// Length of a full BLAKE3 hash (the new image's hash and the chain).
 pub const HASH_LEN: usize = 32;
 
 /// Little-endian `u64` at `bytes[at..at + 8]`; callers have checked the length.

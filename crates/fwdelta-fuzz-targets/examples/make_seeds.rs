@@ -75,7 +75,9 @@ fn main() {
         push.extend_from_slice(p);
         write("apply_push", name, &push);
     }
-    write("container", "header-only", &patches[0].1[..128]);
+    let first = &patches[0].1;
+    let header_len = u32::from_le_bytes([first[12], first[13], first[14], first[15]]) as usize;
+    write("container", "header-only", &first[..header_len]);
     for (name, new) in &news {
         for cell_log in [12u8, 14] {
             let opts = Options {

@@ -12,7 +12,7 @@ use fwdelta_apply::{apply, inspect, Applier, ApplyOptions};
 use fwdelta_format::header::Header;
 use fwdelta_format::record::Record;
 use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::{chain, truncate_check, Checkpoint, Codec, Layout, MemoryModel};
+use fwdelta_format::{chain, Checkpoint, Codec, Layout, MemoryModel};
 
 /// The old image the apply targets patch: the bundled Cortex-M4 firmware.
 pub static OLD: &[u8] = include_bytes!("../../../testdata/fw-cortex-m4/old");
@@ -37,10 +37,11 @@ pub fn container(data: &[u8]) {
         if let Ok(len) = Header::parse_prefix(&prefix) {
             if let Some(h) = data.get(..len) {
                 if let Ok(header) = Header::parse(h) {
-                    if let Some(seg) = data.get(len..len + SegmentHeader::LEN) {
-                        let mut b = [0u8; SegmentHeader::LEN];
-                        b.copy_from_slice(seg);
-                        let _ = SegmentHeader::parse(&b, &header, 0, 0);
+                    let rest = &data[len..];
+                    let seg = &rest[..rest.len().min(SegmentHeader::MAX_LEN)];
+                    if let Ok(Some(n)) = SegmentHeader::complete_len(seg) {
+                        let _ = SegmentHeader::parse(&seg[..n], &header, 0, 0);
+                        let _ = SegmentHeader::parse_cell(&seg[..n], &header, 0);
                     }
                 }
             }
@@ -178,7 +179,7 @@ fn gen_records(u: &mut Unstructured<'_>, old_len: usize) -> ArbResult<Vec<GenRec
     Ok(v)
 }
 
-/// Build a well-sealed patch (valid checks, chain and trailer) from arbitrary
+/// Build a well-sealed patch (valid header and segment checks) from arbitrary
 /// records, compute the expected image with [`reference`], and require the
 /// applier to produce exactly it, or to refuse exactly when the reference does.
 pub fn apply_structured(data: &[u8]) {
@@ -244,7 +245,7 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
     let header = Header {
         flags: 0,
         old_len: old.len() as u64,
-        old_hash: *blake3::hash(old).as_bytes(),
+        old_check: fwdelta_format::check_of(old),
         new_len,
         new_hash,
         codec,
@@ -256,7 +257,8 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         code_refs: None,
     };
     let mut patch = header.encode();
-    let mut state = chain::start(&patch);
+    let header_hash = chain::start(&patch);
+    let mut state = header_hash;
     for (index, (old_start, claimed, offset, stream)) in streams.iter().enumerate() {
         let payload = match codec {
             Codec::Stored => stream.clone(),
@@ -272,18 +274,16 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
             old_start: *old_start,
             payload_len: payload.len() as u32,
         }
-        .encode();
-        let mut h = blake3::Hasher::new();
-        h.update(&head);
-        h.update(&payload);
-        let hash = h.finalize();
-        state = chain::next(&state, hash.as_bytes());
-        patch.extend_from_slice(&head);
-        patch.extend_from_slice(&payload);
-        patch.extend_from_slice(&truncate_check(&hash));
+        .encode(&header);
+        chain::seal_segment(
+            &mut patch,
+            &header_hash,
+            &mut state,
+            index as u32,
+            &head,
+            &payload,
+        );
     }
-    patch.push(fwdelta_format::trailer::END_TAG);
-    patch.extend_from_slice(&chain::trailer(&state));
 
     let result = apply(old, &patch[..], Vec::new(), opts());
     match (&expected, result) {

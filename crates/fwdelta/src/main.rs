@@ -431,7 +431,7 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
             "flags": h.flags,
             "patch_len": info.patch_len,
             "header_len": info.header_len,
-            "old": { "len": h.old_len, "blake3": hex(&h.old_hash) },
+            "old": { "len": h.old_len, "blake3_prefix": hex(&h.old_check) },
             "new": { "len": h.new_len, "blake3": hex(&h.new_hash) },
             "codec": h.codec.name(),
             "window_log": h.window_log,
@@ -454,9 +454,9 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
     )?;
     writeln!(
         out,
-        "  old image     {:>12} bytes  blake3 {}",
+        "  old image     {:>12} bytes  blake3 {}...",
         h.old_len,
-        hex(&h.old_hash)
+        hex(&h.old_check)
     )?;
     writeln!(
         out,

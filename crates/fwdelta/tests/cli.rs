@@ -13,13 +13,32 @@ const EXIT_WRONG_OLD: i32 = 4;
 const EXIT_LIMITS: i32 = 5;
 const EXIT_UNSUPPORTED: i32 = 6;
 
-/// Offsets in the version-1 header (see crates/fwdelta-format/src/header.rs).
+/// Offset of the version in every header (see docs/FORMAT.md, "frozen framing").
 const VERSION_AT: usize = 8;
-const NEW_LEN_AT: usize = 56;
-const HEADER_FIXED_LEN: usize = 112;
-const HEADER_LEN: usize = 128;
-const SEGMENT_HEADER_LEN: usize = 33;
-const TRAILER_LEN: usize = 33;
+
+/// The header's length, from its frozen framing (bytes 12..16).
+fn header_len(patch: &[u8]) -> usize {
+    u32::from_le_bytes(patch[12..16].try_into().unwrap()) as usize
+}
+
+/// Where the first segment's payload starts, and its length: the segment
+/// header (three varints) follows the patch header.
+fn first_payload(patch: &[u8]) -> (usize, usize) {
+    let at = header_len(patch);
+    let n = fwdelta_format::SegmentHeader::complete_len(&patch[at..])
+        .unwrap()
+        .unwrap();
+    let mut fields = Vec::new();
+    let mut i = at;
+    while i < at + n {
+        let (v, used) = fwdelta_format::varint::get_u64(&patch[i..])
+            .unwrap()
+            .unwrap();
+        fields.push(v);
+        i += used;
+    }
+    (at + n, fields[2] as usize)
+}
 
 /// Outcome of one run of the binary.
 struct Run {
@@ -229,8 +248,20 @@ impl Fixture {
 /// as intact and its fields are validated.
 fn reseal(patch: &mut [u8], at: usize, value: &[u8]) {
     patch[at..at + value.len()].copy_from_slice(value);
-    let check = blake3::hash(&patch[..HEADER_FIXED_LEN]);
-    patch[HEADER_FIXED_LEN..HEADER_LEN].copy_from_slice(&check.as_bytes()[..16]);
+    let end = header_len(patch);
+    let check = blake3::hash(&patch[..end - 16]);
+    patch[end - 16..end].copy_from_slice(&check.as_bytes()[..16]);
+}
+
+/// The patch with its header decoded, changed by `edit` and encoded again
+/// (sealed), followed by the original segments.
+fn with_header(patch: &[u8], edit: impl FnOnce(&mut fwdelta_format::Header)) -> Vec<u8> {
+    let n = header_len(patch);
+    let mut h = fwdelta_format::Header::parse(&patch[..n]).unwrap();
+    edit(&mut h);
+    let mut out = h.encode();
+    out.extend_from_slice(&patch[n..]);
+    out
 }
 
 fn info_json(patch: &Path) -> serde_json::Value {
@@ -244,7 +275,7 @@ fn info_json(patch: &Path) -> serde_json::Value {
 
 fn round_trip(pair: &str) {
     let fx = Fixture::new(pair);
-    assert!(fx.patch_bytes().len() > HEADER_LEN + TRAILER_LEN);
+    assert!(fx.patch_bytes().len() > header_len(&fx.patch_bytes()) + 16);
 
     // Default (not quiet): success, the new image byte for byte.
     let run = fx.apply_with(&fx.old, &fx.patch_bytes(), &[]);
@@ -345,7 +376,7 @@ fn apply_refuses_truncated_patches() {
     let fx = Fixture::new("fw-cortex-m4");
     let patch = fx.patch_bytes();
     let len = patch.len();
-    for cut in [0, 10, 100, HEADER_LEN, len / 2, len - 1] {
+    for cut in [0, 10, 50, header_len(&patch), len / 2, len - 1] {
         fx.refuse(&patch[..cut], &[], EXIT_BAD_PATCH, &["truncated"]);
     }
 }
@@ -360,8 +391,10 @@ fn apply_refuses_empty_patch() {
 fn apply_refuses_flipped_header_byte() {
     let fx = Fixture::new("fw-cortex-m4");
     let patch = fx.patch_bytes();
-    // old_len, new_hash, segment_count, the check itself.
-    for at in [20, 70, 100, 120] {
+    // old-image check, new hash, the varints (lengths, count, claim), the
+    // header check itself.
+    let end = header_len(&patch);
+    for at in [20, 40, 68, end - 1] {
         let mut bad = patch.clone();
         bad[at] ^= 0x01;
         fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["corrupt"]);
@@ -376,17 +409,11 @@ fn apply_refuses_flipped_header_byte() {
 fn apply_refuses_flipped_segment_payload_byte() {
     let fx = Fixture::new("fw-cortex-m4");
     let patch = fx.patch_bytes();
-    let payload_len_at = HEADER_LEN + 29;
-    let payload_len = u32::from_le_bytes(
-        patch[payload_len_at..payload_len_at + 4]
-            .try_into()
-            .unwrap(),
-    ) as usize;
+    let (payload_at, payload_len) = first_payload(&patch);
     assert!(
         payload_len > 4,
         "first segment payload is {payload_len} bytes"
     );
-    let payload_at = HEADER_LEN + SEGMENT_HEADER_LEN;
     for at in [
         payload_at,
         payload_at + payload_len / 2,
@@ -399,11 +426,11 @@ fn apply_refuses_flipped_segment_payload_byte() {
 }
 
 #[test]
-fn apply_refuses_flipped_trailer_byte() {
+fn apply_refuses_flipped_last_check_byte() {
     let fx = Fixture::new("fw-cortex-m4");
     let patch = fx.patch_bytes();
     let len = patch.len();
-    for at in [len - TRAILER_LEN + 1, len - 1] {
+    for at in [len - 16, len - 1] {
         let mut bad = patch.clone();
         bad[at] ^= 0x80;
         fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["corrupt"]);
@@ -438,7 +465,7 @@ fn apply_refuses_other_old_image() {
 fn apply_refuses_unknown_format_version() {
     let fx = Fixture::new("fw-cortex-m4");
     let mut bad = fx.patch_bytes();
-    bad[VERSION_AT..VERSION_AT + 2].copy_from_slice(&2u16.to_le_bytes());
+    bad[VERSION_AT..VERSION_AT + 2].copy_from_slice(&3u16.to_le_bytes());
     // Without a matching header check this is damage, not a newer version.
     fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["corrupt"]);
     // With the header check re-sealed it is a genuinely newer version.
@@ -456,21 +483,22 @@ fn apply_refuses_unknown_format_version() {
 fn apply_refuses_absurd_new_size() {
     let fx = Fixture::new("fw-cortex-m4");
     for size in [u64::MAX, (1u64 << 40) + 1] {
-        let mut bad = fx.patch_bytes();
-        reseal(&mut bad, NEW_LEN_AT, &size.to_le_bytes());
+        let bad = with_header(&fx.patch_bytes(), |h| h.new_len = size);
         fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["absurd"]);
     }
 }
 
 #[test]
 fn reseal_helper_produces_a_valid_header() {
-    // Guards the absurd-size test: re-sealing an unchanged value must keep the
-    // patch applicable, so the refusal above is about the size, not the check.
+    // Guards the absurd-size and version tests: re-sealing or re-encoding an
+    // unchanged header must give back the same patch, so the refusals above
+    // are about the field, not the check.
     let fx = Fixture::new("fw-cortex-m4");
     let mut patch = fx.patch_bytes();
-    let new_len = patch[NEW_LEN_AT..NEW_LEN_AT + 8].to_vec();
-    reseal(&mut patch, NEW_LEN_AT, &new_len);
+    let version = patch[VERSION_AT..VERSION_AT + 2].to_vec();
+    reseal(&mut patch, VERSION_AT, &version);
     assert_eq!(patch, fx.patch_bytes());
+    assert_eq!(with_header(&patch, |_| {}), fx.patch_bytes());
 }
 
 #[test]
@@ -498,7 +526,7 @@ fn apply_refuses_garbage() {
 #[test]
 fn apply_refuses_trailing_garbage() {
     let fx = Fixture::new("fw-cortex-m4");
-    for extra in [&b"x"[..], &b"\0\0\0\0junk after the trailer"[..]] {
+    for extra in [&b"x"[..], &b"\0\0\0\0junk after the last segment"[..]] {
         let mut bad = fx.patch_bytes();
         bad.extend_from_slice(extra);
         fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["unexpected data"]);
@@ -569,7 +597,7 @@ fn failed_apply_leaves_existing_output_untouched() {
     let mut corrupt = patch.clone();
     corrupt[len - 1] ^= 1;
     let mut payload = patch.clone();
-    payload[HEADER_LEN + SEGMENT_HEADER_LEN + 2] ^= 1;
+    payload[first_payload(&patch).0 + 2] ^= 1;
     fx.refuse(&patch[..len / 2], &[], EXIT_BAD_PATCH, &["truncated"]);
     fx.refuse(&patch[..len - 1], &[], EXIT_BAD_PATCH, &["truncated"]);
     fx.refuse(&corrupt, &[], EXIT_BAD_PATCH, &["corrupt"]);
@@ -739,14 +767,14 @@ fn info_human_and_json() {
     let v = info_json(&fx.patch);
     let old_len = fs::metadata(&fx.old).unwrap().len();
     let new_len = fs::metadata(&fx.new).unwrap().len();
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["format_version"], 2);
     assert_eq!(v["old"]["len"].as_u64(), Some(old_len));
     assert_eq!(v["new"]["len"].as_u64(), Some(new_len));
     assert_eq!(v["codec"], "zstd");
     assert_eq!(v["patch_len"].as_u64(), Some(fx.patch_bytes().len() as u64));
     assert_eq!(
-        v["old"]["blake3"].as_str(),
-        Some(blake3::hash(&fs::read(&fx.old).unwrap()).to_hex().as_str())
+        v["old"]["blake3_prefix"].as_str(),
+        Some(&blake3::hash(&fs::read(&fx.old).unwrap()).to_hex()[..32])
     );
     assert_eq!(
         v["new"]["blake3"].as_str(),
@@ -768,7 +796,7 @@ fn info_human_and_json() {
     let run = fwdelta([OsStr::new("info"), fx.patch.as_os_str()]);
     run.assert_ok();
     assert!(
-        run.stdout.contains("format version 1"),
+        run.stdout.contains("format version 2"),
         "{}",
         run.describe()
     );
@@ -806,7 +834,7 @@ fn info_refuses_corrupt_patch() {
         (
             {
                 let mut b = patch.clone();
-                b[HEADER_LEN + SEGMENT_HEADER_LEN + 1] ^= 1;
+                b[first_payload(&patch).0 + 1] ^= 1;
                 b
             },
             "corrupt",
