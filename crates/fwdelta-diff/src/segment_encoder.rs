@@ -65,9 +65,10 @@ struct Planned {
 
 /// The records of one segment. Record `k`'s seek moves the old cursor from the
 /// end of op `k`'s diff range to the start of op `k + 1`'s; the last seek is 0.
-/// Each op's diff range is cut into copy/diff pieces by [`copy_diff_pieces`].
+/// Each op's diff range is cut into copy/diff pieces by [`copy_diff_pieces`];
+/// a record that only copies is merged into the next.
 fn plan_records(seg: &SegmentPlan, old: &[u8], new: &[u8], min_copy_run: usize) -> Vec<Planned> {
-    let mut out = Vec::with_capacity(seg.ops.len());
+    let mut out: Vec<Planned> = Vec::with_capacity(seg.ops.len());
     let mut at = seg.new_offset as usize;
     for (k, op) in seg.ops.iter().enumerate() {
         let seek = match seg.ops.get(k + 1) {
@@ -84,12 +85,21 @@ fn plan_records(seg: &SegmentPlan, old: &[u8], new: &[u8], min_copy_run: usize) 
             } else {
                 (0, 0)
             };
-            let record = Record {
+            let mut record = Record {
                 copy_len: copy as u64,
                 diff_len: diff as u64,
                 literal_len,
                 seek,
             };
+            // A record that only copies (the matcher split a run at an op
+            // boundary) folds into the next one's copy: one head fewer.
+            if let Some(prev) = out.last() {
+                let r = prev.record;
+                if r.diff_len == 0 && r.literal_len == 0 && r.seek == 0 {
+                    record.copy_len += r.copy_len;
+                    out.pop();
+                }
+            }
             out.push(Planned {
                 record,
                 diff_new: at + piece_at + copy,
