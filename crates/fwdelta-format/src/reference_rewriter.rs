@@ -110,6 +110,10 @@ enum Kind {
     A64 { shift: u32, bits: u32 },
     /// A64 ADR (page = false) or ADRP (page = true).
     A64Adr { page: bool },
+    /// A64 ADRP followed by an ADD (immediate) or an unsigned-offset LDR/STR
+    /// on the same register: the pair names a full address, page and low 12
+    /// bits (scaled by `1 << scale` for loads and stores).
+    A64AdrpPair { scale: u32 },
     /// A32 B/BL: imm24 times 4, relative to the instruction + 8.
     A32Branch,
     /// A32 LDR literal: sign-magnitude imm12, relative to the instruction + 8.
@@ -151,9 +155,14 @@ fn recognise(arch: Arch, b: &[u8]) -> Option<Ref> {
             } else if w & 0x7E00_0000 == 0x3600_0000 {
                 Kind::A64 { shift: 5, bits: 14 }
             } else if w & 0x1F00_0000 == 0x1000_0000 {
-                Kind::A64Adr {
-                    page: w & 0x8000_0000 != 0,
+                let page = w & 0x8000_0000 != 0;
+                if let Some(scale) = page.then(|| adrp_partner(w, b)).flatten() {
+                    return Some(Ref {
+                        len: 8,
+                        kind: Kind::A64AdrpPair { scale },
+                    });
                 }
+                Kind::A64Adr { page }
             } else {
                 return None;
             };
@@ -209,6 +218,23 @@ fn recognise(arch: Arch, b: &[u8]) -> Option<Ref> {
     }
 }
 
+/// If the instruction after the ADRP `w` (at `b[4..8]`) uses its register as
+/// the base of an ADD (immediate, 64-bit, unshifted) or of an unsigned-offset
+/// integer LDR/STR, the scale of its 12-bit offset (0 for ADD).
+fn adrp_partner(w: u32, b: &[u8]) -> Option<u32> {
+    let w2 = word(b.get(4..8)?);
+    if (w2 >> 5) & 0x1F != w & 0x1F {
+        return None;
+    }
+    if w2 & 0xFFC0_0000 == 0x9100_0000 {
+        Some(0)
+    } else if w2 & 0x3F00_0000 == 0x3900_0000 {
+        Some(w2 >> 30)
+    } else {
+        None
+    }
+}
+
 /// The old target of reference `r` at old offset `p` (bytes `b`), and its value
 /// re-encoded for a target at `new_target` from an instruction at `new_p`
 /// (`None` if it does not fit).
@@ -227,6 +253,17 @@ fn target_of(r: Ref, p: u64, b: &[u8]) -> i64 {
             } else {
                 p + imm
             }
+        }
+        Kind::A64AdrpPair { scale } => {
+            let page = target_of(
+                Ref {
+                    len: 4,
+                    kind: Kind::A64Adr { page: true },
+                },
+                p as u64,
+                b,
+            );
+            page + i64::from(((word(&b[4..8]) >> 10) & 0xFFF) << scale)
         }
         Kind::A32Branch => p + 8 + 4 * sext(u64::from(word(b)) & 0xFF_FFFF, 24),
         Kind::A32Literal => {
@@ -301,6 +338,21 @@ fn retarget(r: Ref, np: i64, nt: i64, b: &mut [u8]) -> bool {
             let w =
                 word(b) & !(0x7FFFF << 5 | 3 << 29) | ((imm >> 2) & 0x7FFFF) << 5 | (imm & 3) << 29;
             put_word(b, w);
+        }
+        Kind::A64AdrpPair { scale } => {
+            let low = nt & 0xFFF;
+            if low & ((1 << scale) - 1) != 0 {
+                return false;
+            }
+            let adrp = Ref {
+                len: 4,
+                kind: Kind::A64Adr { page: true },
+            };
+            if !retarget(adrp, np, nt, b) {
+                return false;
+            }
+            let w2 = word(&b[4..8]) & !(0xFFF << 10) | ((low >> scale) as u32) << 10;
+            b[4..8].copy_from_slice(&w2.to_le_bytes());
         }
         Kind::A32Branch => {
             let off = nt - np - 8;
@@ -401,7 +453,12 @@ impl ReferenceRewriter {
         let align = self.arch.align();
         // First position whose pattern could overlap `from`, and the first whose
         // pattern could overlap that one.
-        let reach = if align == 4 { 0 } else { MAX_PATTERN - 1 };
+        let reach = match self.arch {
+            // An ADRP pair (8 bytes) may start one word before `from`.
+            Arch::Aarch64 => 4,
+            Arch::Arm32 => 0,
+            _ => MAX_PATTERN - 1,
+        };
         let lo = from.saturating_sub(reach) / align * align;
         let scan_lo = lo.saturating_sub(reach) / align * align;
         let hi = to.min(self.image_len);
@@ -509,6 +566,18 @@ mod tests {
                 &0x9000_0000u32.to_le_bytes(),
                 &[0, 4096 * 9, -4096 * 3],
             ),
+            // ADRP x1 + ADD x1, x1, #lo12
+            (
+                Arch::Aarch64,
+                &[0x01, 0x00, 0x00, 0x90, 0x21, 0x00, 0x00, 0x91],
+                &[0, 0x123, 4096 * 9 + 0xFFF, -4096 * 3 + 8],
+            ),
+            // ADRP x1 + LDR x2, [x1, #lo12] (scaled by 8)
+            (
+                Arch::Aarch64,
+                &[0x01, 0x00, 0x00, 0x90, 0x22, 0x00, 0x40, 0xF9],
+                &[0, 8 * 100, -4096 * 2 + 0x10],
+            ),
             (
                 Arch::Arm32,
                 &0xEB00_0000u32.to_le_bytes(),
@@ -532,6 +601,27 @@ mod tests {
                 encode(*arch, template, p, p as i64 + off);
             }
         }
+    }
+
+    #[test]
+    fn adrp_pairs_need_the_same_register_and_an_aligned_offset() {
+        // ADD on another register: only the ADRP is a reference.
+        let b = [0x01, 0x00, 0x00, 0x90, 0x42, 0x00, 0x00, 0x91];
+        assert!(matches!(
+            recognise(Arch::Aarch64, &b).map(|r| r.kind),
+            Some(Kind::A64Adr { page: true })
+        ));
+        // An 8-byte load cannot reach an address that is not a multiple of 8.
+        let pair = [0x01, 0x00, 0x00, 0x90, 0x22, 0x00, 0x40, 0xF9];
+        let r = recognise(Arch::Aarch64, &pair).unwrap();
+        let mut b = pair;
+        assert!(!retarget(r, 0, 0x1004, &mut b));
+        assert_eq!(b, pair);
+        // Cut before the partner (end of the image): a plain ADRP.
+        assert!(matches!(
+            recognise(Arch::Aarch64, &pair[..6]).map(|r| r.kind),
+            Some(Kind::A64Adr { page: true })
+        ));
     }
 
     #[test]
@@ -576,6 +666,60 @@ mod tests {
             prop_oneof![any::<u8>(), proptest::sample::select(ops), Just(0u8)],
             0..3000,
         )
+    }
+
+    /// AArch64 code dense in ADRP pairs: words drawn from ADRP x1 (pages 0-2
+    /// from its own, so targets mostly fall inside the image), ADD x1, LDR
+    /// x2/w2 [x1], BL and noise.
+    fn arb_a64_pairs() -> impl Strategy<Value = Vec<u8>> {
+        let word = (0usize..6, any::<u32>()).prop_map(|(k, r)| {
+            let lo12 = r >> 20;
+            let w = match k {
+                0 => 0x9000_0001 | ((r % 3) << 29),
+                1 => 0x9100_0021 | lo12 << 10,
+                2 => 0xF940_0022 | (lo12 % 512) << 10,
+                3 => 0xB940_0022 | (lo12 % 1024) << 10,
+                4 => 0x9400_0000 | (r & 0x03FF_FFFF),
+                _ => r,
+            };
+            w.to_le_bytes()
+        });
+        proptest::collection::vec(word, 0..4000).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn aarch64_pairs_agree_across_windows(
+            code in arb_a64_pairs(),
+            shifts in proptest::collection::vec((1u64..400, -300i64..300), 0..8),
+            cuts in proptest::collection::vec(0usize..16_000, 0..24),
+        ) {
+            let len = code.len() as u64;
+            let mut runs = vec![(0u64, 0i64)];
+            let mut at = 0;
+            for (g, s) in shifts { at += g * 8; if at < len { runs.push((at, s * 4)); } }
+            let map = AddressMap::from_runs(&runs, len.max(1)).unwrap();
+            let mut whole = code.clone();
+            ReferenceRewriter::new(Arch::Aarch64, map.clone(), len).rewrite_image(&mut whole);
+            let mut cuts: Vec<u64> = cuts.into_iter().map(|c| c as u64 % (len + 1)).collect();
+            cuts.push(0);
+            cuts.push(len);
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut rw = ReferenceRewriter::new(Arch::Aarch64, map, len);
+            for w in cuts.windows(2) {
+                let (from, to) = (w[0], w[1]);
+                let ws = from.saturating_sub(CONTEXT);
+                let we = (to + CONTEXT).min(len);
+                let mut window = code[ws as usize..we as usize].to_vec();
+                rw.rewrite(&mut window, ws, from, to);
+                prop_assert_eq!(
+                    &window[(from - ws) as usize..(to - ws) as usize],
+                    &whole[from as usize..to as usize]
+                );
+            }
+        }
     }
 
     proptest! {
