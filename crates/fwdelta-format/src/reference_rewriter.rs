@@ -668,6 +668,38 @@ mod tests {
         )
     }
 
+    /// Predict `code` whole, then in windows cut at `cuts` (each read with
+    /// [`CONTEXT`] bytes either side, as the applier does): every window must
+    /// give the whole-image bytes.
+    fn windows_agree(
+        arch: Arch,
+        code: &[u8],
+        map: AddressMap,
+        cuts: Vec<usize>,
+    ) -> Result<(), TestCaseError> {
+        let len = code.len() as u64;
+        let mut whole = code.to_vec();
+        ReferenceRewriter::new(arch, map.clone(), len).rewrite_image(&mut whole);
+        let mut cuts: Vec<u64> = cuts.into_iter().map(|c| c as u64 % (len + 1)).collect();
+        cuts.push(0);
+        cuts.push(len);
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut rw = ReferenceRewriter::new(arch, map, len);
+        for w in cuts.windows(2) {
+            let (from, to) = (w[0], w[1]);
+            let ws = from.saturating_sub(CONTEXT);
+            let we = (to + CONTEXT).min(len);
+            let mut window = code[ws as usize..we as usize].to_vec();
+            rw.rewrite(&mut window, ws, from, to);
+            prop_assert_eq!(
+                &window[(from - ws) as usize..(to - ws) as usize],
+                &whole[from as usize..to as usize]
+            );
+        }
+        Ok(())
+    }
+
     /// AArch64 code dense in ADRP pairs: words drawn from ADRP x1 (pages 0-2
     /// from its own, so targets mostly fall inside the image), ADD x1, LDR
     /// x2/w2 [x1], BL and noise.
@@ -700,25 +732,7 @@ mod tests {
             let mut at = 0;
             for (g, s) in shifts { at += g * 8; if at < len { runs.push((at, s * 4)); } }
             let map = AddressMap::from_runs(&runs, len.max(1)).unwrap();
-            let mut whole = code.clone();
-            ReferenceRewriter::new(Arch::Aarch64, map.clone(), len).rewrite_image(&mut whole);
-            let mut cuts: Vec<u64> = cuts.into_iter().map(|c| c as u64 % (len + 1)).collect();
-            cuts.push(0);
-            cuts.push(len);
-            cuts.sort_unstable();
-            cuts.dedup();
-            let mut rw = ReferenceRewriter::new(Arch::Aarch64, map, len);
-            for w in cuts.windows(2) {
-                let (from, to) = (w[0], w[1]);
-                let ws = from.saturating_sub(CONTEXT);
-                let we = (to + CONTEXT).min(len);
-                let mut window = code[ws as usize..we as usize].to_vec();
-                rw.rewrite(&mut window, ws, from, to);
-                prop_assert_eq!(
-                    &window[(from - ws) as usize..(to - ws) as usize],
-                    &whole[from as usize..to as usize]
-                );
-            }
+            windows_agree(Arch::Aarch64, &code, map, cuts)?;
         }
     }
 
@@ -744,25 +758,7 @@ mod tests {
             let mut at = 0;
             for (g, s) in shifts { at += g; if at < len { runs.push((at, s)); } }
             let map = AddressMap::from_runs(&runs, len.max(1)).unwrap();
-            let mut whole = code.clone();
-            ReferenceRewriter::new(arch, map.clone(), len).rewrite_image(&mut whole);
-            let mut cuts: Vec<u64> = cuts.into_iter().map(|c| c as u64 % (len + 1)).collect();
-            cuts.push(0);
-            cuts.push(len);
-            cuts.sort_unstable();
-            cuts.dedup();
-            let mut rw = ReferenceRewriter::new(arch, map, len);
-            for w in cuts.windows(2) {
-                let (from, to) = (w[0], w[1]);
-                let ws = from.saturating_sub(CONTEXT);
-                let we = (to + CONTEXT).min(len);
-                let mut window = code[ws as usize..we as usize].to_vec();
-                rw.rewrite(&mut window, ws, from, to);
-                prop_assert_eq!(
-                    &window[(from - ws) as usize..(to - ws) as usize],
-                    &whole[from as usize..to as usize]
-                );
-            }
+            windows_agree(arch, &code, map, cuts)?;
         }
     }
 }
