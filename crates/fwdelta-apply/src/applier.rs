@@ -4,7 +4,8 @@
 //!
 //! Memory: one zstd decoder bounded by the header's window (refused if it asks
 //! for more than [`ApplyOptions::memory_limit`]), three 16 KiB buffers, and a
-//! header accumulator of at most 4 KiB. Passes: one over the old image to verify
+//! header accumulator of at most 4 KiB (an executable-aware header, up to 68 KiB,
+//! is refused from its first 16 bytes if it and the buffers exceed the limit). Passes: one over the old image to verify
 //! its hash, then random reads of the old bytes the records name; one pass over
 //! the patch.
 
@@ -517,6 +518,16 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 let mut prefix = [0u8; Header::PREFIX_LEN];
                 prefix.copy_from_slice(&self.acc);
                 self.want = Header::parse_prefix(&prefix)?;
+                // Only executable-aware headers exceed 4 KiB, and their claim
+                // counts the header on top of the applier's buffers: if that
+                // already breaks the limit, refuse before buffering it.
+                let floor = self.want as u64 + fwdelta_format::MemoryModel::APPLIER_BUFFERS;
+                if self.want > 4096 && floor > self.opts.memory_limit {
+                    return Err(ApplyError::MemoryBudget {
+                        needed: floor,
+                        limit: self.opts.memory_limit,
+                    });
+                }
                 self.stage = Stage::Header;
             }
             Stage::Header => {

@@ -224,6 +224,58 @@ fn memory_budget_is_enforced_from_the_header_alone() {
     assert!(matches!(err, ApplyError::NewTooLarge { .. }), "{err}");
 }
 
+#[test]
+fn a_large_header_is_refused_before_it_is_buffered() {
+    // An executable-aware header with a big address map (~20 KB): an applier
+    // whose whole budget is 64 KiB must refuse it from its first 16 bytes
+    // instead of buffering it first.
+    let old = vec![0u8; 1 << 20];
+    let runs: Vec<(u64, i64)> = (0..10_000u64)
+        .map(|i| (i * 100, (i % 2) as i64 * 4))
+        .collect();
+    let mut header = Header {
+        flags: 0,
+        old_len: old.len() as u64,
+        old_check: check_of(&old),
+        new_len: old.len() as u64,
+        new_hash: [0; 32],
+        codec: Codec::Stored,
+        window_log: 10,
+        layout: Layout::Interleaved,
+        segment_count: 1,
+        apply_memory: 0,
+        cell_log: None,
+        code_refs: Some(fwdelta_format::CodeRefs {
+            arch: fwdelta_format::reference_rewriter::Arch::Aarch64,
+            map: fwdelta_format::address_map::AddressMap::from_runs(&runs, old.len() as u64)
+                .unwrap(),
+        }),
+    };
+    header.apply_memory = 1 << 21;
+    let bytes = header.encode();
+    assert!(bytes.len() > 16_000, "header is {} bytes", bytes.len());
+    let opts = ApplyOptions {
+        memory_limit: 64 << 10,
+        ..ApplyOptions::default()
+    };
+    let mut a = Applier::new(&old[..], Vec::new(), opts);
+    let err = a.feed(&bytes[..Header::PREFIX_LEN]).unwrap_err();
+    assert!(matches!(err, ApplyError::MemoryBudget { .. }), "{err}");
+    // With room for it, the same header is read (and then refused for its
+    // claim only once whole: here the claim of 2 MiB is over this limit).
+    let opts = ApplyOptions {
+        memory_limit: 1 << 20,
+        ..ApplyOptions::default()
+    };
+    let mut a = Applier::new(&old[..], Vec::new(), opts);
+    a.feed(&bytes[..Header::PREFIX_LEN]).unwrap();
+    let err = a.feed(&bytes[Header::PREFIX_LEN..]).unwrap_err();
+    assert!(
+        matches!(err, ApplyError::MemoryBudget { needed, .. } if needed == 1 << 21),
+        "{err}"
+    );
+}
+
 /// Re-seal a header after editing its fields, so field checks (not the header
 /// check) are what is tested.
 fn reseal(patch: &mut [u8]) {
