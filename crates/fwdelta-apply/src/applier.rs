@@ -4,10 +4,10 @@
 //!
 //! Memory: one zstd decoder bounded by the header's window (refused if it asks
 //! for more than [`ApplyOptions::memory_limit`]), three 16 KiB buffers, and a
-//! header accumulator of at most 4 KiB (an executable-aware header, up to 68 KiB,
-//! is refused from its first 16 bytes if it and the buffers exceed the limit). Passes: one over the old image to verify
-//! its hash, then random reads of the old bytes the records name; one pass over
-//! the patch.
+//! header accumulator of at most 4 KiB (an executable-aware header, up to 68
+//! KiB, is refused from its first 16 bytes if it and the buffers exceed the
+//! limit). Passes: one over the old image to verify its hash, then random reads
+//! of the old bytes the records name; one pass over the patch.
 
 use crate::error::ApplyError;
 use crate::predicted_old::Predictor;
@@ -518,11 +518,12 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 let mut prefix = [0u8; Header::PREFIX_LEN];
                 prefix.copy_from_slice(&self.acc);
                 self.want = Header::parse_prefix(&prefix)?;
-                // Only executable-aware headers exceed 4 KiB, and their claim
-                // counts the header on top of the applier's buffers: if that
-                // already breaks the limit, refuse before buffering it.
+                // Only executable-aware headers exceed the plain limit, and
+                // their claim counts the header on top of the applier's
+                // buffers: if that already breaks the limit, refuse before
+                // buffering it.
                 let floor = self.want as u64 + fwdelta_format::MemoryModel::APPLIER_BUFFERS;
-                if self.want > 4096 && floor > self.opts.memory_limit {
+                if self.want > Header::PLAIN_MAX_LEN && floor > self.opts.memory_limit {
                     return Err(ApplyError::MemoryBudget {
                         needed: floor,
                         limit: self.opts.memory_limit,
@@ -540,13 +541,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             }
             Stage::SegmentHead => {
                 let header = self.header.as_ref().ok_or(ApplyError::Poisoned)?;
-                let complete = SegmentHeader::complete_len(&self.acc).map_err(|_| {
-                    FormatError::BadSegment {
-                        index: self.next_index,
-                        detail: "malformed header".into(),
-                    }
-                })?;
-                if complete.is_none() {
+                if SegmentHeader::complete_len(&self.acc, self.next_index)?.is_none() {
                     // A varint is still open: take one more byte.
                     self.want += 1;
                     self.stage = Stage::SegmentHead;
@@ -810,7 +805,8 @@ impl SegmentRunner {
     /// Decode segment `head` (encoded as `head_bytes`), whose payload is next
     /// in `patch`, reading `old` and writing to `sink`. Returns the segment's
     /// hash (bound to the patch header and the segment's index); the caller
-    /// checks it against the stored check. Validates the stream as the push applier does.
+    /// checks it against the stored check. Validates the stream as the push
+    /// applier does.
     pub(crate) fn run<O: OldImage + ?Sized, S: Sink, R: Read>(
         &mut self,
         head: SegmentHeader,

@@ -171,11 +171,7 @@ pub(crate) fn read_segment_head<R: Read>(
         let mut one = [0u8; 1];
         read_part(r, &mut one, offset, &stage)?;
         b.push(one[0]);
-        let complete = SegmentHeader::complete_len(&b).map_err(|_| FormatError::BadSegment {
-            index,
-            detail: "malformed header".into(),
-        })?;
-        if complete.is_some() {
+        if SegmentHeader::complete_len(&b, index)?.is_some() {
             return Ok(b);
         }
     }

@@ -276,10 +276,15 @@ fn a_large_header_is_refused_before_it_is_buffered() {
     );
 }
 
+/// The header's length, from its frozen framing (bytes 12..16).
+fn header_len(patch: &[u8]) -> usize {
+    u32::from_le_bytes([patch[12], patch[13], patch[14], patch[15]]) as usize
+}
+
 /// Re-seal a header after editing its fields, so field checks (not the header
 /// check) are what is tested.
 fn reseal(patch: &mut [u8]) {
-    let len = u32::from_le_bytes([patch[12], patch[13], patch[14], patch[15]]) as usize;
+    let len = header_len(patch);
     let n = len - CHECK_LEN;
     let c = check_of(&patch[..n]);
     patch[n..len].copy_from_slice(&c);
@@ -290,7 +295,7 @@ fn bad_code_extensions_are_refused() {
     let (old, new, patch) = firmware_patch();
     // The extension is the last thing before the header check: type, length,
     // arch id, map.
-    let header_len = u32::from_le_bytes([patch[12], patch[13], patch[14], patch[15]]) as usize;
+    let header_len = header_len(&patch);
     let header = Header::parse(&patch[..header_len]).unwrap();
     let at = header_len - CHECK_LEN - header.code_refs.as_ref().unwrap().extension_len();
     assert_eq!(
@@ -344,7 +349,7 @@ fn unknown_version_and_absurd_claims_are_refused() {
         );
     }
 
-    let header_len = u32::from_le_bytes([patch[12], patch[13], patch[14], patch[15]]) as usize;
+    let header_len = header_len(&patch);
     let mut header = Header::parse(&patch[..header_len]).unwrap();
     header.new_len = 1 << 60;
     let mut absurd = header.encode();

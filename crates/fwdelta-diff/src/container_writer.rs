@@ -5,7 +5,9 @@ use crate::segment_encoder::EncodedSegment;
 use crate::segmenter::SegmentPlan;
 use fwdelta_format::header::{FLAG_IN_PLACE, MIN_WINDOW_LOG};
 use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::{chain, CodeRefs, Codec, Header, Layout, MemoryModel, CHECK_LEN};
+use fwdelta_format::{
+    chain, truncate_check, CodeRefs, Codec, Header, Layout, MemoryModel, CHECK_LEN,
+};
 
 /// What the header says about the two images.
 #[derive(Debug, Clone)]
@@ -47,9 +49,7 @@ pub fn write(
     let mut header = Header {
         flags: if cell_log.is_some() { FLAG_IN_PLACE } else { 0 },
         old_len: images.old_len,
-        old_check: images.old_hash[..CHECK_LEN]
-            .try_into()
-            .map_err(|_| DiffError::InvalidOption("old hash".into()))?,
+        old_check: truncate_check(&blake3::Hash::from_bytes(images.old_hash)),
         new_len: images.new_len,
         new_hash: images.new_hash,
         codec,

@@ -171,9 +171,12 @@ impl Header {
     pub const MIN_LEN: usize = Self::VARINTS_AT + 4 + CHECK_LEN;
     /// Length of the longest header without extensions (four maximal varints).
     pub const MAX_BASE_LEN: usize = Self::VARINTS_AT + 4 * varint::MAX_VARINT_LEN + CHECK_LEN;
+    /// Longest header a patch without an address map may have (4 KiB): only
+    /// executable-aware headers are longer.
+    pub const PLAIN_MAX_LEN: usize = 4096;
     /// Longest header accepted (bounds the buffer a streaming parser needs):
     /// 4 KiB plus one maximal extension (an executable-aware patch's map).
-    pub const MAX_LEN: usize = 4096 + 4 + MAX_EXTENSION_LEN;
+    pub const MAX_LEN: usize = Self::PLAIN_MAX_LEN + 4 + MAX_EXTENSION_LEN;
 
     /// Serialise to bytes (with the in-place extension when `cell_log` is set
     /// and the code extension when `code_refs` is). Cost: one allocation.

@@ -54,13 +54,16 @@ impl SegmentHeader {
         b
     }
 
-    /// If `bytes` starts with a complete segment header, its length; `None` if
-    /// more bytes are needed. A streaming reader feeds bytes until this says the
+    /// If `bytes` starts with a complete header of segment `index`, its length;
+    /// `None` if more bytes are needed; an error (naming the segment) if a
+    /// varint is malformed. A streaming reader feeds bytes until this says the
     /// header is complete; it never needs more than [`Self::MAX_LEN`].
-    pub fn complete_len(bytes: &[u8]) -> Result<Option<usize>, FormatError> {
+    pub fn complete_len(bytes: &[u8], index: u32) -> Result<Option<usize>, FormatError> {
         let mut at = 0;
         for _ in 0..FIELDS {
-            match varint::get_u64(&bytes[at..])? {
+            let field =
+                varint::get_u64(&bytes[at..]).map_err(|_| bad(index, "malformed header".into()))?;
+            match field {
                 Some((_, n)) => at += n,
                 None => return Ok(None),
             }
@@ -204,9 +207,9 @@ mod tests {
         };
         let b = s.encode(&h);
         assert_eq!(b.len(), 2 + 2 + 1);
-        assert_eq!(SegmentHeader::complete_len(&b), Ok(Some(b.len())));
+        assert_eq!(SegmentHeader::complete_len(&b, 1), Ok(Some(b.len())));
         for cut in 0..b.len() {
-            assert_eq!(SegmentHeader::complete_len(&b[..cut]), Ok(None));
+            assert_eq!(SegmentHeader::complete_len(&b[..cut], 1), Ok(None));
         }
         assert_eq!(SegmentHeader::parse(&b, &h, 1, 4000), Ok(s));
         // the range must fit the new image
@@ -239,6 +242,9 @@ mod tests {
         // incomplete, trailing bytes, over-long varint
         assert!(SegmentHeader::parse(&[1, 0], &h, 0, 0).is_err());
         assert!(SegmentHeader::parse(&[1, 0, 5, 0], &h, 0, 0).is_err());
-        assert!(SegmentHeader::complete_len(&[0x80; 11]).is_err());
+        assert!(matches!(
+            SegmentHeader::complete_len(&[0x80; 11], 4),
+            Err(FormatError::BadSegment { index: 4, .. })
+        ));
     }
 }

@@ -24,20 +24,14 @@ fn header_len(patch: &[u8]) -> usize {
 /// Where the first segment's payload starts, and its length: the segment
 /// header (three varints) follows the patch header.
 fn first_payload(patch: &[u8]) -> (usize, usize) {
+    use fwdelta_format::{Header, SegmentHeader};
     let at = header_len(patch);
-    let n = fwdelta_format::SegmentHeader::complete_len(&patch[at..])
+    let header = Header::parse(&patch[..at]).unwrap();
+    let n = SegmentHeader::complete_len(&patch[at..], 0)
         .unwrap()
         .unwrap();
-    let mut fields = Vec::new();
-    let mut i = at;
-    while i < at + n {
-        let (v, used) = fwdelta_format::varint::get_u64(&patch[i..])
-            .unwrap()
-            .unwrap();
-        fields.push(v);
-        i += used;
-    }
-    (at + n, fields[2] as usize)
+    let seg = SegmentHeader::parse(&patch[at..at + n], &header, 0, 0).unwrap();
+    (at + n, seg.payload_len as usize)
 }
 
 /// Outcome of one run of the binary.
