@@ -18,12 +18,10 @@ pub fn testdata(pair: &str, which: &str) -> Vec<u8> {
 /// A synthetic "firmware" of `len` bytes (code-like, deterministic) and a new
 /// version with an insertion near the start and scattered small edits.
 pub fn synthetic_pair(len: usize) -> (Vec<u8>, Vec<u8>) {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rng = fwdelta_testkit::XorShift::new(0x9E37_79B9_7F4A_7C15);
     let mut old = Vec::with_capacity(len);
     while old.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next_u64();
         old.extend_from_slice(&[0xf0 | (x as u8 & 7), (x >> 8) as u8 & 0x3f, 0x00, 0xbf]);
     }
     old.truncate(len);

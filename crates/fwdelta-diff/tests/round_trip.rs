@@ -2,6 +2,7 @@
 
 use fwdelta_apply::{apply, ApplyOptions};
 use fwdelta_diff::{diff, Options, Plan};
+use fwdelta_testkit::noise;
 use proptest::prelude::*;
 
 fn round_trip(old: &[u8], new: &[u8], opts: &Options) -> Vec<u8> {
@@ -11,19 +12,6 @@ fn round_trip(old: &[u8], new: &[u8], opts: &Options) -> Vec<u8> {
     assert_eq!(report.patch_len, patch.bytes.len() as u64);
     assert_eq!(out, new, "round trip mismatch");
     patch.bytes
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Code-like data: repeated 4-byte "instructions" with varying fields.

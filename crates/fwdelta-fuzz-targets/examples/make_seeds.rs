@@ -5,20 +5,9 @@
 
 use fwdelta_diff::{diff, Options};
 use fwdelta_fuzz_targets::OLD;
+use fwdelta_testkit::noise;
 use std::fs;
 use std::path::Path;
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");

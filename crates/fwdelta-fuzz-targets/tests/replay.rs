@@ -32,19 +32,11 @@ fn replay_committed_corpora() {
 fn structured_target_accepts_and_refuses() {
     // The structured target must reach both verdicts on plain noise inputs,
     // or it is not testing anything.
-    let mut x = 0x1234_5678_9abc_def1u64;
+    let mut rng = fwdelta_testkit::XorShift::new(0x1234_5678_9abc_def1);
     let mut inputs = Vec::new();
     for len in [64usize, 200, 500, 1000, 3000] {
         for _ in 0..20 {
-            let v: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            inputs.push(v);
+            inputs.push(rng.bytes(len));
         }
     }
     for i in &inputs {

@@ -498,15 +498,7 @@ fn reseal_helper_produces_a_valid_header() {
 #[test]
 fn apply_refuses_garbage() {
     let fx = Fixture::new("fw-cortex-m4");
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let garbage: Vec<u8> = (0..4096)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let garbage = fwdelta_testkit::noise(0x9e37_79b9_7f4a_7c15, 4096);
     fx.refuse(&garbage, &[], EXIT_BAD_PATCH, &["not an fwdelta patch"]);
     // A text file.
     fx.refuse(
