@@ -2,14 +2,15 @@
 //! consumes patch bytes in any split, decodes each segment as it streams, and
 //! writes the new image to a [`Sink`].
 //!
-//! Memory: one zstd decoder bounded by the header's window (refused if it asks
-//! for more than [`ApplyOptions::memory_limit`]), three 16 KiB buffers, and a
+//! Memory: one payload decoder (LZMA2 or zstd) bounded by the header's window
+//! (refused if the header claims more than [`ApplyOptions::memory_limit`]), three 16 KiB buffers, and a
 //! header accumulator of at most 4 KiB (an executable-aware header, up to 68
 //! KiB, is refused from its first 16 bytes if it and the buffers exceed the
 //! limit). Passes: one over the old image to verify its hash, then random reads
 //! of the old bytes the records name; one pass over the patch.
 
 use crate::error::ApplyError;
+use crate::payload_decoder::PayloadDecoder;
 use crate::predicted_old::Predictor;
 use crate::sink::Sink;
 use crate::source::OldImage;
@@ -18,12 +19,9 @@ use fwdelta_format::header::Header;
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::{
-    chain, truncate_check, Checkpoint, Codec, FormatError, Layout, CHECK_LEN, HASH_LEN,
-    MAX_IMAGE_LEN,
+    chain, truncate_check, Checkpoint, FormatError, Layout, CHECK_LEN, HASH_LEN, MAX_IMAGE_LEN,
 };
 use std::io::{self, Read};
-use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
-use zstd::zstd_safe::FrameFormat;
 
 /// Limits an applier enforces on top of the patch's own checks.
 #[derive(Debug, Clone, Copy)]
@@ -324,7 +322,7 @@ pub struct Applier<'o, O: OldImage + ?Sized, S: Sink> {
     chain: [u8; HASH_LEN],
     received: u64,
     next_index: u32,
-    decoder: Option<Decoder<'static>>,
+    decoder: Option<PayloadDecoder>,
     dec_buf: Vec<u8>,
 }
 
@@ -550,8 +548,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 let head =
                     SegmentHeader::parse(&self.acc, header, self.next_index, self.out.produced)?;
                 if let Some(dec) = self.decoder.as_mut() {
-                    dec.reinit()
-                        .map_err(|e| ApplyError::Decoder(format!("reset failed: {e}")))?;
+                    dec.reset()?;
                 }
                 self.stage =
                     Stage::Payload(Box::new(Segment::new(head, &self.acc, &self.header_hash)));
@@ -640,13 +637,14 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         if let Some(code) = &header.code_refs {
             self.out.predictor = Some(Box::new(Predictor::new(code, header.old_len)));
         }
-        match (header.codec, header.layout) {
-            (Codec::Stored, Layout::Interleaved) => {}
-            (Codec::Zstd, Layout::Interleaved) if header.segment_count > 0 => {
-                self.decoder = Some(new_decoder(header)?);
-                self.dec_buf = vec![0; BUFFER_LEN];
+        match header.layout {
+            Layout::Interleaved if header.segment_count > 0 => {
+                self.decoder = PayloadDecoder::for_header(header)?;
+                if self.decoder.is_some() {
+                    self.dec_buf = vec![0; BUFFER_LEN];
+                }
             }
-            (Codec::Zstd, Layout::Interleaved) => {}
+            Layout::Interleaved => {}
         }
         Ok(())
     }
@@ -719,59 +717,44 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     }
 }
 
-/// Run one chunk of a zstd payload through the decoder and the record
+/// Run one chunk of a compressed payload through the decoder and the record
 /// interpreter.
 fn decode_chunk<O: OldImage + ?Sized, S: Sink>(
-    dec: &mut Decoder<'static>,
+    dec: &mut PayloadDecoder,
     dec_buf: &mut [u8],
     out: &mut Output<'_, O, S>,
     seg: &mut Segment,
     chunk: &[u8],
 ) -> Result<(), ApplyError> {
-    let mut input = InBuffer::around(chunk);
+    let mut at = 0;
     loop {
         if seg.frame_done {
-            if input.pos() < chunk.len() {
+            if at < chunk.len() {
                 return Err(seg.corrupt("data after the end of the compressed frame"));
             }
             break;
         }
-        let in_before = input.pos();
-        let mut ob = OutBuffer::around(&mut dec_buf[..]);
-        let hint = dec
-            .run(&mut input, &mut ob)
-            .map_err(|e| seg.corrupt(format!("decompression failed: {e}")))?;
-        let got = ob.pos();
-        out.consume(seg, &dec_buf[..got])?;
-        if hint == 0 {
+        let step = dec.run(&chunk[at..], dec_buf).map_err(|e| seg.corrupt(e))?;
+        at += step.read;
+        out.consume(seg, &dec_buf[..step.written])?;
+        if step.done {
             seg.frame_done = true;
         }
-        let input_done = input.pos() == chunk.len();
-        if input_done && got < dec_buf.len() {
+        if at == chunk.len() && step.written < dec_buf.len() {
             break;
         }
-        if got == 0 && input.pos() == in_before {
+        if step.written == 0 && step.read == 0 {
             return Err(seg.corrupt("decoder made no progress"));
         }
     }
     Ok(())
 }
 
-/// A zstd decoder for `header`'s payloads: magicless frames, window at most
-/// the header's.
-fn new_decoder(header: &Header) -> Result<Decoder<'static>, ApplyError> {
-    let mut dec = Decoder::new().map_err(|e| ApplyError::Decoder(e.to_string()))?;
-    dec.set_parameter(DParameter::Format(FrameFormat::Magicless))
-        .and_then(|_| dec.set_parameter(DParameter::WindowLogMax(u32::from(header.window_log))))
-        .map_err(|e| ApplyError::Decoder(e.to_string()))?;
-    Ok(dec)
-}
-
 /// Decodes whole segments one at a time from a reader: the building block of
 /// the in-place applier, which visits segments in its own order. Holds a
-/// decoder (zstd patches) and three 16 KiB buffers.
+/// payload decoder (unless payloads are stored) and three 16 KiB buffers.
 pub(crate) struct SegmentRunner {
-    decoder: Option<Decoder<'static>>,
+    decoder: Option<PayloadDecoder>,
     dec_buf: Vec<u8>,
     old_buf: Vec<u8>,
     in_buf: Vec<u8>,
@@ -785,10 +768,7 @@ impl SegmentRunner {
         header: &Header,
         header_hash: [u8; HASH_LEN],
     ) -> Result<SegmentRunner, ApplyError> {
-        let decoder = match header.codec {
-            Codec::Zstd => Some(new_decoder(header)?),
-            Codec::Stored => None,
-        };
+        let decoder = PayloadDecoder::for_header(header)?;
         Ok(SegmentRunner {
             dec_buf: if decoder.is_some() {
                 vec![0; BUFFER_LEN]
@@ -816,8 +796,7 @@ impl SegmentRunner {
         sink: S,
     ) -> Result<blake3::Hash, ApplyError> {
         if let Some(dec) = self.decoder.as_mut() {
-            dec.reinit()
-                .map_err(|e| ApplyError::Decoder(format!("reset failed: {e}")))?;
+            dec.reset()?;
         }
         let mut seg = Segment::new(head, head_bytes, &self.header_hash);
         let mut out = Output {

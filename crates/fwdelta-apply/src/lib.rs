@@ -1,7 +1,7 @@
 //! Terminal-side fwdelta applier.
 //!
-//! Small and generator-free: it depends on the container crate, `zstd` (decoder)
-//! and `blake3` only. Memory is bounded by the patch's declared decoder window
+//! Small and generator-free: it depends on the container crate, the `liblzma`
+//! and `zstd` decoders and `blake3` only. Memory is bounded by the patch's declared decoder window
 //! plus fixed 16 KiB buffers, whatever the image sizes (see
 //! [`fwdelta_format::MemoryModel`]).
 //!
@@ -30,6 +30,7 @@ pub mod atomic_file;
 mod error;
 pub mod in_place;
 pub mod inspect;
+mod payload_decoder;
 mod predicted_old;
 pub mod resumable_file;
 pub mod sink;

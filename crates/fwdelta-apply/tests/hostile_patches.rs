@@ -116,19 +116,30 @@ fn inspect_each_streams_segment_headers() {
     assert_eq!(at, new.len() as u64);
 }
 
+/// The firmware patch covers the default codec (LZMA2); stored and zstd
+/// payloads get the same treatment here.
 #[test]
-fn stored_patches_refuse_every_truncation_and_flip() {
+fn stored_and_zstd_patches_refuse_every_truncation_and_flip() {
     let old = testdata("fw-x86-64", "old");
     let new = testdata("fw-x86-64", "new");
-    let opts = Options {
-        segment_cost: 800,
-        apply_memory: 64 << 10,
-        ..Options::default()
-    };
-    let patch = diff(&old, &new, &opts).unwrap().bytes;
-    let header = inspect(&patch[..]).unwrap().header;
-    assert_eq!(header.codec, Codec::Stored);
-    assert!(header.segment_count >= 3);
+    // zstd asked for; the 64 KiB budget cannot hold its decoder: stored.
+    for (expected, budget) in [(Codec::Stored, 64 << 10), (Codec::Zstd, 2 << 20)] {
+        let opts = Options {
+            codec: Codec::Zstd,
+            segment_cost: 800,
+            apply_memory: budget,
+            ..Options::default()
+        };
+        let patch = diff(&old, &new, &opts).unwrap().bytes;
+        let header = inspect(&patch[..]).unwrap().header;
+        assert_eq!(header.codec, expected);
+        assert!(header.segment_count >= 3);
+        every_truncation_and_flip_is_refused(&old, &new, &patch);
+    }
+}
+
+fn every_truncation_and_flip_is_refused(old: &[u8], new: &[u8], patch: &[u8]) {
+    let (old, patch) = (old.to_vec(), patch.to_vec());
     assert_eq!(run(&old, &patch).unwrap(), new);
     for cut in 0..patch.len() {
         assert!(
@@ -390,17 +401,28 @@ fn craft_payloads(
     window_log: u8,
     segments: &[(u64, u64, Vec<u8>)],
 ) -> Vec<u8> {
+    craft_codec(old, claimed_new, Codec::Zstd, window_log, segments)
+}
+
+/// As [`craft_payloads`], for payloads of `codec`.
+fn craft_codec(
+    old: &[u8],
+    claimed_new: &[u8],
+    codec: Codec,
+    window_log: u8,
+    segments: &[(u64, u64, Vec<u8>)],
+) -> Vec<u8> {
     let header = Header {
         flags: 0,
         old_len: old.len() as u64,
         old_check: fwdelta_format::check_of(old),
         new_len: claimed_new.len() as u64,
         new_hash: *blake3::hash(claimed_new).as_bytes(),
-        codec: Codec::Zstd,
+        codec,
         window_log,
         layout: Layout::Interleaved,
         segment_count: segments.len() as u32,
-        apply_memory: MemoryModel::required(window_log),
+        apply_memory: MemoryModel::required_for(codec, window_log),
         cell_log: None,
         code_refs: None,
     };
@@ -623,6 +645,114 @@ fn frames_with_a_larger_window_than_declared_are_refused() {
     let p = craft_payloads(&old, &new, 16, &[(new.len() as u64, 0, big)]);
     let d = corrupt_detail(run(&old, &p));
     assert!(d.contains("decompression failed"), "{d}");
+}
+
+#[test]
+fn lzma2_payloads_reaching_past_the_declared_window_are_refused() {
+    // 200 KB of noise twice: the second copy is one match 200 KB back. The
+    // payload is made with a 1 MiB dictionary; the header declares 2^16, so
+    // the decoder's dictionary cannot hold the match source and must refuse
+    // the payload (not read outside its buffer, not grow it).
+    let old = vec![0u8; 16];
+    let half = fwdelta_testkit::noise(77, 200_000);
+    let new = [half.clone(), half].concat();
+    let stream = rec(0, 0, new.len() as u64, 0, &new);
+    let mut opts = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
+    opts.dict_size(1 << 20);
+    let mut filters = liblzma::stream::Filters::new();
+    filters.lzma2(&opts);
+    let enc = liblzma::stream::Stream::new_raw_encoder(&filters).unwrap();
+    let mut w = liblzma::write::XzEncoder::new_stream(Vec::new(), enc);
+    io::Write::write_all(&mut w, &stream).unwrap();
+    let payload = w.finish().unwrap();
+    assert!(payload.len() < 220_000, "the match was not used");
+    let wide = craft_codec(
+        &old,
+        &new,
+        Codec::Lzma2,
+        20,
+        &[(new.len() as u64, 0, payload.clone())],
+    );
+    assert_eq!(run(&old, &wide).unwrap(), new);
+    let narrow = craft_codec(
+        &old,
+        &new,
+        Codec::Lzma2,
+        16,
+        &[(new.len() as u64, 0, payload)],
+    );
+    let d = corrupt_detail(run(&old, &narrow));
+    assert!(d.contains("LZMA2 decompression failed"), "{d}");
+}
+
+#[test]
+fn lzma2_garbage_and_cut_payloads_are_refused() {
+    let old = b"0123456789abcdef".to_vec();
+    let new = b"0123XYZ".to_vec();
+    let stream = rec(4, 0, 3, 0, b"XYZ");
+    let good = lzma2(&stream);
+    let p = craft_codec(&old, &new, Codec::Lzma2, 12, &[(7, 0, good.clone())]);
+    assert_eq!(run(&old, &p).unwrap(), new);
+    // not an LZMA2 stream at all (0xFF is an invalid chunk control byte)
+    let p = craft_codec(&old, &new, Codec::Lzma2, 12, &[(7, 0, vec![0xff; 9])]);
+    let d = corrupt_detail(run(&old, &p));
+    assert!(d.contains("LZMA2 decompression failed"), "{d}");
+    // the stream without its end marker: the payload ends before the stream
+    let cut = good[..good.len() - 1].to_vec();
+    let p = craft_codec(&old, &new, Codec::Lzma2, 12, &[(7, 0, cut)]);
+    let d = corrupt_detail(run(&old, &p));
+    assert!(d.contains("ends before its frame"), "{d}");
+    // bytes after the end marker
+    let long = [good, vec![0]].concat();
+    let p = craft_codec(&old, &new, Codec::Lzma2, 12, &[(7, 0, long)]);
+    let d = corrupt_detail(run(&old, &p));
+    assert!(d.contains("after the end of the compressed frame"), "{d}");
+}
+
+fn lzma2(stream: &[u8]) -> Vec<u8> {
+    let mut opts = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
+    opts.dict_size(1 << 12);
+    let mut filters = liblzma::stream::Filters::new();
+    filters.lzma2(&opts);
+    let enc = liblzma::stream::Stream::new_raw_encoder(&filters).unwrap();
+    let mut w = liblzma::write::XzEncoder::new_stream(Vec::new(), enc);
+    io::Write::write_all(&mut w, stream).unwrap();
+    w.finish().unwrap()
+}
+
+#[test]
+fn memory_model_covers_the_real_lzma2_decoder() {
+    use liblzma_sys::{
+        lzma_filter, lzma_lzma_preset, lzma_options_lzma, lzma_raw_decoder_memusage,
+        LZMA_FILTER_LZMA2, LZMA_VLI_UNKNOWN,
+    };
+    for wl in [10u8, 12, 16, 20, 24] {
+        // SAFETY: a zeroed options struct is valid input to lzma_lzma_preset,
+        // which fills it; the filter array is terminated as liblzma requires
+        // and outlives the call.
+        let used = unsafe {
+            let mut opts: lzma_options_lzma = std::mem::zeroed();
+            assert_eq!(lzma_lzma_preset(&mut opts, 6), 0);
+            opts.dict_size = MemoryModel::lzma_dict(wl) as u32;
+            let filters = [
+                lzma_filter {
+                    id: LZMA_FILTER_LZMA2,
+                    options: (&mut opts as *mut lzma_options_lzma).cast(),
+                },
+                lzma_filter {
+                    id: LZMA_VLI_UNKNOWN,
+                    options: std::ptr::null_mut(),
+                },
+            ];
+            lzma_raw_decoder_memusage(filters.as_ptr())
+        };
+        assert!(used != u64::MAX, "liblzma refused the filter");
+        assert!(
+            used <= MemoryModel::lzma_decoder(wl),
+            "window 2^{wl}: LZMA2 decoder holds {used} bytes, model says {}",
+            MemoryModel::lzma_decoder(wl)
+        );
+    }
 }
 
 #[test]

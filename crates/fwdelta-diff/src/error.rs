@@ -35,4 +35,7 @@ pub enum DiffError {
     /// The compressor failed.
     #[error("compression failed: {0}")]
     Compress(#[from] std::io::Error),
+    /// The LZMA2 encoder could not be set up.
+    #[error("cannot set up the LZMA2 encoder: {0}")]
+    Lzma(#[from] liblzma::stream::Error),
 }

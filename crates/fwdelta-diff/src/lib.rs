@@ -51,7 +51,14 @@ pub enum CodeMode {
 /// Generator options.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// zstd level for segment payloads, 1..=22. Default 19.
+    /// Payload codec to use when the budget holds its decoder (below that,
+    /// payloads are stored). Default [`Codec::Lzma2`]: on the public corpus
+    /// it made patches 5.8-7.6% smaller than zstd; zstd decodes several
+    /// times faster, for terminals where apply time matters more than bytes.
+    pub codec: Codec,
+    /// Compression level, 1..=22, on zstd's scale. Default 19. LZMA2 uses
+    /// preset `min(level / 2, 9)`, "extreme" from level 20 (see
+    /// [`segment_encoder::lzma_preset`]).
     pub level: i32,
     /// Memory the applier may use (bytes); picks the decoder window and is
     /// written into the header. Default 2 MiB (a 1 MiB window: on the public
@@ -84,6 +91,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            codec: Codec::Lzma2,
             level: 19,
             apply_memory: 2 << 20,
             segment_cost: 1 << 20,
@@ -96,8 +104,8 @@ impl Default for Options {
 
 impl Options {
     /// Check the options and derive the codec and largest decoder window
-    /// (log2) the budget allows: zstd when its smallest decoder fits, stored
-    /// payloads below that. Segments whose streams are smaller use smaller
+    /// (log2) the budget allows: the chosen codec when its smallest decoder
+    /// fits, stored payloads below that. Segments whose streams are smaller use smaller
     /// windows.
     pub fn codec(&self) -> Result<(Codec, u8), DiffError> {
         if !(1..=22).contains(&self.level) {
@@ -118,10 +126,12 @@ impl Options {
                 )));
             }
         }
-        MemoryModel::codec_for_budget(self.apply_memory).ok_or(DiffError::BudgetTooSmall {
-            budget: self.apply_memory,
-            minimum: MemoryModel::min_budget(),
-        })
+        MemoryModel::codec_for_budget(self.codec, self.apply_memory).ok_or(
+            DiffError::BudgetTooSmall {
+                budget: self.apply_memory,
+                minimum: MemoryModel::min_budget(),
+            },
+        )
     }
 }
 

@@ -17,6 +17,10 @@ pub enum Codec {
     Stored,
     /// Each payload is one magicless zstd frame.
     Zstd,
+    /// Each payload is one raw LZMA2 stream (no container, ended by LZMA2's
+    /// end marker) whose dictionary is the header's window. Smaller than zstd
+    /// on record streams, slower to decode (see [`crate::MemoryModel`]).
+    Lzma2,
 }
 
 impl Codec {
@@ -25,6 +29,7 @@ impl Codec {
         match self {
             Codec::Stored => 0,
             Codec::Zstd => 1,
+            Codec::Lzma2 => 2,
         }
     }
     /// Name for humans and JSON.
@@ -32,12 +37,14 @@ impl Codec {
         match self {
             Codec::Stored => "stored",
             Codec::Zstd => "zstd",
+            Codec::Lzma2 => "lzma2",
         }
     }
     fn from_id(id: u8) -> Result<Self, FormatError> {
         match id {
             0 => Ok(Codec::Stored),
             1 => Ok(Codec::Zstd),
+            2 => Ok(Codec::Lzma2),
             other => Err(FormatError::UnknownCodec(other)),
         }
     }

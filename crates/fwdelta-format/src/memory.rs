@@ -4,9 +4,12 @@
 //! whose claim exceeds its own limit before it reads anything else.
 //!
 //! Calibration (zstd 1.5.7, measured with `ZSTD_sizeof_DCtx` after decoding a
-//! frame of window `W`): `95_976 + W + 3 * min(W, 128 KiB) + 64` bytes. The
-//! constants below round that up; `tests::model_covers_the_real_decoder` in
-//! `fwdelta-apply` re-measures it so a zstd upgrade cannot silently break it.
+//! frame of window `W`): `95_976 + W + 3 * min(W, 128 KiB) + 64` bytes. An
+//! LZMA2 decoder (liblzma 5.8, `lzma_raw_decoder_memusage`) holds its
+//! dictionary plus a fixed part of about 60 KiB (32 KiB of which is liblzma's
+//! own per-stream allowance). The constants below round these up;
+//! `memory_model_covers_the_real_decoder` in `fwdelta-apply` re-measures both
+//! so an upgrade cannot silently break them.
 
 use crate::header::{Codec, MAX_WINDOW_LOG, MIN_WINDOW_LOG};
 
@@ -22,6 +25,11 @@ impl MemoryModel {
     pub const APPLIER_BUFFERS: u64 = 64 * 1024;
     /// Largest zstd block.
     pub const MAX_BLOCK: u64 = 128 * 1024;
+    /// Fixed part of an LZMA2 decoder (probability tables, range decoder,
+    /// liblzma's bookkeeping), rounded up.
+    pub const LZMA_FIXED: u64 = 80 * 1024;
+    /// Smallest LZMA2 dictionary (log2): smaller windows decode with this one.
+    pub const LZMA_MIN_DICT_LOG: u8 = 12;
 
     /// Bytes a zstd decoder with window `2^window_log` holds.
     pub fn decoder(window_log: u8) -> u64 {
@@ -34,12 +42,24 @@ impl MemoryModel {
         Self::decoder(window_log) + Self::APPLIER_BUFFERS
     }
 
-    /// Bytes the applier needs in all for `codec` (the window matters only
-    /// for zstd; stored payloads need no decoder).
+    /// Dictionary bytes of an LZMA2 decoder for window `2^window_log` (at
+    /// least LZMA2's 4 KiB minimum).
+    pub fn lzma_dict(window_log: u8) -> u64 {
+        1u64 << window_log.clamp(Self::LZMA_MIN_DICT_LOG, MAX_WINDOW_LOG)
+    }
+
+    /// Bytes an LZMA2 decoder with window `2^window_log` holds.
+    pub fn lzma_decoder(window_log: u8) -> u64 {
+        Self::LZMA_FIXED + Self::lzma_dict(window_log)
+    }
+
+    /// Bytes the applier needs in all for `codec` with a window of
+    /// `2^window_log` (stored payloads need no decoder).
     pub fn required_for(codec: Codec, window_log: u8) -> u64 {
         match codec {
             Codec::Stored => Self::APPLIER_BUFFERS,
             Codec::Zstd => Self::required(window_log),
+            Codec::Lzma2 => Self::lzma_decoder(window_log) + Self::APPLIER_BUFFERS,
         }
     }
 
@@ -57,21 +77,21 @@ impl MemoryModel {
         header_len + 16 * runs + 2 * (16 * 1024 + 64)
     }
 
-    /// The largest zstd window whose [`Self::required`] fits `budget`, or
-    /// `None` if even the smallest window does not.
-    pub fn window_log_for_budget(budget: u64) -> Option<u8> {
+    /// The largest window of `codec` whose [`Self::required_for`] fits
+    /// `budget`, or `None` if even the smallest window does not.
+    pub fn window_log_for_budget(codec: Codec, budget: u64) -> Option<u8> {
         (MIN_WINDOW_LOG..=MAX_WINDOW_LOG)
             .rev()
-            .find(|&wl| Self::required(wl) <= budget)
+            .find(|&wl| Self::required_for(codec, wl) <= budget)
     }
 
-    /// The codec and largest window a budget allows: zstd when its smallest
-    /// decoder fits, otherwise stored payloads, otherwise `None`.
-    pub fn codec_for_budget(budget: u64) -> Option<(Codec, u8)> {
-        match Self::window_log_for_budget(budget) {
-            Some(wl) => Some((Codec::Zstd, wl)),
-            None if budget >= Self::APPLIER_BUFFERS => Some((Codec::Stored, MIN_WINDOW_LOG)),
-            None => None,
+    /// The codec and largest window a budget allows: `preferred` when its
+    /// smallest decoder fits, otherwise stored payloads, otherwise `None`.
+    pub fn codec_for_budget(preferred: Codec, budget: u64) -> Option<(Codec, u8)> {
+        match Self::window_log_for_budget(preferred, budget) {
+            Some(wl) if preferred != Codec::Stored => Some((preferred, wl)),
+            _ if budget >= Self::APPLIER_BUFFERS => Some((Codec::Stored, MIN_WINDOW_LOG)),
+            _ => None,
         }
     }
 
@@ -80,9 +100,9 @@ impl MemoryModel {
         Self::APPLIER_BUFFERS
     }
 
-    /// The smallest budget a zstd-compressed patch can be made for.
-    pub fn min_zstd_budget() -> u64 {
-        Self::required(MIN_WINDOW_LOG)
+    /// The smallest budget a patch compressed with `codec` can be made for.
+    pub fn min_budget_for(codec: Codec) -> u64 {
+        Self::required_for(codec, MIN_WINDOW_LOG)
     }
 }
 
@@ -92,27 +112,52 @@ mod tests {
 
     #[test]
     fn budgets_map_to_windows() {
-        assert_eq!(MemoryModel::window_log_for_budget(1 << 20), Some(18));
-        assert_eq!(MemoryModel::window_log_for_budget(8 << 20), Some(22));
-        assert_eq!(MemoryModel::window_log_for_budget(64 << 10), None);
+        let zstd = |b| MemoryModel::window_log_for_budget(Codec::Zstd, b);
+        assert_eq!(zstd(1 << 20), Some(18));
+        assert_eq!(zstd(8 << 20), Some(22));
+        assert_eq!(zstd(64 << 10), None);
+        for preferred in [Codec::Zstd, Codec::Lzma2, Codec::Stored] {
+            assert_eq!(
+                MemoryModel::codec_for_budget(preferred, 64 << 10),
+                Some((Codec::Stored, MIN_WINDOW_LOG))
+            );
+            assert_eq!(MemoryModel::codec_for_budget(preferred, 63 << 10), None);
+        }
         assert_eq!(
-            MemoryModel::codec_for_budget(64 << 10),
-            Some((Codec::Stored, MIN_WINDOW_LOG))
-        );
-        assert_eq!(MemoryModel::codec_for_budget(63 << 10), None);
-        assert_eq!(
-            MemoryModel::codec_for_budget(256 << 10),
+            MemoryModel::codec_for_budget(Codec::Zstd, 256 << 10),
             Some((Codec::Zstd, 14))
         );
-        let min = MemoryModel::min_zstd_budget();
+        // LZMA2's fixed part is smaller: the default 2 MiB budget gets the
+        // same 1 MiB window, 256 KiB gets a larger one than zstd's.
         assert_eq!(
-            MemoryModel::window_log_for_budget(min),
-            Some(MIN_WINDOW_LOG)
+            MemoryModel::codec_for_budget(Codec::Lzma2, 2 << 20),
+            Some((Codec::Lzma2, 20))
         );
-        assert_eq!(MemoryModel::window_log_for_budget(min - 1), None);
+        assert_eq!(
+            MemoryModel::codec_for_budget(Codec::Lzma2, 256 << 10),
+            Some((Codec::Lzma2, 16))
+        );
+        assert_eq!(
+            MemoryModel::codec_for_budget(Codec::Stored, 2 << 20),
+            Some((Codec::Stored, MIN_WINDOW_LOG))
+        );
+        let smallest = [
+            (Codec::Zstd, MIN_WINDOW_LOG),
+            (Codec::Lzma2, MemoryModel::LZMA_MIN_DICT_LOG),
+        ];
+        for (codec, wl) in smallest {
+            let min = MemoryModel::min_budget_for(codec);
+            assert_eq!(MemoryModel::window_log_for_budget(codec, min), Some(wl));
+            assert_eq!(MemoryModel::window_log_for_budget(codec, min - 1), None);
+        }
+        // Windows below LZMA2's minimum dictionary cost the minimum.
+        assert_eq!(
+            MemoryModel::required_for(Codec::Lzma2, MIN_WINDOW_LOG),
+            MemoryModel::required_for(Codec::Lzma2, MemoryModel::LZMA_MIN_DICT_LOG)
+        );
         for wl in MIN_WINDOW_LOG..=MAX_WINDOW_LOG {
             let need = MemoryModel::required(wl);
-            assert_eq!(MemoryModel::window_log_for_budget(need), Some(wl));
+            assert_eq!(zstd(need), Some(wl));
         }
     }
 }

@@ -4,6 +4,7 @@
 //! segment sizes and budgets), damaged copies of them, and deterministic noise.
 
 use fwdelta_diff::{diff, Options};
+use fwdelta_format::Codec;
 use fwdelta_fuzz_targets::OLD;
 use fwdelta_testkit::noise;
 use std::fs;
@@ -31,8 +32,14 @@ fn main() {
     ];
     let mut patches = Vec::new();
     for (name, new) in &news {
-        for (tag, cost, mem) in [("one", u64::MAX, 2 << 20), ("many", 300, 256 << 10)] {
+        // One codec each, so the seeds exercise both decoders.
+        let kinds = [
+            ("one", u64::MAX, 2 << 20, Codec::Lzma2),
+            ("many", 300, 256 << 10, Codec::Zstd),
+        ];
+        for (tag, cost, mem, codec) in kinds {
             let opts = Options {
+                codec,
                 level: 3,
                 segment_cost: cost,
                 apply_memory: mem,

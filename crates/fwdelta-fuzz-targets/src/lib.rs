@@ -204,10 +204,10 @@ pub fn structured_verdicts(inputs: &[Vec<u8>]) -> (usize, usize) {
 /// was invalid and refused, `None` if the input ran out before a patch was built.
 fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
     let old = OLD;
-    let codec = if u.ratio(1, 3)? {
-        Codec::Stored
-    } else {
-        Codec::Zstd
+    let codec = match u.int_in_range(0..=2u8)? {
+        0 => Codec::Stored,
+        1 => Codec::Zstd,
+        _ => Codec::Lzma2,
     };
     let window_log: u8 = u.int_in_range(10..=16)?;
     let segments = u.int_in_range(1..=4)?;
@@ -263,6 +263,7 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         let payload = match codec {
             Codec::Stored => stream.clone(),
             Codec::Zstd => compress(stream, window_log),
+            Codec::Lzma2 => compress_lzma2(stream, window_log),
         };
         if payload.is_empty() {
             return Ok(None);
@@ -305,6 +306,29 @@ fn compress(stream: &[u8], window_log: u8) -> Vec<u8> {
     let _ = c.set_parameter(CParameter::WindowLog(u32::from(window_log)));
     let _ = c.set_parameter(CParameter::Format(zstd::zstd_safe::FrameFormat::Magicless));
     c.compress(stream).unwrap_or_default()
+}
+
+fn compress_lzma2(stream: &[u8], window_log: u8) -> Vec<u8> {
+    use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
+    let Ok(mut opts) = LzmaOptions::new_preset(1) else {
+        return Vec::new();
+    };
+    opts.dict_size(MemoryModel::lzma_dict(window_log) as u32);
+    let mut filters = Filters::new();
+    filters.lzma2(&opts);
+    let Ok(mut enc) = Stream::new_raw_encoder(&filters) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(stream.len() + 64);
+    loop {
+        let at = enc.total_in() as usize;
+        match enc.process_vec(&stream[at..], &mut out, Action::Finish) {
+            Ok(Status::StreamEnd) => return out,
+            Ok(_) if out.len() == out.capacity() => out.reserve(out.len()),
+            Ok(_) => {}
+            Err(_) => return Vec::new(),
+        }
+    }
 }
 
 /// A fuzz target function.

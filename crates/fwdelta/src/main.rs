@@ -18,6 +18,7 @@ use fwdelta_apply::{
 };
 use fwdelta_diff::{CodeMode, DiffError, Options};
 use fwdelta_format::reference_rewriter::Arch;
+use fwdelta_format::Codec;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -65,9 +66,15 @@ enum Cmd {
 /// Generator options shared by `diff` and `bench`.
 #[derive(Args, Clone)]
 pub struct GenArgs {
-    /// zstd level for the patch body (1-22).
+    /// Compression level for the patch body, 1-22 on zstd's scale (lzma2 uses
+    /// preset min(level/2, 9), extreme from 20).
     #[arg(long, default_value_t = 19)]
     level: i32,
+    /// Payload codec: lzma2 (smallest patches) or zstd (several times faster
+    /// to apply, about 6% larger). Budgets too small for either give stored
+    /// payloads.
+    #[arg(long, default_value = "lzma2", value_parser = parse_codec)]
+    codec: Codec,
     /// Memory the applier may use; sets the decoder window, written into the header.
     #[arg(long, default_value = "2MiB", value_parser = size::parse_size)]
     apply_memory: u64,
@@ -89,6 +96,14 @@ pub struct GenArgs {
     arch: CodeMode,
 }
 
+/// Parse `--codec`.
+fn parse_codec(s: &str) -> Result<Codec, String> {
+    [Codec::Lzma2, Codec::Zstd]
+        .into_iter()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| "expected lzma2 or zstd".to_string())
+}
+
 /// Parse `--arch`.
 fn parse_code_mode(s: &str) -> Result<CodeMode, String> {
     match s {
@@ -105,6 +120,7 @@ fn parse_code_mode(s: &str) -> Result<CodeMode, String> {
 impl GenArgs {
     fn options(&self) -> Options {
         Options {
+            codec: self.codec,
             level: self.level,
             apply_memory: self.apply_memory,
             segment_cost: self.segment_size,

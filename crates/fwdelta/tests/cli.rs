@@ -739,6 +739,46 @@ fn diff_refuses_bad_level() {
 }
 
 #[test]
+fn codec_zstd_is_chosen_on_request_and_round_trips() {
+    let fx = Fixture::new("fw-x86-64");
+    let patch = fx.dir.path().join("zstd.fwd");
+    fwdelta([
+        OsStr::new("diff"),
+        fx.old.as_os_str(),
+        fx.new.as_os_str(),
+        OsStr::new("-o"),
+        patch.as_os_str(),
+        OsStr::new("--codec"),
+        OsStr::new("zstd"),
+        OsStr::new("-q"),
+    ])
+    .assert_ok();
+    assert_eq!(info_json(&patch)["codec"], "zstd");
+    assert_eq!(info_json(&fx.patch)["codec"], "lzma2");
+    fx.apply_with(&fx.old, &fs::read(&patch).unwrap(), &["-q"])
+        .assert_ok();
+    assert_eq!(fs::read(fx.out()).unwrap(), fs::read(&fx.new).unwrap());
+    // clap's own usage message (several lines), exit 2, nothing written
+    let bad = fx.dir.path().join("gzip.fwd");
+    let run = fwdelta([
+        OsStr::new("diff"),
+        fx.old.as_os_str(),
+        fx.new.as_os_str(),
+        OsStr::new("-o"),
+        bad.as_os_str(),
+        OsStr::new("--codec"),
+        OsStr::new("gzip"),
+    ]);
+    assert_eq!(run.code, 2, "{}", run.describe());
+    assert!(
+        run.stderr.contains("expected lzma2 or zstd"),
+        "{}",
+        run.describe()
+    );
+    assert!(!bad.exists());
+}
+
+#[test]
 fn diff_refuses_missing_input() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("does-not-exist");
@@ -756,7 +796,7 @@ fn info_human_and_json() {
     assert_eq!(v["format_version"], 2);
     assert_eq!(v["old"]["len"].as_u64(), Some(old_len));
     assert_eq!(v["new"]["len"].as_u64(), Some(new_len));
-    assert_eq!(v["codec"], "zstd");
+    assert_eq!(v["codec"], "lzma2");
     assert_eq!(v["patch_len"].as_u64(), Some(fx.patch_bytes().len() as u64));
     assert_eq!(
         v["old"]["blake3_prefix"].as_str(),
