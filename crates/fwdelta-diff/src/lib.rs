@@ -57,7 +57,7 @@ pub struct Options {
     /// times faster, for terminals where apply time matters more than bytes.
     pub codec: Codec,
     /// Compression level, 1..=22, on zstd's scale. Default 19. LZMA2 uses
-    /// preset `min(level / 2, 9)`, "extreme" from level 20 (see
+    /// preset `min(level / 2, 9)`, "extreme" from level 12 (see
     /// [`segment_encoder::lzma_preset`]).
     pub level: i32,
     /// Memory the applier may use (bytes); picks the decoder window and is

@@ -67,7 +67,7 @@ enum Cmd {
 #[derive(Args, Clone)]
 pub struct GenArgs {
     /// Compression level for the patch body, 1-22 on zstd's scale (lzma2 uses
-    /// preset min(level/2, 9), extreme from 20).
+    /// preset min(level/2, 9), extreme from 12).
     #[arg(long, default_value_t = 19)]
     level: i32,
     /// Payload codec: lzma2 (smallest patches) or zstd (several times faster
