@@ -58,7 +58,10 @@ pub struct Options {
     pub codec: Codec,
     /// Compression level, 1..=22, on zstd's scale. Default 19. LZMA2 uses
     /// preset `min(level / 2, 9)`, "extreme" from level 12 (see
-    /// [`segment_encoder::lzma_preset`]).
+    /// [`segment_encoder::lzma_preset`]); from
+    /// [`segment_encoder::SEARCH_LEVEL`] (20) it also encodes each segment
+    /// with several copy-run thresholds and keeps the smallest (about 2x the
+    /// encoding time).
     pub level: i32,
     /// Memory the applier may use (bytes); picks the decoder window and is
     /// written into the header. Default 2 MiB (a 1 MiB window: on the public

@@ -227,6 +227,47 @@ fn lzma2_is_the_default_and_smaller_than_zstd_on_firmware() {
     }
 }
 
+/// `--level max` tries several copy-run thresholds per segment, the default
+/// one among them, so it is never larger than the default level.
+#[test]
+fn level_max_is_never_larger_and_round_trips() {
+    let old = codeish(21, 300_000);
+    let mut new = old.clone();
+    new.splice(7000..7000, noise(22, 500));
+    for (i, b) in new.iter_mut().enumerate().skip(40_000) {
+        // changes 1 byte in 64 in some 4 KiB stretches: many short equal runs
+        if (i / 4096) % 3 == 0 && i % 64 == 0 {
+            *b ^= 0x40;
+        }
+    }
+    let plan = Plan::build(&old, &new).unwrap();
+    let opts = Options {
+        segment_cost: 256,
+        ..Options::default()
+    };
+    let default = plan.encode(&old, &new, &opts).unwrap();
+    let max = Options {
+        level: fwdelta_diff::segment_encoder::SEARCH_LEVEL + 2,
+        ..opts
+    };
+    let max = plan.encode(&old, &new, &max).unwrap();
+    assert!(default.report.segments > 3);
+    assert!(
+        max.bytes.len() <= default.bytes.len(),
+        "max {} > default {}",
+        max.bytes.len(),
+        default.bytes.len()
+    );
+    let (_, out) = apply(
+        &old[..],
+        &max.bytes[..],
+        Vec::new(),
+        ApplyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(out, new);
+}
+
 fn codecs_compared(old: &[u8], new: &[u8]) {
     let (old, new) = (old.to_vec(), new.to_vec());
     let plan = Plan::build(&old, &new).unwrap();
