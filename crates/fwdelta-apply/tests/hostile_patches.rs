@@ -656,15 +656,7 @@ fn lzma2_payloads_reaching_past_the_declared_window_are_refused() {
     let old = vec![0u8; 16];
     let half = fwdelta_testkit::noise(77, 200_000);
     let new = [half.clone(), half].concat();
-    let stream = rec(0, 0, new.len() as u64, 0, &new);
-    let mut opts = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
-    opts.dict_size(1 << 20);
-    let mut filters = liblzma::stream::Filters::new();
-    filters.lzma2(&opts);
-    let enc = liblzma::stream::Stream::new_raw_encoder(&filters).unwrap();
-    let mut w = liblzma::write::XzEncoder::new_stream(Vec::new(), enc);
-    io::Write::write_all(&mut w, &stream).unwrap();
-    let payload = w.finish().unwrap();
+    let payload = lzma2(&rec(0, 0, new.len() as u64, 0, &new), 1 << 20);
     assert!(payload.len() < 220_000, "the match was not used");
     let wide = craft_codec(
         &old,
@@ -690,7 +682,7 @@ fn lzma2_garbage_and_cut_payloads_are_refused() {
     let old = b"0123456789abcdef".to_vec();
     let new = b"0123XYZ".to_vec();
     let stream = rec(4, 0, 3, 0, b"XYZ");
-    let good = lzma2(&stream);
+    let good = lzma2(&stream, 1 << 12);
     let p = craft_codec(&old, &new, Codec::Lzma2, 12, &[(7, 0, good.clone())]);
     assert_eq!(run(&old, &p).unwrap(), new);
     // not an LZMA2 stream at all (0xFF is an invalid chunk control byte)
@@ -709,9 +701,10 @@ fn lzma2_garbage_and_cut_payloads_are_refused() {
     assert!(d.contains("after the end of the compressed frame"), "{d}");
 }
 
-fn lzma2(stream: &[u8]) -> Vec<u8> {
+/// One raw LZMA2 stream of `stream`, made with a `dict`-byte dictionary.
+fn lzma2(stream: &[u8], dict: u32) -> Vec<u8> {
     let mut opts = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
-    opts.dict_size(1 << 12);
+    opts.dict_size(dict);
     let mut filters = liblzma::stream::Filters::new();
     filters.lzma2(&opts);
     let enc = liblzma::stream::Stream::new_raw_encoder(&filters).unwrap();

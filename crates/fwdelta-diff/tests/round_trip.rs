@@ -15,6 +15,12 @@ fn round_trip(old: &[u8], new: &[u8], opts: &Options) -> Vec<u8> {
     patch.bytes
 }
 
+/// `patch` applied to `old` (default limits) gives exactly `new`.
+fn assert_applies(old: &[u8], patch: &[u8], new: &[u8]) {
+    let (_, out) = apply(old, patch, Vec::new(), ApplyOptions::default()).expect("apply");
+    assert_eq!(out, new);
+}
+
 /// Code-like data: repeated 4-byte "instructions" with varying fields.
 fn codeish(seed: u64, len: usize) -> Vec<u8> {
     let n = noise(seed, len / 4 + 1);
@@ -143,14 +149,7 @@ fn budgets_below_zstd_use_stored_payloads() {
         "claims {}",
         header.apply_memory
     );
-    let (_, out) = apply(
-        &old[..],
-        &patch.bytes[..],
-        Vec::new(),
-        ApplyOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(out, new);
+    assert_applies(&old, &patch.bytes, &new);
     // stored patches stay far smaller than the image when little changed
     assert!(
         patch.bytes.len() < 12_000,
@@ -258,14 +257,7 @@ fn level_max_is_never_larger_and_round_trips() {
         max.bytes.len(),
         default.bytes.len()
     );
-    let (_, out) = apply(
-        &old[..],
-        &max.bytes[..],
-        Vec::new(),
-        ApplyOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(out, new);
+    assert_applies(&old, &max.bytes, &new);
 }
 
 fn codecs_compared(old: &[u8], new: &[u8]) {
@@ -286,14 +278,7 @@ fn codecs_compared(old: &[u8], new: &[u8]) {
         zstd.bytes.len()
     );
     for patch in [&lzma, &zstd] {
-        let (_, out) = apply(
-            &old[..],
-            &patch.bytes[..],
-            Vec::new(),
-            ApplyOptions::default(),
-        )
-        .unwrap();
-        assert_eq!(out, new);
+        assert_applies(&old, &patch.bytes, &new);
     }
 }
 

@@ -177,6 +177,22 @@ impl Fixture {
         fs::read(&self.patch).unwrap()
     }
 
+    /// Run `fwdelta diff OLD NEW -o DIR/name EXTRA...`; returns the patch path
+    /// and the run.
+    fn diff_to(&self, name: &str, extra: &[&str]) -> (PathBuf, Run) {
+        let patch = self.dir.path().join(name);
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("diff"),
+            self.old.as_os_str(),
+            self.new.as_os_str(),
+            OsStr::new("-o"),
+            patch.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        let run = fwdelta(args);
+        (patch, run)
+    }
+
     fn out(&self) -> PathBuf {
         self.out_dir.join("image.bin")
     }
@@ -708,18 +724,8 @@ fn diff_refuses_too_small_apply_memory() {
 #[test]
 fn tiny_budget_uses_stored_payloads_and_round_trips() {
     let fx = Fixture::new("fw-x86-64");
-    let patch = fx.dir.path().join("tiny.fwd");
-    fwdelta([
-        OsStr::new("diff"),
-        fx.old.as_os_str(),
-        fx.new.as_os_str(),
-        OsStr::new("-o"),
-        patch.as_os_str(),
-        OsStr::new("--apply-memory"),
-        OsStr::new("64KiB"),
-        OsStr::new("-q"),
-    ])
-    .assert_ok();
+    let (patch, run) = fx.diff_to("tiny.fwd", &["--apply-memory", "64KiB", "-q"]);
+    run.assert_ok();
     let v = info_json(&patch);
     assert_eq!(v["codec"], "stored");
     assert!(v["apply_memory"].as_u64().unwrap() <= 64 << 10);
@@ -741,34 +747,15 @@ fn diff_refuses_bad_level() {
 #[test]
 fn codec_zstd_is_chosen_on_request_and_round_trips() {
     let fx = Fixture::new("fw-x86-64");
-    let patch = fx.dir.path().join("zstd.fwd");
-    fwdelta([
-        OsStr::new("diff"),
-        fx.old.as_os_str(),
-        fx.new.as_os_str(),
-        OsStr::new("-o"),
-        patch.as_os_str(),
-        OsStr::new("--codec"),
-        OsStr::new("zstd"),
-        OsStr::new("-q"),
-    ])
-    .assert_ok();
+    let (patch, run) = fx.diff_to("zstd.fwd", &["--codec", "zstd", "-q"]);
+    run.assert_ok();
     assert_eq!(info_json(&patch)["codec"], "zstd");
     assert_eq!(info_json(&fx.patch)["codec"], "lzma2");
     fx.apply_with(&fx.old, &fs::read(&patch).unwrap(), &["-q"])
         .assert_ok();
     assert_eq!(fs::read(fx.out()).unwrap(), fs::read(&fx.new).unwrap());
     // clap's own usage message (several lines), exit 2, nothing written
-    let bad = fx.dir.path().join("gzip.fwd");
-    let run = fwdelta([
-        OsStr::new("diff"),
-        fx.old.as_os_str(),
-        fx.new.as_os_str(),
-        OsStr::new("-o"),
-        bad.as_os_str(),
-        OsStr::new("--codec"),
-        OsStr::new("gzip"),
-    ]);
+    let (bad, run) = fx.diff_to("gzip.fwd", &["--codec", "gzip"]);
     assert_eq!(run.code, 2, "{}", run.describe());
     assert!(
         run.stderr.contains("expected lzma2 or zstd"),
