@@ -8,7 +8,9 @@
 use crate::error::ApplyError;
 use fwdelta_format::header::Header;
 use fwdelta_format::{Codec, MemoryModel};
-use liblzma::stream::{Filters, LzmaOptions, Status, Stream};
+use liblzma_sys as lzma;
+use std::alloc::{alloc, dealloc, Layout};
+use std::ffi::c_void;
 use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
 use zstd::zstd_safe::FrameFormat;
 
@@ -30,7 +32,7 @@ pub(crate) enum PayloadDecoder {
     /// Raw LZMA2 streams with the header's dictionary.
     Lzma2 {
         /// The liblzma stream; rebuilt by [`PayloadDecoder::reset`].
-        stream: Box<Stream>,
+        stream: Box<LzmaDecoder>,
         /// Dictionary size, from the header's window.
         dict: u32,
     },
@@ -57,7 +59,7 @@ impl PayloadDecoder {
                 let dict = u32::try_from(MemoryModel::lzma_dict(header.window_log))
                     .map_err(|_| ApplyError::Decoder("LZMA2 dictionary over 4 GiB".into()))?;
                 Ok(Some(PayloadDecoder::Lzma2 {
-                    stream: Box::new(lzma_decoder(dict)?),
+                    stream: Box::new(LzmaDecoder::new(dict)?),
                     dict,
                 }))
             }
@@ -70,12 +72,12 @@ impl PayloadDecoder {
             PayloadDecoder::Zstd(dec) => dec
                 .reinit()
                 .map_err(|e| ApplyError::Decoder(format!("reset failed: {e}"))),
-            PayloadDecoder::Lzma2 { stream, .. } if stream.total_in() == 0 => Ok(()),
+            PayloadDecoder::Lzma2 { stream, .. } if stream.strm.total_in == 0 => Ok(()),
             PayloadDecoder::Lzma2 { stream, dict } => {
                 // A raw LZMA2 decoder cannot be rewound. Swap in a minimal
                 // one first, so two full dictionaries are never held at once.
-                **stream = lzma_decoder(1 << MemoryModel::LZMA_MIN_DICT_LOG)?;
-                **stream = lzma_decoder(*dict)?;
+                **stream = LzmaDecoder::new(1 << MemoryModel::LZMA_MIN_DICT_LOG)?;
+                **stream = LzmaDecoder::new(*dict)?;
                 Ok(())
             }
         }
@@ -98,27 +100,140 @@ impl PayloadDecoder {
                     done: hint == 0,
                 })
             }
-            PayloadDecoder::Lzma2 { stream, .. } => {
-                let (in0, out0) = (stream.total_in(), stream.total_out());
-                let status = stream
-                    .process(input, output, liblzma::stream::Action::Run)
-                    .map_err(|e| format!("LZMA2 decompression failed: {e:?}"))?;
-                Ok(Progress {
-                    read: (stream.total_in() - in0) as usize,
-                    written: (stream.total_out() - out0) as usize,
-                    done: status == Status::StreamEnd,
-                })
-            }
+            PayloadDecoder::Lzma2 { stream, .. } => stream.run(input, output),
         }
     }
 }
 
-/// A raw LZMA2 decoder with a `dict`-byte dictionary. The stream's own
-/// property bytes choose lc/lp/pb; liblzma refuses values LZMA2 forbids.
-fn lzma_decoder(dict: u32) -> Result<Stream, ApplyError> {
-    let mut opts = LzmaOptions::new();
-    opts.dict_size(dict);
-    let mut filters = Filters::new();
-    filters.lzma2(&opts);
-    Stream::new_raw_decoder(&filters).map_err(|e| ApplyError::Decoder(format!("LZMA2: {e:?}")))
+/// A raw LZMA2 decoder (liblzma) whose every allocation goes through Rust's
+/// global allocator, so the applier's heap accounting sees the dictionary
+/// like any other buffer.
+pub(crate) struct LzmaDecoder {
+    strm: lzma::lzma_stream,
+}
+
+impl LzmaDecoder {
+    /// A decoder with a `dict`-byte dictionary (allocated here). The stream's
+    /// own property bytes choose lc/lp/pb; liblzma refuses values LZMA2
+    /// forbids.
+    fn new(dict: u32) -> Result<Self, ApplyError> {
+        // SAFETY: an all-zero lzma_stream is LZMA_STREAM_INIT. The options
+        // struct is filled by lzma_lzma_preset before use, the filter array
+        // is terminated as liblzma requires, and both outlive the init call
+        // (liblzma copies what it keeps). The allocator is a static.
+        unsafe {
+            let mut strm: lzma::lzma_stream = std::mem::zeroed();
+            strm.allocator = &RUST_ALLOCATOR.0;
+            let mut opts: lzma::lzma_options_lzma = std::mem::zeroed();
+            if lzma::lzma_lzma_preset(&mut opts, 6) != 0 {
+                return Err(ApplyError::Decoder("LZMA2: no default options".into()));
+            }
+            opts.dict_size = dict;
+            let filters = [
+                lzma::lzma_filter {
+                    id: lzma::LZMA_FILTER_LZMA2,
+                    options: (&mut opts as *mut lzma::lzma_options_lzma).cast(),
+                },
+                lzma::lzma_filter {
+                    id: lzma::LZMA_VLI_UNKNOWN,
+                    options: std::ptr::null_mut(),
+                },
+            ];
+            let mut dec = LzmaDecoder { strm };
+            match lzma::lzma_raw_decoder(&mut dec.strm, filters.as_ptr()) {
+                lzma::LZMA_OK => Ok(dec),
+                lzma::LZMA_MEM_ERROR => Err(ApplyError::Decoder("LZMA2: out of memory".into())),
+                rc => Err(ApplyError::Decoder(format!("LZMA2: init failed ({rc})"))),
+            }
+        }
+    }
+
+    fn run(&mut self, input: &[u8], output: &mut [u8]) -> Result<Progress, String> {
+        self.strm.next_in = input.as_ptr();
+        self.strm.avail_in = input.len();
+        self.strm.next_out = output.as_mut_ptr();
+        self.strm.avail_out = output.len();
+        // SAFETY: the stream was initialised by lzma_raw_decoder, and its
+        // buffer pointers and lengths describe live slices for this call.
+        let rc = unsafe { lzma::lzma_code(&mut self.strm, lzma::LZMA_RUN) };
+        let read = input.len() - self.strm.avail_in;
+        let written = output.len() - self.strm.avail_out;
+        // Do not keep pointers into the caller's buffers.
+        self.strm.next_in = std::ptr::null();
+        self.strm.avail_in = 0;
+        self.strm.next_out = std::ptr::null_mut();
+        self.strm.avail_out = 0;
+        let done = match rc {
+            lzma::LZMA_OK | lzma::LZMA_BUF_ERROR => false,
+            lzma::LZMA_STREAM_END => true,
+            lzma::LZMA_DATA_ERROR => return Err("LZMA2 decompression failed: corrupt data".into()),
+            lzma::LZMA_OPTIONS_ERROR => {
+                return Err("LZMA2 decompression failed: invalid properties".into())
+            }
+            lzma::LZMA_MEM_ERROR => return Err("LZMA2 decompression failed: out of memory".into()),
+            rc => return Err(format!("LZMA2 decompression failed: error {rc}")),
+        };
+        Ok(Progress {
+            read,
+            written,
+            done,
+        })
+    }
+}
+
+impl Drop for LzmaDecoder {
+    fn drop(&mut self) {
+        // SAFETY: the stream was initialised; lzma_end frees through the
+        // same allocator and leaves the stream inert.
+        unsafe { lzma::lzma_end(&mut self.strm) }
+    }
+}
+
+/// liblzma's allocator hooks, backed by Rust's global allocator. Each block
+/// carries its size in a 16-byte prefix, as `dealloc` needs the layout.
+struct SyncAllocator(lzma::lzma_allocator);
+// SAFETY: the allocator holds two function pointers and a null opaque
+// pointer that is never dereferenced; sharing it between threads is sound.
+unsafe impl Sync for SyncAllocator {}
+
+static RUST_ALLOCATOR: SyncAllocator = SyncAllocator(lzma::lzma_allocator {
+    alloc: Some(lzma_alloc),
+    free: Some(lzma_free),
+    opaque: std::ptr::null_mut(),
+});
+
+/// Bytes in front of every block liblzma gets (its size; keeps 16-byte
+/// alignment).
+const PREFIX: usize = 16;
+
+extern "C" fn lzma_alloc(_opaque: *mut c_void, nmemb: usize, size: usize) -> *mut c_void {
+    let Some(total) = nmemb.checked_mul(size).and_then(|n| n.checked_add(PREFIX)) else {
+        return std::ptr::null_mut();
+    };
+    let Ok(layout) = Layout::from_size_align(total, PREFIX) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: the layout has a non-zero size (at least PREFIX).
+    unsafe {
+        let base = alloc(layout);
+        if base.is_null() {
+            return std::ptr::null_mut();
+        }
+        base.cast::<usize>().write(total);
+        base.add(PREFIX).cast()
+    }
+}
+
+extern "C" fn lzma_free(_opaque: *mut c_void, ptr: *mut c_void) {
+    if ptr.is_null() {
+        return;
+    }
+    // SAFETY: `ptr` came from lzma_alloc, so the block starts PREFIX bytes
+    // earlier with its total size, which was a valid layout with this
+    // alignment when it was allocated.
+    unsafe {
+        let base = ptr.cast::<u8>().sub(PREFIX);
+        let total = base.cast::<usize>().read();
+        dealloc(base, Layout::from_size_align_unchecked(total, PREFIX));
+    }
 }

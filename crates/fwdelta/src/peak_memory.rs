@@ -1,6 +1,7 @@
 //! Peak-memory accounting for `fwdelta apply --print-peak-memory` (used by
 //! `bench`): a counting global allocator for peak heap (zstd allocates through
-//! it too, via zstd's `with-rust-allocator` feature) and the process's peak RSS
+//! it too, via zstd's `with-rust-allocator` feature, and so does liblzma, via
+//! the applier's `lzma_allocator` hooks) and the process's peak RSS
 //! from `/proc/self/status`.
 //!
 //! Peak RSS is read by the process itself because a parent's `wait4` figure
