@@ -30,12 +30,7 @@ pub(crate) enum PayloadDecoder {
     /// Magicless zstd frames with a bounded window.
     Zstd(Box<Decoder<'static>>),
     /// Raw LZMA2 streams with the header's dictionary.
-    Lzma2 {
-        /// The liblzma stream; rebuilt by [`PayloadDecoder::reset`].
-        stream: Box<LzmaDecoder>,
-        /// Dictionary size, from the header's window.
-        dict: u32,
-    },
+    Lzma2(Box<LzmaDecoder>),
 }
 
 impl PayloadDecoder {
@@ -58,10 +53,9 @@ impl PayloadDecoder {
                 // so the dictionary fits a u32.
                 let dict = u32::try_from(MemoryModel::lzma_dict(header.window_log))
                     .map_err(|_| ApplyError::Decoder("LZMA2 dictionary over 4 GiB".into()))?;
-                Ok(Some(PayloadDecoder::Lzma2 {
-                    stream: Box::new(LzmaDecoder::new(dict)?),
+                Ok(Some(PayloadDecoder::Lzma2(Box::new(LzmaDecoder::new(
                     dict,
-                }))
+                )?))))
             }
         }
     }
@@ -72,14 +66,7 @@ impl PayloadDecoder {
             PayloadDecoder::Zstd(dec) => dec
                 .reinit()
                 .map_err(|e| ApplyError::Decoder(format!("reset failed: {e}"))),
-            PayloadDecoder::Lzma2 { stream, .. } if stream.strm.total_in == 0 => Ok(()),
-            PayloadDecoder::Lzma2 { stream, dict } => {
-                // A raw LZMA2 decoder cannot be rewound. Swap in a minimal
-                // one first, so two full dictionaries are never held at once.
-                **stream = LzmaDecoder::new(1 << MemoryModel::LZMA_MIN_DICT_LOG)?;
-                **stream = LzmaDecoder::new(*dict)?;
-                Ok(())
-            }
+            PayloadDecoder::Lzma2(dec) => dec.reset(),
         }
     }
 
@@ -100,7 +87,7 @@ impl PayloadDecoder {
                     done: hint == 0,
                 })
             }
-            PayloadDecoder::Lzma2 { stream, .. } => stream.run(input, output),
+            PayloadDecoder::Lzma2(dec) => dec.run(input, output),
         }
     }
 }
@@ -110,6 +97,8 @@ impl PayloadDecoder {
 /// like any other buffer.
 pub(crate) struct LzmaDecoder {
     strm: lzma::lzma_stream,
+    /// Dictionary size, from the header's window.
+    dict: u32,
 }
 
 impl LzmaDecoder {
@@ -139,13 +128,26 @@ impl LzmaDecoder {
                     options: std::ptr::null_mut(),
                 },
             ];
-            let mut dec = LzmaDecoder { strm };
+            let mut dec = LzmaDecoder { strm, dict };
             match lzma::lzma_raw_decoder(&mut dec.strm, filters.as_ptr()) {
                 lzma::LZMA_OK => Ok(dec),
                 lzma::LZMA_MEM_ERROR => Err(ApplyError::Decoder("LZMA2: out of memory".into())),
                 rc => Err(ApplyError::Decoder(format!("LZMA2: init failed ({rc})"))),
             }
         }
+    }
+
+    /// Ready for a new stream: a raw LZMA2 decoder cannot be rewound, so it is
+    /// rebuilt (unless it has not read anything yet). A minimal one is swapped
+    /// in first, so two full dictionaries are never held at once.
+    fn reset(&mut self) -> Result<(), ApplyError> {
+        if self.strm.total_in == 0 {
+            return Ok(());
+        }
+        let dict = self.dict;
+        *self = LzmaDecoder::new(1 << MemoryModel::LZMA_MIN_DICT_LOG)?;
+        *self = LzmaDecoder::new(dict)?;
+        Ok(())
     }
 
     fn run(&mut self, input: &[u8], output: &mut [u8]) -> Result<Progress, String> {

@@ -167,17 +167,14 @@ pub fn encode(
             } else {
                 &[MIN_COPY_RUN_LZMA2]
             };
-            let mut best: Option<EncodedSegment> = None;
-            for &run in runs {
+            let mut best = encode_lzma2(seg, old, new, level, max_window_log, runs[0])?;
+            for &run in &runs[1..] {
                 let e = encode_lzma2(seg, old, new, level, max_window_log, run)?;
-                if best
-                    .as_ref()
-                    .is_none_or(|b| e.payload.len() < b.payload.len())
-                {
-                    best = Some(e);
+                if e.payload.len() < best.payload.len() {
+                    best = e;
                 }
             }
-            best.ok_or_else(|| DiffError::InvalidOption("no copy-run threshold to try".into()))
+            Ok(best)
         }
         Codec::Stored => {
             let records = plan_records(seg, old, new, MIN_COPY_RUN_STORED);

@@ -309,25 +309,21 @@ fn compress(stream: &[u8], window_log: u8) -> Vec<u8> {
 }
 
 fn compress_lzma2(stream: &[u8], window_log: u8) -> Vec<u8> {
-    use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
+    use liblzma::stream::{Filters, LzmaOptions, Stream};
+    use std::io::Write;
     let Ok(mut opts) = LzmaOptions::new_preset(1) else {
         return Vec::new();
     };
     opts.dict_size(MemoryModel::lzma_dict(window_log) as u32);
     let mut filters = Filters::new();
     filters.lzma2(&opts);
-    let Ok(mut enc) = Stream::new_raw_encoder(&filters) else {
+    let Ok(enc) = Stream::new_raw_encoder(&filters) else {
         return Vec::new();
     };
-    let mut out = Vec::with_capacity(stream.len() + 64);
-    loop {
-        let at = enc.total_in() as usize;
-        match enc.process_vec(&stream[at..], &mut out, Action::Finish) {
-            Ok(Status::StreamEnd) => return out,
-            Ok(_) if out.len() == out.capacity() => out.reserve(out.len()),
-            Ok(_) => {}
-            Err(_) => return Vec::new(),
-        }
+    let mut w = liblzma::write::XzEncoder::new_stream(Vec::new(), enc);
+    match w.write_all(stream) {
+        Ok(()) => w.finish().unwrap_or_default(),
+        Err(_) => Vec::new(),
     }
 }
 
