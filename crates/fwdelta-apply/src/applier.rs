@@ -14,6 +14,7 @@ use crate::payload_decoder::PayloadDecoder;
 use crate::predicted_old::Predictor;
 use crate::sink::Sink;
 use crate::source::OldImage;
+use crate::split_streams::SplitStreams;
 use crate::BUFFER_LEN;
 use fwdelta_format::header::Header;
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};
@@ -57,7 +58,7 @@ pub struct ApplyReport {
 
 /// Where in a record the decoded stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rec {
+pub(crate) enum Rec {
     /// Collecting a record head (partial bytes in `head_buf`).
     Head,
     /// Producing diff bytes, then `literal` literal bytes, then moving by `seek`.
@@ -67,16 +68,19 @@ enum Rec {
 }
 
 /// State of the segment being decoded.
-struct Segment {
+pub(crate) struct Segment {
     head: SegmentHeader,
-    payload_left: u32,
+    /// Payload bytes not yet consumed.
+    pub(crate) payload_left: u32,
     remaining_out: u64,
     old_pos: u64,
-    rec: Rec,
+    /// Where the record interpreter is.
+    pub(crate) rec: Rec,
     head_buf: [u8; MAX_HEAD_LEN],
     head_len: usize,
     check: blake3::Hasher,
-    frame_done: bool,
+    /// The payload may end here (its compressed streams are complete).
+    pub(crate) frame_done: bool,
 }
 
 impl Segment {
@@ -113,7 +117,8 @@ impl Segment {
         Ok(())
     }
 
-    fn corrupt(&self, detail: impl Into<String>) -> ApplyError {
+    /// This segment is corrupt, for the reason `detail`.
+    pub(crate) fn corrupt(&self, detail: impl Into<String>) -> ApplyError {
         ApplyError::CorruptSegment {
             index: self.head.index,
             detail: detail.into(),
@@ -132,7 +137,7 @@ enum Stage {
 }
 
 /// Everything that produces output: the old image, the sink, and running totals.
-struct Output<'o, O: ?Sized, S> {
+pub(crate) struct Output<'o, O: ?Sized, S> {
     old: &'o O,
     sink: S,
     old_buf: Vec<u8>,
@@ -157,7 +162,11 @@ impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
     }
 
     /// Run decoded stream bytes through the record interpreter.
-    fn consume(&mut self, seg: &mut Segment, mut bytes: &[u8]) -> Result<(), ApplyError> {
+    pub(crate) fn consume(
+        &mut self,
+        seg: &mut Segment,
+        mut bytes: &[u8],
+    ) -> Result<(), ApplyError> {
         while !bytes.is_empty() {
             match seg.rec {
                 Rec::Head => {
@@ -324,6 +333,8 @@ pub struct Applier<'o, O: OldImage + ?Sized, S: Sink> {
     next_index: u32,
     decoder: Option<PayloadDecoder>,
     dec_buf: Vec<u8>,
+    /// The split-layout reader (split-stream patches only).
+    split: Option<Box<SplitStreams>>,
 }
 
 impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
@@ -351,6 +362,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             next_index: 0,
             decoder: None,
             dec_buf: Vec::new(),
+            split: None,
         }
     }
 
@@ -550,6 +562,9 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 if let Some(dec) = self.decoder.as_mut() {
                     dec.reset()?;
                 }
+                if let Some(split) = self.split.as_mut() {
+                    split.reset()?;
+                }
                 self.stage =
                     Stage::Payload(Box::new(Segment::new(head, &self.acc, &self.header_hash)));
                 self.acc.clear();
@@ -644,7 +659,10 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                     self.dec_buf = vec![0; BUFFER_LEN];
                 }
             }
-            Layout::Interleaved => {}
+            Layout::Split if header.segment_count > 0 => {
+                self.split = Some(Box::new(SplitStreams::new(header)?));
+            }
+            Layout::Interleaved | Layout::Split => {}
         }
         Ok(())
     }
@@ -683,6 +701,11 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         let n = data.len().min(seg.payload_left as usize);
         let chunk = &data[..n];
         seg.check.update(chunk);
+        if let Some(split) = self.split.as_mut() {
+            split.feed(chunk, &mut self.out, seg)?;
+            self.end_payload_chunk(n)?;
+            return Ok(n);
+        }
         match self.decoder.as_mut() {
             // Stored payload: the stream itself.
             None => {
@@ -768,6 +791,14 @@ impl SegmentRunner {
         header: &Header,
         header_hash: [u8; HASH_LEN],
     ) -> Result<SegmentRunner, ApplyError> {
+        // The header parser refuses split in-place patches; this runner only
+        // knows the interleaved layout.
+        if header.layout != Layout::Interleaved {
+            return Err(ApplyError::Format(FormatError::BadField {
+                field: "layout",
+                detail: "in-place patches use the interleaved layout".into(),
+            }));
+        }
         let decoder = PayloadDecoder::for_header(header)?;
         Ok(SegmentRunner {
             dec_buf: if decoder.is_some() {

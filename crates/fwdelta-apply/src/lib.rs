@@ -35,6 +35,7 @@ mod predicted_old;
 pub mod resumable_file;
 pub mod sink;
 pub mod source;
+mod split_streams;
 
 pub use aligned_sink::{AlignedSink, BlockWriter};
 pub use applier::{apply, Applier, ApplyOptions, ApplyReport};

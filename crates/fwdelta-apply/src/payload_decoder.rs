@@ -37,13 +37,19 @@ impl PayloadDecoder {
     /// The decoder for `header`'s payloads, or `None` for stored payloads.
     /// Allocates the decoder's window (LZMA2 allocates its dictionary here).
     pub(crate) fn for_header(header: &Header) -> Result<Option<Self>, ApplyError> {
-        match header.codec {
+        Self::new(header.codec, header.window_log)
+    }
+
+    /// A decoder for `codec` payloads with a window of `2^window_log` (at
+    /// most the format's largest), or `None` for stored payloads.
+    pub(crate) fn new(codec: Codec, window_log: u8) -> Result<Option<Self>, ApplyError> {
+        match codec {
             Codec::Stored => Ok(None),
             Codec::Zstd => {
                 let mut dec = Decoder::new().map_err(|e| ApplyError::Decoder(e.to_string()))?;
                 dec.set_parameter(DParameter::Format(FrameFormat::Magicless))
                     .and_then(|_| {
-                        dec.set_parameter(DParameter::WindowLogMax(u32::from(header.window_log)))
+                        dec.set_parameter(DParameter::WindowLogMax(u32::from(window_log)))
                     })
                     .map_err(|e| ApplyError::Decoder(e.to_string()))?;
                 Ok(Some(PayloadDecoder::Zstd(Box::new(dec))))
@@ -51,7 +57,7 @@ impl PayloadDecoder {
             Codec::Lzma2 => {
                 // The header parser bounds window_log to the format's range,
                 // so the dictionary fits a u32.
-                let dict = u32::try_from(MemoryModel::lzma_dict(header.window_log))
+                let dict = u32::try_from(MemoryModel::lzma_dict(window_log))
                     .map_err(|_| ApplyError::Decoder("LZMA2 dictionary over 4 GiB".into()))?;
                 Ok(Some(PayloadDecoder::Lzma2(Box::new(LzmaDecoder::new(
                     dict,

@@ -9,6 +9,7 @@ use fwdelta_format::header::Header;
 use fwdelta_format::record::Record;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::{chain, check_of, Codec, Layout, MemoryModel, CHECK_LEN};
+use fwdelta_testkit::split_payload;
 use proptest::prelude::*;
 use std::cell::Cell;
 use std::io;
@@ -133,6 +134,25 @@ fn stored_and_zstd_patches_refuse_every_truncation_and_flip() {
         let patch = diff(&old, &new, &opts).unwrap().bytes;
         let header = inspect(&patch[..]).unwrap().header;
         assert_eq!(header.codec, expected);
+        assert!(header.segment_count >= 3);
+        every_truncation_and_flip_is_refused(&old, &new, &patch);
+    }
+}
+
+/// Both layouts with LZMA2, whichever the firmware patch above chose.
+#[test]
+fn both_layouts_refuse_every_truncation_and_flip() {
+    let old = testdata("fw-x86-64", "old");
+    let new = testdata("fw-x86-64", "new");
+    for layout in [Layout::Split, Layout::Interleaved] {
+        let opts = Options {
+            segment_cost: 800,
+            layout: Some(layout),
+            ..Options::default()
+        };
+        let patch = diff(&old, &new, &opts).unwrap().bytes;
+        let header = inspect(&patch[..]).unwrap().header;
+        assert_eq!(header.layout, layout);
         assert!(header.segment_count >= 3);
         every_truncation_and_flip_is_refused(&old, &new, &patch);
     }
@@ -412,6 +432,25 @@ fn craft_codec(
     window_log: u8,
     segments: &[(u64, u64, Vec<u8>)],
 ) -> Vec<u8> {
+    craft_layout(
+        old,
+        claimed_new,
+        codec,
+        Layout::Interleaved,
+        window_log,
+        segments,
+    )
+}
+
+/// As [`craft_codec`], in `layout`.
+fn craft_layout(
+    old: &[u8],
+    claimed_new: &[u8],
+    codec: Codec,
+    layout: Layout,
+    window_log: u8,
+    segments: &[(u64, u64, Vec<u8>)],
+) -> Vec<u8> {
     let header = Header {
         flags: 0,
         old_len: old.len() as u64,
@@ -420,9 +459,9 @@ fn craft_codec(
         new_hash: *blake3::hash(claimed_new).as_bytes(),
         codec,
         window_log,
-        layout: Layout::Interleaved,
+        layout,
         segment_count: segments.len() as u32,
-        apply_memory: MemoryModel::required_for(codec, window_log),
+        apply_memory: MemoryModel::required_for_layout(codec, window_log, layout),
         cell_log: None,
         code_refs: None,
     };
@@ -549,6 +588,154 @@ fn crafted_malicious_records_are_refused() {
     // honest records, but the header's new hash is for other content
     let p = craft(&old, &new, &[(8, 0, rec(8, 0, 0, 0, b""))]);
     assert!(matches!(run(&old, &p), Err(ApplyError::NewHashMismatch)));
+}
+
+/// [`fwdelta_testkit::lzma2_chunks`] with a 4 KiB dictionary.
+fn lzma2_chunks(pieces: &[&[u8]], end: bool) -> Vec<Vec<u8>> {
+    fwdelta_testkit::lzma2_chunks(pieces, 4096, end).unwrap()
+}
+
+/// [`fwdelta_testkit::split_lzma2`] with a 4 KiB dictionary.
+fn split_lzma2(blocks: &[[&[u8]; 3]]) -> Vec<u8> {
+    fwdelta_testkit::split_lzma2(blocks, 4096).unwrap()
+}
+
+/// The split-layout test pair: old bytes, and records in two blocks making
+/// `new` (copy 4, 3 diff bytes, literal "XY" | literal "abc", copy 5, 2 diff
+/// bytes).
+struct SplitCase {
+    old: Vec<u8>,
+    new: Vec<u8>,
+    heads: [Vec<u8>; 2],
+}
+
+fn split_case() -> SplitCase {
+    let old = b"0123456789abcdefghij".to_vec();
+    let mut new = b"0123".to_vec();
+    new.extend(old[4..7].iter().map(|b| b + 1));
+    new.extend_from_slice(b"XYabc");
+    new.extend_from_slice(&old[7..12]);
+    new.extend(old[12..14].iter().map(|b| b + 2));
+    let heads = [
+        rec(4, 3, 2, 0, b""),
+        [rec(0, 0, 3, 0, b""), rec(5, 2, 0, 0, b"")].concat(),
+    ];
+    SplitCase { old, new, heads }
+}
+
+impl SplitCase {
+    fn patch(&self, payload: Vec<u8>) -> Vec<u8> {
+        let n = self.new.len() as u64;
+        craft_layout(
+            &self.old,
+            &self.new,
+            Codec::Lzma2,
+            Layout::Split,
+            10,
+            &[(n, 0, payload)],
+        )
+    }
+
+    /// The honest blocks with some raw parts replaced.
+    fn blocks<'a>(&'a self, diffs: [&'a [u8]; 2], lits: [&'a [u8]; 2]) -> Vec<u8> {
+        split_lzma2(&[
+            [&self.heads[0], diffs[0], lits[0]],
+            [&self.heads[1], diffs[1], lits[1]],
+        ])
+    }
+}
+
+#[test]
+fn crafted_split_patches_round_trip_when_honest() {
+    let c = split_case();
+    let p = c.patch(c.blocks([&[1, 1, 1], &[2, 2]], [b"XY", b"abc"]));
+    assert_eq!(run(&c.old, &p).unwrap(), c.new);
+    // fed a byte at a time
+    let mut a = Applier::new(&c.old[..], Vec::new(), ApplyOptions::default());
+    for b in &p {
+        a.feed(std::slice::from_ref(b)).unwrap();
+    }
+    assert_eq!(a.finish().unwrap().1, c.new);
+    // all in one block
+    let one = split_lzma2(&[[
+        &[c.heads[0].clone(), c.heads[1].clone()].concat(),
+        &[1, 1, 1, 2, 2],
+        b"XYabc",
+    ]]);
+    assert_eq!(run(&c.old, &c.patch(one)).unwrap(), c.new);
+}
+
+#[test]
+fn crafted_bad_split_blocks_are_refused() {
+    let c = split_case();
+    let refused = |payload: Vec<u8>, want: &str| {
+        let d = corrupt_detail(run(&c.old, &c.patch(payload)));
+        assert!(d.contains(want), "want {want:?}, got {d:?}");
+    };
+    refused(
+        c.blocks([&[1, 1], &[2, 2]], [b"XY", b"abc"]),
+        "needs diff bytes",
+    );
+    refused(
+        c.blocks([&[1, 1, 1, 1], &[2, 2]], [b"XY", b"abc"]),
+        "diff bytes no record",
+    );
+    refused(
+        c.blocks([&[1, 1, 1], &[2, 2]], [b"XYZ", b"abc"]),
+        "literal bytes no record",
+    );
+    refused(
+        c.blocks([&[1, 1, 1], &[2, 2]], [b"X", b"abc"]),
+        "needs literal bytes",
+    );
+    // a head cut between blocks
+    let h0 = [&c.heads[0][..], &c.heads[1][..1]].concat();
+    let payload = split_lzma2(&[
+        [&h0, &[1, 1, 1], b"XY"],
+        [&c.heads[1][1..], &[2, 2], b"abc"],
+    ]);
+    refused(payload, "inside a record head");
+    // streams that never end
+    let s: Vec<Vec<Vec<u8>>> = [
+        [&c.heads[0][..], &c.heads[1][..]],
+        [&[1u8, 1, 1][..], &[2, 2]],
+        [&b"XY"[..], &b"abc"[..]],
+    ]
+    .iter()
+    .map(|pieces| lzma2_chunks(pieces, false))
+    .collect();
+    let payload = split_payload(&[
+        [&s[0][0], &s[1][0], &s[2][0]],
+        [&s[0][1], &s[1][1], &s[2][1]],
+    ]);
+    refused(payload, "ends before its frame does");
+    // a literal stream that ended in the first block and goes on
+    let ended = lzma2_chunks(&[b"XY"], true);
+    let more = lzma2_chunks(&[b"abc"], true);
+    let h = lzma2_chunks(&[&c.heads[0], &c.heads[1]], true);
+    let d = lzma2_chunks(&[&[1, 1, 1], &[2, 2]], true);
+    let payload = split_payload(&[[&h[0], &d[0], &ended[0]], [&h[1], &d[1], &more[0]]]);
+    refused(payload, "after the end of the literal stream");
+    // block headers: empty, over the buffer, past the payload
+    let honest = c.blocks([&[1, 1, 1], &[2, 2]], [b"XY", b"abc"]);
+    refused([vec![0, 0, 0], honest.clone()].concat(), "empty block");
+    let mut big = Vec::new();
+    fwdelta_format::varint::put_u64(&mut big, 65_536);
+    big.extend_from_slice(&[1, 0]);
+    big.extend_from_slice(&honest);
+    refused(big, "block buffer");
+    refused([vec![1, 1, 100], honest].concat(), "runs past the payload");
+    // split streams need a compressed codec
+    let p = craft_layout(
+        &c.old,
+        &c.new,
+        Codec::Stored,
+        Layout::Split,
+        10,
+        &[(19, 0, vec![0; 8])],
+    );
+    let err = run(&c.old, &p).unwrap_err();
+    assert!(err.to_string().contains("split streams need"), "{err}");
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub struct Images {
 pub fn write(
     images: &Images,
     codec: Codec,
+    layout: Layout,
     cell_log: Option<u8>,
     code_refs: Option<&CodeRefs>,
     segments: &[SegmentPlan],
@@ -54,9 +55,9 @@ pub fn write(
         new_hash: images.new_hash,
         codec,
         window_log,
-        layout: Layout::Interleaved,
+        layout,
         segment_count,
-        apply_memory: MemoryModel::required_for(codec, window_log) + extra,
+        apply_memory: MemoryModel::required_for_layout(codec, window_log, layout) + extra,
         cell_log,
         code_refs: code_refs.cloned(),
     };

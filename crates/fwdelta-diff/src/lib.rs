@@ -25,6 +25,8 @@ pub mod in_place_planner;
 pub mod matcher;
 pub mod segment_encoder;
 pub mod segmenter;
+mod split_encoder;
+mod stream_encoder;
 
 pub use error::DiffError;
 pub use matcher::Op;
@@ -33,7 +35,7 @@ use fwdelta_format::header::{
     MAX_CELLS, MAX_CELL_LOG, MAX_EXTENSION_LEN, MIN_CELL_LOG, MIN_WINDOW_LOG,
 };
 use fwdelta_format::reference_rewriter::{Arch, ReferenceRewriter};
-use fwdelta_format::{CodeRefs, Codec, Header, MemoryModel, MAX_IMAGE_LEN};
+use fwdelta_format::{CodeRefs, Codec, Header, Layout, MemoryModel, MAX_IMAGE_LEN};
 use std::time::{Duration, Instant};
 
 /// Executable-aware diffing (see `fwdelta_format::reference_rewriter`).
@@ -89,7 +91,21 @@ pub struct Options {
     /// is kept, so a wrong guess costs time, never size. In-place patches are
     /// always plain.
     pub code: CodeMode,
+    /// Body layout. Default `None`, automatic: with LZMA2, split streams
+    /// ([`Layout::Split`]: heads, diff bytes and literals each compressed on
+    /// their own; on the public corpus 1.6-5.2% smaller than one interleaved
+    /// stream) when the budget holds their three decoders (2 MiB gives the
+    /// diff stream the same 1 MiB window as before) and the patch is not
+    /// in-place; small patches (under [`SMALL_PATCH`]) and `--level max` are
+    /// also made interleaved and the smaller kept, since three streams cost
+    /// a few bytes more to frame. With zstd, interleaved.
+    pub layout: Option<Layout>,
 }
+
+/// Below this size the automatic layout also tries the interleaved layout
+/// (cheap at this size, and on tiny patches the split layout's framing can
+/// cost more than it saves).
+pub const SMALL_PATCH: usize = 256 * 1024;
 
 impl Default for Options {
     fn default() -> Self {
@@ -101,6 +117,7 @@ impl Default for Options {
             in_place: None,
             align: 1,
             code: CodeMode::Auto,
+            layout: None,
         }
     }
 }
@@ -163,6 +180,8 @@ pub struct DiffReport {
     pub forced_literal_bytes: u64,
     /// Payload codec (zstd, or stored when the budget cannot hold a decoder).
     pub codec: Codec,
+    /// Body layout.
+    pub layout: Layout,
     /// Decoder window (log2) declared in the header: the largest any segment
     /// needs, at most the budget's.
     pub window_log: u8,
@@ -311,26 +330,70 @@ impl Plan {
                 (segmenter::align_boundaries(segments, opts.align), 0)
             }
         };
-        let encoded =
-            segment_encoder::encode_all(&segments, base, new, codec, opts.level, max_window_log)?;
-        let window_log = encoded
-            .iter()
-            .map(|e| e.window_log)
-            .max()
-            .unwrap_or(MIN_WINDOW_LOG);
-        let bytes = container_writer::write(
-            &container_writer::Images {
-                old_len: old.len() as u64,
-                old_hash: self.old_hash,
-                new_len: new.len() as u64,
-                new_hash: self.new_hash,
-            },
-            codec,
-            opts.in_place,
-            code_refs,
-            &segments,
-            &encoded,
-        )?;
+        let split_window = (codec != Codec::Stored && opts.in_place.is_none())
+            .then(|| MemoryModel::window_log_for_budget_in(codec, opts.apply_memory, Layout::Split))
+            .flatten();
+        let candidates: Vec<(Layout, u8)> = match (opts.layout, split_window) {
+            (Some(Layout::Interleaved), _) | (None, None) => {
+                vec![(Layout::Interleaved, max_window_log)]
+            }
+            (Some(Layout::Split), Some(w)) => vec![(Layout::Split, w)],
+            (Some(Layout::Split), None) => {
+                return Err(DiffError::InvalidOption(format!(
+                    "split streams need a compressed codec, a patch that is not in-place, and \
+                     an apply budget of at least {} bytes",
+                    MemoryModel::required_for_layout(codec, MIN_WINDOW_LOG, Layout::Split)
+                )))
+            }
+            // zstd's decoders are larger (a 2 MiB budget leaves its diff
+            // stream a 256 KiB window) and zstd is chosen for apply speed:
+            // automatic means interleaved for it.
+            (None, Some(_)) if codec != Codec::Lzma2 => vec![(Layout::Interleaved, max_window_log)],
+            (None, Some(w)) => vec![(Layout::Split, w), (Layout::Interleaved, max_window_log)],
+        };
+        let images = container_writer::Images {
+            old_len: old.len() as u64,
+            old_hash: self.old_hash,
+            new_len: new.len() as u64,
+            new_hash: self.new_hash,
+        };
+        let mut best: Option<(Vec<u8>, Layout, u8)> = None;
+        for (layout, max_window_log) in candidates {
+            if let Some((bytes, _, _)) = &best {
+                if bytes.len() >= SMALL_PATCH && opts.level < segment_encoder::SEARCH_LEVEL {
+                    break;
+                }
+            }
+            let encoded = segment_encoder::encode_all(
+                &segments,
+                base,
+                new,
+                codec,
+                layout,
+                opts.level,
+                max_window_log,
+            )?;
+            let window_log = encoded
+                .iter()
+                .map(|e| e.window_log)
+                .max()
+                .unwrap_or(MIN_WINDOW_LOG);
+            let bytes = container_writer::write(
+                &images,
+                codec,
+                layout,
+                opts.in_place,
+                code_refs,
+                &segments,
+                &encoded,
+            )?;
+            if best.as_ref().is_none_or(|(b, _, _)| bytes.len() < b.len()) {
+                best = Some((bytes, layout, window_log));
+            }
+        }
+        let Some((bytes, layout, window_log)) = best else {
+            return Err(DiffError::InvalidOption("no layout to encode".into()));
+        };
         let (diff_bytes, literal_bytes) = ops
             .iter()
             .fold((0, 0), |(d, l), op| (d + op.diff_len, l + op.literal_len));
@@ -343,6 +406,7 @@ impl Plan {
                 segments: segments.len(),
                 forced_literal_bytes,
                 codec,
+                layout,
                 window_log,
                 code: code_refs.map(|c| (c.arch, c.map.runs())),
                 plain_len: None,

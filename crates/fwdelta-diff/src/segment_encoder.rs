@@ -6,10 +6,11 @@
 
 use crate::error::DiffError;
 use crate::segmenter::SegmentPlan;
-use fwdelta_format::header::MIN_WINDOW_LOG;
+use crate::split_encoder;
+use fwdelta_format::header::{MAX_WINDOW_LOG, MIN_WINDOW_LOG};
 use fwdelta_format::record::Record;
 use fwdelta_format::segment::MAX_PAYLOAD_LEN;
-use fwdelta_format::{Codec, MemoryModel};
+use fwdelta_format::{Codec, Layout, MemoryModel};
 use rayon::prelude::*;
 use std::io::Write;
 use zstd::stream::raw::CParameter;
@@ -38,6 +39,7 @@ pub fn encode_all(
     old: &[u8],
     new: &[u8],
     codec: Codec,
+    layout: Layout,
     level: i32,
     max_window_log: u8,
 ) -> Result<Vec<EncodedSegment>, DiffError> {
@@ -45,7 +47,7 @@ pub fn encode_all(
         .par_iter()
         .enumerate()
         .map(|(index, seg)| {
-            let encoded = encode(seg, old, new, codec, level, max_window_log)?;
+            let encoded = encode(seg, old, new, codec, layout, level, max_window_log)?;
             if encoded.payload.len() > MAX_PAYLOAD_LEN as usize {
                 return Err(DiffError::PayloadTooLarge {
                     index,
@@ -58,12 +60,13 @@ pub fn encode_all(
 }
 
 /// A record and where its bytes come from.
-struct Planned {
-    record: Record,
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Planned {
+    pub(crate) record: Record,
     /// New-image offset of the record's first diff byte.
-    diff_new: usize,
+    pub(crate) diff_new: usize,
     /// Old-image offset of the record's first diff byte.
-    diff_old: usize,
+    pub(crate) diff_old: usize,
 }
 
 /// The records of one segment. Record `k`'s seek moves the old cursor from the
@@ -135,84 +138,115 @@ fn window_for(len: u64, max: u8) -> u8 {
     need.clamp(MIN_WINDOW_LOG, max.max(MIN_WINDOW_LOG))
 }
 
-/// Encode one segment: plan its records, pick the window, compress.
+/// Smallest header window (log2, at most `max`) whose split-layout stream
+/// windows ([`MemoryModel::split_window_logs`]) each hold their whole stream
+/// of `lens` (heads, diffs, literals) bytes.
+fn split_window_for(lens: [u64; 3], max: u8) -> u8 {
+    let max = max.max(MIN_WINDOW_LOG);
+    let need = lens.map(|len| window_for(len, MAX_WINDOW_LOG));
+    (MIN_WINDOW_LOG..=max)
+        .find(|&w| {
+            let have = MemoryModel::split_window_logs(w);
+            have.iter().zip(&need).all(|(h, n)| h >= n)
+        })
+        .unwrap_or(max)
+}
+
+/// Encode one segment in `layout`: plan its records, pick the window,
+/// compress. From [`SEARCH_LEVEL`], LZMA2 segments are planned with each
+/// threshold of [`MIN_COPY_RUN_LZMA2_SEARCH`] and the smallest kept.
+#[allow(clippy::too_many_arguments)]
 pub fn encode(
     seg: &SegmentPlan,
+    old: &[u8],
+    new: &[u8],
+    codec: Codec,
+    layout: Layout,
+    level: i32,
+    max_window_log: u8,
+) -> Result<EncodedSegment, DiffError> {
+    let runs: &[usize] = match codec {
+        Codec::Zstd => &[MIN_COPY_RUN_ZSTD],
+        Codec::Lzma2 if level >= SEARCH_LEVEL => &MIN_COPY_RUN_LZMA2_SEARCH,
+        Codec::Lzma2 => &[MIN_COPY_RUN_LZMA2],
+        Codec::Stored => &[MIN_COPY_RUN_STORED],
+    };
+    let mut best: Option<EncodedSegment> = None;
+    for &run in runs {
+        let records = plan_records(seg, old, new, run);
+        let e = match layout {
+            Layout::Interleaved => {
+                encode_interleaved(&records, old, new, codec, level, max_window_log)?
+            }
+            Layout::Split => {
+                let lens = records.iter().fold([0u64; 3], |[h, d, l], p| {
+                    let r = &p.record;
+                    [h + r.head_len() as u64, d + r.diff_len, l + r.literal_len]
+                });
+                let window_log = split_window_for(lens, max_window_log);
+                EncodedSegment {
+                    payload: split_encoder::encode(&records, old, new, codec, level, window_log)?,
+                    window_log,
+                }
+            }
+        };
+        if best
+            .as_ref()
+            .is_none_or(|b| e.payload.len() < b.payload.len())
+        {
+            best = Some(e);
+        }
+    }
+    best.ok_or_else(|| DiffError::InvalidOption("no copy-run threshold".into()))
+}
+
+/// Encode planned records as one interleaved stream: one magicless zstd
+/// frame, one raw LZMA2 stream, or the stream itself.
+fn encode_interleaved(
+    records: &[Planned],
     old: &[u8],
     new: &[u8],
     codec: Codec,
     level: i32,
     max_window_log: u8,
 ) -> Result<EncodedSegment, DiffError> {
-    match codec {
+    let stream_len: u64 = records.iter().map(|p| p.record.stream_len()).sum();
+    let window_log = window_for(stream_len, max_window_log);
+    let payload = match codec {
         Codec::Zstd => {
-            let records = plan_records(seg, old, new, MIN_COPY_RUN_ZSTD);
-            let stream_len: u64 = records.iter().map(|p| p.record.stream_len()).sum();
-            let window_log = window_for(stream_len, max_window_log);
             let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
             enc.set_parameter(CParameter::WindowLog(u32::from(window_log)))?;
             enc.set_parameter(CParameter::Format(FrameFormat::Magicless))?;
             enc.include_checksum(false)?;
             enc.include_contentsize(false)?;
             enc.include_dictid(false)?;
-            write_stream(&mut enc, &records, old, new)?;
-            Ok(EncodedSegment {
-                payload: enc.finish()?,
-                window_log,
-            })
+            write_stream(&mut enc, records, old, new)?;
+            enc.finish()?
         }
         Codec::Lzma2 => {
-            let runs: &[usize] = if level >= SEARCH_LEVEL {
-                &MIN_COPY_RUN_LZMA2_SEARCH
-            } else {
-                &[MIN_COPY_RUN_LZMA2]
-            };
-            let mut best = encode_lzma2(seg, old, new, level, max_window_log, runs[0])?;
-            for &run in &runs[1..] {
-                let e = encode_lzma2(seg, old, new, level, max_window_log, run)?;
-                if e.payload.len() < best.payload.len() {
-                    best = e;
-                }
-            }
-            Ok(best)
+            let mut opts = liblzma::stream::LzmaOptions::new_preset(lzma_preset(level))?;
+            opts.dict_size(MemoryModel::lzma_dict(window_log) as u32)
+                // No position context: record streams have no alignment the model
+                // could use (P6 -1.1%, the other pairs +-0.1%).
+                .position_bits(0);
+            let mut filters = liblzma::stream::Filters::new();
+            filters.lzma2(&opts);
+            let stream = liblzma::stream::Stream::new_raw_encoder(&filters)?;
+            let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+            write_stream(&mut enc, records, old, new)?;
+            enc.finish()?
         }
         Codec::Stored => {
-            let records = plan_records(seg, old, new, MIN_COPY_RUN_STORED);
             let mut payload = Vec::new();
-            write_stream(&mut payload, &records, old, new)?;
-            Ok(EncodedSegment {
+            write_stream(&mut payload, records, old, new)?;
+            return Ok(EncodedSegment {
                 payload,
                 window_log: MIN_WINDOW_LOG,
-            })
+            });
         }
-    }
-}
-
-/// Encode one segment as a raw LZMA2 stream, cutting diff ranges at equal runs
-/// of `min_copy_run` bytes.
-fn encode_lzma2(
-    seg: &SegmentPlan,
-    old: &[u8],
-    new: &[u8],
-    level: i32,
-    max_window_log: u8,
-    min_copy_run: usize,
-) -> Result<EncodedSegment, DiffError> {
-    let records = plan_records(seg, old, new, min_copy_run);
-    let stream_len: u64 = records.iter().map(|p| p.record.stream_len()).sum();
-    let window_log = window_for(stream_len, max_window_log);
-    let mut opts = liblzma::stream::LzmaOptions::new_preset(lzma_preset(level))?;
-    opts.dict_size(MemoryModel::lzma_dict(window_log) as u32)
-        // No position context: record streams have no alignment the model
-        // could use (P6 -1.1%, the other pairs +-0.1%).
-        .position_bits(0);
-    let mut filters = liblzma::stream::Filters::new();
-    filters.lzma2(&opts);
-    let stream = liblzma::stream::Stream::new_raw_encoder(&filters)?;
-    let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
-    write_stream(&mut enc, &records, old, new)?;
+    };
     Ok(EncodedSegment {
-        payload: enc.finish()?,
+        payload,
         window_log,
     })
 }
@@ -313,7 +347,7 @@ pub fn copy_diff_pieces(old: &[u8], new: &[u8], min_copy_run: usize) -> Vec<(usi
     pieces
 }
 
-fn write_diff(
+pub(crate) fn write_diff(
     enc: &mut impl Write,
     old: &[u8],
     new: &[u8],
@@ -370,5 +404,17 @@ mod tests {
         assert_eq!(window_for(1025, 20), 11);
         assert_eq!(window_for(300_000, 20), 19);
         assert_eq!(window_for(50_000_000, 20), 20);
+    }
+
+    #[test]
+    fn split_window_fits_each_stream() {
+        // Small streams: the smallest window.
+        assert_eq!(split_window_for([900, 1000, 1000], 20), 10);
+        // Literals get half the header's window, heads a sixteenth.
+        assert_eq!(split_window_for([10, 10, 3000], 20), 13);
+        assert_eq!(split_window_for([5000, 10, 10], 20), 17);
+        assert_eq!(split_window_for([10, 300_000, 10], 20), 19);
+        // Capped by the budget's window.
+        assert_eq!(split_window_for([1 << 30, 1 << 30, 1 << 30], 20), 20);
     }
 }

@@ -2,7 +2,7 @@
 
 use fwdelta_apply::{apply, ApplyOptions};
 use fwdelta_diff::{diff, Options, Plan};
-use fwdelta_format::Codec;
+use fwdelta_format::{Codec, Layout};
 use fwdelta_testkit::noise;
 use proptest::prelude::*;
 
@@ -35,11 +35,123 @@ fn codeish(seed: u64, len: usize) -> Vec<u8> {
 #[test]
 fn edge_cases() {
     for codec in [Codec::Lzma2, Codec::Zstd] {
-        edge_cases_with(&Options {
-            codec,
-            ..Options::default()
-        });
+        for layout in [None, Some(Layout::Split), Some(Layout::Interleaved)] {
+            edge_cases_with(&Options {
+                codec,
+                layout,
+                ..Options::default()
+            });
+        }
     }
+}
+
+/// Big changes make many blocks: diff bytes of every kind (dense and
+/// compressible, dense and random, sparse), long literals, records split
+/// across blocks. Both codecs; the applier holds each block within the
+/// header's claim (it refuses a block over its buffer).
+#[test]
+fn split_layout_with_many_blocks_round_trips() {
+    let old = noise(31, 1_200_000);
+    let mut new = old.clone();
+    for b in &mut new[100_000..400_000] {
+        *b = b.wrapping_add(1); // dense, compressible differences
+    }
+    let n = noise(32, 200_000);
+    for (b, d) in new[500_000..700_000].iter_mut().zip(&n) {
+        *b = b.wrapping_add(*d | 1); // dense, incompressible differences
+    }
+    for b in new[800_000..1_000_000].iter_mut().step_by(61) {
+        *b ^= 0x5A; // sparse
+    }
+    new.splice(1_100_000..1_100_000, noise(33, 150_000));
+    for codec in [Codec::Lzma2, Codec::Zstd] {
+        let opts = Options {
+            codec,
+            level: 3,
+            layout: Some(Layout::Split),
+            ..Options::default()
+        };
+        let patch = diff(&old, &new, &opts).unwrap();
+        assert_eq!(patch.report.layout, Layout::Split);
+        let header = fwdelta_apply::inspect(&patch.bytes[..]).unwrap().header;
+        assert_eq!(header.layout, Layout::Split);
+        let limit = ApplyOptions {
+            memory_limit: header.apply_memory,
+            ..ApplyOptions::default()
+        };
+        assert!(
+            header.apply_memory <= 2 << 20,
+            "claims {}",
+            header.apply_memory
+        );
+        let (_, out) = apply(&old[..], &patch.bytes[..], Vec::new(), limit).unwrap();
+        assert_eq!(out, new);
+    }
+}
+
+/// The automatic layout: split streams for LZMA2 when they are smaller (and
+/// never a larger patch than either layout on small patches), interleaved
+/// for zstd and for budgets without room for three decoders.
+#[test]
+fn automatic_layout_keeps_the_smaller() {
+    let old = codeish(41, 400_000);
+    let mut new = old.clone();
+    for b in new.iter_mut().skip(1000).step_by(13) {
+        *b = b.wrapping_add(4);
+    }
+    new.splice(200_000..200_000, noise(42, 5000));
+    let plan = Plan::build(&old, &new).unwrap();
+    let with = |codec, layout, apply_memory| Options {
+        codec,
+        layout,
+        apply_memory,
+        level: 9,
+        ..Options::default()
+    };
+    let enc = |o: &Options| plan.encode(&old, &new, o).unwrap();
+    let split = enc(&with(Codec::Lzma2, Some(Layout::Split), 2 << 20));
+    let inter = enc(&with(Codec::Lzma2, Some(Layout::Interleaved), 2 << 20));
+    let auto = enc(&with(Codec::Lzma2, None, 2 << 20));
+    assert!(
+        split.bytes.len() < inter.bytes.len(),
+        "split {} vs interleaved {}",
+        split.bytes.len(),
+        inter.bytes.len()
+    );
+    assert_eq!(auto.report.layout, Layout::Split);
+    assert_eq!(auto.bytes.len(), split.bytes.len());
+    assert_eq!(
+        enc(&with(Codec::Zstd, None, 2 << 20)).report.layout,
+        Layout::Interleaved
+    );
+    // 384 KiB holds one LZMA2 decoder with a 128 KiB window, but not three
+    // with the block buffer (412 KiB at the smallest windows).
+    let small = enc(&with(Codec::Lzma2, None, 384 << 10));
+    assert_eq!(small.report.layout, Layout::Interleaved);
+    assert!(plan
+        .encode(
+            &old,
+            &new,
+            &with(Codec::Lzma2, Some(Layout::Split), 384 << 10)
+        )
+        .is_err());
+    for p in [&split, &inter, &small] {
+        assert_applies(&old, &p.bytes, &new);
+    }
+    // A tiny change: both layouts are tried and the smaller kept.
+    let mut one = old.clone();
+    one[777] ^= 1;
+    let plan = Plan::build(&old, &one).unwrap();
+    let sizes: Vec<usize> = [None, Some(Layout::Split), Some(Layout::Interleaved)]
+        .into_iter()
+        .map(|l| {
+            plan.encode(&old, &one, &with(Codec::Lzma2, l, 2 << 20))
+                .unwrap()
+                .bytes
+                .len()
+        })
+        .collect();
+    assert_eq!(sizes[0], sizes[1].min(sizes[2]), "{sizes:?}");
 }
 
 fn edge_cases_with(opts: &Options) {
@@ -186,6 +298,7 @@ fn small_segments_and_tiny_budget_still_round_trip() {
             in_place: None,
             align: 1,
             code: fwdelta_diff::CodeMode::Auto,
+            layout: None,
         };
         let patch = plan.encode(&old, &new, &tiny).unwrap();
         assert_eq!(patch.report.codec, codec);
@@ -334,13 +447,14 @@ proptest! {
 
     #[test]
     fn structured_edits_round_trip((old, edits) in edit_strategy(), cost in 16u64..4096,
-                                   codec in prop::sample::select(vec![Codec::Lzma2, Codec::Zstd])) {
+                                   codec in prop::sample::select(vec![Codec::Lzma2, Codec::Zstd]),
+                                   layout in prop::sample::select(vec![None, Some(Layout::Split), Some(Layout::Interleaved)])) {
         let new = edited(&old, &edits);
-        let opts = Options { codec, level: 3, segment_cost: cost, ..Options::default() };
+        let opts = Options { codec, level: 3, segment_cost: cost, layout, ..Options::default() };
         round_trip(&old, &new, &opts);
-        let stored = Options { apply_memory: 64 << 10, ..opts.clone() };
+        let stored = Options { apply_memory: 64 << 10, layout: None, ..opts.clone() };
         round_trip(&old, &new, &stored);
-        let in_place = Options { in_place: Some(12), ..opts };
+        let in_place = Options { in_place: Some(12), layout: None, ..opts };
         in_place_round_trip(&old, &new, &in_place);
     }
 }

@@ -56,6 +56,10 @@ pub enum Layout {
     /// Records of (diff length, literal length, seek) each followed by its diff
     /// bytes then its literal bytes, in one stream (see [`crate::record`]).
     Interleaved,
+    /// The same records cut into three streams — heads, diff bytes, literal
+    /// bytes — each compressed on its own and interleaved in blocks (see
+    /// [`crate::split_block`]). Needs a compressed codec; not in-place.
+    Split,
 }
 
 impl Layout {
@@ -63,17 +67,20 @@ impl Layout {
     pub fn id(self) -> u8 {
         match self {
             Layout::Interleaved => 1,
+            Layout::Split => 2,
         }
     }
     /// Name for humans and JSON.
     pub fn name(self) -> &'static str {
         match self {
             Layout::Interleaved => "interleaved-records",
+            Layout::Split => "split-streams",
         }
     }
     fn from_id(id: u8) -> Result<Self, FormatError> {
         match id {
             1 => Ok(Layout::Interleaved),
+            2 => Ok(Layout::Split),
             other => Err(FormatError::UnknownLayout(other)),
         }
     }
@@ -335,7 +342,13 @@ impl Header {
                 });
             }
         }
-        let needed = MemoryModel::required_for(codec, window_log)
+        if layout == Layout::Split && (codec == Codec::Stored || cell_log.is_some()) {
+            return Err(FormatError::BadField {
+                field: "layout",
+                detail: "split streams need a compressed codec and cannot be in-place".into(),
+            });
+        }
+        let needed = MemoryModel::required_for_layout(codec, window_log, layout)
             + cell_log.map_or(0, |cl| 1u64 << cl)
             + code_refs.as_ref().map_or(0, |c| {
                 MemoryModel::code_refs_extra(len as u64, c.map.runs() as u64)

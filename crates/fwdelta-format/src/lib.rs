@@ -25,6 +25,7 @@ pub mod memory;
 pub mod record;
 pub mod reference_rewriter;
 pub mod segment;
+pub mod split_block;
 pub mod varint;
 
 pub use checkpoint::{Checkpoint, InPlaceCheckpoint};

@@ -11,7 +11,8 @@
 //! `memory_model_covers_the_real_decoder` in `fwdelta-apply` re-measures both
 //! so an upgrade cannot silently break them.
 
-use crate::header::{Codec, MAX_WINDOW_LOG, MIN_WINDOW_LOG};
+use crate::header::{Codec, Layout, MAX_WINDOW_LOG, MIN_WINDOW_LOG};
+use crate::split_block::MAX_BLOCK_BUFFER;
 
 /// The memory model (a namespace; all functions are pure).
 #[derive(Debug, Clone, Copy)]
@@ -53,13 +54,58 @@ impl MemoryModel {
         Self::LZMA_FIXED + Self::lzma_dict(window_log)
     }
 
-    /// Bytes the applier needs in all for `codec` with a window of
-    /// `2^window_log` (stored payloads need no decoder).
-    pub fn required_for(codec: Codec, window_log: u8) -> u64 {
+    /// Extra buffers of the split-streams layout: one block's compressed
+    /// heads and diffs, and a 16 KiB decoded buffer for each of those two
+    /// streams (the literals use the applier's decoded-stream buffer).
+    pub const SPLIT_BUFFERS: u64 = MAX_BLOCK_BUFFER as u64 + 32 * 1024;
+
+    /// Bytes one decoder of `codec` with window `2^window_log` holds (none
+    /// for stored payloads).
+    pub fn decoder_for(codec: Codec, window_log: u8) -> u64 {
         match codec {
-            Codec::Stored => Self::APPLIER_BUFFERS,
-            Codec::Zstd => Self::required(window_log),
-            Codec::Lzma2 => Self::lzma_decoder(window_log) + Self::APPLIER_BUFFERS,
+            Codec::Stored => 0,
+            Codec::Zstd => Self::decoder(window_log),
+            Codec::Lzma2 => Self::lzma_decoder(window_log),
+        }
+    }
+
+    /// Bytes the applier needs in all for `codec` with a window of
+    /// `2^window_log`, in the interleaved layout (stored payloads need no
+    /// decoder).
+    pub fn required_for(codec: Codec, window_log: u8) -> u64 {
+        Self::decoder_for(codec, window_log) + Self::APPLIER_BUFFERS
+    }
+
+    /// The windows (log2) of the split layout's streams — heads, diffs,
+    /// literals — for a header window of `2^window_log`: the diff stream gets
+    /// the header's window, the literals half of it, the heads a sixteenth
+    /// (never below the format's smallest window). Diff bytes repeat from
+    /// far back (the same change in every moved function); literals and
+    /// heads gain little from more (P2: a 1 MiB diff window made the patch
+    /// 4% smaller than 512 KiB; P7: 1 MiB for literals instead of 512 KiB
+    /// saved 0.2%).
+    pub fn split_window_logs(window_log: u8) -> [u8; 3] {
+        [
+            window_log.saturating_sub(4).max(MIN_WINDOW_LOG),
+            window_log,
+            window_log.saturating_sub(1).max(MIN_WINDOW_LOG),
+        ]
+    }
+
+    /// [`Self::required_for`] in `layout`: the split layout runs three
+    /// decoders with the windows of [`Self::split_window_logs`] and holds a
+    /// block.
+    pub fn required_for_layout(codec: Codec, window_log: u8, layout: Layout) -> u64 {
+        match layout {
+            Layout::Interleaved => Self::required_for(codec, window_log),
+            Layout::Split => {
+                Self::split_window_logs(window_log)
+                    .into_iter()
+                    .map(|wl| Self::decoder_for(codec, wl))
+                    .sum::<u64>()
+                    + Self::APPLIER_BUFFERS
+                    + Self::SPLIT_BUFFERS
+            }
         }
     }
 
@@ -80,9 +126,14 @@ impl MemoryModel {
     /// The largest window of `codec` whose [`Self::required_for`] fits
     /// `budget`, or `None` if even the smallest window does not.
     pub fn window_log_for_budget(codec: Codec, budget: u64) -> Option<u8> {
+        Self::window_log_for_budget_in(codec, budget, Layout::Interleaved)
+    }
+
+    /// [`Self::window_log_for_budget`] in `layout`.
+    pub fn window_log_for_budget_in(codec: Codec, budget: u64, layout: Layout) -> Option<u8> {
         (MIN_WINDOW_LOG..=MAX_WINDOW_LOG)
             .rev()
-            .find(|&wl| Self::required_for(codec, wl) <= budget)
+            .find(|&wl| Self::required_for_layout(codec, wl, layout) <= budget)
     }
 
     /// The codec and largest window a budget allows: `preferred` when its
@@ -159,5 +210,18 @@ mod tests {
             let need = MemoryModel::required(wl);
             assert_eq!(zstd(need), Some(wl));
         }
+        // Split streams: three decoders and a block; the default 2 MiB
+        // budget keeps LZMA2's 1 MiB window for the diff stream (512 KiB
+        // literals, 64 KiB heads); 256 KiB is too small.
+        let split = |codec, b| MemoryModel::window_log_for_budget_in(codec, b, Layout::Split);
+        assert_eq!(MemoryModel::split_window_logs(20), [16, 20, 19]);
+        assert_eq!(MemoryModel::split_window_logs(12), [10, 12, 11]);
+        assert_eq!(split(Codec::Lzma2, 2 << 20), Some(20));
+        assert_eq!(split(Codec::Lzma2, 256 << 10), None);
+        assert_eq!(split(Codec::Zstd, 2 << 20), Some(18));
+        assert_eq!(
+            MemoryModel::required_for_layout(Codec::Lzma2, 20, Layout::Split),
+            (3 * 80 + 1024 + 512 + 64) * 1024 + 64 * 1024 + 96 * 1024
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! segment sizes and budgets), damaged copies of them, and deterministic noise.
 
 use fwdelta_diff::{diff, Options};
-use fwdelta_format::Codec;
+use fwdelta_format::{Codec, Layout};
 use fwdelta_fuzz_targets::OLD;
 use fwdelta_testkit::noise;
 use std::fs;
@@ -32,12 +32,19 @@ fn main() {
     ];
     let mut patches = Vec::new();
     for (name, new) in &news {
-        // One codec each, so the seeds exercise both decoders.
+        // One codec and layout each, so the seeds exercise both decoders and
+        // both layouts.
         let kinds = [
-            ("one", u64::MAX, 2 << 20, Codec::Lzma2),
-            ("many", 300, 256 << 10, Codec::Zstd),
+            ("one", u64::MAX, 2 << 20, Codec::Lzma2, Some(Layout::Split)),
+            (
+                "many",
+                300,
+                256 << 10,
+                Codec::Zstd,
+                Some(Layout::Interleaved),
+            ),
         ];
-        for (tag, cost, mem, codec) in kinds {
+        for (tag, cost, mem, codec, layout) in kinds {
             let opts = Options {
                 codec,
                 level: 3,
@@ -46,6 +53,7 @@ fn main() {
                 in_place: None,
                 align: 1,
                 code: fwdelta_diff::CodeMode::Auto,
+                layout,
             };
             let p = diff(OLD, new, &opts).expect("diff").bytes;
             patches.push((format!("{name}-{tag}"), p));

@@ -204,10 +204,11 @@ pub fn structured_verdicts(inputs: &[Vec<u8>]) -> (usize, usize) {
 /// was invalid and refused, `None` if the input ran out before a patch was built.
 fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
     let old = OLD;
-    let codec = match u.int_in_range(0..=2u8)? {
-        0 => Codec::Stored,
-        1 => Codec::Zstd,
-        _ => Codec::Lzma2,
+    let (codec, layout) = match u.int_in_range(0..=3u8)? {
+        0 => (Codec::Stored, Layout::Interleaved),
+        1 => (Codec::Zstd, Layout::Interleaved),
+        2 => (Codec::Lzma2, Layout::Interleaved),
+        _ => (Codec::Lzma2, Layout::Split),
     };
     let window_log: u8 = u.int_in_range(10..=16)?;
     let segments = u.int_in_range(1..=4)?;
@@ -229,12 +230,19 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
             (Some(e), Some(m)) => e.extend_from_slice(&m),
             _ => expected = None,
         }
-        let mut stream = Vec::new();
-        for r in &records {
-            r.record.encode_head(&mut stream);
-            stream.extend_from_slice(&r.diff);
-            stream.extend_from_slice(&r.literal);
-        }
+        let stream = match layout {
+            Layout::Interleaved => {
+                let mut stream = Vec::new();
+                for r in &records {
+                    r.record.encode_head(&mut stream);
+                    stream.extend_from_slice(&r.diff);
+                    stream.extend_from_slice(&r.literal);
+                }
+                stream
+            }
+            // Already the payload: blocks cut wherever the input says.
+            Layout::Split => split_blocks(u, &records, window_log)?,
+        };
         streams.push((old_start, claimed, new_len, stream));
         new_len += claimed;
     }
@@ -250,9 +258,9 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         new_hash,
         codec,
         window_log,
-        layout: Layout::Interleaved,
+        layout,
         segment_count: streams.len() as u32,
-        apply_memory: MemoryModel::required_for(codec, window_log),
+        apply_memory: MemoryModel::required_for_layout(codec, window_log, layout),
         cell_log: None,
         code_refs: None,
     };
@@ -261,6 +269,7 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
     let mut state = header_hash;
     for (index, (old_start, claimed, offset, stream)) in streams.iter().enumerate() {
         let payload = match codec {
+            _ if layout == Layout::Split => stream.clone(),
             Codec::Stored => stream.clone(),
             Codec::Zstd => compress(stream, window_log),
             Codec::Lzma2 => compress_lzma2(stream, window_log),
@@ -296,6 +305,33 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         (None, Ok(_)) => panic!("applier accepted records the reference refuses"),
         (None, Err(_)) => Ok(Some(false)),
     }
+}
+
+/// A split-layout payload of `records`, cut into blocks after the records
+/// the input picks (each stream one LZMA2 stream with its split window).
+fn split_blocks(
+    u: &mut Unstructured<'_>,
+    records: &[GenRecord],
+    window_log: u8,
+) -> ArbResult<Vec<u8>> {
+    let mut blocks: Vec<[Vec<u8>; 3]> = vec![Default::default()];
+    for (i, r) in records.iter().enumerate() {
+        let b = blocks.last_mut().expect("one block at least");
+        r.record.encode_head(&mut b[0]);
+        b[1].extend_from_slice(&r.diff);
+        b[2].extend_from_slice(&r.literal);
+        if i + 1 < records.len() && u.arbitrary::<bool>()? {
+            blocks.push(Default::default());
+        }
+    }
+    let views: Vec<[&[u8]; 3]> = blocks
+        .iter()
+        .map(|b| [&b[0][..], &b[1][..], &b[2][..]])
+        .collect();
+    // One dictionary for all three streams: the smallest of their windows
+    // (a stream may always use less than its window).
+    let dict = MemoryModel::lzma_dict(MemoryModel::split_window_logs(window_log)[0]) as u32;
+    Ok(fwdelta_testkit::split_lzma2(&views, dict).unwrap_or_default())
 }
 
 fn compress(stream: &[u8], window_log: u8) -> Vec<u8> {

@@ -18,7 +18,7 @@ use fwdelta_apply::{
 };
 use fwdelta_diff::{CodeMode, DiffError, Options};
 use fwdelta_format::reference_rewriter::Arch;
-use fwdelta_format::Codec;
+use fwdelta_format::{Codec, Layout};
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -94,6 +94,30 @@ pub struct GenArgs {
     /// The plain patch is made too and the smaller one kept.
     #[arg(long, default_value = "auto", value_parser = parse_code_mode)]
     arch: CodeMode,
+    /// Body layout: split (heads, diff bytes and literals compressed as three
+    /// streams: smaller, needs a budget for three decoders), interleaved (one
+    /// stream), or auto (split when the budget allows; small patches try both).
+    #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
+    layout: LayoutArg,
+}
+
+/// `--layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LayoutArg {
+    Auto,
+    Split,
+    Interleaved,
+}
+
+impl LayoutArg {
+    /// The generator's choice (`None`: automatic).
+    fn layout(self) -> Option<Layout> {
+        match self {
+            LayoutArg::Auto => None,
+            LayoutArg::Split => Some(Layout::Split),
+            LayoutArg::Interleaved => Some(Layout::Interleaved),
+        }
+    }
 }
 
 /// Parse `--codec`.
@@ -127,6 +151,7 @@ impl GenArgs {
             in_place: None,
             align: self.align.max(1),
             code: self.arch,
+            layout: self.layout.layout(),
         }
     }
 

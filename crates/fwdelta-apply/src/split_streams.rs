@@ -1,0 +1,405 @@
+//! The split-streams reader (layout 2): decodes a segment's three streams —
+//! record heads, diff bytes, literal bytes — block by block and hands the
+//! record interpreter the same bytes the interleaved layout would, so both
+//! layouts share one validation path.
+//!
+//! Memory: three payload decoders (windows as
+//! `MemoryModel::split_window_logs` derives them from the header's), one block
+//! buffer of at most `MAX_BLOCK_BUFFER` (64 KiB) for a block's compressed
+//! heads and diffs, and three 16 KiB decoded-byte windows, as
+//! `MemoryModel::required_for_layout` counts them. The literal chunk, usually
+//! the largest, streams through without being held. Passes: one over the
+//! payload.
+
+use crate::applier::{Output, Rec, Segment};
+use crate::error::ApplyError;
+use crate::payload_decoder::PayloadDecoder;
+use crate::sink::Sink;
+use crate::source::OldImage;
+use crate::BUFFER_LEN;
+use fwdelta_format::header::Header;
+use fwdelta_format::record::Record;
+use fwdelta_format::split_block::{BlockHeader, MAX_BLOCK_BUFFER, MAX_BLOCK_HEAD_LEN, STREAMS};
+use fwdelta_format::MemoryModel;
+
+const HEADS: usize = 0;
+const DIFFS: usize = 1;
+const LITS: usize = 2;
+const NAMES: [&str; STREAMS] = ["record-head", "diff", "literal"];
+
+/// Where in a block the payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Collecting a block header.
+    BlockHead,
+    /// Buffering the block's heads and diffs chunks.
+    Buffer,
+    /// Streaming the block's literal chunk (`left` compressed bytes to come).
+    Literals { left: u64 },
+}
+
+/// Decoded bytes of one stream not yet used: `buf[start..end]`.
+struct Window {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            buf: vec![0; BUFFER_LEN],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn avail(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// One stream: its decoder, its decoded bytes, and where it stands.
+struct Stream {
+    dec: PayloadDecoder,
+    out: Window,
+    /// Received compressed bytes in this segment.
+    started: bool,
+    /// Its end (zstd frame end, LZMA2 end marker) has been decoded.
+    ended: bool,
+}
+
+impl Stream {
+    /// Decode from `input` into the free end of the window (compacting it
+    /// first). Returns the input bytes consumed and the bytes decoded.
+    fn decode(&mut self, input: &[u8], which: usize) -> Result<(usize, usize), String> {
+        if self.ended {
+            if !input.is_empty() {
+                return Err(format!("data after the end of the {} stream", NAMES[which]));
+            }
+            return Ok((0, 0));
+        }
+        if self.out.start > 0 {
+            self.out.buf.copy_within(self.out.start..self.out.end, 0);
+            self.out.end -= self.out.start;
+            self.out.start = 0;
+        }
+        let step = self.dec.run(input, &mut self.out.buf[self.out.end..])?;
+        self.out.end += step.written;
+        if step.done {
+            self.ended = true;
+            if step.read < input.len() {
+                return Err(format!("data after the end of the {} stream", NAMES[which]));
+            }
+        }
+        Ok((step.read, step.written))
+    }
+}
+
+/// The split-layout reader of one patch, reset between segments.
+pub(crate) struct SplitStreams {
+    streams: [Stream; STREAMS],
+    part: Part,
+    block: BlockHeader,
+    /// Block header bytes collected so far.
+    head_acc: Vec<u8>,
+    /// Payload bytes left when the current block header started.
+    left_at_block: u64,
+    /// The block's heads chunk, then its diffs chunk.
+    buf: Vec<u8>,
+    /// Bytes of the heads and diffs chunks the decoders have consumed.
+    used: [usize; 2],
+}
+
+impl SplitStreams {
+    /// A reader for `header`'s segments (which must use the split layout and
+    /// a compressed codec). Allocates the three decoders and the buffers.
+    pub(crate) fn new(header: &Header) -> Result<SplitStreams, ApplyError> {
+        let [h, d, l] = MemoryModel::split_window_logs(header.window_log);
+        let stream = |window_log| -> Result<Stream, ApplyError> {
+            let dec = PayloadDecoder::new(header.codec, window_log)?.ok_or_else(|| {
+                ApplyError::Decoder("split streams need a compressed codec".into())
+            })?;
+            Ok(Stream {
+                dec,
+                out: Window::new(),
+                started: false,
+                ended: false,
+            })
+        };
+        Ok(SplitStreams {
+            streams: [stream(h)?, stream(d)?, stream(l)?],
+            part: Part::BlockHead,
+            block: BlockHeader {
+                heads_len: 0,
+                diffs_len: 0,
+                lits_len: 0,
+            },
+            head_acc: Vec::with_capacity(MAX_BLOCK_HEAD_LEN),
+            left_at_block: 0,
+            buf: Vec::with_capacity(MAX_BLOCK_BUFFER),
+            used: [0; 2],
+        })
+    }
+
+    /// Ready for the next segment's payload.
+    pub(crate) fn reset(&mut self) -> Result<(), ApplyError> {
+        for s in &mut self.streams {
+            s.dec.reset()?;
+            s.out.start = 0;
+            s.out.end = 0;
+            s.started = false;
+            s.ended = false;
+        }
+        self.part = Part::BlockHead;
+        self.head_acc.clear();
+        self.buf.clear();
+        self.used = [0; 2];
+        Ok(())
+    }
+
+    /// Consume payload bytes `data` of segment `seg`, whose `payload_left`
+    /// still counts them. Sets `seg.frame_done` when the payload may end here
+    /// (between blocks, every stream that began has ended).
+    pub(crate) fn feed<O: OldImage + ?Sized, S: Sink>(
+        &mut self,
+        data: &[u8],
+        out: &mut Output<'_, O, S>,
+        seg: &mut Segment,
+    ) -> Result<(), ApplyError> {
+        let mut at = 0;
+        while at < data.len() {
+            match self.part {
+                Part::BlockHead => {
+                    if self.head_acc.is_empty() {
+                        self.left_at_block = u64::from(seg.payload_left) - at as u64;
+                        seg.frame_done = false;
+                    }
+                    self.head_acc.push(data[at]);
+                    at += 1;
+                    let parsed = BlockHeader::parse(&self.head_acc, self.left_at_block)
+                        .map_err(|e| seg.corrupt(e.to_string()))?;
+                    if let Some((block, _)) = parsed {
+                        self.start_block(block, seg)?;
+                        if block.buffered_len() == 0 {
+                            self.after_buffer(out, seg)?;
+                        }
+                    }
+                }
+                Part::Buffer => {
+                    let take = (self.block.buffered_len() - self.buf.len()).min(data.len() - at);
+                    self.buf.extend_from_slice(&data[at..at + take]);
+                    at += take;
+                    if self.buf.len() == self.block.buffered_len() {
+                        self.after_buffer(out, seg)?;
+                    }
+                }
+                Part::Literals { left } => {
+                    let take = (left.min((data.len() - at) as u64)) as usize;
+                    self.pump(out, seg, &data[at..at + take])?;
+                    at += take;
+                    let left = left - take as u64;
+                    self.part = Part::Literals { left };
+                    if left == 0 {
+                        self.end_block(out, seg)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_block(&mut self, block: BlockHeader, seg: &Segment) -> Result<(), ApplyError> {
+        for (s, len) in block.lens().into_iter().enumerate() {
+            if len > 0 {
+                if self.streams[s].ended {
+                    return Err(
+                        seg.corrupt(format!("data after the end of the {} stream", NAMES[s]))
+                    );
+                }
+                self.streams[s].started = true;
+            }
+        }
+        self.block = block;
+        self.head_acc.clear();
+        self.buf.clear();
+        self.used = [0; 2];
+        self.part = Part::Buffer;
+        Ok(())
+    }
+
+    /// The block's heads and diffs are in: run its records as far as they
+    /// go without literals.
+    fn after_buffer<O: OldImage + ?Sized, S: Sink>(
+        &mut self,
+        out: &mut Output<'_, O, S>,
+        seg: &mut Segment,
+    ) -> Result<(), ApplyError> {
+        self.part = Part::Literals {
+            left: self.block.lits_len,
+        };
+        self.pump(out, seg, &[])?;
+        if self.block.lits_len == 0 {
+            self.end_block(out, seg)?;
+        }
+        Ok(())
+    }
+
+    /// Run the block's records with `lits` as the next literal-chunk bytes,
+    /// until the records need literals not yet received or the block's
+    /// records are done. Consumes all of `lits`.
+    fn pump<O: OldImage + ?Sized, S: Sink>(
+        &mut self,
+        out: &mut Output<'_, O, S>,
+        seg: &mut Segment,
+        mut lits: &[u8],
+    ) -> Result<(), ApplyError> {
+        loop {
+            match seg.rec {
+                Rec::Head => match self.next_head(seg)? {
+                    Some(n) => {
+                        let w = &mut self.streams[HEADS].out;
+                        let (start, end) = (w.start, w.start + n);
+                        w.start = end;
+                        out.consume(seg, &w.buf[start..end])?;
+                    }
+                    None => {
+                        // The block's records are done: what is left of
+                        // its literal chunk must decode to nothing.
+                        while !lits.is_empty() {
+                            let (read, written) = self.streams[LITS]
+                                .decode(lits, LITS)
+                                .map_err(|e| seg.corrupt(e))?;
+                            if written > 0 {
+                                return Err(
+                                    seg.corrupt("literal bytes no record of the block uses")
+                                );
+                            }
+                            if read == 0 {
+                                return Err(seg.corrupt("decoder made no progress"));
+                            }
+                            lits = &lits[read..];
+                        }
+                        return Ok(());
+                    }
+                },
+                Rec::Diff { left, .. } => {
+                    while self.streams[DIFFS].out.is_empty() {
+                        let h = self.block.heads_len as usize;
+                        let input = &self.buf[h + self.used[1]..];
+                        let (read, written) = self.streams[DIFFS]
+                            .decode(input, DIFFS)
+                            .map_err(|e| seg.corrupt(e))?;
+                        self.used[1] += read;
+                        if read == 0 && written == 0 {
+                            return Err(
+                                seg.corrupt("a record needs diff bytes its block does not have")
+                            );
+                        }
+                    }
+                    let w = &mut self.streams[DIFFS].out;
+                    let n = (left.min(w.avail().len() as u64)) as usize;
+                    let (start, end) = (w.start, w.start + n);
+                    w.start = end;
+                    out.consume(seg, &w.buf[start..end])?;
+                }
+                Rec::Literal { left, .. } => {
+                    if self.streams[LITS].out.is_empty() {
+                        // Decode even without input: the decoder may hold
+                        // output back from an earlier call.
+                        let (read, written) = self.streams[LITS]
+                            .decode(lits, LITS)
+                            .map_err(|e| seg.corrupt(e))?;
+                        lits = &lits[read..];
+                        if read == 0 && written == 0 {
+                            if lits.is_empty() {
+                                return Ok(());
+                            }
+                            return Err(seg.corrupt("decoder made no progress"));
+                        }
+                        continue;
+                    }
+                    let w = &mut self.streams[LITS].out;
+                    let n = (left.min(w.avail().len() as u64)) as usize;
+                    let (start, end) = (w.start, w.start + n);
+                    w.start = end;
+                    out.consume(seg, &w.buf[start..end])?;
+                }
+            }
+        }
+    }
+
+    /// Length of the next whole record head at the front of the heads
+    /// window, decoding more as needed; `None` when the block has no more.
+    fn next_head(&mut self, seg: &Segment) -> Result<Option<usize>, ApplyError> {
+        loop {
+            let avail = self.streams[HEADS].out.avail();
+            if !avail.is_empty() {
+                match Record::parse_head(avail) {
+                    Ok(Some((_, n))) => return Ok(Some(n)),
+                    Ok(None) => {}
+                    Err(e) => return Err(seg.corrupt(e.to_string())),
+                }
+            }
+            let input = &self.buf[self.used[0]..self.block.heads_len as usize];
+            let (read, written) = self.streams[HEADS]
+                .decode(input, HEADS)
+                .map_err(|e| seg.corrupt(e))?;
+            self.used[0] += read;
+            if read == 0 && written == 0 {
+                return if !input.is_empty() {
+                    Err(seg.corrupt("decoder made no progress"))
+                } else if self.streams[HEADS].out.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(seg.corrupt("block ends inside a record head"))
+                };
+            }
+        }
+    }
+
+    /// The block's literal chunk is in: its records must be done, and its
+    /// chunks used up without leaving decoded bytes.
+    fn end_block<O: OldImage + ?Sized, S: Sink>(
+        &mut self,
+        out: &mut Output<'_, O, S>,
+        seg: &mut Segment,
+    ) -> Result<(), ApplyError> {
+        self.pump(out, seg, &[])?;
+        if seg.rec != Rec::Head {
+            return Err(seg.corrupt("a record needs literal bytes its block does not have"));
+        }
+        // pump returned at the end of the heads; the diffs and literals
+        // must be used up, including anything a decoder still holds.
+        let h = self.block.heads_len as usize;
+        loop {
+            let input = &self.buf[h + self.used[1]..];
+            let (read, written) = self.streams[DIFFS]
+                .decode(input, DIFFS)
+                .map_err(|e| seg.corrupt(e))?;
+            self.used[1] += read;
+            if written > 0 || !self.streams[DIFFS].out.is_empty() {
+                return Err(seg.corrupt("diff bytes no record of the block uses"));
+            }
+            if read == 0 {
+                if !input.is_empty() {
+                    return Err(seg.corrupt("decoder made no progress"));
+                }
+                break;
+            }
+        }
+        let (_, written) = self.streams[LITS]
+            .decode(&[], LITS)
+            .map_err(|e| seg.corrupt(e))?;
+        if written > 0 || !self.streams[LITS].out.is_empty() {
+            return Err(seg.corrupt("literal bytes no record of the block uses"));
+        }
+        self.part = Part::BlockHead;
+        seg.frame_done = self.streams.iter().all(|s| s.ended || !s.started);
+        Ok(())
+    }
+}
