@@ -23,7 +23,7 @@ pub struct Images {
 }
 
 /// Assemble a patch from encoded segments (`encoded[i]` belongs to
-/// `segments[i]`); with `cell_log`, an in-place patch whose segments are cells
+/// `segments[i]`, encoded in `layout`); with `cell_log`, an in-place patch whose segments are cells
 /// in apply order; with `code_refs`, an executable-aware patch whose diff
 /// bytes apply to the predicted old image. The header declares the largest window any segment uses, and
 /// the memory that window needs. Cost: one pass over the payloads to hash them;

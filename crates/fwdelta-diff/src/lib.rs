@@ -6,7 +6,8 @@
 //! 2. [`segmenter`]: cut the ops into segments of roughly equal compressed cost,
 //!    so each segment is independently decodable at ~1% size cost.
 //! 3. [`segment_encoder`]: turn each segment into a record stream and compress it
-//!    (one zstd frame, window bounded by the applier's memory budget), segments
+//!    (one LZMA2 or zstd stream, or three split streams in blocks via
+//!    `split_encoder`; windows bounded by the applier's memory budget), segments
 //!    in parallel.
 //! 4. [`container_writer`]: header, then segments with their checks.
 //!

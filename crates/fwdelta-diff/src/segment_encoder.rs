@@ -1,8 +1,8 @@
-//! The segment encoder: turns a planned segment into its record stream and
-//! compresses it as one raw LZMA2 stream or one magicless zstd frame whose
-//! window fits the applier's budget (or stores it as it is, for budgets below
-//! any decoder).
-//! Segments are encoded in parallel.
+//! The segment encoder: turns a planned segment into its records and
+//! compresses them, in layout 1 as one raw LZMA2 stream or one magicless zstd
+//! frame (or stored as they are, for budgets below any decoder), in layout 2
+//! as three split streams (`split_encoder`); windows fit the
+//! applier's budget. Segments are encoded in parallel.
 
 use crate::error::DiffError;
 use crate::segmenter::SegmentPlan;

@@ -10,7 +10,8 @@
 //! ```text
 //! Header (>= 87 bytes: framing, old-image check, new-image hash, codec,
 //!         four varints, extensions, 16-byte header check)
-//! Segment 0: three varints + zstd payload + 16-byte check (bound to the
+//! Segment 0: three varints + compressed payload (one stream, or blocks of
+//!            three split streams) + 16-byte check (bound to the
 //!            header and the segment's position)
 //! ...
 //! Segment n-1 (the header's segment count says the patch ends here)

@@ -766,6 +766,37 @@ fn codec_zstd_is_chosen_on_request_and_round_trips() {
 }
 
 #[test]
+fn layout_is_chosen_on_request_and_round_trips() {
+    let fx = Fixture::new("fw-x86-64");
+    for (layout, name) in [
+        ("split", "split-streams"),
+        ("interleaved", "interleaved-records"),
+    ] {
+        let (patch, run) = fx.diff_to(&format!("{layout}.fwd"), &["--layout", layout, "-q"]);
+        run.assert_ok();
+        assert_eq!(info_json(&patch)["layout"], name);
+        fx.apply_with(&fx.old, &fs::read(&patch).unwrap(), &["-q"])
+            .assert_ok();
+        assert_eq!(fs::read(fx.out()).unwrap(), fs::read(&fx.new).unwrap());
+    }
+    // a budget without room for three decoders: one line, exit 1, nothing written
+    let (small, run) = fx.diff_to(
+        "small.fwd",
+        &["--layout", "split", "--apply-memory", "300KiB"],
+    );
+    assert_eq!(run.code, 1, "{}", run.describe());
+    assert!(
+        run.stderr.contains("split streams need"),
+        "{}",
+        run.describe()
+    );
+    assert!(!small.exists());
+    let (bad, run) = fx.diff_to("bad.fwd", &["--layout", "columns"]);
+    assert_eq!(run.code, 2, "{}", run.describe());
+    assert!(!bad.exists());
+}
+
+#[test]
 fn diff_refuses_missing_input() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("does-not-exist");
