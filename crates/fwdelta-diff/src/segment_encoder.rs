@@ -6,15 +6,13 @@
 
 use crate::error::DiffError;
 use crate::segmenter::SegmentPlan;
-use crate::split_encoder;
+use crate::{split_encoder, stream_encoder};
 use fwdelta_format::header::{MAX_WINDOW_LOG, MIN_WINDOW_LOG};
 use fwdelta_format::record::Record;
 use fwdelta_format::segment::MAX_PAYLOAD_LEN;
 use fwdelta_format::{Codec, Layout, MemoryModel};
 use rayon::prelude::*;
 use std::io::Write;
-use zstd::stream::raw::CParameter;
-use zstd::zstd_safe::FrameFormat;
 
 /// Difference bytes are computed through a scratch buffer of this size.
 const SCRATCH: usize = 64 * 1024;
@@ -214,24 +212,12 @@ fn encode_interleaved(
     let window_log = window_for(stream_len, max_window_log);
     let payload = match codec {
         Codec::Zstd => {
-            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
-            enc.set_parameter(CParameter::WindowLog(u32::from(window_log)))?;
-            enc.set_parameter(CParameter::Format(FrameFormat::Magicless))?;
-            enc.include_checksum(false)?;
-            enc.include_contentsize(false)?;
-            enc.include_dictid(false)?;
+            let mut enc = stream_encoder::zstd_encoder(level, window_log)?;
             write_stream(&mut enc, records, old, new)?;
             enc.finish()?
         }
         Codec::Lzma2 => {
-            let mut opts = liblzma::stream::LzmaOptions::new_preset(lzma_preset(level))?;
-            opts.dict_size(MemoryModel::lzma_dict(window_log) as u32)
-                // No position context: record streams have no alignment the model
-                // could use (P6 -1.1%, the other pairs +-0.1%).
-                .position_bits(0);
-            let mut filters = liblzma::stream::Filters::new();
-            filters.lzma2(&opts);
-            let stream = liblzma::stream::Stream::new_raw_encoder(&filters)?;
+            let stream = stream_encoder::lzma2_encoder(level, window_log)?;
             let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
             write_stream(&mut enc, records, old, new)?;
             enc.finish()?
