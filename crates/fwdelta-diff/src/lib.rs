@@ -334,11 +334,12 @@ impl Plan {
         let split_window = (codec != Codec::Stored && opts.in_place.is_none())
             .then(|| MemoryModel::window_log_for_budget_in(codec, opts.apply_memory, Layout::Split))
             .flatten();
-        let candidates: Vec<(Layout, u8)> = match (opts.layout, split_window) {
-            (Some(Layout::Interleaved), _) | (None, None) => {
-                vec![(Layout::Interleaved, max_window_log)]
-            }
-            (Some(Layout::Split), Some(w)) => vec![(Layout::Split, w)],
+        // The layout to encode, and for automatic layouts the one to try too
+        // on small patches.
+        let interleaved = (Layout::Interleaved, max_window_log);
+        let (first, second) = match (opts.layout, split_window) {
+            (Some(Layout::Interleaved), _) | (None, None) => (interleaved, None),
+            (Some(Layout::Split), Some(w)) => ((Layout::Split, w), None),
             (Some(Layout::Split), None) => {
                 return Err(DiffError::InvalidOption(format!(
                     "split streams need a compressed codec, a patch that is not in-place, and \
@@ -349,8 +350,8 @@ impl Plan {
             // zstd's decoders are larger (a 2 MiB budget leaves its diff
             // stream a 256 KiB window) and zstd is chosen for apply speed:
             // automatic means interleaved for it.
-            (None, Some(_)) if codec != Codec::Lzma2 => vec![(Layout::Interleaved, max_window_log)],
-            (None, Some(w)) => vec![(Layout::Split, w), (Layout::Interleaved, max_window_log)],
+            (None, Some(_)) if codec != Codec::Lzma2 => (interleaved, None),
+            (None, Some(w)) => ((Layout::Split, w), Some(interleaved)),
         };
         let images = container_writer::Images {
             old_len: old.len() as u64,
@@ -358,13 +359,7 @@ impl Plan {
             new_len: new.len() as u64,
             new_hash: self.new_hash,
         };
-        let mut best: Option<(Vec<u8>, Layout, u8)> = None;
-        for (layout, max_window_log) in candidates {
-            if let Some((bytes, _, _)) = &best {
-                if bytes.len() >= SMALL_PATCH && opts.level < segment_encoder::SEARCH_LEVEL {
-                    break;
-                }
-            }
+        let encode_in = |(layout, max_window_log): (Layout, u8)| {
             let encoded = segment_encoder::encode_all(
                 &segments,
                 base,
@@ -388,13 +383,18 @@ impl Plan {
                 &segments,
                 &encoded,
             )?;
-            if best.as_ref().is_none_or(|(b, _, _)| bytes.len() < b.len()) {
-                best = Some((bytes, layout, window_log));
+            Ok::<_, DiffError>((bytes, layout, window_log))
+        };
+        let mut best = encode_in(first)?;
+        if let Some(second) = second {
+            if best.0.len() < SMALL_PATCH || opts.level >= segment_encoder::SEARCH_LEVEL {
+                let other = encode_in(second)?;
+                if other.0.len() < best.0.len() {
+                    best = other;
+                }
             }
         }
-        let Some((bytes, layout, window_log)) = best else {
-            return Err(DiffError::InvalidOption("no layout to encode".into()));
-        };
+        let (bytes, layout, window_log) = best;
         let (diff_bytes, literal_bytes) = ops
             .iter()
             .fold((0, 0), |(d, l), op| (d + op.diff_len, l + op.literal_len));

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use std::io::Write;
 
 /// Difference bytes are computed through a scratch buffer of this size.
-const SCRATCH: usize = 64 * 1024;
+pub(crate) const SCRATCH: usize = 64 * 1024;
 
 /// One encoded segment.
 #[derive(Debug, Clone)]
@@ -169,10 +169,9 @@ pub fn encode(
         Codec::Lzma2 => &[MIN_COPY_RUN_LZMA2],
         Codec::Stored => &[MIN_COPY_RUN_STORED],
     };
-    let mut best: Option<EncodedSegment> = None;
-    for &run in runs {
+    let encode_with = |run: usize| -> Result<EncodedSegment, DiffError> {
         let records = plan_records(seg, old, new, run);
-        let e = match layout {
+        Ok(match layout {
             Layout::Interleaved => {
                 encode_interleaved(&records, old, new, codec, level, max_window_log)?
             }
@@ -187,15 +186,17 @@ pub fn encode(
                     window_log,
                 }
             }
-        };
-        if best
-            .as_ref()
-            .is_none_or(|b| e.payload.len() < b.payload.len())
-        {
-            best = Some(e);
+        })
+    };
+    // Every list above starts with the default threshold.
+    let mut best = encode_with(runs[0])?;
+    for &run in &runs[1..] {
+        let e = encode_with(run)?;
+        if e.payload.len() < best.payload.len() {
+            best = e;
         }
     }
-    best.ok_or_else(|| DiffError::InvalidOption("no copy-run threshold".into()))
+    Ok(best)
 }
 
 /// Encode planned records as one interleaved stream: one magicless zstd

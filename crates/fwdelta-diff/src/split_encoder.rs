@@ -14,11 +14,12 @@
 //! memory.
 
 use crate::error::DiffError;
-use crate::segment_encoder::{write_diff, Planned};
+use crate::segment_encoder::{write_diff, Planned, SCRATCH};
 use crate::stream_encoder::StreamEncoder;
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};
 use fwdelta_format::split_block::{BlockHeader, MAX_BLOCK_BUFFER};
 use fwdelta_format::{Codec, MemoryModel};
+use std::io::Write;
 
 /// Cost units per byte of a block's heads and diffs that is likely to cost
 /// a full byte compressed; a zero difference byte costs one unit.
@@ -86,8 +87,7 @@ fn group(records: &[Planned], old: &[u8], new: &[u8], grouping: Grouping) -> Vec
     let mut blocks = Vec::new();
     let mut cur: Vec<Planned> = Vec::new();
     let mut cur_cost = 0u64;
-    for &p in records {
-        let mut p = p;
+    for mut p in records.iter().copied() {
         loop {
             let d = p.record.diff_len as usize;
             let mut cost = head_cost(&p.record);
@@ -157,27 +157,24 @@ fn write_blocks(
     let mut heads = StreamEncoder::new(codec, level, h)?;
     let mut diffs = StreamEncoder::new(codec, level, d)?;
     let mut lits = StreamEncoder::new(codec, level, l)?;
-    let mut scratch = vec![0u8; 64 * 1024];
+    let mut scratch = vec![0u8; SCRATCH];
     let mut head = Vec::with_capacity(MAX_HEAD_LEN);
-    let mut diff_buf = Vec::new();
     let mut payload = Vec::new();
     for (b, block) in blocks.iter().enumerate() {
         for p in block {
             let r = &p.record;
             head.clear();
             r.encode_head(&mut head);
-            heads.write(&head)?;
+            heads.write_all(&head)?;
             let d = r.diff_len as usize;
-            diff_buf.clear();
             write_diff(
-                &mut diff_buf,
+                &mut diffs,
                 &old[p.diff_old..p.diff_old + d],
                 &new[p.diff_new..p.diff_new + d],
                 &mut scratch,
             )?;
-            diffs.write(&diff_buf)?;
             let lit = p.diff_new + d;
-            lits.write(&new[lit..lit + r.literal_len as usize])?;
+            lits.write_all(&new[lit..lit + r.literal_len as usize])?;
         }
         let last = b + 1 == blocks.len();
         let mut chunks = Vec::with_capacity(3);

@@ -83,7 +83,7 @@ impl StreamEncoder {
     }
 
     /// Compress `data` into the current chunk.
-    pub(crate) fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+    fn compress(&mut self, mut data: &[u8]) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
@@ -144,5 +144,19 @@ impl StreamEncoder {
                 Ok(std::mem::take(&mut self.out))
             }
         }
+    }
+}
+
+/// Writing compresses into the current chunk, so the record writers
+/// (`write_diff`) stream straight into a stream. `flush` does nothing: a
+/// chunk ends only at [`StreamEncoder::cut`] or [`StreamEncoder::finish`].
+impl Write for StreamEncoder {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.compress(data)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
