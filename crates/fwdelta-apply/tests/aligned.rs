@@ -52,16 +52,22 @@ fn pair() -> (Vec<u8>, Vec<u8>) {
     (p("old"), p("new"))
 }
 
-#[test]
-fn aligned_patch_programs_whole_blocks_and_resumes_on_a_block() {
-    let (old, new) = pair();
+/// A many-segment patch of [`pair`] whose segment ends are aligned to
+/// `align` bytes (1: not aligned).
+fn patch_aligned_to(old: &[u8], new: &[u8], align: u64) -> Vec<u8> {
     let opts = Options {
-        align: 256,
+        align,
         segment_cost: 500,
         level: 6,
         ..Options::default()
     };
-    let patch = diff(&old, &new, &opts).unwrap().bytes;
+    diff(old, new, &opts).unwrap().bytes
+}
+
+#[test]
+fn aligned_patch_programs_whole_blocks_and_resumes_on_a_block() {
+    let (old, new) = pair();
+    let patch = patch_aligned_to(&old, &new, 256);
 
     let mut flash = Flash::new(256, new.len());
     let sink = AlignedSink::new(&mut flash, 256, 0).unwrap();
@@ -107,12 +113,7 @@ fn aligned_patch_programs_whole_blocks_and_resumes_on_a_block() {
 #[test]
 fn unaligned_patch_is_refused_at_its_first_unaligned_segment_end() {
     let (old, new) = pair();
-    let opts = Options {
-        segment_cost: 500,
-        level: 6,
-        ..Options::default()
-    };
-    let patch = diff(&old, &new, &opts).unwrap().bytes;
+    let patch = patch_aligned_to(&old, &new, 1);
     let mut flash = Flash::new(256, new.len());
     let sink = AlignedSink::new(&mut flash, 256, 0).unwrap();
     let mut a = Applier::new(&old[..], sink, ApplyOptions::default());

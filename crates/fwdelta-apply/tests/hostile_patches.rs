@@ -7,9 +7,8 @@ use fwdelta_apply::{apply, inspect, Applier, ApplyError, ApplyOptions, ErrorClas
 use fwdelta_diff::{diff, Options};
 use fwdelta_format::header::Header;
 use fwdelta_format::record::Record;
-use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::{chain, check_of, Codec, Layout, MemoryModel, CHECK_LEN};
-use fwdelta_testkit::split_payload;
+use fwdelta_format::{check_of, Codec, Layout, MemoryModel, CHECK_LEN};
+use fwdelta_testkit::{seal_patch, split_payload};
 use proptest::prelude::*;
 use std::cell::Cell;
 use std::io;
@@ -117,42 +116,44 @@ fn inspect_each_streams_segment_headers() {
     assert_eq!(at, new.len() as u64);
 }
 
-/// The firmware patch covers the default codec (LZMA2); stored and zstd
-/// payloads get the same treatment here.
+/// The firmware patch covers the default codec and layout, whichever the
+/// generator chose; every other codec and layout gets the same treatment
+/// here.
 #[test]
-fn stored_and_zstd_patches_refuse_every_truncation_and_flip() {
+fn every_codec_and_layout_refuses_every_truncation_and_flip() {
     let old = testdata("fw-x86-64", "old");
     let new = testdata("fw-x86-64", "new");
-    // zstd asked for; the 64 KiB budget cannot hold its decoder: stored.
-    for (expected, budget) in [(Codec::Stored, 64 << 10), (Codec::Zstd, 2 << 20)] {
+    // (codec asked for, budget, layout asked for) -> (codec, layout) written.
+    // zstd with a 64 KiB budget, too small for its decoder: stored.
+    let cases = [
+        (
+            (Codec::Zstd, 64 << 10, None),
+            (Codec::Stored, Layout::Interleaved),
+        ),
+        (
+            (Codec::Zstd, 2 << 20, None),
+            (Codec::Zstd, Layout::Interleaved),
+        ),
+        (
+            (Codec::Lzma2, 2 << 20, Some(Layout::Split)),
+            (Codec::Lzma2, Layout::Split),
+        ),
+        (
+            (Codec::Lzma2, 2 << 20, Some(Layout::Interleaved)),
+            (Codec::Lzma2, Layout::Interleaved),
+        ),
+    ];
+    for ((codec, apply_memory, layout), expected) in cases {
         let opts = Options {
-            codec: Codec::Zstd,
+            codec,
+            apply_memory,
+            layout,
             segment_cost: 800,
-            apply_memory: budget,
             ..Options::default()
         };
         let patch = diff(&old, &new, &opts).unwrap().bytes;
         let header = inspect(&patch[..]).unwrap().header;
-        assert_eq!(header.codec, expected);
-        assert!(header.segment_count >= 3);
-        every_truncation_and_flip_is_refused(&old, &new, &patch);
-    }
-}
-
-/// Both layouts with LZMA2, whichever the firmware patch above chose.
-#[test]
-fn both_layouts_refuse_every_truncation_and_flip() {
-    let old = testdata("fw-x86-64", "old");
-    let new = testdata("fw-x86-64", "new");
-    for layout in [Layout::Split, Layout::Interleaved] {
-        let opts = Options {
-            segment_cost: 800,
-            layout: Some(layout),
-            ..Options::default()
-        };
-        let patch = diff(&old, &new, &opts).unwrap().bytes;
-        let header = inspect(&patch[..]).unwrap().header;
-        assert_eq!(header.layout, layout);
+        assert_eq!((header.codec, header.layout), expected);
         assert!(header.segment_count >= 3);
         every_truncation_and_flip_is_refused(&old, &new, &patch);
     }
@@ -465,30 +466,12 @@ fn craft_layout(
         cell_log: None,
         code_refs: None,
     };
-    let mut out = header.encode();
-    let header_hash = chain::start(&out);
-    let mut state = header_hash;
     let mut at = 0;
-    for (index, (new_len, old_start, payload)) in segments.iter().enumerate() {
-        let head = SegmentHeader {
-            index: index as u32,
-            new_offset: at,
-            new_len: *new_len,
-            old_start: *old_start,
-            payload_len: payload.len() as u32,
-        }
-        .encode(&header);
-        chain::seal_segment(
-            &mut out,
-            &header_hash,
-            &mut state,
-            index as u32,
-            &head,
-            payload,
-        );
+    let sealed = segments.iter().map(|(new_len, old_start, payload)| {
         at += new_len;
-    }
-    out
+        (at - new_len, *new_len, *old_start, &payload[..])
+    });
+    seal_patch(&header, sealed)
 }
 
 fn compress(stream: &[u8], window_log: u8) -> Vec<u8> {

@@ -5,8 +5,7 @@ use fwdelta_apply::{apply, apply_in_place, ApplyError, ApplyOptions, MemRegion};
 use fwdelta_diff::{diff, Options};
 use fwdelta_format::header::{Header, FLAG_IN_PLACE};
 use fwdelta_format::record::Record;
-use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::{chain, Codec, Layout, MemoryModel};
+use fwdelta_format::{Codec, Layout, MemoryModel};
 use std::io::Cursor;
 
 fn testdata(pair: &str, which: &str) -> Vec<u8> {
@@ -99,28 +98,10 @@ fn craft(old: &[u8], new: &[u8], cells: &[(u64, u64, Vec<u8>)]) -> Vec<u8> {
         cell_log: Some(12),
         code_refs: None,
     };
-    let mut out = header.encode();
-    let header_hash = chain::start(&out);
-    let mut state = header_hash;
-    for (index, (cell, old_start, stream)) in cells.iter().enumerate() {
-        let head = SegmentHeader {
-            index: index as u32,
-            new_offset: cell * 4096,
-            new_len: 4096,
-            old_start: *old_start,
-            payload_len: stream.len() as u32,
-        }
-        .encode(&header);
-        chain::seal_segment(
-            &mut out,
-            &header_hash,
-            &mut state,
-            index as u32,
-            &head,
-            stream,
-        );
-    }
-    out
+    let sealed = cells
+        .iter()
+        .map(|(cell, old_start, stream)| (cell * 4096, 4096, *old_start, &stream[..]));
+    fwdelta_testkit::seal_patch(&header, sealed)
 }
 
 fn copy_record(len: u64) -> Vec<u8> {

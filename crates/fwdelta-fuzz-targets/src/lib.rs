@@ -12,7 +12,7 @@ use fwdelta_apply::{apply, inspect, Applier, ApplyOptions};
 use fwdelta_format::header::Header;
 use fwdelta_format::record::Record;
 use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::{chain, Checkpoint, Codec, Layout, MemoryModel};
+use fwdelta_format::{Checkpoint, Codec, Layout, MemoryModel};
 
 /// The old image the apply targets patch: the bundled Cortex-M4 firmware.
 pub static OLD: &[u8] = include_bytes!("../../../testdata/fw-cortex-m4/old");
@@ -211,11 +211,11 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         _ => (Codec::Lzma2, Layout::Split),
     };
     let window_log: u8 = u.int_in_range(10..=16)?;
-    let segments = u.int_in_range(1..=4)?;
-    let mut streams = Vec::new();
+    let count = u.int_in_range(1..=4)?;
+    let mut segments = Vec::new();
     let mut expected = Some(Vec::new());
     let mut new_len = 0u64;
-    for _ in 0..segments {
+    for _ in 0..count {
         let old_start = u.int_in_range(0..=old.len() as u64)?;
         let records = gen_records(u, old.len())?;
         let made = reference(old, old_start, &records);
@@ -230,7 +230,7 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
             (Some(e), Some(m)) => e.extend_from_slice(&m),
             _ => expected = None,
         }
-        let stream = match layout {
+        let payload = match layout {
             Layout::Interleaved => {
                 let mut stream = Vec::new();
                 for r in &records {
@@ -238,12 +238,19 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
                     stream.extend_from_slice(&r.diff);
                     stream.extend_from_slice(&r.literal);
                 }
-                stream
+                match codec {
+                    Codec::Stored => stream,
+                    Codec::Zstd => compress(&stream, window_log),
+                    Codec::Lzma2 => compress_lzma2(&stream, window_log),
+                }
             }
-            // Already the payload: blocks cut wherever the input says.
+            // Blocks cut wherever the input says.
             Layout::Split => split_blocks(u, &records, window_log)?,
         };
-        streams.push((old_start, claimed, new_len, stream));
+        if payload.is_empty() {
+            return Ok(None);
+        }
+        segments.push((new_len, claimed, old_start, payload));
         new_len += claimed;
     }
     let new_hash = match &expected {
@@ -259,41 +266,17 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         codec,
         window_log,
         layout,
-        segment_count: streams.len() as u32,
+        segment_count: segments.len() as u32,
         apply_memory: MemoryModel::required_for_layout(codec, window_log, layout),
         cell_log: None,
         code_refs: None,
     };
-    let mut patch = header.encode();
-    let header_hash = chain::start(&patch);
-    let mut state = header_hash;
-    for (index, (old_start, claimed, offset, stream)) in streams.iter().enumerate() {
-        let payload = match codec {
-            _ if layout == Layout::Split => stream.clone(),
-            Codec::Stored => stream.clone(),
-            Codec::Zstd => compress(stream, window_log),
-            Codec::Lzma2 => compress_lzma2(stream, window_log),
-        };
-        if payload.is_empty() {
-            return Ok(None);
-        }
-        let head = SegmentHeader {
-            index: index as u32,
-            new_offset: *offset,
-            new_len: *claimed,
-            old_start: *old_start,
-            payload_len: payload.len() as u32,
-        }
-        .encode(&header);
-        chain::seal_segment(
-            &mut patch,
-            &header_hash,
-            &mut state,
-            index as u32,
-            &head,
-            &payload,
-        );
-    }
+    let patch = fwdelta_testkit::seal_patch(
+        &header,
+        segments
+            .iter()
+            .map(|(at, len, old_start, p)| (*at, *len, *old_start, &p[..])),
+    );
 
     let result = apply(old, &patch[..], Vec::new(), opts());
     match (&expected, result) {

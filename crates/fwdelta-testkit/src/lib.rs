@@ -1,12 +1,12 @@
 //! Deterministic pseudo-random test data, shared by the test suites, the fuzz
 //! seed generator and the benchmarks so that every one of them draws the same
 //! bytes from the same seed (failures reproduce, committed seeds regenerate
-//! byte for byte). Not cryptographic. Also a builder of hand-made
-//! split-layout payloads ([`split_lzma2`]) for the hostile tests and the
-//! fuzz targets.
+//! byte for byte). Not cryptographic. Also builders of hand-made patches
+//! ([`seal_patch`]) and split-layout payloads ([`split_lzma2`]) for the
+//! hostile tests and the fuzz targets.
 
-pub mod split_payload;
-pub use split_payload::{lzma2_chunks, split_lzma2, split_payload};
+pub mod crafted_patch;
+pub use crafted_patch::{lzma2_chunks, seal_patch, split_lzma2, split_payload};
 
 /// A xorshift64 generator. Cost: one `u64` of state, three shifts per draw.
 #[derive(Debug, Clone)]

@@ -5,25 +5,23 @@
 
 mod common;
 
-use common::{hidden_files, Rng};
+use common::{hidden_files, kill_runs};
+use fwdelta_testkit::XorShift;
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
 fn sigkill_during_in_place_apply_always_resumes_to_the_exact_image() {
-    let runs: usize = std::env::var("FWDELTA_KILL_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+    let runs = kill_runs();
     let exe = env!("CARGO_BIN_EXE_fwdelta");
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(0x0123_4567_89AB_CDEF);
+    let mut rng = XorShift::new(0x0123_4567_89AB_CDEF);
     // 4 MiB with an insertion near the start (every cell shifts) and edits.
     let old: Vec<u8> = (0..4 << 20)
         .map(|i: u32| {
             if i % 5 == 0 {
-                rng.next() as u8
+                rng.next_u64() as u8
             } else {
                 (i >> 10) as u8
             }
@@ -32,8 +30,8 @@ fn sigkill_during_in_place_apply_always_resumes_to_the_exact_image() {
     let mut new = old.clone();
     new.splice(2000..2000, (0..3000u32).map(|i| (i * 13) as u8));
     for _ in 0..5000 {
-        let at = (rng.next() % new.len() as u64) as usize;
-        new[at] = rng.next() as u8;
+        let at = (rng.next_u64() % new.len() as u64) as usize;
+        new[at] = rng.next_u64() as u8;
     }
     let (o, n, p) = (
         dir.path().join("old"),
@@ -97,7 +95,7 @@ fn sigkill_during_in_place_apply_always_resumes_to_the_exact_image() {
             }
             let mut child = apply().spawn().unwrap();
             std::thread::sleep(Duration::from_micros(
-                rng.next() % (full.as_micros() as u64).max(1),
+                rng.next_u64() % (full.as_micros() as u64).max(1),
             ));
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap();

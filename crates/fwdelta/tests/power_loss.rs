@@ -9,7 +9,8 @@
 
 mod common;
 
-use common::{hidden_files, Rng};
+use common::{hidden_files, kill_runs};
+use fwdelta_testkit::XorShift;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,11 +23,11 @@ fn exe() -> &'static str {
 /// An 8 MiB old image and a new one with scattered edits, so the patch has
 /// many segments and the apply many checkpoints.
 fn make_pair(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D);
     let old: Vec<u8> = (0..8 << 20)
         .map(|i| {
             if i % 3 == 0 {
-                rng.next() as u8
+                rng.next_u64() as u8
             } else {
                 (i >> 9) as u8
             }
@@ -34,8 +35,8 @@ fn make_pair(dir: &Path) -> (PathBuf, PathBuf) {
         .collect();
     let mut new = old.clone();
     for _ in 0..20_000 {
-        let at = (rng.next() % new.len() as u64) as usize;
-        new[at] = rng.next() as u8;
+        let at = (rng.next_u64() % new.len() as u64) as usize;
+        new[at] = rng.next_u64() as u8;
     }
     new.splice(1000..1000, (0..5000u32).map(|i| i as u8));
     let (o, n) = (dir.join("old"), dir.join("new"));
@@ -89,7 +90,7 @@ fn stress(old: &Path, new: &Path, work: &Path, runs: usize, seed: u64) -> Tally 
     let full = t.elapsed();
     assert_eq!(fs::read(&out).unwrap(), new_bytes);
 
-    let mut rng = Rng(seed | 1);
+    let mut rng = XorShift::new(seed);
     let mut tally = Tally {
         runs,
         ..Tally::default()
@@ -107,7 +108,7 @@ fn stress(old: &Path, new: &Path, work: &Path, runs: usize, seed: u64) -> Tally 
                 tally.resumed += 1;
             }
             let mut child = apply().spawn().unwrap();
-            let delay = Duration::from_micros(rng.next() % (full.as_micros() as u64).max(1));
+            let delay = Duration::from_micros(rng.next_u64() % (full.as_micros() as u64).max(1));
             std::thread::sleep(delay);
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap();
@@ -155,10 +156,7 @@ fn stress(old: &Path, new: &Path, work: &Path, runs: usize, seed: u64) -> Tally 
 /// `DIR/<pair>/{old,new}`, the runs spread over them.
 #[test]
 fn sigkill_at_random_moments_always_resumes_to_the_exact_image() {
-    let runs: usize = std::env::var("FWDELTA_KILL_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+    let runs = kill_runs();
     let dir = tempfile::tempdir().unwrap();
     let pairs: Vec<(PathBuf, PathBuf)> = match std::env::var_os("FWDELTA_KILL_CORPUS") {
         Some(corpus) => {

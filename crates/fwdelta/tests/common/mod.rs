@@ -3,16 +3,12 @@
 use std::fs;
 use std::path::Path;
 
-/// Deterministic xorshift generator (tests must reproduce).
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
+/// Kill-and-resume runs per stress test: `FWDELTA_KILL_RUNS`, default 12.
+pub fn kill_runs() -> usize {
+    std::env::var("FWDELTA_KILL_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12)
 }
 
 /// Names of the hidden (dot) files in `dir`, sorted: fwdelta's partial,
