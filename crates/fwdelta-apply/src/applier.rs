@@ -5,7 +5,7 @@
 //! Memory: one payload decoder (LZMA2 or zstd) bounded by the header's window
 //! (refused if the header claims more than [`ApplyOptions::memory_limit`]), three 16 KiB buffers, and a
 //! header accumulator of at most 4 KiB (an executable-aware header, up to 68
-//! KiB, is refused from its first 16 bytes if it and the buffers exceed the
+//! KiB, is refused from its first 8 bytes if it and the buffers exceed the
 //! limit). Passes: one over the old image to verify its hash, then random reads
 //! of the old bytes the records name; one pass over the patch.
 
@@ -551,7 +551,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             }
             Stage::SegmentHead => {
                 let header = self.header.as_ref().ok_or(ApplyError::Poisoned)?;
-                if SegmentHeader::complete_len(&self.acc, self.next_index)?.is_none() {
+                if SegmentHeader::complete_len(&self.acc, header, self.next_index)?.is_none() {
                     // A varint is still open: take one more byte.
                     self.want += 1;
                     self.stage = Stage::SegmentHead;
@@ -612,6 +612,8 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     /// new image, with the header's hash.
     fn finish_image(&mut self) -> Result<(), ApplyError> {
         let header = self.header.as_ref().ok_or(ApplyError::Poisoned)?;
+        // Segment parsing already makes the last segment end at new_len; this
+        // guards that invariant where the hash is about to be trusted.
         if self.out.produced != header.new_len {
             return Err(ApplyError::Format(FormatError::BadField {
                 field: "segments",

@@ -39,7 +39,7 @@ pub enum ApplyError {
         "wrong old image: its BLAKE3 starts {actual}, the patch was made for one starting {expected}"
     )]
     OldHash {
-        /// Expected BLAKE3 prefix (the header's 16-byte old-image check, hex).
+        /// Expected BLAKE3 prefix (the header's 8-byte old-image check, hex).
         expected: String,
         /// Actual BLAKE3 prefix (hex, same length).
         actual: String,
@@ -121,6 +121,7 @@ impl ApplyError {
         match self {
             Format(
                 FormatError::UnsupportedVersion { .. }
+                | FormatError::LegacyVersion { .. }
                 | FormatError::UnsupportedFlags(_)
                 | FormatError::UnknownCodec(_)
                 | FormatError::UnknownLayout(_)
@@ -140,7 +141,7 @@ impl ApplyError {
     }
 }
 
-/// Compare an old image's BLAKE3 with the header's 16-byte old-image check.
+/// Compare an old image's BLAKE3 with the header's 8-byte old-image check.
 pub(crate) fn check_old_hash(
     actual: &blake3::Hash,
     header: &fwdelta_format::Header,

@@ -635,7 +635,7 @@ fn segment_at<P: Read + Seek>(
         .seek(SeekFrom::Start(offset))
         .map_err(ApplyError::PatchRead)?;
     let mut at = offset;
-    let b = crate::inspect::read_segment_head(patch, &mut at, index)?;
+    let b = crate::inspect::read_segment_head(patch, &mut at, header, index)?;
     let (head, _) = SegmentHeader::parse_cell(&b, header, index)?;
     Ok((head, b))
 }

@@ -83,7 +83,7 @@ pub fn inspect_each<R: Read>(
     let mut buf = vec![0u8; BUFFER_LEN];
     for index in 0..header.segment_count {
         let at = offset;
-        let b = read_segment_head(&mut r, &mut offset, index)?;
+        let b = read_segment_head(&mut r, &mut offset, &header, index)?;
         let seg = match &mut cells_seen {
             None => SegmentHeader::parse(&b, &header, index, produced)?,
             Some(seen) => {
@@ -159,6 +159,7 @@ pub fn inspect_each<R: Read>(
 pub(crate) fn read_segment_head<R: Read>(
     r: &mut R,
     offset: &mut u64,
+    header: &Header,
     index: u32,
 ) -> Result<Vec<u8>, ApplyError> {
     let mut b = Vec::with_capacity(SegmentHeader::MAX_LEN);
@@ -171,7 +172,7 @@ pub(crate) fn read_segment_head<R: Read>(
         let mut one = [0u8; 1];
         read_part(r, &mut one, offset, &stage)?;
         b.push(one[0]);
-        if SegmentHeader::complete_len(&b, index)?.is_some() {
+        if SegmentHeader::complete_len(&b, header, index)?.is_some() {
             return Ok(b);
         }
     }

@@ -259,7 +259,7 @@ fn memory_budget_is_enforced_from_the_header_alone() {
 #[test]
 fn a_large_header_is_refused_before_it_is_buffered() {
     // An executable-aware header with a big address map (~20 KB): an applier
-    // whose whole budget is 64 KiB must refuse it from its first 16 bytes
+    // whose whole budget is 64 KiB must refuse it from its first few bytes
     // instead of buffering it first.
     let old = vec![0u8; 1 << 20];
     let runs: Vec<(u64, i64)> = (0..10_000u64)
@@ -308,9 +308,10 @@ fn a_large_header_is_refused_before_it_is_buffered() {
     );
 }
 
-/// The header's length, from its frozen framing (bytes 12..16).
+/// The header's length, from its frozen framing (the varint after the version).
 fn header_len(patch: &[u8]) -> usize {
-    u32::from_le_bytes([patch[12], patch[13], patch[14], patch[15]]) as usize
+    let prefix = patch[..Header::PREFIX_LEN].try_into().unwrap();
+    Header::parse_prefix(&prefix).unwrap()
 }
 
 /// Re-seal a header after editing its fields, so field checks (not the header
@@ -363,15 +364,16 @@ fn bad_code_extensions_are_refused() {
 #[test]
 fn unknown_version_and_absurd_claims_are_refused() {
     let (old, _, patch) = firmware_patch();
+    // The version byte follows the 4-byte magic.
     let mut damaged = patch.clone();
-    damaged[8] = 3;
+    damaged[4] = 4;
     let err = run(&old, &damaged).unwrap_err();
     assert!(err.to_string().contains("header check mismatch"), "{err}");
     assert_eq!(err.class(), ErrorClass::BadPatch);
 
-    for version in [1u8, 3] {
+    for version in [2u8, 4] {
         let mut other = patch.clone();
-        other[8] = version;
+        other[4] = version;
         reseal(&mut other);
         let err = run(&old, &other).unwrap_err();
         assert!(
@@ -390,8 +392,9 @@ fn unknown_version_and_absurd_claims_are_refused() {
     assert!(err.to_string().contains("absurd new image size"), "{err}");
     assert_eq!(err.class(), ErrorClass::BadPatch);
 
+    // The flags varint follows the header_len varint.
     let mut flags = patch.clone();
-    flags[10] = 2;
+    flags[5 + fwdelta_format::varint::len_u64(header_len as u64)] = 2;
     reseal(&mut flags);
     let err = run(&old, &flags).unwrap_err();
     assert!(err.to_string().contains("unsupported features"), "{err}");
@@ -725,24 +728,34 @@ fn crafted_bad_split_blocks_are_refused() {
 fn crafted_bad_segment_headers_are_refused() {
     let old = b"0123456789abcdef".to_vec();
     let new = b"01234567".to_vec();
-    // segments claiming more than the new image
-    let p = craft(&old, &new, &[(9, 0, rec(9, 0, 0, 0, b""))]);
-    assert!(run(&old, &p)
-        .unwrap_err()
-        .to_string()
-        .contains("does not fit"));
+    // a segment claiming more than the new image (only segments before the
+    // last store their length)
+    let p = craft(
+        &old,
+        &new,
+        &[(9, 0, rec(9, 0, 0, 0, b"")), (1, 0, rec(1, 0, 0, 0, b""))],
+    );
+    let e = run(&old, &p).unwrap_err().to_string();
+    assert!(e.contains("segment 0") && e.contains("does not fit"), "{e}");
+    // the last segment when the others have produced the whole image
+    let p = craft(
+        &old,
+        &new,
+        &[(8, 0, rec(8, 0, 0, 0, b"")), (1, 0, rec(1, 0, 0, 0, b""))],
+    );
+    let e = run(&old, &p).unwrap_err().to_string();
+    assert!(e.contains("segment 1") && e.contains("does not fit"), "{e}");
     // old cursor beyond the old image
     let p = craft(&old, &new, &[(8, 17, rec(0, 0, 8, 0, b"01234567"))]);
     assert!(run(&old, &p)
         .unwrap_err()
         .to_string()
         .contains("past the 16-byte old image"));
-    // segments covering less than the new image
+    // the last segment produces the rest of the image: a stream that stops
+    // short of it is corrupt
     let p = craft(&old, &new, &[(4, 0, rec(4, 0, 0, 0, b""))]);
-    assert!(run(&old, &p)
-        .unwrap_err()
-        .to_string()
-        .contains("cover 4 of 8"));
+    let e = run(&old, &p).unwrap_err().to_string();
+    assert!(e.contains("segment 0") && e.contains("4 of 8"), "{e}");
 }
 
 /// Byte ranges of a patch's segments (header, payload, check each).
@@ -759,32 +772,40 @@ fn segments_are_bound_to_their_patch_and_position() {
     // swapped, dropped or spliced in from another patch, even when every
     // segment is well formed and the lengths still add up.
     let old = b"0123456789abcdef".to_vec();
-    let new = b"abcdabcd".to_vec();
+    let new = b"abcdabcdabcd".to_vec();
     let same = rec(4, 0, 0, 0, b"");
-    let p = craft(&old, &new, &[(4, 10, same.clone()), (4, 10, same.clone())]);
+    let three = [(4, 10, same.clone()), (4, 10, same.clone()), (4, 10, same)];
+    let p = craft(&old, &new, &three);
     assert_eq!(run(&old, &p).unwrap(), new);
     let r = segment_ranges(&p);
-    assert_eq!(r.len(), 2);
+    assert_eq!(r.len(), 3);
     // Two byte-identical segments swapped: the bytes are the same, the
     // positions differ, so this must be caught by the index binding.
-    assert_eq!(p[r[0].start..r[0].end - 16], p[r[1].start..r[1].end - 16]);
-    let swapped = [&p[..r[0].start], &p[r[1].clone()], &p[r[0].clone()]].concat();
+    let body = |i: usize| &p[r[i].start..r[i].end - CHECK_LEN];
+    assert_eq!(body(0), body(1));
+    let swapped = [
+        &p[..r[0].start],
+        &p[r[1].clone()],
+        &p[r[0].clone()],
+        &p[r[2].clone()],
+    ]
+    .concat();
     let d = corrupt_detail(run(&old, &swapped));
     assert!(d.contains("check mismatch"), "{d}");
     // The first segment's bytes twice (a replayed segment).
-    let replayed = [&p[..r[1].start], &p[r[0].clone()]].concat();
+    let replayed = [&p[..r[1].start], &p[r[0].clone()], &p[r[2].clone()]].concat();
     let d = corrupt_detail(run(&old, &replayed));
     assert!(d.contains("check mismatch"), "{d}");
     // A segment spliced in from a patch with another header (other new
     // image), identical in every segment byte but its check.
-    let other_new = b"abcdabce".to_vec();
-    let q = craft(&old, &other_new, &[(4, 10, same.clone()), (4, 10, same)]);
+    let other_new = b"abcdabcdabce".to_vec();
+    let q = craft(&old, &other_new, &three);
     let rq = segment_ranges(&q);
-    let spliced = [&p[..r[1].start], &q[rq[1].clone()]].concat();
+    let spliced = [&p[..r[1].start], &q[rq[1].clone()], &p[r[2].clone()]].concat();
     let d = corrupt_detail(run(&old, &spliced));
     assert!(d.contains("check mismatch"), "{d}");
     // Dropping the last segment is truncation, not a shorter image.
-    let err = run(&old, &p[..r[1].start]).unwrap_err();
+    let err = run(&old, &p[..r[2].start]).unwrap_err();
     assert!(matches!(err, ApplyError::Truncated { .. }), "{err}");
 }
 

@@ -14,7 +14,7 @@ use fwdelta_format::{
 pub struct Images {
     /// Old image length.
     pub old_len: u64,
-    /// Old image BLAKE3 (the header keeps its first 16 bytes).
+    /// Old image BLAKE3 (the header keeps its first 8 bytes).
     pub old_hash: [u8; 32],
     /// New image length.
     pub new_len: u64,

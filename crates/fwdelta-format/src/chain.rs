@@ -2,7 +2,7 @@
 //!
 //! `header_hash = BLAKE3(header bytes)`. Segment `i` hashes to
 //! `seg_hashᵢ = BLAKE3(header_hash ‖ u32le(i) ‖ segment header ‖ payload)`, and
-//! its stored check is the first 16 bytes of `seg_hashᵢ`: it covers the
+//! its stored check is the first 8 bytes of `seg_hashᵢ`: it covers the
 //! segment's bytes and binds them to this patch's header and to their position,
 //! yet can be verified on its own (an in-place applier re-reads segments out
 //! of order). Since the header's segment count says where the patch ends,

@@ -24,7 +24,7 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Encoded length: magic, fields, 16-byte check.
+    /// Encoded length: magic, fields, 8-byte check.
     pub const LEN: usize = 8 + HASH_LEN + 4 + 8 + 8 + HASH_LEN + CHECK_LEN;
 
     /// Serialise, with a check so a torn or stale write is detected.

@@ -6,24 +6,31 @@ use thiserror::Error;
 /// in one line, suitable for a terminal log or a CLI error message.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum FormatError {
-    /// The first eight bytes are not [`crate::MAGIC`].
+    /// The first four bytes are not [`crate::MAGIC`].
     #[error("not an fwdelta patch (bad magic bytes)")]
     BadMagic,
     /// The container version is not one this build reads.
     #[error("unsupported patch format version {found} (this build reads version {supported})")]
     UnsupportedVersion {
         /// Version found in the patch.
-        found: u16,
+        found: u8,
         /// Version this build supports.
-        supported: u16,
+        supported: u8,
+    },
+    /// A patch in the container of versions 1 and 2 (8-byte magic), which
+    /// this build no longer reads.
+    #[error("patch is in format version 1 or 2, which this build no longer reads (it reads version {supported})")]
+    LegacyVersion {
+        /// Version this build supports.
+        supported: u8,
     },
     /// Flag bits this build does not understand are set.
     #[error("patch uses unsupported features (flags {0:#06x})")]
-    UnsupportedFlags(u16),
+    UnsupportedFlags(u64),
     /// The header's declared length is out of range.
     #[error("patch header length {0} is out of range")]
     BadHeaderLength(u32),
-    /// The 16-byte check closing the header does not match.
+    /// The check closing the header does not match.
     #[error("patch header is corrupt (header check mismatch)")]
     HeaderCheck,
     /// A declared image length exceeds [`crate::MAX_IMAGE_LEN`].

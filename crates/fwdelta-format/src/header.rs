@@ -1,13 +1,19 @@
 //! The patch header: what the patch turns into what, how the body is coded, and
 //! what the applier needs. Parsed in two steps so a streaming reader can learn the
 //! header's length from its first [`Header::PREFIX_LEN`] bytes.
+//!
+//! Wire form (version 3): magic (4), version (1), header_len (varint), flags
+//! (varint), coding (1: codec in the low nibble, layout in the high one),
+//! window_log (1), old check (8), new hash (32), old_len (varint), new_len −
+//! old_len (zig-zag varint), segment_count (varint), apply_memory (varint),
+//! extensions, header check (8). See `docs/FORMAT.md`.
 
 use crate::address_map::AddressMap;
 use crate::error::FormatError;
 use crate::memory::MemoryModel;
 use crate::reference_rewriter::Arch;
 use crate::varint;
-use crate::{check_of, CHECK_LEN, FORMAT_VERSION, HASH_LEN, MAGIC, MAX_IMAGE_LEN};
+use crate::{check_of, CHECK_LEN, FORMAT_VERSION, HASH_LEN, LEGACY_MAGIC, MAGIC, MAX_IMAGE_LEN};
 
 /// Compression codec of segment payloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +154,7 @@ pub struct Header {
     pub flags: u16,
     /// Exact length of the old image the patch applies to.
     pub old_len: u64,
-    /// First 16 bytes of the old image's BLAKE3: names the base version. It
+    /// First [`CHECK_LEN`] bytes of the old image's BLAKE3: names the base version. It
     /// guards against applying to the wrong image; what the output must be is
     /// fixed by `new_hash`, which is complete.
     pub old_check: [u8; CHECK_LEN],
@@ -175,16 +181,22 @@ pub struct Header {
 }
 
 impl Header {
-    /// Bytes needed to learn the full header length: magic, version, flags, length.
-    pub const PREFIX_LEN: usize = 16;
-    /// Offset of the varint fields (old_len, new_len, segment_count,
-    /// apply_memory), after the fixed-width ones.
-    pub const VARINTS_AT: usize = 67;
-    /// Length of the shortest possible header: fixed-width fields, four
-    /// one-byte varints, the check.
-    pub const MIN_LEN: usize = Self::VARINTS_AT + 4 + CHECK_LEN;
-    /// Length of the longest header without extensions (four maximal varints).
-    pub const MAX_BASE_LEN: usize = Self::VARINTS_AT + 4 * varint::MAX_VARINT_LEN + CHECK_LEN;
+    /// Bytes needed to learn the full header length: magic, version and the
+    /// header_len varint (at most [`Self::LEN_VARINT_MAX`] bytes).
+    pub const PREFIX_LEN: usize = 5 + Self::LEN_VARINT_MAX;
+    /// Longest header_len varint: [`Self::MAX_LEN`] fits in three bytes.
+    pub const LEN_VARINT_MAX: usize = 3;
+    /// Bytes of the fixed-width fields after the flags: coding, window, old
+    /// check, new hash.
+    const FIXED_LEN: usize = 2 + CHECK_LEN + HASH_LEN;
+    /// Length of the shortest possible header: magic, version, one-byte
+    /// header_len and flags, the fixed-width fields, four one-byte varints, the
+    /// check.
+    pub const MIN_LEN: usize = 5 + 1 + 1 + Self::FIXED_LEN + 4 + CHECK_LEN;
+    /// Length of the longest header without extensions (flags and four
+    /// maximal varints).
+    pub const MAX_BASE_LEN: usize =
+        5 + Self::LEN_VARINT_MAX + 5 * varint::MAX_VARINT_LEN + Self::FIXED_LEN + CHECK_LEN;
     /// Longest header a patch without an address map may have (4 KiB): only
     /// executable-aware headers are longer.
     pub const PLAIN_MAX_LEN: usize = 4096;
@@ -197,20 +209,29 @@ impl Header {
     /// Panics if the code extension exceeds [`MAX_EXTENSION_LEN`]; writers
     /// size the map to fit (see `fwdelta-diff`'s address mapper).
     pub fn encode(&self) -> Vec<u8> {
-        let len = self.encoded_len();
-        let mut b = Vec::with_capacity(len);
+        let mut b = Vec::with_capacity(self.encoded_len());
         b.extend_from_slice(&MAGIC);
-        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        b.extend_from_slice(&self.flags.to_le_bytes());
-        b.extend_from_slice(&(len as u32).to_le_bytes());
+        b.push(FORMAT_VERSION);
+        varint::put_u64(&mut b, self.encoded_len() as u64);
+        b.extend_from_slice(&self.fields());
+        let check = check_of(&b);
+        b.extend_from_slice(&check);
+        debug_assert_eq!(b.len(), self.encoded_len());
+        b
+    }
+
+    /// Everything between the header_len varint and the check: flags, fixed
+    /// fields, varints, extensions.
+    fn fields(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(Self::MAX_BASE_LEN);
+        varint::put_u64(&mut b, u64::from(self.flags));
+        b.push(self.codec.id() | self.layout.id() << 4);
+        b.push(self.window_log);
         b.extend_from_slice(&self.old_check);
         b.extend_from_slice(&self.new_hash);
-        b.push(self.codec.id());
-        b.push(self.window_log);
-        b.push(self.layout.id());
-        debug_assert_eq!(b.len(), Self::VARINTS_AT);
         varint::put_u64(&mut b, self.old_len);
-        varint::put_u64(&mut b, self.new_len);
+        // Both lengths fit 41 bits (MAX_IMAGE_LEN); the difference fits i64.
+        varint::put_i64(&mut b, self.new_len.wrapping_sub(self.old_len) as i64);
         varint::put_u64(&mut b, u64::from(self.segment_count));
         varint::put_u64(&mut b, self.apply_memory);
         if let Some(cell_log) = self.cell_log {
@@ -225,26 +246,36 @@ impl Header {
             b.extend_from_slice(&(v.len() as u16).to_le_bytes());
             b.extend_from_slice(&v);
         }
-        let check = check_of(&b);
-        b.extend_from_slice(&check);
         b
     }
 
     /// Validate the first [`Self::PREFIX_LEN`] bytes and return the total header
     /// length they declare. Only the framing is examined here (magic and
-    /// length), which every format version keeps; the version is read after the
+    /// length), which every format version from 3 on keeps (the 8-byte magic of
+    /// versions 1 and 2 is refused as an old version); the version is read after the
     /// header check in [`Self::parse`], so that damage is never mistaken for a
-    /// newer version. Garbage is still refused after 16 bytes.
+    /// newer version. Garbage is still refused after 8 bytes.
     pub fn parse_prefix(prefix: &[u8; Self::PREFIX_LEN]) -> Result<usize, FormatError> {
-        if prefix[..8] != MAGIC {
+        if prefix[..] == LEGACY_MAGIC {
+            return Err(FormatError::LegacyVersion {
+                supported: FORMAT_VERSION,
+            });
+        }
+        if prefix[..4] != MAGIC {
             return Err(FormatError::BadMagic);
         }
-        let header_len = u32::from_le_bytes([prefix[12], prefix[13], prefix[14], prefix[15]]);
-        let len = header_len as usize;
-        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&len) {
-            return Err(FormatError::BadHeaderLength(header_len));
+        // At most three bytes (a longer varint is out of range anyway).
+        let mut len = 0u32;
+        for (i, &b) in prefix[5..].iter().enumerate() {
+            len |= u32::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&(len as usize)) {
+                    return Err(FormatError::BadHeaderLength(len));
+                }
+                return Ok(len as usize);
+            }
         }
-        Ok(len)
+        Err(FormatError::BadHeaderLength(len | 1 << 21))
     }
 
     /// Parse and validate a whole header (`bytes.len()` must be the length
@@ -267,31 +298,48 @@ impl Header {
         if check_of(body) != check {
             return Err(FormatError::HeaderCheck);
         }
-        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        let version = bytes[4];
         if version != FORMAT_VERSION {
             return Err(FormatError::UnsupportedVersion {
                 found: version,
                 supported: FORMAT_VERSION,
             });
         }
-        let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
-        if flags & !KNOWN_FLAGS != 0 {
-            return Err(FormatError::UnsupportedFlags(flags & !KNOWN_FLAGS));
-        }
         let mut r = Fields {
             bytes: body,
-            pos: Self::PREFIX_LEN,
+            pos: 5,
         };
-        let old_check = r.take::<CHECK_LEN>();
-        let new_hash = r.take::<HASH_LEN>();
-        let codec = Codec::from_id(r.take::<1>()[0])?;
-        let window_log = r.take::<1>()[0];
-        let layout = Layout::from_id(r.take::<1>()[0])?;
-        debug_assert_eq!(r.pos, Self::VARINTS_AT);
+        r.varint("header_len")?; // read by parse_prefix; may be non-minimal
+        let flags = r.varint("flags")?;
+        if flags & !u64::from(KNOWN_FLAGS) != 0 {
+            return Err(FormatError::UnsupportedFlags(
+                flags & !u64::from(KNOWN_FLAGS),
+            ));
+        }
+        let flags = flags as u16;
+        let [coding] = r.take::<1>()?;
+        let codec = Codec::from_id(coding & 0x0f)?;
+        let layout = Layout::from_id(coding >> 4)?;
+        let [window_log] = r.take::<1>()?;
+        let old_check = r.take::<CHECK_LEN>()?;
+        let new_hash = r.take::<HASH_LEN>()?;
         let old_len = r.varint("old_len")?;
-        let new_len = r.varint("new_len")?;
+        let len_change = r.signed_varint("new_len")?;
         let segment_count = r.varint("segment_count")?;
         let apply_memory = r.varint("apply_memory")?;
+        if old_len > MAX_IMAGE_LEN {
+            return Err(FormatError::AbsurdSize {
+                which: "old",
+                len: old_len,
+                limit: MAX_IMAGE_LEN,
+            });
+        }
+        // old_len <= 2^40, so a change past ±2^62 is absurd, never an overflow.
+        let new_len = i128::from(old_len) + i128::from(len_change);
+        let new_len = u64::try_from(new_len).map_err(|_| FormatError::BadField {
+            field: "new_len",
+            detail: format!("a {old_len}-byte old image cannot change by {len_change}"),
+        })?;
 
         for (which, len) in [("old", old_len), ("new", new_len)] {
             if len > MAX_IMAGE_LEN {
@@ -380,21 +428,36 @@ impl Header {
 
     /// Length this header occupies when encoded by [`Self::encode`].
     pub fn encoded_len(&self) -> usize {
-        Self::VARINTS_AT
+        let rest = 5 + self.fields_len() + CHECK_LEN;
+        // header_len counts its own varint: 1..=3 bytes.
+        let mut n = 1;
+        while varint::len_u64((rest + n) as u64) > n {
+            n += 1;
+        }
+        rest + n
+    }
+
+    /// Length of [`Self::fields`], without building it.
+    fn fields_len(&self) -> usize {
+        varint::len_u64(u64::from(self.flags))
+            + 2
+            + CHECK_LEN
+            + HASH_LEN
             + varint::len_u64(self.old_len)
-            + varint::len_u64(self.new_len)
+            + varint::len_i64(self.new_len.wrapping_sub(self.old_len) as i64)
             + varint::len_u64(u64::from(self.segment_count))
             + varint::len_u64(self.apply_memory)
             + if self.cell_log.is_some() { 5 } else { 0 }
             + self.code_refs.as_ref().map_or(0, CodeRefs::extension_len)
-            + CHECK_LEN
     }
 
     /// An upper bound of [`Self::encoded_len`] whatever `apply_memory` is: a
     /// writer whose memory claim depends on the header's length (executable-
     /// aware patches) sizes the claim with it.
     pub fn encoded_len_bound(&self) -> usize {
-        self.encoded_len() - varint::len_u64(self.apply_memory) + varint::MAX_VARINT_LEN
+        self.encoded_len() - varint::len_u64(self.apply_memory)
+            + varint::MAX_VARINT_LEN
+            + (Self::LEN_VARINT_MAX - 1)
     }
 
     /// Cell size of an in-place patch.
@@ -468,13 +531,24 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    /// The next `N` bytes; only called within [`Header::VARINTS_AT`], which the
-    /// minimum header length guarantees.
-    fn take<const N: usize>(&mut self) -> [u8; N] {
+    /// The next `N` bytes, which must lie inside the header body.
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
         let mut out = [0u8; N];
-        out.copy_from_slice(&self.bytes[self.pos..self.pos + N]);
+        let src = self
+            .bytes
+            .get(self.pos..self.pos + N)
+            .ok_or(FormatError::BadField {
+                field: "fixed fields",
+                detail: "run past the header".into(),
+            })?;
+        out.copy_from_slice(src);
         self.pos += N;
-        out
+        Ok(out)
+    }
+    /// The next zig-zag varint, which must end inside the header body.
+    fn signed_varint(&mut self, field: &'static str) -> Result<i64, FormatError> {
+        let u = self.varint(field)?;
+        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
     }
     /// The next varint, which must end inside the header body.
     fn varint(&mut self, field: &'static str) -> Result<u64, FormatError> {
@@ -500,7 +574,7 @@ mod tests {
         Header {
             flags: 0,
             old_len: 1000,
-            old_check: [1; 16],
+            old_check: [1; CHECK_LEN],
             new_len: 2000,
             new_hash: [2; 32],
             codec: Codec::Zstd,
@@ -551,6 +625,27 @@ mod tests {
         Header::parse(&bytes[..len])
     }
 
+    /// A header around `fields` (everything between header_len and the check),
+    /// with a correct length and check: for testing field validation
+    /// separately from corruption detection.
+    fn frame(fields: &[u8]) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.push(FORMAT_VERSION);
+        let len = 5 + 1 + fields.len() + CHECK_LEN;
+        assert!(len < 128, "test headers keep a one-byte header_len");
+        b.push(len as u8);
+        b.extend_from_slice(fields);
+        let c = check_of(&b);
+        b.extend_from_slice(&c);
+        b
+    }
+
+    /// Offsets in the sample header (one-byte header_len and flags).
+    const FLAGS_AT: usize = 6;
+    const CODING_AT: usize = 7;
+    const WINDOW_AT: usize = 8;
+    const VARINTS_AT: usize = 9 + CHECK_LEN + HASH_LEN;
+
     /// Rewrite a field and re-seal the header check, to test field validation
     /// separately from corruption detection.
     fn with_field(offset: usize, value: &[u8]) -> Vec<u8> {
@@ -592,11 +687,11 @@ mod tests {
     fn refuses_other_version() {
         // damaged: the check fails first
         let mut b = sample().encode();
-        b[8] = 3;
+        b[4] = 4;
         assert_eq!(reparse(&b), Err(FormatError::HeaderCheck));
         // intact, but older or newer
-        for v in [1u16, 3] {
-            let b = with_field(8, &v.to_le_bytes());
+        for v in [2u8, 4] {
+            let b = with_field(4, &[v]);
             assert_eq!(
                 reparse(&b),
                 Err(FormatError::UnsupportedVersion {
@@ -609,14 +704,21 @@ mod tests {
 
     #[test]
     fn refuses_unknown_flags() {
-        let b = with_field(10, &2u16.to_le_bytes());
+        let b = with_field(FLAGS_AT, &[2]);
         assert_eq!(reparse(&b), Err(FormatError::UnsupportedFlags(2)));
+        // a flags varint past 16 bits is refused as unknown bits, not truncated
+        let mut fields = sample().fields();
+        fields.splice(0..1, [0x81, 0x80, 0x04]);
+        assert_eq!(
+            reparse(&frame(&fields)),
+            Err(FormatError::UnsupportedFlags(0x1_0000))
+        );
     }
 
     #[test]
     fn refuses_absurd_sizes() {
         let mut h = sample();
-        h.new_len = u64::MAX;
+        h.new_len = MAX_IMAGE_LEN + 1;
         assert!(matches!(
             reparse(&h.encode()),
             Err(FormatError::AbsurdSize { which: "new", .. })
@@ -628,20 +730,49 @@ mod tests {
             reparse(&b),
             Err(FormatError::AbsurdSize { which: "old", .. })
         ));
+        // a new image smaller than nothing: old_len 1000 shrinking by 1001
+        let mut fields = sample().fields();
+        let at = VARINTS_AT - 6 + 2;
+        assert_eq!(&fields[at..at + 2], &[0xd0, 0x0f], "zig-zag 1000");
+        fields.splice(at..at + 2, [0xd1, 0x0f]);
+        assert!(matches!(
+            reparse(&frame(&fields)),
+            Err(FormatError::BadField {
+                field: "new_len",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn new_len_is_stored_as_the_change() {
+        for (old_len, new_len) in [(2000, 1000), (0, 5), (7, 0), (MAX_IMAGE_LEN, 1)] {
+            let mut h = sample();
+            h.old_len = old_len;
+            h.new_len = new_len;
+            h.segment_count = 1.min(new_len as u32);
+            let b = h.encode();
+            assert_eq!(b.len(), h.encoded_len());
+            assert_eq!(reparse(&b), Ok(h), "{old_len} -> {new_len}");
+        }
+        // equal lengths cost one byte
+        let mut h = sample();
+        h.new_len = h.old_len;
+        assert_eq!(h.encoded_len(), sample().encoded_len() - 1);
     }
 
     #[test]
     fn refuses_bad_codec_window_layout_and_counts() {
         assert_eq!(
-            reparse(&with_field(64, &[9])),
+            reparse(&with_field(CODING_AT, &[0x19])),
             Err(FormatError::UnknownCodec(9))
         );
         assert_eq!(
-            reparse(&with_field(65, &[40])),
+            reparse(&with_field(WINDOW_AT, &[40])),
             Err(FormatError::BadWindow(40))
         );
         assert_eq!(
-            reparse(&with_field(66, &[7])),
+            reparse(&with_field(CODING_AT, &[0x71])),
             Err(FormatError::UnknownLayout(7))
         );
         let mut h = sample();
@@ -666,35 +797,95 @@ mod tests {
 
     #[test]
     fn varints_must_end_inside_the_header() {
-        // Cut the header right after the fixed-width fields: the varints run
-        // into the check, or past it.
-        let mut b = sample().encode();
-        b.truncate(Header::VARINTS_AT + 2);
-        let len = (b.len() + CHECK_LEN) as u32;
-        b[12..16].copy_from_slice(&len.to_le_bytes());
-        b[Header::VARINTS_AT + 1] |= 0x80;
-        let c = check_of(&b);
-        b.extend_from_slice(&c);
-        assert!(matches!(
-            Header::parse(&b),
-            Err(FormatError::BadField { .. }) | Err(FormatError::BadHeaderLength(_))
-        ));
+        // Cut the fields right after the fixed-width ones: the varints run
+        // into the check, or past it; the fixed fields themselves cut short.
+        let fields = sample().fields();
+        for cut in [VARINTS_AT - 6 + 2, 20, 0] {
+            let mut f = fields[..cut].to_vec();
+            if let Some(last) = f.last_mut() {
+                *last |= 0x80;
+            }
+            // pad to the minimum length with continuation bytes
+            while 5 + 1 + f.len() + CHECK_LEN < Header::MIN_LEN {
+                f.push(0x80);
+            }
+            let b = frame(&f);
+            assert!(
+                matches!(
+                    Header::parse(&b),
+                    Err(FormatError::BadField { .. }) | Err(FormatError::UnsupportedFlags(_))
+                ),
+                "cut at {cut}: {:?}",
+                Header::parse(&b)
+            );
+        }
     }
 
     #[test]
     fn compact_header_is_small() {
-        // The fixed cost every patch pays: 16 bytes of framing, the old image's
-        // 16-byte check, its full new hash, three codec bytes, four varints, the
-        // header check.
+        // The fixed cost every patch pays: magic, version, header_len, flags,
+        // coding and window bytes, the old image's 8-byte check, its full new
+        // hash, four varints (2 + 2 + 1 + 3 here), the 8-byte header check.
         let h = sample();
-        assert_eq!(h.encode().len(), 16 + 16 + 32 + 3 + 2 + 2 + 1 + 3 + 16);
+        assert_eq!(h.encode().len(), 4 + 1 + 1 + 1 + 2 + 8 + 32 + 8 + 8);
         assert!(h.encoded_len_bound() >= h.encoded_len());
+        let mut big = h.clone();
+        big.apply_memory = u64::MAX;
+        assert!(h.encoded_len_bound() >= big.encoded_len());
+    }
+
+    #[test]
+    fn header_len_varint_lengths() {
+        // 1..=3 bytes: a code map makes the header long enough for 2 and 3.
+        for runs in [1u64, 40, 6000] {
+            let pairs: Vec<(u64, i64)> = (0..runs).map(|i| (i * 100_000, i as i64)).collect();
+            let mut h = sample();
+            h.old_len = runs * 100_000;
+            h.code_refs = Some(CodeRefs {
+                arch: Arch::Thumb2,
+                map: AddressMap::from_runs(&pairs, h.old_len).unwrap(),
+            });
+            h.apply_memory = u64::MAX >> 1;
+            let b = h.encode();
+            assert_eq!(b.len(), h.encoded_len());
+            assert!(b.len() <= h.encoded_len_bound());
+            assert_eq!(reparse(&b), Ok(h));
+        }
     }
 
     #[test]
     fn refuses_bad_header_length() {
-        let b = with_field(12, &100_000u32.to_le_bytes());
-        assert_eq!(reparse(&b), Err(FormatError::BadHeaderLength(100_000)));
+        let prefix = |len: &[u8]| {
+            let mut p = [0u8; Header::PREFIX_LEN];
+            p[..4].copy_from_slice(&MAGIC);
+            p[4] = FORMAT_VERSION;
+            p[5..5 + len.len()].copy_from_slice(len);
+            Header::parse_prefix(&p)
+        };
+        assert_eq!(
+            prefix(&[0xa0, 0x8d, 0x06]),
+            Err(FormatError::BadHeaderLength(100_000))
+        );
+        assert_eq!(prefix(&[10]), Err(FormatError::BadHeaderLength(10)));
+        assert!(prefix(&[0x80, 0x80, 0x80]).is_err(), "four-byte varint");
+        assert_eq!(prefix(&[65]), Ok(65));
+        // the 8-byte magic of versions 1 and 2 is an old version, not damage
+        assert_eq!(
+            Header::parse_prefix(&crate::LEGACY_MAGIC),
+            Err(FormatError::LegacyVersion {
+                supported: FORMAT_VERSION
+            })
+        );
+        // a non-minimal length varint is read as what it says
+        let h = sample();
+        let mut b = MAGIC.to_vec();
+        b.push(FORMAT_VERSION);
+        let len = h.encoded_len() + 1;
+        b.extend_from_slice(&[len as u8 | 0x80, 0]);
+        b.extend_from_slice(&h.fields());
+        let c = check_of(&b);
+        b.extend_from_slice(&c);
+        assert_eq!(reparse(&b), Ok(h));
     }
 
     fn with_code() -> Header {
@@ -752,18 +943,12 @@ mod tests {
         ));
 
         // twice
-        let mut b = h.encode();
+        let mut f = h.fields();
         let ext_len = h.code_refs.as_ref().unwrap().extension_len();
-        let ext_at = b.len() - CHECK_LEN - ext_len;
-        let ext = b[ext_at..ext_at + ext_len].to_vec();
-        b.truncate(b.len() - CHECK_LEN);
-        b.extend_from_slice(&ext);
-        let len = (b.len() + CHECK_LEN) as u32;
-        b[12..16].copy_from_slice(&len.to_le_bytes());
-        let c = check_of(&b);
-        b.extend_from_slice(&c);
+        let ext = f[f.len() - ext_len..].to_vec();
+        f.extend_from_slice(&ext);
         assert!(matches!(
-            Header::parse(&b),
+            Header::parse(&frame(&f)),
             Err(FormatError::BadField {
                 field: "code extension",
                 ..

@@ -1,4 +1,4 @@
-//! The fwdelta patch container, version 2 (specified in `docs/FORMAT.md`).
+//! The fwdelta patch container, version 3 (specified in `docs/FORMAT.md`).
 //!
 //! This crate only describes and validates bytes; it never performs I/O and never
 //! allocates from a size read out of a patch. It is shared by the generator
@@ -8,11 +8,12 @@
 //! Layout of a patch:
 //!
 //! ```text
-//! Header (>= 87 bytes: framing, old-image check, new-image hash, codec,
-//!         four varints, extensions, 16-byte header check)
-//! Segment 0: three varints + compressed payload (one stream, or blocks of
-//!            three split streams) + 16-byte check (bound to the
-//!            header and the segment's position)
+//! Header (>= 61 bytes: magic, version, length, flags, coding, window,
+//!         8-byte old-image check, new-image hash, four varints,
+//!         extensions, 8-byte header check)
+//! Segment 0: three varints (two in the last segment) + compressed payload
+//!            (one stream, or blocks of three split streams) + 8-byte check
+//!            (bound to the header and the segment's position)
 //! ...
 //! Segment n-1 (the header's segment count says the patch ends here)
 //! ```
@@ -36,19 +37,28 @@ pub use memory::MemoryModel;
 pub use record::Record;
 pub use segment::SegmentHeader;
 
-/// The eight bytes every fwdelta patch starts with. The high first byte and the
-/// CR LF / SUB sequence catch transfers that mangle text or strip the high bit.
-pub const MAGIC: [u8; 8] = [0x89, b'F', b'W', b'D', 0x0D, 0x0A, 0x1A, 0x0A];
+/// The four bytes every fwdelta patch starts with. The high first byte catches
+/// transfers that strip the high bit; anything else that mangles a patch fails
+/// the header check.
+pub const MAGIC: [u8; 4] = [0x89, b'F', b'W', b'D'];
+
+/// The eight bytes that opened patches of versions 1 and 2, recognised only to
+/// refuse them as an old version rather than as garbage.
+pub const LEGACY_MAGIC: [u8; 8] = [0x89, b'F', b'W', b'D', 0x0D, 0x0A, 0x1A, 0x0A];
 
 /// The container version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Largest old or new image the format admits (1 TiB). Sizes above it are refused
 /// as absurd before any other work is done.
 pub const MAX_IMAGE_LEN: u64 = 1 << 40;
 
-/// Length of the truncated BLAKE3 checks that close the header and each segment.
-pub const CHECK_LEN: usize = 16;
+/// Length of the truncated BLAKE3 checks that close the header and each segment
+/// and that name the old image (64 bits). Checks only detect accidental damage
+/// and tell base versions apart; what the output must be is fixed by the full
+/// 32-byte hash of the new image, and the patch digest a signature signs is
+/// chained from full hashes the reader computes, never from stored checks.
+pub const CHECK_LEN: usize = 8;
 
 /// Length of a full BLAKE3 hash (the new image's hash and the chain).
 pub const HASH_LEN: usize = 32;

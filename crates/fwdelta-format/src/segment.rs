@@ -1,12 +1,13 @@
 //! Segment headers. A segment produces one known, contiguous range of the new
 //! image and is decodable on its own: its payload is one complete compressed
-//! frame. Its header is three varints, and a 16-byte check follows the payload
-//! (see [`crate::chain`]).
+//! frame. Its header is three varints (two for the last segment of an ordinary
+//! patch), and an 8-byte check follows the payload (see [`crate::chain`]).
 //!
 //! What a reader can work out itself is not stored: the segment's index is its
-//! position, and in an ordinary patch its first new-image byte is where the
-//! previous segment ended. An in-place patch names the cell instead (its
-//! segments come in apply order), and the cell gives the range.
+//! position, in an ordinary patch its first new-image byte is where the
+//! previous segment ended, and the last segment ends where the image does. An
+//! in-place patch names the cell instead (its segments come in apply order),
+//! and the cell gives the range.
 
 use crate::error::FormatError;
 use crate::header::Header;
@@ -41,26 +42,46 @@ impl SegmentHeader {
     pub const MAX_LEN: usize = FIELDS * varint::MAX_VARINT_LEN;
 
     /// Serialise for a patch with the given header: `new_len, old_start,
-    /// payload_len` for an ordinary patch, `cell, old_start, payload_len` for an
-    /// in-place one. At most [`Self::MAX_LEN`] bytes.
+    /// payload_len` for an ordinary patch (`old_start, payload_len` for its
+    /// last segment, whose length is what remains of the image), `cell,
+    /// old_start, payload_len` for an in-place one. At most [`Self::MAX_LEN`]
+    /// bytes.
     pub fn encode(&self, header: &Header) -> Vec<u8> {
         let mut b = Vec::with_capacity(Self::MAX_LEN);
         match header.cell_len() {
             Some(cell) => varint::put_u64(&mut b, self.new_offset / cell),
-            None => varint::put_u64(&mut b, self.new_len),
+            None if Self::field_count(header, self.index) == FIELDS => {
+                varint::put_u64(&mut b, self.new_len)
+            }
+            None => {}
         }
         varint::put_u64(&mut b, self.old_start);
         varint::put_u64(&mut b, u64::from(self.payload_len));
         b
     }
 
-    /// If `bytes` starts with a complete header of segment `index`, its length;
-    /// `None` if more bytes are needed; an error (naming the segment) if a
-    /// varint is malformed. A streaming reader feeds bytes until this says the
-    /// header is complete; it never needs more than [`Self::MAX_LEN`].
-    pub fn complete_len(bytes: &[u8], index: u32) -> Result<Option<usize>, FormatError> {
+    /// Number of varints in the header of segment `index`: the last segment
+    /// of an ordinary patch does not store its length.
+    fn field_count(header: &Header, index: u32) -> usize {
+        if header.cell_log.is_none() && index.checked_add(1) == Some(header.segment_count) {
+            FIELDS - 1
+        } else {
+            FIELDS
+        }
+    }
+
+    /// If `bytes` starts with a complete header of segment `index` of a patch
+    /// with this header, its length; `None` if more bytes are needed; an error
+    /// (naming the segment) if a varint is malformed. A streaming reader feeds
+    /// bytes until this says the header is complete; it never needs more than
+    /// [`Self::MAX_LEN`].
+    pub fn complete_len(
+        bytes: &[u8],
+        header: &Header,
+        index: u32,
+    ) -> Result<Option<usize>, FormatError> {
         let mut at = 0;
-        for _ in 0..FIELDS {
+        for _ in 0..Self::field_count(header, index) {
             let field =
                 varint::get_u64(&bytes[at..]).map_err(|_| bad(index, "malformed header".into()))?;
             match field {
@@ -71,11 +92,17 @@ impl SegmentHeader {
         Ok(Some(at))
     }
 
-    /// Decode the three fields of a complete header (see [`Self::complete_len`]).
-    fn fields(bytes: &[u8], index: u32) -> Result<[u64; FIELDS], FormatError> {
+    /// Decode the fields of a complete header (see [`Self::complete_len`]);
+    /// an implied length is returned as `None`.
+    fn fields(
+        bytes: &[u8],
+        header: &Header,
+        index: u32,
+    ) -> Result<(Option<u64>, u64, u64), FormatError> {
+        let count = Self::field_count(header, index);
         let mut out = [0u64; FIELDS];
         let mut at = 0;
-        for v in &mut out {
+        for v in &mut out[FIELDS - count..] {
             let (value, n) = varint::get_u64(&bytes[at..])
                 .map_err(|_| bad(index, "malformed header".into()))?
                 .ok_or_else(|| bad(index, "header is incomplete".into()))?;
@@ -85,7 +112,8 @@ impl SegmentHeader {
         if at != bytes.len() {
             return Err(bad(index, "header has trailing bytes".into()));
         }
-        Ok(out)
+        let first = (count == FIELDS).then_some(out[0]);
+        Ok((first, out[1], out[2]))
     }
 
     /// Checks shared by both kinds of patch: old cursor, payload length.
@@ -117,10 +145,11 @@ impl SegmentHeader {
         header: &Header,
         index: u32,
     ) -> Result<(SegmentHeader, u64), FormatError> {
-        let [c, old_start, payload_len] = Self::fields(bytes, index)?;
         let cell = header
             .cell_len()
             .ok_or_else(|| bad(index, "not an in-place patch".into()))?;
+        let (c, old_start, payload_len) = Self::fields(bytes, header, index)?;
+        let c = c.unwrap_or(u64::MAX); // in-place segments always name their cell
         if c >= u64::from(header.segment_count) {
             return Err(bad(index, format!("cell {c} is not a cell of this patch")));
         }
@@ -146,7 +175,10 @@ impl SegmentHeader {
         index: u32,
         new_offset: u64,
     ) -> Result<SegmentHeader, FormatError> {
-        let [new_len, old_start, payload_len] = Self::fields(bytes, index)?;
+        let (stored_len, old_start, payload_len) = Self::fields(bytes, header, index)?;
+        // The last segment produces the rest of the image (0 if nothing is
+        // left, which the range check below refuses).
+        let new_len = stored_len.unwrap_or_else(|| header.new_len.saturating_sub(new_offset));
         let s = SegmentHeader {
             index,
             new_offset,
@@ -182,7 +214,7 @@ mod tests {
         Header {
             flags: u16::from(cell_log.is_some()),
             old_len: 10_000,
-            old_check: [0; 16],
+            old_check: [0; crate::CHECK_LEN],
             new_len: 10_000,
             new_hash: [0; 32],
             codec: Codec::Zstd,
@@ -207,13 +239,30 @@ mod tests {
         };
         let b = s.encode(&h);
         assert_eq!(b.len(), 2 + 2 + 1);
-        assert_eq!(SegmentHeader::complete_len(&b, 1), Ok(Some(b.len())));
+        assert_eq!(SegmentHeader::complete_len(&b, &h, 1), Ok(Some(b.len())));
         for cut in 0..b.len() {
-            assert_eq!(SegmentHeader::complete_len(&b[..cut], 1), Ok(None));
+            assert_eq!(SegmentHeader::complete_len(&b[..cut], &h, 1), Ok(None));
         }
         assert_eq!(SegmentHeader::parse(&b, &h, 1, 4000), Ok(s));
         // the range must fit the new image
         assert!(SegmentHeader::parse(&b, &h, 1, 9800).is_err());
+
+        // the last segment's length is implied: what remains of the image
+        let last = SegmentHeader {
+            index: 2,
+            new_offset: 4300,
+            new_len: 10_000 - 4300,
+            old_start: 5,
+            payload_len: 77,
+        };
+        let b = last.encode(&h);
+        assert_eq!(b, [5, 77]);
+        assert_eq!(SegmentHeader::complete_len(&b, &h, 2), Ok(Some(2)));
+        assert_eq!(SegmentHeader::complete_len(&b[..1], &h, 2), Ok(None));
+        assert_eq!(SegmentHeader::parse(&b, &h, 2, 4300), Ok(last));
+        // nothing left to produce, or three fields where two belong
+        assert!(SegmentHeader::parse(&b, &h, 2, 10_000).is_err());
+        assert!(SegmentHeader::parse(&[1, 5, 77], &h, 2, 4300).is_err());
 
         let h = header(Some(12));
         let s = SegmentHeader {
@@ -227,6 +276,9 @@ mod tests {
         assert_eq!(SegmentHeader::parse_cell(&b, &h, 0), Ok((s, 2)));
         // cell 3 does not exist
         assert!(SegmentHeader::parse_cell(&[3, 0, 5], &h, 0).is_err());
+        // in-place segments name their cell, the last one too
+        assert_eq!(SegmentHeader::complete_len(&[2, 0], &h, 2), Ok(None));
+        assert!(SegmentHeader::parse(&[0, 5], &header(None), 0, 0).is_err());
     }
 
     #[test]
@@ -243,7 +295,7 @@ mod tests {
         assert!(SegmentHeader::parse(&[1, 0], &h, 0, 0).is_err());
         assert!(SegmentHeader::parse(&[1, 0, 5, 0], &h, 0, 0).is_err());
         assert!(matches!(
-            SegmentHeader::complete_len(&[0x80; 11], 4),
+            SegmentHeader::complete_len(&[0x80; 11], &h, 4),
             Err(FormatError::BadSegment { index: 4, .. })
         ));
     }

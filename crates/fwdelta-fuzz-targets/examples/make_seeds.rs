@@ -4,7 +4,7 @@
 //! segment sizes and budgets), damaged copies of them, and deterministic noise.
 
 use fwdelta_diff::{diff, Options};
-use fwdelta_format::{Codec, Layout};
+use fwdelta_format::{Codec, Header, Layout};
 use fwdelta_fuzz_targets::OLD;
 use fwdelta_testkit::noise;
 use std::fs;
@@ -80,7 +80,8 @@ fn main() {
         write("apply_push", name, &push);
     }
     let first = &patches[0].1;
-    let header_len = u32::from_le_bytes([first[12], first[13], first[14], first[15]]) as usize;
+    let prefix = first[..Header::PREFIX_LEN].try_into().expect("prefix");
+    let header_len = Header::parse_prefix(&prefix).expect("header length");
     write("container", "header-only", &first[..header_len]);
     for (name, new) in &news {
         for cell_log in [12u8, 14] {

@@ -39,7 +39,7 @@ pub fn container(data: &[u8]) {
                 if let Ok(header) = Header::parse(h) {
                     let rest = &data[len..];
                     let seg = &rest[..rest.len().min(SegmentHeader::MAX_LEN)];
-                    if let Ok(Some(n)) = SegmentHeader::complete_len(seg, 0) {
+                    if let Ok(Some(n)) = SegmentHeader::complete_len(seg, &header, 0) {
                         let _ = SegmentHeader::parse(&seg[..n], &header, 0, 0);
                         let _ = SegmentHeader::parse_cell(&seg[..n], &header, 0);
                     }

@@ -14,11 +14,13 @@ const EXIT_LIMITS: i32 = 5;
 const EXIT_UNSUPPORTED: i32 = 6;
 
 /// Offset of the version in every header (see docs/FORMAT.md, "frozen framing").
-const VERSION_AT: usize = 8;
+const VERSION_AT: usize = 4;
 
-/// The header's length, from its frozen framing (bytes 12..16).
+/// The header's length, from its frozen framing (the varint after the version).
 fn header_len(patch: &[u8]) -> usize {
-    u32::from_le_bytes(patch[12..16].try_into().unwrap()) as usize
+    use fwdelta_format::Header;
+    let prefix = patch[..Header::PREFIX_LEN].try_into().unwrap();
+    Header::parse_prefix(&prefix).unwrap()
 }
 
 /// Where the first segment's payload starts, and its length: the segment
@@ -27,7 +29,7 @@ fn first_payload(patch: &[u8]) -> (usize, usize) {
     use fwdelta_format::{Header, SegmentHeader};
     let at = header_len(patch);
     let header = Header::parse(&patch[..at]).unwrap();
-    let n = SegmentHeader::complete_len(&patch[at..], 0)
+    let n = SegmentHeader::complete_len(&patch[at..], &header, 0)
         .unwrap()
         .unwrap();
     let seg = SegmentHeader::parse(&patch[at..at + n], &header, 0, 0).unwrap();
@@ -258,9 +260,9 @@ impl Fixture {
 /// as intact and its fields are validated.
 fn reseal(patch: &mut [u8], at: usize, value: &[u8]) {
     patch[at..at + value.len()].copy_from_slice(value);
-    let end = header_len(patch);
-    let check = blake3::hash(&patch[..end - 16]);
-    patch[end - 16..end].copy_from_slice(&check.as_bytes()[..16]);
+    let end = header_len(patch) - fwdelta_format::CHECK_LEN;
+    let check = fwdelta_format::check_of(&patch[..end]);
+    patch[end..end + check.len()].copy_from_slice(&check);
 }
 
 /// The patch with its header decoded, changed by `edit` and encoded again
@@ -285,7 +287,7 @@ fn info_json(patch: &Path) -> serde_json::Value {
 
 fn round_trip(pair: &str) {
     let fx = Fixture::new(pair);
-    assert!(fx.patch_bytes().len() > header_len(&fx.patch_bytes()) + 16);
+    assert!(fx.patch_bytes().len() > header_len(&fx.patch_bytes()) + fwdelta_format::CHECK_LEN);
 
     // Default (not quiet): success, the new image byte for byte.
     let run = fx.apply_with(&fx.old, &fx.patch_bytes(), &[]);
@@ -440,7 +442,7 @@ fn apply_refuses_flipped_last_check_byte() {
     let fx = Fixture::new("fw-cortex-m4");
     let patch = fx.patch_bytes();
     let len = patch.len();
-    for at in [len - 16, len - 1] {
+    for at in [len - fwdelta_format::CHECK_LEN, len - 1] {
         let mut bad = patch.clone();
         bad[at] ^= 0x80;
         fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["corrupt"]);
@@ -475,24 +477,28 @@ fn apply_refuses_other_old_image() {
 fn apply_refuses_unknown_format_version() {
     let fx = Fixture::new("fw-cortex-m4");
     let mut bad = fx.patch_bytes();
-    bad[VERSION_AT..VERSION_AT + 2].copy_from_slice(&3u16.to_le_bytes());
+    bad[VERSION_AT] = 4;
     // Without a matching header check this is damage, not a newer version.
     fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["corrupt"]);
     // With the header check re-sealed it is a genuinely newer version.
     let mut bad = fx.patch_bytes();
-    reseal(&mut bad, VERSION_AT, &7u16.to_le_bytes());
+    reseal(&mut bad, VERSION_AT, &[7]);
     fx.refuse(
         &bad,
         &[],
         EXIT_UNSUPPORTED,
         &["unsupported patch format version"],
     );
+    // A patch in the older container (8-byte magic) is an old version too.
+    let mut legacy = fwdelta_format::LEGACY_MAGIC.to_vec();
+    legacy.extend_from_slice(&fx.patch_bytes()[8..]);
+    fx.refuse(&legacy, &[], EXIT_UNSUPPORTED, &["version 1 or 2"]);
 }
 
 #[test]
 fn apply_refuses_absurd_new_size() {
     let fx = Fixture::new("fw-cortex-m4");
-    for size in [u64::MAX, (1u64 << 40) + 1] {
+    for size in [1u64 << 62, (1u64 << 40) + 1] {
         let bad = with_header(&fx.patch_bytes(), |h| h.new_len = size);
         fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["absurd"]);
     }
@@ -505,7 +511,7 @@ fn reseal_helper_produces_a_valid_header() {
     // are about the field, not the check.
     let fx = Fixture::new("fw-cortex-m4");
     let mut patch = fx.patch_bytes();
-    let version = patch[VERSION_AT..VERSION_AT + 2].to_vec();
+    let version = patch[VERSION_AT..VERSION_AT + 1].to_vec();
     reseal(&mut patch, VERSION_AT, &version);
     assert_eq!(patch, fx.patch_bytes());
     assert_eq!(with_header(&patch, |_| {}), fx.patch_bytes());
@@ -811,14 +817,14 @@ fn info_human_and_json() {
     let v = info_json(&fx.patch);
     let old_len = fs::metadata(&fx.old).unwrap().len();
     let new_len = fs::metadata(&fx.new).unwrap().len();
-    assert_eq!(v["format_version"], 2);
+    assert_eq!(v["format_version"], 3);
     assert_eq!(v["old"]["len"].as_u64(), Some(old_len));
     assert_eq!(v["new"]["len"].as_u64(), Some(new_len));
     assert_eq!(v["codec"], "lzma2");
     assert_eq!(v["patch_len"].as_u64(), Some(fx.patch_bytes().len() as u64));
     assert_eq!(
         v["old"]["blake3_prefix"].as_str(),
-        Some(&blake3::hash(&fs::read(&fx.old).unwrap()).to_hex()[..32])
+        Some(&blake3::hash(&fs::read(&fx.old).unwrap()).to_hex()[..2 * fwdelta_format::CHECK_LEN])
     );
     assert_eq!(
         v["new"]["blake3"].as_str(),
@@ -840,7 +846,7 @@ fn info_human_and_json() {
     let run = fwdelta([OsStr::new("info"), fx.patch.as_os_str()]);
     run.assert_ok();
     assert!(
-        run.stdout.contains("format version 2"),
+        run.stdout.contains("format version 3"),
         "{}",
         run.describe()
     );
