@@ -196,6 +196,49 @@ fn one_byte_change_is_small() {
     );
 }
 
+#[test]
+fn tiny_patches_are_stored_when_that_is_smaller() {
+    // A few scattered changed bytes: the records do not compress, so stored
+    // payloads win and are chosen over the requested codec.
+    let old = codeish(5, 1_000_000);
+    let mut new = old.clone();
+    for at in [1_000, 300_000, 777_777] {
+        new[at] ^= 0x20;
+    }
+    let plan = Plan::build(&old, &new).unwrap();
+    for codec in [Codec::Lzma2, Codec::Zstd] {
+        let opts = Options {
+            codec,
+            ..Options::default()
+        };
+        let auto = plan.encode(&old, &new, &opts).unwrap();
+        assert_eq!(auto.report.codec, Codec::Stored, "{codec:?}");
+        assert_applies(&old, &auto.bytes, &new);
+        // Asking for split streams keeps the codec (split needs one).
+        let split = Options {
+            layout: Some(Layout::Split),
+            ..opts
+        };
+        let split = plan.encode(&old, &new, &split).unwrap();
+        assert_eq!(split.report.codec, codec);
+        assert!(split.bytes.len() > auto.bytes.len());
+    }
+    // A change that compresses keeps the codec: a repeated 2 KB block.
+    let mut new = old.clone();
+    let block = noise(9, 64).repeat(32);
+    new[500_000..500_000 + block.len()].copy_from_slice(&block);
+    let patch = round_trip(&old, &new, &Options::default());
+    let header = fwdelta_format::Header::parse(&patch[..header_len(&patch)]).unwrap();
+    assert_eq!(header.codec, Codec::Lzma2);
+}
+
+fn header_len(patch: &[u8]) -> usize {
+    let prefix = patch[..fwdelta_format::Header::PREFIX_LEN]
+        .try_into()
+        .unwrap();
+    fwdelta_format::Header::parse_prefix(&prefix).unwrap()
+}
+
 fn in_place_round_trip(old: &[u8], new: &[u8], opts: &Options) -> Vec<u8> {
     let patch = diff(old, new, opts).expect("diff");
     let region = fwdelta_apply::MemRegion::new(old.to_vec());

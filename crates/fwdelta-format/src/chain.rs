@@ -21,8 +21,8 @@ pub fn start(header_bytes: &[u8]) -> [u8; HASH_LEN] {
 }
 
 /// A hasher for segment `index` of the patch whose header hashes to
-/// `header_hash`: feed it the segment header and the payload, and the first 16
-/// bytes of the result are the segment's check.
+/// `header_hash`: feed it the segment header and the payload, and the first
+/// [`crate::CHECK_LEN`] bytes of the result are the segment's check.
 pub fn segment_hasher(header_hash: &[u8; HASH_LEN], index: u32) -> blake3::Hasher {
     let mut h = blake3::Hasher::new();
     h.update(header_hash);

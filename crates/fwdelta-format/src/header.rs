@@ -334,7 +334,7 @@ impl Header {
                 limit: MAX_IMAGE_LEN,
             });
         }
-        // old_len <= 2^40, so a change past ±2^62 is absurd, never an overflow.
+        // old_len <= 2^40 and the change is an i64, so the sum fits i128.
         let new_len = i128::from(old_len) + i128::from(len_change);
         let new_len = u64::try_from(new_len).map_err(|_| FormatError::BadField {
             field: "new_len",
@@ -832,6 +832,35 @@ mod tests {
         let mut big = h.clone();
         big.apply_memory = u64::MAX;
         assert!(h.encoded_len_bound() >= big.encoded_len());
+    }
+
+    #[test]
+    fn header_len_counts_its_own_varint_at_the_boundaries() {
+        // Code maps of growing size and memory claims of every varint length
+        // sweep the encoded length across 128 and 16,384, where header_len's
+        // own varint grows a byte: every header must parse back, and its
+        // length must be what encoded_len said.
+        let mut seen = std::collections::BTreeSet::new();
+        for runs in (1u64..40).chain(5_400..5_500) {
+            let pairs: Vec<(u64, i64)> = (0..runs).map(|i| (i * 1000, (i % 3) as i64)).collect();
+            for mem_bits in (28..64).step_by(7) {
+                let mut h = sample();
+                h.old_len = runs * 1000;
+                h.code_refs = Some(CodeRefs {
+                    arch: Arch::Thumb2,
+                    map: AddressMap::from_runs(&pairs, h.old_len).unwrap(),
+                });
+                h.apply_memory = 1u64 << mem_bits;
+                let b = h.encode();
+                assert_eq!(b.len(), h.encoded_len());
+                assert!(b.len() <= h.encoded_len_bound());
+                assert_eq!(reparse(&b), Ok(h));
+                seen.insert(b.len());
+            }
+        }
+        for len in [126, 127, 129, 130, 16_382, 16_383, 16_385, 16_386] {
+            assert!(seen.contains(&len), "no header of {len} bytes was tried");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ fn header_len(patch: &[u8]) -> usize {
 }
 
 /// Where the first segment's payload starts, and its length: the segment
-/// header (three varints) follows the patch header.
+/// header (two or three varints) follows the patch header.
 fn first_payload(patch: &[u8]) -> (usize, usize) {
     use fwdelta_format::{Header, SegmentHeader};
     let at = header_len(patch);
