@@ -17,7 +17,9 @@ use crate::source::OldImage;
 use crate::split_streams::SplitStreams;
 use crate::BUFFER_LEN;
 use fwdelta_format::header::Header;
+use fwdelta_format::literal_filter;
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};
+use fwdelta_format::reference_rewriter::Arch;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::{
     chain, truncate_check, Checkpoint, FormatError, Layout, CHECK_LEN, HASH_LEN, MAX_IMAGE_LEN,
@@ -81,6 +83,10 @@ pub(crate) struct Segment {
     check: blake3::Hasher,
     /// The payload may end here (its compressed streams are complete).
     pub(crate) frame_done: bool,
+    /// Literal bytes of an aligned word not yet complete (literal filter
+    /// only): held back until the word is whole, so it can be restored.
+    lit_carry: [u8; literal_filter::WORD],
+    lit_carry_len: usize,
 }
 
 impl Segment {
@@ -99,7 +105,14 @@ impl Segment {
             head_len: 0,
             check,
             frame_done: false,
+            lit_carry: [0; literal_filter::WORD],
+            lit_carry_len: 0,
         }
+    }
+
+    /// New-image offset of the next byte this segment hands to the sink.
+    fn new_pos(&self) -> u64 {
+        self.head.new_offset + (self.head.new_len - self.remaining_out)
     }
 
     /// At the end of the payload: the frame and the record stream must both be
@@ -148,6 +161,9 @@ pub(crate) struct Output<'o, O: ?Sized, S> {
     /// Reads old bytes through the patch's reference predictions
     /// (executable-aware patches only).
     predictor: Option<Box<Predictor>>,
+    /// The instruction set whose literal filter literal runs are stored
+    /// through (see [`fwdelta_format::literal_filter`]).
+    literal_filter: Option<Arch>,
 }
 
 impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
@@ -221,8 +237,16 @@ impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
                 }
                 Rec::Literal { left, seek } => {
                     let n = left.min(bytes.len() as u64) as usize;
-                    let (chunk, rest) = bytes.split_at(n);
-                    self.emit(seg, chunk)?;
+                    let (chunk, rest) = match self.literal_filter {
+                        None => bytes.split_at(n),
+                        // Room for the held-back bytes in the scratch buffer.
+                        Some(_) => bytes.split_at(n.min(self.old_buf.len() - literal_filter::WORD)),
+                    };
+                    let n = chunk.len();
+                    match self.literal_filter {
+                        None => self.emit(seg, chunk)?,
+                        Some(arch) => self.emit_literals(seg, chunk, n as u64 == left, arch)?,
+                    }
                     bytes = rest;
                     let left = left - n as u64;
                     seg.rec = if left > 0 {
@@ -235,6 +259,36 @@ impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
             }
         }
         Ok(())
+    }
+
+    /// Restore and emit stored literal bytes `chunk` of the current run (see
+    /// [`fwdelta_format::literal_filter`]): whole aligned words are restored;
+    /// a trailing partial word is held back while the run goes on, and
+    /// emitted as it is when the run ends here. Cost: one copy through the
+    /// scratch buffer.
+    fn emit_literals(
+        &mut self,
+        seg: &mut Segment,
+        chunk: &[u8],
+        run_ends: bool,
+        arch: Arch,
+    ) -> Result<(), ApplyError> {
+        let held = seg.lit_carry_len;
+        let total = held + chunk.len();
+        let mut buf = std::mem::take(&mut self.old_buf);
+        buf[..held].copy_from_slice(&seg.lit_carry[..held]);
+        buf[held..total].copy_from_slice(chunk);
+        // The held-back bytes start an aligned word inside the run, so
+        // restoring from their offset follows the format's rule.
+        let keep = match literal_filter::unfilter(arch, &mut buf[..total], seg.new_pos()) {
+            Some(partial) if !run_ends => partial,
+            _ => total,
+        };
+        seg.lit_carry_len = total - keep;
+        seg.lit_carry[..total - keep].copy_from_slice(&buf[keep..total]);
+        let result = self.emit(seg, &buf[..keep]);
+        self.old_buf = buf;
+        result
     }
 
     /// Validate a record against the segment and the old image, copy its
@@ -350,6 +404,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 hash: Some(blake3::Hasher::new()),
                 produced: 0,
                 predictor: None,
+                literal_filter: None,
             },
             opts,
             stage: Stage::Prefix,
@@ -654,6 +709,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         if let Some(code) = &header.code_refs {
             self.out.predictor = Some(Box::new(Predictor::new(code, header.old_len)));
         }
+        self.out.literal_filter = header.literal_filter;
         match header.layout {
             Layout::Interleaved if header.segment_count > 0 => {
                 self.decoder = PayloadDecoder::for_header(header)?;
@@ -841,6 +897,8 @@ impl SegmentRunner {
             hash: None,
             produced: 0,
             predictor: None,
+            // The header refuses a literal filter in in-place patches.
+            literal_filter: None,
         };
         let result = self.pump(&mut seg, &mut out, patch);
         self.old_buf = out.old_buf;

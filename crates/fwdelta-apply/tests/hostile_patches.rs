@@ -282,6 +282,7 @@ fn a_large_header_is_refused_before_it_is_buffered() {
             map: fwdelta_format::address_map::AddressMap::from_runs(&runs, old.len() as u64)
                 .unwrap(),
         }),
+        literal_filter: None,
     };
     header.apply_memory = 1 << 21;
     let bytes = header.encode();
@@ -468,6 +469,7 @@ fn craft_layout(
         apply_memory: MemoryModel::required_for_layout(codec, window_log, layout),
         cell_log: None,
         code_refs: None,
+        literal_filter: None,
     };
     let mut at = 0;
     let sealed = segments.iter().map(|(new_len, old_start, payload)| {
@@ -1002,4 +1004,71 @@ proptest! {
 fn firmware_patch_cached() -> &'static (Vec<u8>, Vec<u8>, Vec<u8>) {
     static CELL: std::sync::OnceLock<(Vec<u8>, Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
     CELL.get_or_init(firmware_patch)
+}
+
+#[test]
+fn literal_filter_restores_whole_aligned_words_of_each_run() {
+    use fwdelta_format::literal_filter::to_stored;
+    use fwdelta_format::reference_rewriter::Arch;
+    // The format's rule, written out independently of the crate's loop: in a
+    // literal run filling new bytes [start, end), each word at a multiple of
+    // 4 that lies wholly inside is stored with `to_stored`.
+    let store = |new: &[u8], start: usize, end: usize| {
+        let mut run = new[start..end].to_vec();
+        for w in (start.div_ceil(4) * 4..end).step_by(4) {
+            if w + 4 <= end {
+                let word = u32::from_le_bytes(new[w..w + 4].try_into().unwrap());
+                let s = to_stored(Arch::Aarch64, word, w as u64);
+                run[w - start..w - start + 4].copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        run
+    };
+    let old: Vec<u8> = (0..64u8).collect();
+    // Every aligned word of the new image is a BL (so every whole word a run
+    // holds changes when stored); copies take old bytes.
+    let mut new: Vec<u8> = (0..73u32)
+        .flat_map(|i| (0x9400_0000u32 | (i * 37)).to_le_bytes())
+        .take(73)
+        .collect();
+    new[..3].copy_from_slice(&old[..3]);
+    new[33..40].copy_from_slice(&old[3..10]);
+    // segment 0: copy 3, a 30-byte run from offset 3 (starts and ends inside
+    // words), copy 7; segment 1: a 33-byte run from offset 40.
+    let seg0 = [rec(3, 0, 30, 0, &store(&new, 3, 33)), rec(7, 0, 0, 0, b"")].concat();
+    let seg1 = rec(0, 0, 33, 0, &store(&new, 40, 73));
+    assert_ne!(store(&new, 3, 33), new[3..33], "the runs hold stored words");
+    let mut header = Header {
+        flags: 0,
+        old_len: old.len() as u64,
+        old_check: fwdelta_format::check_of(&old),
+        new_len: new.len() as u64,
+        new_hash: *blake3::hash(&new).as_bytes(),
+        codec: Codec::Stored,
+        window_log: 10,
+        layout: Layout::Interleaved,
+        segment_count: 2,
+        apply_memory: MemoryModel::required_for_layout(Codec::Stored, 10, Layout::Interleaved),
+        cell_log: None,
+        code_refs: None,
+        literal_filter: Some(Arch::Aarch64),
+    };
+    let segments = [(0, 40, 0, &seg0[..]), (40, 33, 10, &seg1[..])];
+    let patch = seal_patch(&header, segments);
+    assert_eq!(run(&old, &patch).unwrap(), new);
+    for piece in [1, 2, 3, 5] {
+        let mut a = Applier::new(&old[..], Vec::new(), ApplyOptions::default());
+        for p in patch.chunks(piece) {
+            a.feed(p).unwrap();
+        }
+        assert_eq!(a.finish().unwrap().1, new, "pieces of {piece}");
+    }
+    // The same segments read without the filter give other bytes, which the
+    // new image's hash refuses.
+    header.literal_filter = None;
+    let unfiltered = seal_patch(&header, segments);
+    assert!(matches!(
+        run(&old, &unfiltered),
+        Err(ApplyError::NewHashMismatch)
+    ));
 }

@@ -97,6 +97,7 @@ fn craft(old: &[u8], new: &[u8], cells: &[(u64, u64, Vec<u8>)]) -> Vec<u8> {
             + MemoryModel::in_place_extra(12, cells.len() as u64),
         cell_log: Some(12),
         code_refs: None,
+        literal_filter: None,
     };
     let sealed = cells
         .iter()

@@ -4,6 +4,7 @@ use crate::error::DiffError;
 use crate::segment_encoder::EncodedSegment;
 use crate::segmenter::SegmentPlan;
 use fwdelta_format::header::{FLAG_IN_PLACE, MIN_WINDOW_LOG};
+use fwdelta_format::reference_rewriter::Arch;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::{
     chain, truncate_check, CodeRefs, Codec, Header, Layout, MemoryModel, CHECK_LEN,
@@ -22,18 +23,30 @@ pub struct Images {
     pub new_hash: [u8; 32],
 }
 
+/// How the body is coded, as the header declares it.
+#[derive(Debug, Clone, Copy)]
+pub struct Body<'a> {
+    /// Payload codec.
+    pub codec: Codec,
+    /// Stream layout of every segment.
+    pub layout: Layout,
+    /// With a cell size (log2): an in-place patch whose segments are cells
+    /// in apply order.
+    pub cell_log: Option<u8>,
+    /// An executable-aware patch whose diff bytes apply to the old image as
+    /// these references predict it.
+    pub code_refs: Option<&'a CodeRefs>,
+    /// Literal runs stored through this instruction set's literal filter.
+    pub literal_filter: Option<Arch>,
+}
+
 /// Assemble a patch from encoded segments (`encoded[i]` belongs to
-/// `segments[i]`, encoded in `layout`); with `cell_log`, an in-place patch whose segments are cells
-/// in apply order; with `code_refs`, an executable-aware patch whose diff
-/// bytes apply to the predicted old image. The header declares the largest window any segment uses, and
-/// the memory that window needs. Cost: one pass over the payloads to hash them;
-/// the patch is built in one allocation.
+/// `segments[i]`, coded as `body` says). The header declares the largest
+/// window any segment uses, and the memory that window needs. Cost: one pass
+/// over the payloads to hash them; the patch is built in one allocation.
 pub fn write(
     images: &Images,
-    codec: Codec,
-    layout: Layout,
-    cell_log: Option<u8>,
-    code_refs: Option<&CodeRefs>,
+    body: &Body<'_>,
     segments: &[SegmentPlan],
     encoded: &[EncodedSegment],
 ) -> Result<Vec<u8>, DiffError> {
@@ -44,6 +57,13 @@ pub fn write(
         .unwrap_or(MIN_WINDOW_LOG);
     let segment_count = u32::try_from(segments.len())
         .map_err(|_| DiffError::InvalidOption("too many segments".into()))?;
+    let Body {
+        codec,
+        layout,
+        cell_log,
+        code_refs,
+        literal_filter,
+    } = *body;
     let extra = cell_log.map_or(0, |cl| {
         MemoryModel::in_place_extra(cl, segments.len() as u64)
     });
@@ -60,6 +80,7 @@ pub fn write(
         apply_memory: MemoryModel::required_for_layout(codec, window_log, layout) + extra,
         cell_log,
         code_refs: code_refs.cloned(),
+        literal_filter,
     };
     if let Some(code) = code_refs {
         // The claim covers the header, whose length depends on the claim's own

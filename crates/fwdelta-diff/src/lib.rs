@@ -36,7 +36,7 @@ use fwdelta_format::header::{
     MAX_CELLS, MAX_CELL_LOG, MAX_EXTENSION_LEN, MIN_CELL_LOG, MIN_WINDOW_LOG,
 };
 use fwdelta_format::reference_rewriter::{Arch, ReferenceRewriter};
-use fwdelta_format::{CodeRefs, Codec, Header, Layout, MemoryModel, MAX_IMAGE_LEN};
+use fwdelta_format::{literal_filter, CodeRefs, Codec, Header, Layout, MemoryModel, MAX_IMAGE_LEN};
 use std::time::{Duration, Instant};
 
 /// Executable-aware diffing (see `fwdelta_format::reference_rewriter`).
@@ -101,7 +101,16 @@ pub struct Options {
     /// also made interleaved and the smaller kept, since three streams cost
     /// a few bytes more to frame. With zstd, interleaved.
     pub layout: Option<Layout>,
+    /// Store literal runs through the literal filter of the instruction set
+    /// the plan detected, when it has one (AArch64; see
+    /// [`fwdelta_format::literal_filter`]) and the patch has at least
+    /// [`MIN_FILTERED_LITERALS`] literal bytes. Default true. Not for in-place
+    /// patches.
+    pub literal_filter: bool,
 }
+
+/// Fewest literal bytes worth the literal filter's 5-byte header extension.
+pub const MIN_FILTERED_LITERALS: u64 = 4096;
 
 /// Below this size the automatic layout also tries the interleaved layout
 /// (cheap at this size, and on tiny patches the split layout's framing can
@@ -125,6 +134,7 @@ impl Default for Options {
             align: 1,
             code: CodeMode::Auto,
             layout: None,
+            literal_filter: true,
         }
     }
 }
@@ -195,6 +205,8 @@ pub struct DiffReport {
     /// The instruction set whose references the patch predicts, and the runs
     /// of its address map; `None` for a plain patch.
     pub code: Option<(Arch, usize)>,
+    /// The instruction set whose literal filter the literals went through.
+    pub literal_filter: Option<Arch>,
     /// Size of the plain patch, when an executable-aware one was also made
     /// (whichever is smaller is the patch).
     pub plain_len: Option<usize>,
@@ -213,6 +225,8 @@ pub struct Plan {
     pub ops: Vec<Op>,
     /// The executable-aware alternative, if one was planned.
     code: Option<CodePlan>,
+    /// The instruction set named or detected, if any.
+    arch: Option<Arch>,
     old_hash: [u8; 32],
     new_hash: [u8; 32],
     match_time: Duration,
@@ -261,6 +275,7 @@ impl Plan {
         Ok(Plan {
             ops,
             code,
+            arch,
             old_hash,
             new_hash,
             match_time: start.elapsed(),
@@ -359,6 +374,18 @@ impl Plan {
             (None, Some(_)) if codec != Codec::Lzma2 => (interleaved, None),
             (None, Some(w)) => ((Layout::Split, w), Some(interleaved)),
         };
+        let literal_bytes: u64 = ops.iter().map(|op| op.literal_len).sum();
+        let new = &segment_encoder::NewImage {
+            bytes: new,
+            literal_filter: self
+                .arch
+                .filter(|&a| literal_filter::supported(a))
+                .filter(|_| {
+                    opts.literal_filter
+                        && opts.in_place.is_none()
+                        && literal_bytes >= MIN_FILTERED_LITERALS
+                }),
+        };
         let images = container_writer::Images {
             old_len: old.len() as u64,
             old_hash: self.old_hash,
@@ -380,15 +407,14 @@ impl Plan {
                 .map(|e| e.window_log)
                 .max()
                 .unwrap_or(MIN_WINDOW_LOG);
-            let bytes = container_writer::write(
-                &images,
+            let body = container_writer::Body {
                 codec,
                 layout,
-                opts.in_place,
+                cell_log: opts.in_place,
                 code_refs,
-                &segments,
-                &encoded,
-            )?;
+                literal_filter: new.literal_filter,
+            };
+            let bytes = container_writer::write(&images, &body, &segments, &encoded)?;
             Ok::<_, DiffError>((bytes, codec, layout, window_log))
         };
         let mut best = encode_in(codec, first)?;
@@ -429,6 +455,7 @@ impl Plan {
                 layout,
                 window_log,
                 code: code_refs.map(|c| (c.arch, c.map.runs())),
+                literal_filter: new.literal_filter,
                 plain_len: None,
                 match_time: self.match_time,
                 encode_time: start.elapsed(),

@@ -9,10 +9,12 @@ use crate::segmenter::SegmentPlan;
 use crate::{split_encoder, stream_encoder};
 use fwdelta_format::header::{MAX_WINDOW_LOG, MIN_WINDOW_LOG};
 use fwdelta_format::record::Record;
+use fwdelta_format::reference_rewriter::Arch;
 use fwdelta_format::segment::MAX_PAYLOAD_LEN;
-use fwdelta_format::{Codec, Layout, MemoryModel};
+use fwdelta_format::{literal_filter, Codec, Layout, MemoryModel};
 use rayon::prelude::*;
 use std::io::Write;
+use std::ops::Deref;
 
 /// Difference bytes are computed through a scratch buffer of this size.
 pub(crate) const SCRATCH: usize = 64 * 1024;
@@ -28,6 +30,46 @@ pub struct EncodedSegment {
     pub window_log: u8,
 }
 
+/// The new image, and how its literal runs are stored (see
+/// [`fwdelta_format::literal_filter`]). Dereferences to the image's bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct NewImage<'a> {
+    /// The image.
+    pub bytes: &'a [u8],
+    /// Instruction set whose literal filter literal runs go through.
+    pub literal_filter: Option<Arch>,
+}
+
+impl Deref for NewImage<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl NewImage<'_> {
+    /// Write the literal run `self[at..at + len]` in its stored form.
+    /// Cost: with a filter, one copy of the run into `scratch`.
+    pub(crate) fn write_literals(
+        &self,
+        out: &mut impl Write,
+        at: usize,
+        len: usize,
+        scratch: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let run = &self.bytes[at..at + len];
+        match self.literal_filter {
+            None => out.write_all(run),
+            Some(arch) => {
+                scratch.clear();
+                scratch.extend_from_slice(run);
+                literal_filter::filter_run(arch, scratch, at as u64);
+                out.write_all(scratch)
+            }
+        }
+    }
+}
+
 /// Encode every segment (in parallel on the ambient rayon pool). Cost per
 /// worker: one compression context for `level`/`max_window_log` (LZMA2 at
 /// preset 9: about 10x the window) and a 64 KiB scratch buffer; the payloads
@@ -35,7 +77,7 @@ pub struct EncodedSegment {
 pub fn encode_all(
     segments: &[SegmentPlan],
     old: &[u8],
-    new: &[u8],
+    new: &NewImage,
     codec: Codec,
     layout: Layout,
     level: i32,
@@ -157,7 +199,7 @@ fn split_window_for(lens: [u64; 3], max: u8) -> u8 {
 pub fn encode(
     seg: &SegmentPlan,
     old: &[u8],
-    new: &[u8],
+    new: &NewImage,
     codec: Codec,
     layout: Layout,
     level: i32,
@@ -204,7 +246,7 @@ pub fn encode(
 fn encode_interleaved(
     records: &[Planned],
     old: &[u8],
-    new: &[u8],
+    new: &NewImage,
     codec: Codec,
     level: i32,
     max_window_log: u8,
@@ -243,10 +285,11 @@ fn write_stream(
     enc: &mut impl Write,
     records: &[Planned],
     old: &[u8],
-    new: &[u8],
+    new: &NewImage,
 ) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(fwdelta_format::record::MAX_HEAD_LEN);
     let mut scratch = vec![0u8; SCRATCH];
+    let mut lits = Vec::new();
     for p in records {
         let r = &p.record;
         head.clear();
@@ -259,8 +302,7 @@ fn write_stream(
             &new[p.diff_new..p.diff_new + d],
             &mut scratch,
         )?;
-        let lit = p.diff_new + d;
-        enc.write_all(&new[lit..lit + r.literal_len as usize])?;
+        new.write_literals(enc, p.diff_new + d, r.literal_len as usize, &mut lits)?;
     }
     Ok(())
 }

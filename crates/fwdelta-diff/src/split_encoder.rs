@@ -14,7 +14,7 @@
 //! memory.
 
 use crate::error::DiffError;
-use crate::segment_encoder::{write_diff, Planned, SCRATCH};
+use crate::segment_encoder::{write_diff, NewImage, Planned, SCRATCH};
 use crate::stream_encoder::StreamEncoder;
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};
 use fwdelta_format::split_block::{BlockHeader, MAX_BLOCK_BUFFER};
@@ -57,7 +57,7 @@ impl Grouping {
 pub(crate) fn encode(
     records: &[Planned],
     old: &[u8],
-    new: &[u8],
+    new: &NewImage,
     codec: Codec,
     level: i32,
     window_log: u8,
@@ -148,7 +148,7 @@ fn group(records: &[Planned], old: &[u8], new: &[u8], grouping: Grouping) -> Vec
 fn write_blocks(
     blocks: &[Vec<Planned>],
     old: &[u8],
-    new: &[u8],
+    new: &NewImage,
     codec: Codec,
     level: i32,
     window_log: u8,
@@ -158,6 +158,7 @@ fn write_blocks(
     let mut diffs = StreamEncoder::new(codec, level, d)?;
     let mut lits = StreamEncoder::new(codec, level, l)?;
     let mut scratch = vec![0u8; SCRATCH];
+    let mut lit_run = Vec::new();
     let mut head = Vec::with_capacity(MAX_HEAD_LEN);
     let mut payload = Vec::new();
     for (b, block) in blocks.iter().enumerate() {
@@ -173,8 +174,12 @@ fn write_blocks(
                 &new[p.diff_new..p.diff_new + d],
                 &mut scratch,
             )?;
-            let lit = p.diff_new + d;
-            lits.write_all(&new[lit..lit + r.literal_len as usize])?;
+            new.write_literals(
+                &mut lits,
+                p.diff_new + d,
+                r.literal_len as usize,
+                &mut lit_run,
+            )?;
         }
         let last = b + 1 == blocks.len();
         let mut chunks = Vec::with_capacity(3);

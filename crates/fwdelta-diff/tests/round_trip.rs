@@ -342,6 +342,7 @@ fn small_segments_and_tiny_budget_still_round_trip() {
             align: 1,
             code: fwdelta_diff::CodeMode::Auto,
             layout: None,
+            literal_filter: true,
         };
         let patch = plan.encode(&old, &new, &tiny).unwrap();
         assert_eq!(patch.report.codec, codec);
@@ -609,4 +610,92 @@ fn executable_aware_mode_never_makes_a_larger_patch() {
         let patch = round_trip(&old, &new, &opts);
         assert!(patch.len() <= plain.bytes.len(), "{arch:?}");
     }
+}
+
+/// `program(Aarch64, 0)` with `len` bytes of new code inserted at `at`: a
+/// BL every 16 bytes to one of four functions of the old part, with
+/// never-a-reference filler words between them.
+fn with_new_aarch64_code(at: usize, len: usize) -> (Vec<u8>, Vec<u8>) {
+    use fwdelta_format::reference_rewriter::Arch;
+    let old = program(Arch::Aarch64, 0);
+    let mut code = Vec::with_capacity(len);
+    for (i, filler) in noise(77, len / 4).iter().enumerate() {
+        let site = (at + 4 * i) as i64;
+        let w = if i % 4 == 0 {
+            let target = [0i64, 512, 4096, 8192][(i / 4) % 4];
+            0x9400_0000u32 | (((target - site) >> 2) as u32 & 0x03FF_FFFF)
+        } else {
+            0xAA00_0000 | u32::from(*filler) << 8 | i as u32 & 0xff
+        };
+        code.extend_from_slice(&w.to_le_bytes());
+    }
+    let mut new = old.clone();
+    new.splice(at..at, code);
+    (old, new)
+}
+
+#[test]
+fn literal_filter_makes_new_aarch64_code_smaller_and_round_trips() {
+    use fwdelta_apply::{Applier, ApplyOptions};
+    use fwdelta_format::reference_rewriter::Arch;
+    // Inserted at an offset that is not a multiple of 4 in the new image, so
+    // literal runs start and end inside words.
+    let (old, new) = with_new_aarch64_code(20_002, 24_000);
+    let plan = Plan::build_with(&old, &new, fwdelta_diff::CodeMode::Auto).unwrap();
+    for layout in [Layout::Split, Layout::Interleaved] {
+        let on = Options {
+            layout: Some(layout),
+            ..Options::default()
+        };
+        let off = Options {
+            literal_filter: false,
+            ..on.clone()
+        };
+        let filtered = plan.encode(&old, &new, &on).unwrap();
+        let plain = plan.encode(&old, &new, &off).unwrap();
+        assert_eq!(filtered.report.literal_filter, Some(Arch::Aarch64));
+        assert_eq!(plain.report.literal_filter, None);
+        assert!(
+            filtered.bytes.len() + 500 < plain.bytes.len(),
+            "{layout:?}: filtered {} vs plain {}",
+            filtered.bytes.len(),
+            plain.bytes.len()
+        );
+        assert_applies(&old, &filtered.bytes, &new);
+        // fed a few bytes at a time: decoded literal runs arrive in pieces
+        // that cut words, which the applier must hold back and restore
+        for piece in [1, 7, 4093] {
+            let mut a = Applier::new(&old[..], Vec::new(), ApplyOptions::default());
+            for p in filtered.bytes.chunks(piece) {
+                a.feed(p).unwrap();
+            }
+            let (_, out) = a.finish().unwrap();
+            assert_eq!(out, new, "{layout:?}, pieces of {piece}");
+        }
+    }
+    // No filter without an instruction set that has one, for in-place
+    // patches, or for a handful of literal bytes.
+    for (opts, why) in [
+        (
+            Options {
+                code: fwdelta_diff::CodeMode::Arch(Arch::X86_64),
+                ..Options::default()
+            },
+            "x86-64",
+        ),
+        (
+            Options {
+                in_place: Some(12),
+                ..Options::default()
+            },
+            "in-place",
+        ),
+    ] {
+        let p = diff(&old, &new, &opts).unwrap();
+        assert_eq!(p.report.literal_filter, None, "{why}");
+    }
+    let (old, new) = with_new_aarch64_code(20_000, 400);
+    let p = diff(&old, &new, &Options::default()).unwrap();
+    assert_eq!(p.report.literal_filter, None, "400 literal bytes");
+    assert_applies(&old, &p.bytes, &new);
 }

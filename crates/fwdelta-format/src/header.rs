@@ -109,6 +109,11 @@ pub const EXT_IN_PLACE: u16 = 0x8001;
 /// the old image through a [`crate::reference_rewriter::ReferenceRewriter`].
 pub const EXT_CODE_REFS: u16 = 0x8002;
 
+/// Critical header extension of patches whose literal runs are stored through
+/// the [`crate::literal_filter`] of an instruction set (one byte,
+/// [`Arch::id`]).
+pub const EXT_LITERAL_FILTER: u16 = 0x8003;
+
 /// Longest extension value (its length is a `u16`).
 pub const MAX_EXTENSION_LEN: usize = u16::MAX as usize;
 
@@ -178,6 +183,9 @@ pub struct Header {
     pub cell_log: Option<u8>,
     /// For executable-aware patches, the references the applier predicts.
     pub code_refs: Option<CodeRefs>,
+    /// The instruction set whose [`crate::literal_filter`] the literal runs
+    /// went through; `None` for literals stored as they are.
+    pub literal_filter: Option<Arch>,
 }
 
 impl Header {
@@ -245,6 +253,11 @@ impl Header {
             b.extend_from_slice(&EXT_CODE_REFS.to_le_bytes());
             b.extend_from_slice(&(v.len() as u16).to_le_bytes());
             b.extend_from_slice(&v);
+        }
+        if let Some(arch) = self.literal_filter {
+            b.extend_from_slice(&EXT_LITERAL_FILTER.to_le_bytes());
+            b.extend_from_slice(&1u16.to_le_bytes());
+            b.push(arch.id());
         }
         b
     }
@@ -365,11 +378,15 @@ impl Header {
             });
         }
         let segment_count = segment_count as u32;
-        let (cell_log, code_refs) = check_extensions(&body[r.pos..], old_len)?;
-        if cell_log.is_some() && code_refs.is_some() {
+        let Extensions {
+            cell_log,
+            code_refs,
+            literal_filter,
+        } = check_extensions(&body[r.pos..], old_len)?;
+        if cell_log.is_some() && (code_refs.is_some() || literal_filter.is_some()) {
             return Err(FormatError::BadField {
                 field: "extensions",
-                detail: "an in-place patch cannot carry code references".into(),
+                detail: "an in-place patch cannot carry code references or a literal filter".into(),
             });
         }
         if cell_log.is_some() != (flags & FLAG_IN_PLACE != 0) {
@@ -423,6 +440,7 @@ impl Header {
             apply_memory,
             cell_log,
             code_refs,
+            literal_filter,
         })
     }
 
@@ -449,6 +467,7 @@ impl Header {
             + varint::len_u64(self.apply_memory)
             + if self.cell_log.is_some() { 5 } else { 0 }
             + self.code_refs.as_ref().map_or(0, CodeRefs::extension_len)
+            + if self.literal_filter.is_some() { 5 } else { 0 }
     }
 
     /// An upper bound of [`Self::encoded_len`] whatever `apply_memory` is: a
@@ -466,17 +485,24 @@ impl Header {
     }
 }
 
+/// What the extension area holds.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Extensions {
+    cell_log: Option<u8>,
+    code_refs: Option<CodeRefs>,
+    literal_filter: Option<Arch>,
+}
+
 /// Walk the extension area: entries of (type u16, length u16, value). Types with
 /// the high bit set are critical and refused when unknown; others are skipped.
-/// Returns the in-place cell size (log2) if [`EXT_IN_PLACE`] is present, and
-/// the code references if [`EXT_CODE_REFS`] is (its map validated against an
-/// old image of `old_len` bytes).
-fn check_extensions(
-    mut area: &[u8],
-    old_len: u64,
-) -> Result<(Option<u8>, Option<CodeRefs>), FormatError> {
+/// Returns the in-place cell size (log2) if [`EXT_IN_PLACE`] is present, the
+/// code references if [`EXT_CODE_REFS`] is (its map validated against an old
+/// image of `old_len` bytes), and the literal filter's instruction set if
+/// [`EXT_LITERAL_FILTER`] is (one that has a filter).
+fn check_extensions(mut area: &[u8], old_len: u64) -> Result<Extensions, FormatError> {
     let mut cell_log = None;
     let mut code_refs = None;
+    let mut literal_filter = None;
     while !area.is_empty() {
         if area.len() < 4 {
             return Err(FormatError::BadField {
@@ -516,12 +542,30 @@ fn check_extensions(
                     map: AddressMap::decode(&value[1..], old_len)?,
                 });
             }
+            EXT_LITERAL_FILTER => {
+                let bad = |detail: String| FormatError::BadField {
+                    field: "literal filter extension",
+                    detail,
+                };
+                if len != 1 || literal_filter.is_some() {
+                    return Err(bad("must appear once, one byte long".into()));
+                }
+                let arch = Arch::from_id(value[0])?;
+                if !crate::literal_filter::supported(arch) {
+                    return Err(bad(format!("{} has no literal filter", arch.name())));
+                }
+                literal_filter = Some(arch);
+            }
             t if t & 0x8000 != 0 => return Err(FormatError::UnknownCriticalExtension(t)),
             _ => {}
         }
         area = &area[4 + len..];
     }
-    Ok((cell_log, code_refs))
+    Ok(Extensions {
+        cell_log,
+        code_refs,
+        literal_filter,
+    })
 }
 
 /// Little-endian field reader over a buffer whose length was already checked.
@@ -584,6 +628,7 @@ mod tests {
             apply_memory: MemoryModel::required(19),
             cell_log: None,
             code_refs: None,
+            literal_filter: None,
         }
     }
 
@@ -986,14 +1031,52 @@ mod tests {
     }
 
     #[test]
+    fn literal_filter_round_trips_and_is_not_in_place() {
+        let mut h = sample();
+        h.literal_filter = Some(Arch::Aarch64);
+        let b = h.encode();
+        assert_eq!(b.len(), sample().encoded_len() + 5);
+        assert_eq!(reparse(&b), Ok(h.clone()));
+        h.flags = FLAG_IN_PLACE;
+        h.cell_log = Some(12);
+        h.new_len = 3 * 4096;
+        h.apply_memory += 1 << 20;
+        assert!(matches!(
+            reparse(&h.encode()),
+            Err(FormatError::BadField {
+                field: "extensions",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn extensions_skip_unknown_and_refuse_critical() {
         let ext = |b: &[u8]| check_extensions(b, 1000);
-        assert_eq!(ext(&[0x01, 0x00, 2, 0, 9, 9]), Ok((None, None)));
-        assert_eq!(ext(&[0x01, 0x80, 1, 0, 14]), Ok((Some(14), None)));
+        assert_eq!(ext(&[0x01, 0x00, 2, 0, 9, 9]), Ok(Extensions::default()));
+        assert_eq!(
+            ext(&[0x01, 0x80, 1, 0, 14]),
+            Ok(Extensions {
+                cell_log: Some(14),
+                ..Extensions::default()
+            })
+        );
+        assert_eq!(
+            ext(&[0x03, 0x80, 1, 0, 1]),
+            Ok(Extensions {
+                literal_filter: Some(Arch::Aarch64),
+                ..Extensions::default()
+            })
+        );
+        // an instruction set without a filter, an unknown one, twice, too long
+        assert!(ext(&[0x03, 0x80, 1, 0, 3]).is_err());
+        assert!(ext(&[0x03, 0x80, 1, 0, 9]).is_err());
+        assert!(ext(&[0x03, 0x80, 1, 0, 1, 0x03, 0x80, 1, 0, 1]).is_err());
+        assert!(ext(&[0x03, 0x80, 2, 0, 1, 1]).is_err());
         assert!(ext(&[0x01, 0x80, 1, 0, 14, 0x01, 0x80, 1, 0, 14]).is_err());
         assert_eq!(
-            ext(&[0x03, 0x80, 0, 0]),
-            Err(FormatError::UnknownCriticalExtension(0x8003))
+            ext(&[0x04, 0x80, 0, 0]),
+            Err(FormatError::UnknownCriticalExtension(0x8004))
         );
         assert!(ext(&[0x02, 0x80, 0, 0]).is_err());
         assert!(ext(&[0x01, 0x00, 9, 0, 1]).is_err());

@@ -23,6 +23,7 @@ pub mod chain;
 pub mod checkpoint;
 pub mod error;
 pub mod header;
+pub mod literal_filter;
 pub mod memory;
 pub mod record;
 pub mod reference_rewriter;

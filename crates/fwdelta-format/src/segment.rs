@@ -224,6 +224,7 @@ mod tests {
             apply_memory: MemoryModel::required(12) + (1 << 14),
             cell_log,
             code_refs: None,
+            literal_filter: None,
         }
     }
 

@@ -54,6 +54,7 @@ fn main() {
                 align: 1,
                 code: fwdelta_diff::CodeMode::Auto,
                 layout,
+                literal_filter: true,
             };
             let p = diff(OLD, new, &opts).expect("diff").bytes;
             patches.push((format!("{name}-{tag}"), p));

@@ -11,8 +11,9 @@ use arbitrary::{Result as ArbResult, Unstructured};
 use fwdelta_apply::{apply, inspect, Applier, ApplyOptions};
 use fwdelta_format::header::Header;
 use fwdelta_format::record::Record;
+use fwdelta_format::reference_rewriter::Arch;
 use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::{Checkpoint, Codec, Layout, MemoryModel};
+use fwdelta_format::{literal_filter, Checkpoint, Codec, Layout, MemoryModel};
 
 /// The old image the apply targets patch: the bundled Cortex-M4 firmware.
 pub static OLD: &[u8] = include_bytes!("../../../testdata/fw-cortex-m4/old");
@@ -211,6 +212,9 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         _ => (Codec::Lzma2, Layout::Split),
     };
     let window_log: u8 = u.int_in_range(10..=16)?;
+    // Literal runs stored through the AArch64 literal filter: the reference
+    // restores them word by word (see `restore_literals`).
+    let literal_filter = u.arbitrary::<bool>()?.then_some(Arch::Aarch64);
     let count = u.int_in_range(1..=4)?;
     let mut segments = Vec::new();
     let mut expected = Some(Vec::new());
@@ -218,7 +222,8 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
     for _ in 0..count {
         let old_start = u.int_in_range(0..=old.len() as u64)?;
         let records = gen_records(u, old.len())?;
-        let made = reference(old, old_start, &records);
+        let made = reference(old, old_start, &records)
+            .map(|m| restore_literals(m, &records, new_len, literal_filter));
         let claimed = match &made {
             Some(m) => m.len() as u64,
             None => u.int_in_range(1..=4096)?,
@@ -270,6 +275,7 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         apply_memory: MemoryModel::required_for_layout(codec, window_log, layout),
         cell_log: None,
         code_refs: None,
+        literal_filter,
     };
     let patch = fwdelta_testkit::seal_patch(
         &header,
@@ -288,6 +294,37 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         (None, Ok(_)) => panic!("applier accepted records the reference refuses"),
         (None, Err(_)) => Ok(Some(false)),
     }
+}
+
+/// The reference's output of one segment starting at new offset `at`, with
+/// its literal runs (stored bytes) restored as the literal filter's rule
+/// says: each whole aligned word inside a run, through `from_stored`.
+fn restore_literals(
+    mut made: Vec<u8>,
+    records: &[GenRecord],
+    at: u64,
+    filter: Option<Arch>,
+) -> Vec<u8> {
+    let Some(arch) = filter else { return made };
+    let mut pos = 0usize;
+    for r in records {
+        let start = pos + (r.record.copy_len + r.record.diff_len) as usize;
+        let end = start + r.record.literal_len as usize;
+        let mut w = start;
+        while w + 4 <= end {
+            let abs = at + w as u64;
+            if abs.is_multiple_of(4) {
+                let word = u32::from_le_bytes([made[w], made[w + 1], made[w + 2], made[w + 3]]);
+                let restored = literal_filter::from_stored(arch, word, abs);
+                made[w..w + 4].copy_from_slice(&restored.to_le_bytes());
+                w += 4;
+            } else {
+                w += 1;
+            }
+        }
+        pos = end;
+    }
+    made
 }
 
 /// A split-layout payload of `records`, cut into blocks after the records

@@ -99,6 +99,11 @@ pub struct GenArgs {
     /// stream), or auto (split when the budget allows; small patches try both).
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
     layout: LayoutArg,
+    /// Store new code's branch and address immediates as absolute targets
+    /// (AArch64 BL and ADRP, in literal runs), which compresses better; on
+    /// by default when --arch names or detects AArch64.
+    #[arg(long)]
+    no_literal_filter: bool,
 }
 
 /// `--layout`.
@@ -152,6 +157,7 @@ impl GenArgs {
             align: self.align.max(1),
             code: self.arch,
             layout: self.layout.layout(),
+            literal_filter: !self.no_literal_filter,
         }
     }
 
@@ -481,6 +487,7 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
             "code": h.code_refs.as_ref().map(|c| serde_json::json!({
                 "arch": c.arch.name(), "map_runs": c.map.runs(),
             })),
+            "literal_filter": h.literal_filter.map(|a| a.name()),
             "in_place_cell_log": h.cell_log,
             "segments": segments,
         });
@@ -525,6 +532,13 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
             "  code          {} references predicted through a {}-run address map",
             c.arch.name(),
             c.map.runs()
+        )?;
+    }
+    if let Some(arch) = h.literal_filter {
+        writeln!(
+            out,
+            "  literals      {} branch targets stored absolute",
+            arch.name()
         )?;
     }
     writeln!(
