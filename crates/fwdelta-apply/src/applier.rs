@@ -85,7 +85,7 @@ pub(crate) struct Segment {
     pub(crate) frame_done: bool,
     /// Literal bytes of an aligned word not yet complete (literal filter
     /// only): held back until the word is whole, so it can be restored.
-    lit_carry: [u8; literal_filter::WORD],
+    lit_carry: [u8; literal_filter::MAX_HELD],
     lit_carry_len: usize,
 }
 
@@ -105,7 +105,7 @@ impl Segment {
             head_len: 0,
             check,
             frame_done: false,
-            lit_carry: [0; literal_filter::WORD],
+            lit_carry: [0; literal_filter::MAX_HELD],
             lit_carry_len: 0,
         }
     }
@@ -240,7 +240,9 @@ impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
                     let (chunk, rest) = match self.literal_filter {
                         None => bytes.split_at(n),
                         // Room for the held-back bytes in the scratch buffer.
-                        Some(_) => bytes.split_at(n.min(self.old_buf.len() - literal_filter::WORD)),
+                        Some(_) => {
+                            bytes.split_at(n.min(self.old_buf.len() - literal_filter::MAX_HELD))
+                        }
                     };
                     let n = chunk.len();
                     match self.literal_filter {

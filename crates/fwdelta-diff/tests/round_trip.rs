@@ -612,20 +612,27 @@ fn executable_aware_mode_never_makes_a_larger_patch() {
     }
 }
 
-/// `program(Aarch64, 0)` with `len` bytes of new code inserted at `at`: a
-/// BL every 16 bytes to one of four functions of the old part, with
-/// never-a-reference filler words between them.
-fn with_new_aarch64_code(at: usize, len: usize) -> (Vec<u8>, Vec<u8>) {
+/// `program(arch, 0)` with `len` bytes of new code inserted at `at`: a call
+/// every 16 bytes (AArch64 BL, x86 E8 rel32) to one of four functions of the
+/// old part, with never-a-reference filler between them.
+fn with_new_code(
+    arch: fwdelta_format::reference_rewriter::Arch,
+    at: usize,
+    len: usize,
+) -> (Vec<u8>, Vec<u8>) {
     use fwdelta_format::reference_rewriter::Arch;
-    let old = program(Arch::Aarch64, 0);
+    let old = program(arch, 0);
     let mut code = Vec::with_capacity(len);
     for (i, filler) in noise(77, len / 4).iter().enumerate() {
         let site = (at + 4 * i) as i64;
-        let w = if i % 4 == 0 {
-            let target = [0i64, 512, 4096, 8192][(i / 4) % 4];
-            0x9400_0000u32 | (((target - site) >> 2) as u32 & 0x03FF_FFFF)
-        } else {
-            0xAA00_0000 | u32::from(*filler) << 8 | i as u32 & 0xff
+        let target = [0i64, 512, 4096, 8192][(i / 4) % 4];
+        let w = match (arch, i % 4) {
+            (Arch::Aarch64, 0) => 0x9400_0000u32 | (((target - site) >> 2) as u32 & 0x03FF_FFFF),
+            (Arch::Aarch64, _) => 0xAA00_0000 | u32::from(*filler) << 8 | i as u32 & 0xff,
+            // E8 at site + 3, rel32 in the next word
+            (_, 0) => 0xe890_9090,
+            (_, 1) => (target - (site + 4)) as i32 as u32,
+            _ => 0x9090_9090 ^ u32::from(*filler & 0x07),
         };
         code.extend_from_slice(&w.to_le_bytes());
     }
@@ -635,14 +642,18 @@ fn with_new_aarch64_code(at: usize, len: usize) -> (Vec<u8>, Vec<u8>) {
 }
 
 #[test]
-fn literal_filter_makes_new_aarch64_code_smaller_and_round_trips() {
+fn literal_filter_makes_new_code_smaller_and_round_trips() {
     use fwdelta_apply::{Applier, ApplyOptions};
     use fwdelta_format::reference_rewriter::Arch;
     // Inserted at an offset that is not a multiple of 4 in the new image, so
     // literal runs start and end inside words.
-    let (old, new) = with_new_aarch64_code(20_002, 24_000);
-    let plan = Plan::build_with(&old, &new, fwdelta_diff::CodeMode::Auto).unwrap();
-    for layout in [Layout::Split, Layout::Interleaved] {
+    for (arch, layout) in [
+        (Arch::Aarch64, Layout::Split),
+        (Arch::Aarch64, Layout::Interleaved),
+        (Arch::X86_64, Layout::Split),
+    ] {
+        let (old, new) = with_new_code(arch, 20_002, 24_000);
+        let plan = Plan::build_with(&old, &new, fwdelta_diff::CodeMode::Arch(arch)).unwrap();
         let on = Options {
             layout: Some(layout),
             ..Options::default()
@@ -653,11 +664,11 @@ fn literal_filter_makes_new_aarch64_code_smaller_and_round_trips() {
         };
         let filtered = plan.encode(&old, &new, &on).unwrap();
         let plain = plan.encode(&old, &new, &off).unwrap();
-        assert_eq!(filtered.report.literal_filter, Some(Arch::Aarch64));
+        assert_eq!(filtered.report.literal_filter, Some(arch));
         assert_eq!(plain.report.literal_filter, None);
         assert!(
             filtered.bytes.len() + 500 < plain.bytes.len(),
-            "{layout:?}: filtered {} vs plain {}",
+            "{arch:?} {layout:?}: filtered {} vs plain {}",
             filtered.bytes.len(),
             plain.bytes.len()
         );
@@ -670,18 +681,19 @@ fn literal_filter_makes_new_aarch64_code_smaller_and_round_trips() {
                 a.feed(p).unwrap();
             }
             let (_, out) = a.finish().unwrap();
-            assert_eq!(out, new, "{layout:?}, pieces of {piece}");
+            assert_eq!(out, new, "{arch:?} {layout:?}, pieces of {piece}");
         }
     }
     // No filter without an instruction set that has one, for in-place
     // patches, or for a handful of literal bytes.
+    let (old, new) = with_new_code(Arch::Aarch64, 20_002, 24_000);
     for (opts, why) in [
         (
             Options {
-                code: fwdelta_diff::CodeMode::Arch(Arch::X86_64),
+                code: fwdelta_diff::CodeMode::Arch(Arch::Thumb2),
                 ..Options::default()
             },
-            "x86-64",
+            "thumb2",
         ),
         (
             Options {
@@ -694,7 +706,7 @@ fn literal_filter_makes_new_aarch64_code_smaller_and_round_trips() {
         let p = diff(&old, &new, &opts).unwrap();
         assert_eq!(p.report.literal_filter, None, "{why}");
     }
-    let (old, new) = with_new_aarch64_code(20_000, 400);
+    let (old, new) = with_new_code(Arch::Aarch64, 20_000, 400);
     let p = diff(&old, &new, &Options::default()).unwrap();
     assert_eq!(p.report.literal_filter, None, "400 literal bytes");
     assert_applies(&old, &p.bytes, &new);

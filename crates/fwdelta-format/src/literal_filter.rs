@@ -9,26 +9,57 @@
 //! corpus's AArch64 pair the literal stream compressed 9.5% smaller with BL
 //! and ADRP rewritten.
 //!
-//! The rule, the same on both sides: for a record's literal run that fills
-//! new-image bytes `[start, end)`, every 4-byte little-endian word at a
-//! new-image offset `w` with `w % 4 == 0`, `start <= w` and `w + 4 <= end` is
-//! stored as [`to_stored`]`(word, w)`; the applier restores it with
-//! [`from_stored`]. Bytes of words that straddle the run's edges are stored
-//! as they are. Both functions are bijections on `u32` for every position,
-//! so any stored bytes decode to something, and a wrong decode is caught by
-//! the new image's hash like any other corruption.
+//! The rule, the same on both sides, for a record's literal run that fills
+//! new-image bytes `[start, end)`:
 //!
-//! Defined for [`Arch::Aarch64`] only (BL and ADRP); other instruction sets
-//! have no literal filter in this version.
+//! - [`Arch::Aarch64`]: every 4-byte little-endian word at a new-image offset
+//!   `w` with `w % 4 == 0`, `start <= w` and `w + 4 <= end` is stored as
+//!   [`to_stored`]`(word, w)` (BL and ADRP immediates made absolute). Bytes of
+//!   words that straddle the run's edges are stored as they are.
+//! - [`Arch::X86_64`]: the run is scanned from `start`: at an `E8` (CALL) or
+//!   `E9` (JMP) byte whose rel32 ends inside the run, the rel32 is stored as
+//!   [`to_stored`]`(rel32, p)` (`p` the offset just after it) if it is a
+//!   sign-extended 25-bit value, and the scan skips the 5 bytes either way;
+//!   at any other byte it moves one. Scan positions are never inside a rel32
+//!   and a stored value is in range exactly when the original was, so the
+//!   reader's scan makes the same decisions. (Moving one byte past an
+//!   out-of-range rel32, as xz does, would let a later rewrite change the
+//!   bytes an earlier decision read.)
+//!
+//! The applier restores with [`from_stored`]. Both are bijections for every
+//! position, so any stored bytes decode to something, and a wrong decode is
+//! caught by the new image's hash like any other corruption. Other
+//! instruction sets have no literal filter in this version.
 
 use crate::reference_rewriter::Arch;
 
-/// Size and alignment of the words the filter rewrites.
+/// Size and alignment of the words the AArch64 filter rewrites.
 pub const WORD: usize = 4;
+
+/// Most bytes a streaming reader holds back at the end of a piece of a run
+/// (an AArch64 word's first 3, or an x86 opcode and 3 bytes of its rel32).
+pub const MAX_HELD: usize = 4;
 
 /// Whether `arch` has a literal filter.
 pub fn supported(arch: Arch) -> bool {
-    arch == Arch::Aarch64
+    matches!(arch, Arch::Aarch64 | Arch::X86_64)
+}
+
+/// x86 rel32 values the filter rewrites: sign-extended 25-bit numbers
+/// (targets within ±16 MiB), kept in that set by arithmetic modulo 2^25.
+const X86_RANGE: i64 = 1 << 24;
+
+fn x86_in_range(v: u32) -> bool {
+    (-X86_RANGE..X86_RANGE).contains(&i64::from(v as i32))
+}
+
+fn x86_shift(v: u32, by: u64, forward: bool) -> u32 {
+    let by = (by % (2 * X86_RANGE as u64)) as i64;
+    let v = i64::from(v as i32);
+    let moved = if forward { v + by } else { v - by };
+    // back into [-2^24, 2^24)
+    let wrapped = (moved + X86_RANGE).rem_euclid(2 * X86_RANGE) - X86_RANGE;
+    wrapped as i32 as u32
 }
 
 /// BL: `100101 imm26`, target = pc + 4 · imm26.
@@ -48,9 +79,10 @@ fn with_adrp_imm(w: u32, imm: u32) -> u32 {
     (w & !(3 << 29) & !(0x7_ffff << 5)) | ((imm & 3) << 29) | (((imm >> 2) & 0x7_ffff) << 5)
 }
 
-/// The stored form of instruction word `w` at new-image offset `pos`:
-/// relative targets made absolute (modulo the immediate's width). Other
-/// words are unchanged.
+/// The stored form of instruction word `w` at new-image offset `pos`
+/// (AArch64: the word's offset; x86: `w` is a CALL/JMP rel32 and `pos` the
+/// offset just after it): relative targets made absolute, modulo the
+/// immediate's width. Other words are unchanged.
 pub fn to_stored(arch: Arch, w: u32, pos: u64) -> u32 {
     shift(arch, w, pos, true)
 }
@@ -61,8 +93,10 @@ pub fn from_stored(arch: Arch, w: u32, pos: u64) -> u32 {
 }
 
 fn shift(arch: Arch, w: u32, pos: u64, forward: bool) -> u32 {
-    if arch != Arch::Aarch64 {
-        return w;
+    match arch {
+        Arch::Aarch64 => {}
+        Arch::X86_64 if x86_in_range(w) => return x86_shift(w, pos, forward),
+        _ => return w,
     }
     let add = |imm: u32, by: u64, mask: u32| {
         let by = by as u32; // modulo 2^32, then masked to the immediate
@@ -97,20 +131,57 @@ fn for_each_word(buf: &mut [u8], at: u64, f: impl Fn(u32, u64) -> u32) -> Option
     (i < buf.len()).then_some(i)
 }
 
+/// Scan `buf`, whose first byte is at new-image offset `at`, for x86
+/// CALL/JMP rel32 in range and rewrite them with `f(rel32, offset after)`.
+/// Returns where an opcode whose rel32 runs past `buf` sits, if one does.
+/// Cost: one pass, no allocation.
+fn for_each_x86_call(buf: &mut [u8], at: u64, f: impl Fn(u32, u64) -> u32) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] != 0xe8 && buf[i] != 0xe9 {
+            i += 1;
+            continue;
+        }
+        let Some(imm) = buf.get(i + 1..i + 5) else {
+            return Some(i);
+        };
+        let v = u32::from_le_bytes([imm[0], imm[1], imm[2], imm[3]]);
+        if x86_in_range(v) {
+            let s = f(v, at + i as u64 + 5);
+            buf[i + 1..i + 5].copy_from_slice(&s.to_le_bytes());
+        }
+        // Five bytes either way: the next scan position never lies inside a
+        // rel32, so no rewrite can change what a later step of the scan sees.
+        i += 5;
+    }
+    None
+}
+
 /// Generator side: turn one whole literal run, which fills new-image bytes
 /// from `start`, into its stored form. Cost: one pass over the run.
 pub fn filter_run(arch: Arch, run: &mut [u8], start: u64) {
-    for_each_word(run, start, |w, pos| to_stored(arch, w, pos));
+    match arch {
+        Arch::X86_64 => {
+            for_each_x86_call(run, start, |v, pos| to_stored(arch, v, pos));
+        }
+        _ => {
+            for_each_word(run, start, |w, pos| to_stored(arch, w, pos));
+        }
+    }
 }
 
-/// Applier side: restore the whole aligned words of `buf` (stored literal
-/// bytes, the first at new-image offset `at`, all inside one run, and `at`
-/// not inside a word begun earlier in the run). Returns where a trailing
-/// partial word starts, if any: if the run goes on past `buf`, those bytes
-/// must be held back and restored once the word is complete; if the run
-/// ends with `buf`, they are stored as they are.
+/// Applier side: restore the stored literal bytes `buf`, the first at
+/// new-image offset `at`, all inside one run, where `at` is the run's start
+/// or where the previous piece ended or held bytes back from. Returns where
+/// bytes that cannot be restored yet start (at most [`MAX_HELD`] of them: a
+/// partial AArch64 word, an x86 opcode whose rel32 is cut): if the run goes
+/// on past `buf`, they must be held back and fed again in front of the next
+/// piece; if the run ends with `buf`, they are stored as they are.
 pub fn unfilter(arch: Arch, buf: &mut [u8], at: u64) -> Option<usize> {
-    for_each_word(buf, at, |w, pos| from_stored(arch, w, pos))
+    match arch {
+        Arch::X86_64 => for_each_x86_call(buf, at, |v, pos| from_stored(arch, v, pos)),
+        _ => for_each_word(buf, at, |w, pos| from_stored(arch, w, pos)),
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +208,52 @@ mod tests {
     }
 
     #[test]
+    fn x86_calls_to_one_target_become_one_value_and_pieces_restore() {
+        // CALL from 0x1000 and 0x5000 (offsets after the rel32) to 0x9000,
+        // then a JMP whose rel32 is out of range and an E8 cut by the run's end.
+        let mut run = Vec::new();
+        for (end, target) in [(0x1000u64, 0x9000i64), (0x5000, 0x9000)] {
+            run.resize(end as usize - 5 - 0x0ff0, 0x90);
+            run.push(0xe8);
+            run.extend_from_slice(&((target - end as i64) as i32).to_le_bytes());
+        }
+        // A JMP whose rel32 is out of range but overlaps the opcode of a CALL
+        // in range: skipping 5 bytes keeps the CALL's rewrite out of what the
+        // JMP's decision reads (found on P4, where moving one byte broke it).
+        run.extend_from_slice(&[0xe9, 0x00, 0xe8, 0xda, 0x7c, 0x34, 0x00, 0x90]);
+        run.push(0xe9);
+        run.extend_from_slice(&0x4000_0000u32.to_le_bytes());
+        run.extend_from_slice(&[0x90, 0xe8, 0x01]);
+        let orig = run.clone();
+        filter_run(Arch::X86_64, &mut run, 0x0ff0);
+        let imm = |r: &[u8], end: usize| r[end - 0x0ff0 - 4..end - 0x0ff0].to_vec();
+        assert_eq!(imm(&run, 0x1000), imm(&run, 0x5000));
+        assert_ne!(imm(&orig, 0x1000), imm(&orig, 0x5000));
+        let n = run.len();
+        assert_eq!(
+            run[n - 8..],
+            orig[n - 8..],
+            "out-of-range JMP and cut E8 kept"
+        );
+        for cut in 0..=run.len() {
+            let (mut out, mut carry, mut at) = (Vec::new(), Vec::new(), 0x0ff0u64);
+            for (piece, last) in [(&run[..cut], cut == run.len()), (&run[cut..], true)] {
+                let mut buf = std::mem::take(&mut carry);
+                buf.extend_from_slice(piece);
+                let keep = match unfilter(Arch::X86_64, &mut buf, at) {
+                    Some(t) if !last => t,
+                    _ => buf.len(),
+                };
+                carry = buf.split_off(keep);
+                assert!(carry.len() <= MAX_HELD);
+                at += buf.len() as u64;
+                out.extend_from_slice(&buf);
+            }
+            assert_eq!(out, orig, "cut at {cut}");
+        }
+    }
+
+    #[test]
     fn stored_form_is_a_bijection_at_every_position() {
         let mut x = 0x1234_5678_9abc_def0u64;
         for _ in 0..20_000 {
@@ -144,12 +261,15 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let (w, pos) = (x as u32, (x >> 24) & ((1 << 40) - 4));
-            let s = to_stored(Arch::Aarch64, w, pos);
-            assert_eq!(from_stored(Arch::Aarch64, s, pos), w, "{w:#x} at {pos}");
-            assert_eq!(
-                to_stored(Arch::Aarch64, from_stored(Arch::Aarch64, w, pos), pos),
-                w
-            );
+            for arch in [Arch::Aarch64, Arch::X86_64] {
+                let s = to_stored(arch, w, pos);
+                assert_eq!(from_stored(arch, s, pos), w, "{arch:?} {w:#x} at {pos}");
+                assert_eq!(to_stored(arch, from_stored(arch, w, pos), pos), w);
+                // x86: in range stays in range, out of range is untouched
+                if arch == Arch::X86_64 {
+                    assert_eq!(x86_in_range(s), x86_in_range(w));
+                }
+            }
         }
     }
 

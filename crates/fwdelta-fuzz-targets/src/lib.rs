@@ -214,7 +214,11 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
     let window_log: u8 = u.int_in_range(10..=16)?;
     // Literal runs stored through the AArch64 literal filter: the reference
     // restores them word by word (see `restore_literals`).
-    let literal_filter = u.arbitrary::<bool>()?.then_some(Arch::Aarch64);
+    let literal_filter = match u.int_in_range(0..=2u8)? {
+        0 => None,
+        1 => Some(Arch::Aarch64),
+        _ => Some(Arch::X86_64),
+    };
     let count = u.int_in_range(1..=4)?;
     let mut segments = Vec::new();
     let mut expected = Some(Vec::new());
@@ -298,7 +302,8 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
 
 /// The reference's output of one segment starting at new offset `at`, with
 /// its literal runs (stored bytes) restored as the literal filter's rule
-/// says: each whole aligned word inside a run, through `from_stored`.
+/// says: AArch64, each whole aligned word inside a run; x86-64, each E8/E9
+/// rel32 met by a scan that steps 5 bytes past one and 1 byte otherwise.
 fn restore_literals(
     mut made: Vec<u8>,
     records: &[GenRecord],
@@ -311,7 +316,17 @@ fn restore_literals(
         let start = pos + (r.record.copy_len + r.record.diff_len) as usize;
         let end = start + r.record.literal_len as usize;
         let mut w = start;
-        while w + 4 <= end {
+        while arch == Arch::X86_64 && w < end {
+            if (made[w] == 0xe8 || made[w] == 0xe9) && w + 5 <= end {
+                let v = u32::from_le_bytes([made[w + 1], made[w + 2], made[w + 3], made[w + 4]]);
+                let restored = literal_filter::from_stored(arch, v, at + w as u64 + 5);
+                made[w + 1..w + 5].copy_from_slice(&restored.to_le_bytes());
+                w += 5;
+            } else {
+                w += 1;
+            }
+        }
+        while arch == Arch::Aarch64 && w + 4 <= end {
             let abs = at + w as u64;
             if abs.is_multiple_of(4) {
                 let word = u32::from_le_bytes([made[w], made[w + 1], made[w + 2], made[w + 3]]);

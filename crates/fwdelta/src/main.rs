@@ -99,9 +99,9 @@ pub struct GenArgs {
     /// stream), or auto (split when the budget allows; small patches try both).
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
     layout: LayoutArg,
-    /// Store new code's branch and address immediates as absolute targets
-    /// (AArch64 BL and ADRP, in literal runs), which compresses better; on
-    /// by default when --arch names or detects AArch64.
+    /// Do not store new code's call targets as absolute (AArch64 BL and ADRP,
+    /// x86-64 E8/E9 rel32 in literal runs; smaller patches, on by default when
+    /// --arch names or detects one of those).
     #[arg(long)]
     no_literal_filter: bool,
 }
