@@ -237,19 +237,19 @@ impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
                 }
                 Rec::Literal { left, seek } => {
                     let n = left.min(bytes.len() as u64) as usize;
-                    let (chunk, rest) = match self.literal_filter {
-                        None => bytes.split_at(n),
-                        // Room for the held-back bytes in the scratch buffer.
-                        Some(_) => {
-                            bytes.split_at(n.min(self.old_buf.len() - literal_filter::MAX_HELD))
+                    let n = match self.literal_filter {
+                        None => {
+                            self.emit(seg, &bytes[..n])?;
+                            n
+                        }
+                        Some(arch) => {
+                            // Room for the held-back bytes in the scratch buffer.
+                            let n = n.min(self.old_buf.len() - literal_filter::MAX_HELD);
+                            self.emit_literals(seg, &bytes[..n], n as u64 == left, arch)?;
+                            n
                         }
                     };
-                    let n = chunk.len();
-                    match self.literal_filter {
-                        None => self.emit(seg, chunk)?,
-                        Some(arch) => self.emit_literals(seg, chunk, n as u64 == left, arch)?,
-                    }
-                    bytes = rest;
+                    bytes = &bytes[n..];
                     let left = left - n as u64;
                     seg.rec = if left > 0 {
                         Rec::Literal { left, seek }

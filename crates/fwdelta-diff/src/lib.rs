@@ -374,7 +374,9 @@ impl Plan {
             (None, Some(_)) if codec != Codec::Lzma2 => (interleaved, None),
             (None, Some(w)) => ((Layout::Split, w), Some(interleaved)),
         };
-        let literal_bytes: u64 = ops.iter().map(|op| op.literal_len).sum();
+        let (diff_bytes, literal_bytes) = ops
+            .iter()
+            .fold((0, 0), |(d, l), op| (d + op.diff_len, l + op.literal_len));
         let new = &segment_encoder::NewImage {
             bytes: new,
             literal_filter: self
@@ -440,9 +442,6 @@ impl Plan {
             }
         }
         let (bytes, codec, layout, window_log) = best;
-        let (diff_bytes, literal_bytes) = ops
-            .iter()
-            .fold((0, 0), |(d, l), op| (d + op.diff_len, l + op.literal_len));
         Ok(Patch {
             bytes,
             report: DiffReport {

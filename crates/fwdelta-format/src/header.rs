@@ -238,8 +238,7 @@ impl Header {
         b.extend_from_slice(&self.old_check);
         b.extend_from_slice(&self.new_hash);
         varint::put_u64(&mut b, self.old_len);
-        // Both lengths fit 41 bits (MAX_IMAGE_LEN); the difference fits i64.
-        varint::put_i64(&mut b, self.new_len.wrapping_sub(self.old_len) as i64);
+        varint::put_i64(&mut b, self.len_change());
         varint::put_u64(&mut b, u64::from(self.segment_count));
         varint::put_u64(&mut b, self.apply_memory);
         if let Some(cell_log) = self.cell_log {
@@ -277,18 +276,16 @@ impl Header {
         if prefix[..4] != MAGIC {
             return Err(FormatError::BadMagic);
         }
-        // At most three bytes (a longer varint is out of range anyway).
-        let mut len = 0u32;
-        for (i, &b) in prefix[5..].iter().enumerate() {
-            len |= u32::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&(len as usize)) {
-                    return Err(FormatError::BadHeaderLength(len));
-                }
-                return Ok(len as usize);
-            }
+        // At most three bytes: a varint still open after them is >= 2^21,
+        // out of range anyway.
+        let len = match varint::get_u64(&prefix[5..]) {
+            Ok(Some((len, _))) => u32::try_from(len).unwrap_or(u32::MAX),
+            _ => 1 << 21,
+        };
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&(len as usize)) {
+            return Err(FormatError::BadHeaderLength(len));
         }
-        Err(FormatError::BadHeaderLength(len | 1 << 21))
+        Ok(len as usize)
     }
 
     /// Parse and validate a whole header (`bytes.len()` must be the length
@@ -340,14 +337,7 @@ impl Header {
         let len_change = r.signed_varint("new_len")?;
         let segment_count = r.varint("segment_count")?;
         let apply_memory = r.varint("apply_memory")?;
-        if old_len > MAX_IMAGE_LEN {
-            return Err(FormatError::AbsurdSize {
-                which: "old",
-                len: old_len,
-                limit: MAX_IMAGE_LEN,
-            });
-        }
-        // old_len <= 2^40 and the change is an i64, so the sum fits i128.
+        // A u64 plus an i64 always fits i128; sizes are checked below.
         let new_len = i128::from(old_len) + i128::from(len_change);
         let new_len = u64::try_from(new_len).map_err(|_| FormatError::BadField {
             field: "new_len",
@@ -455,6 +445,12 @@ impl Header {
         rest + n
     }
 
+    /// `new_len − old_len`, as the header stores it. Both lengths are at most
+    /// [`MAX_IMAGE_LEN`] in any header that parses, so the difference fits.
+    fn len_change(&self) -> i64 {
+        self.new_len.wrapping_sub(self.old_len) as i64
+    }
+
     /// Length of [`Self::fields`], without building it.
     fn fields_len(&self) -> usize {
         varint::len_u64(u64::from(self.flags))
@@ -462,7 +458,7 @@ impl Header {
             + CHECK_LEN
             + HASH_LEN
             + varint::len_u64(self.old_len)
-            + varint::len_i64(self.new_len.wrapping_sub(self.old_len) as i64)
+            + varint::len_i64(self.len_change())
             + varint::len_u64(u64::from(self.segment_count))
             + varint::len_u64(self.apply_memory)
             + if self.cell_log.is_some() { 5 } else { 0 }
@@ -591,8 +587,7 @@ impl Fields<'_> {
     }
     /// The next zig-zag varint, which must end inside the header body.
     fn signed_varint(&mut self, field: &'static str) -> Result<i64, FormatError> {
-        let u = self.varint(field)?;
-        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+        Ok(varint::unzigzag(self.varint(field)?))
     }
     /// The next varint, which must end inside the header body.
     fn varint(&mut self, field: &'static str) -> Result<u64, FormatError> {

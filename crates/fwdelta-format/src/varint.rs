@@ -20,14 +20,25 @@ pub fn len_u64(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
+/// Zig-zag map of a signed value to an unsigned one (small magnitudes stay
+/// small).
+pub fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+/// Inverse of [`zigzag`].
+pub fn unzigzag(u: u64) -> i64 {
+    ((u >> 1) as i64) ^ -((u & 1) as i64)
+}
+
 /// Encoded length of `v` zig-zag encoded.
 pub fn len_i64(v: i64) -> usize {
-    len_u64(((v << 1) ^ (v >> 63)) as u64)
+    len_u64(zigzag(v))
 }
 
 /// Append `v` zig-zag encoded.
 pub fn put_i64(out: &mut Vec<u8>, v: i64) {
-    put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
+    put_u64(out, zigzag(v));
 }
 
 /// Decode a LEB128 `u64` from the start of `bytes`.
@@ -54,7 +65,7 @@ pub fn get_u64(bytes: &[u8]) -> Result<Option<(u64, usize)>, FormatError> {
 
 /// Decode a zig-zag `i64`; see [`get_u64`].
 pub fn get_i64(bytes: &[u8]) -> Result<Option<(i64, usize)>, FormatError> {
-    Ok(get_u64(bytes)?.map(|(u, n)| (((u >> 1) as i64) ^ -((u & 1) as i64), n)))
+    Ok(get_u64(bytes)?.map(|(u, n)| (unzigzag(u), n)))
 }
 
 #[cfg(test)]
