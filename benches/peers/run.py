@@ -40,6 +40,10 @@ from xml.sax.saxutils import escape as xml_escape
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 TIME = "/usr/bin/time"
+# Peer figures measured by the team on the same corpus, for tools that do not install from
+# the registries (HDiffPatch's hdiffz): read, never run.
+REFERENCE = REPO.parent / "shared" / "reference" / "peers-public.md"
+REFERENCE_TOOLS = ("hdiffz-zstd", "hdiffz-lzma2")
 MiB = 1 << 20
 
 
@@ -248,6 +252,41 @@ def build_corpus(corpus: Path) -> None:
         shutil.rmtree(tmp_root, ignore_errors=True)
 
 
+def read_reference(path: Path) -> dict[str, dict]:
+    """Patch sizes of REFERENCE_TOOLS per pair from the reference's "Patch bytes" table:
+    {pair: {"new_bytes": n, tool: bytes, ...}}. Empty if the file or table is missing."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    out: dict[str, dict] = {}
+    head: list[str] | None = None
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            in_table = line.strip() == "## Patch bytes"
+            head = None
+            continue
+        if not in_table:
+            continue
+        if not line.startswith("|"):
+            if out:  # the first table after the heading is the one
+                break
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if head is None:
+            head = cells
+            continue
+        if set(cells[0]) <= set("-: "):
+            continue
+        row = dict(zip(head, cells))
+        num = lambda s: int(s.replace(",", "")) if re.fullmatch(r"[0-9,]+", s or "") else None  # noqa: E731
+        entry = {"new_bytes": num(row.get("new bytes", ""))}
+        entry.update({t: num(row[t]) for t in REFERENCE_TOOLS if num(row.get(t, ""))})
+        out[cells[0]] = entry
+    return out
+
+
 def find_pairs(corpus: Path, wanted: list[str] | None) -> list[str]:
     pairs = sorted(p.name for p in corpus.iterdir()
                    if p.is_dir() and (p / "old").is_file() and (p / "new").is_file())
@@ -348,6 +387,15 @@ def analyse(report: dict) -> None:
                     m["ratio_to_fwdelta"] = (m["wall_s"] / base) if base else None
         pr["fwdelta_over_best_peer"] = res.get("fwdelta", {}).get("ratio_to_best_peer")
         pr["fwdelta_max_over_best_peer"] = res.get("fwdelta-max", {}).get("ratio_to_best_peer")
+        # The bar the issue sets: every peer run here and the reference's HDiffPatch figures.
+        refs = {t: b for t, b in pr.get("reference", {}).items() if t in REFERENCE_TOOLS}
+        bars = dict(peers, **refs)
+        bar = min(bars, key=lambda n: (bars[n], n)) if bars else None
+        pr["best_incl_reference"] = bar
+        pr["best_incl_reference_bytes"] = bars.get(bar) if bar else None
+        fwb = ok.get("fwdelta", {}).get("patch_bytes")
+        pr["fwdelta_over_best_incl_reference"] = (fwb / bars[bar] if fwb and bar and refs
+                                                  else None)
     gm: dict = {}
     for t in tools:
         n = t["name"]
@@ -362,7 +410,11 @@ def analyse(report: dict) -> None:
             g[f"{stage}_pairs"] = len(xs)
         gm[n] = g
     report["geomean"] = gm
+    incl = [pr["fwdelta_over_best_incl_reference"] for pr in report["pairs"]
+            if pr.get("fwdelta_over_best_incl_reference")]
     report["headline"] = {
+        "fwdelta_over_best_incl_reference_geomean": geomean(incl),
+        "reference_pairs": len(incl),
         "fwdelta_over_best_peer_geomean": gm.get("fwdelta", {}).get("size_ratio_to_best_peer"),
         "fwdelta_max_over_best_peer_geomean":
             gm.get("fwdelta-max", {}).get("size_ratio_to_best_peer"),
@@ -420,6 +472,13 @@ def render_md(report: dict) -> str:
             s += f" (fwdelta-max: {h['fwdelta_max_over_best_peer_geomean']:.3f})"
         L.append(s + ". Below 1 means fwdelta's patch is smaller than every peer's.")
         L.append("")
+    if h.get("fwdelta_over_best_incl_reference_geomean"):
+        L.append(f"**Against the best of those peers and HDiffPatch's figures from the reference "
+                 f"(`{meta.get('reference', '?')}`, not run here), geometric mean over "
+                 f"{plural(h['reference_pairs'], 'pair')} = "
+                 f"{h['fwdelta_over_best_incl_reference_geomean']:.3f}**: see *Against the "
+                 "reference*.")
+        L.append("")
 
     has_max = "fwdelta-max" in names
     L.append("## Patch size")
@@ -459,6 +518,33 @@ def render_md(report: dict) -> str:
         row.append(f"{v:.3f}" if v else "—")
     L.append("| " + " | ".join(row) + " |")
     L.append("")
+
+    if any(pr.get("reference") for pr in report["pairs"]):
+        L.append("## Against the reference")
+        L.append("")
+        L.append("HDiffPatch (`hdiffz`) is not packaged in the registries; its patch sizes on "
+                 "this corpus come from the reference file named above (same pair only if its "
+                 "new image has the same size). The issue's bar is the smallest of these and "
+                 "every peer run here.")
+        L.append("")
+        L.append("| pair | fwdelta | " + " | ".join(f"{t} (ref.)" for t in REFERENCE_TOOLS)
+                 + " | best peer run here | bar | fwdelta / bar |")
+        L.append("|---|" + "|".join(["---:"] * (len(REFERENCE_TOOLS) + 4)) + "|")
+        for pr in report["pairs"]:
+            ref = pr.get("reference", {})
+            fwr = pr["results"].get("fwdelta", {})
+            cells = [pr["name"], fmt_int(fwr.get("patch_bytes"))]
+            cells += [fmt_int(ref.get(t)) if ref.get(t) else "—" for t in REFERENCE_TOOLS]
+            cells.append(f"{fmt_int(pr['best_peer_bytes'])} ({pr['best_peer']})"
+                         if pr["best_peer"] else "—")
+            cells.append(pr.get("best_incl_reference") or "—")
+            f = pr.get("fwdelta_over_best_incl_reference")
+            cells.append(f"**{f:.3f}**" if f else "—")
+            L.append("| " + " | ".join(cells) + " |")
+        v = h.get("fwdelta_over_best_incl_reference_geomean")
+        L.append("| **geometric mean** | " + " | " * (len(REFERENCE_TOOLS) + 3)
+                 + (f"**{v:.3f}**" if v else "—") + " |")
+        L.append("")
 
     for stage, title in (("diff", "Diff"), ("apply", "Apply")):
         L.append(f"## {title}: wall time and peak RSS")
@@ -649,6 +735,8 @@ def main() -> int:
                     + ", ".join(BY_NAME) + " (families: fwdelta, zstd, detools)")
     ap.add_argument("--fwdelta", help="fwdelta binary (default: target/release/fwdelta, "
                     "built with cargo if missing)")
+    ap.add_argument("--reference", help="peer figures to compare with too (default: "
+                    f"{REFERENCE}, if present; 'none' to leave them out)")
     ap.add_argument("--timeout", type=float, default=3600,
                     help="seconds per diff or apply before it counts as FAILED (default 3600)")
     args = ap.parse_args()
@@ -664,6 +752,11 @@ def main() -> int:
     if not pairs:
         sys.exit(f"run.py: no pairs <pair>/{{old,new}} in {corpus}")
     selected = select_tools(args.tools)
+    ref_path = None if args.reference == "none" else (
+        Path(args.reference).resolve() if args.reference else REFERENCE)
+    reference = read_reference(ref_path) if ref_path else {}
+    if ref_path and not reference:
+        log(f"run.py: no reference figures read from {ref_path}")
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="work.", dir=out))
 
@@ -711,6 +804,7 @@ def main() -> int:
                                      if e["family"] == "fwdelta" and e["installed"]), "—"),
             "fwdelta_sha256": sha256(fw) if fw else "-" * 12,
             "time_command": f"{TIME} -f '%e %M'", "duration_s": 0.0,
+            "reference": str(ref_path) if reference else None,
         },
         "tools": tool_entries,
         "pairs": [],
@@ -725,6 +819,12 @@ def main() -> int:
             warm(new)
             osz, nsz = old.stat().st_size, new.stat().st_size
             pr = {"name": pair, "old_bytes": osz, "new_bytes": nsz, "results": {}}
+            ref = reference.get(pair, {})
+            if ref.get("new_bytes") == nsz:
+                pr["reference"] = {t: b for t, b in ref.items() if t in REFERENCE_TOOLS}
+            elif ref:
+                log(f"{pair}: the reference's new image is {ref.get('new_bytes')} bytes, "
+                    f"this one {nsz}: its figures are left out")
             report["pairs"].append(pr)
             for t in run_tools:
                 P, R = work / f"{t.name}.patch", work / f"{t.name}.result"
