@@ -115,21 +115,6 @@ impl Segment {
         self.head.new_offset + (self.head.new_len - self.remaining_out)
     }
 
-    /// At the end of the payload: the frame and the record stream must both be
-    /// complete and have produced exactly the segment's bytes.
-    fn finish(&self) -> Result<(), ApplyError> {
-        if !self.frame_done {
-            return Err(self.corrupt("compressed payload ends before its frame does"));
-        }
-        if self.rec != Rec::Head || self.head_len != 0 || self.remaining_out != 0 {
-            return Err(self.corrupt(format!(
-                "stream ends with {} of {} bytes still to produce",
-                self.remaining_out, self.head.new_len
-            )));
-        }
-        Ok(())
-    }
-
     /// This segment is corrupt, for the reason `detail`.
     pub(crate) fn corrupt(&self, detail: impl Into<String>) -> ApplyError {
         ApplyError::CorruptSegment {
@@ -167,6 +152,32 @@ pub(crate) struct Output<'o, O: ?Sized, S> {
 }
 
 impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
+    /// At the end of the payload: the frame and the record stream must both be
+    /// complete (no record cut short); the segment's bytes its records did not
+    /// produce are copied from the old cursor (the implied tail copy), which
+    /// must stay inside the old image.
+    pub(crate) fn finish_segment(&mut self, seg: &mut Segment) -> Result<(), ApplyError> {
+        if !seg.frame_done {
+            return Err(seg.corrupt("compressed payload ends before its frame does"));
+        }
+        if seg.rec != Rec::Head || seg.head_len != 0 {
+            return Err(seg.corrupt(format!(
+                "stream ends inside a record, with {} of {} bytes still to produce",
+                seg.remaining_out, seg.head.new_len
+            )));
+        }
+        if seg.remaining_out > 0 {
+            let tail = Record {
+                copy_len: seg.remaining_out,
+                diff_len: 0,
+                literal_len: 0,
+                seek: 0,
+            };
+            self.start_record(seg, tail)?;
+        }
+        Ok(())
+    }
+
     fn emit(&mut self, seg: &mut Segment, bytes: &[u8]) -> Result<(), ApplyError> {
         self.sink.write(bytes).map_err(ApplyError::Sink)?;
         if let Some(h) = self.hash.as_mut() {
@@ -788,7 +799,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         };
         seg.payload_left -= n as u32;
         if seg.payload_left == 0 {
-            seg.finish()?;
+            self.out.finish_segment(seg)?;
             let Stage::Payload(seg) = std::mem::replace(&mut self.stage, Stage::Failed) else {
                 return Err(ApplyError::Poisoned);
             };
@@ -902,10 +913,11 @@ impl SegmentRunner {
             // The header refuses a literal filter in in-place patches.
             literal_filter: None,
         };
-        let result = self.pump(&mut seg, &mut out, patch);
+        let result = self
+            .pump(&mut seg, &mut out, patch)
+            .and_then(|()| out.finish_segment(&mut seg));
         self.old_buf = out.old_buf;
         result?;
-        seg.finish()?;
         Ok(seg.check.finalize())
     }
 

@@ -7,7 +7,7 @@ use fwdelta_apply::{apply, inspect, Applier, ApplyError, ApplyOptions, ErrorClas
 use fwdelta_diff::{diff, Options};
 use fwdelta_format::header::Header;
 use fwdelta_format::record::Record;
-use fwdelta_format::{check_of, Codec, Layout, MemoryModel, CHECK_LEN};
+use fwdelta_format::{check_of, Codec, Layout, MemoryModel, CHECK_LEN, FORMAT_VERSION};
 use fwdelta_testkit::{seal_patch, split_payload};
 use proptest::prelude::*;
 use std::cell::Cell;
@@ -367,12 +367,12 @@ fn unknown_version_and_absurd_claims_are_refused() {
     let (old, _, patch) = firmware_patch();
     // The version byte follows the 4-byte magic.
     let mut damaged = patch.clone();
-    damaged[4] = 4;
+    damaged[4] = FORMAT_VERSION + 1;
     let err = run(&old, &damaged).unwrap_err();
     assert!(err.to_string().contains("header check mismatch"), "{err}");
     assert_eq!(err.class(), ErrorClass::BadPatch);
 
-    for version in [2u8, 4] {
+    for version in [2u8, FORMAT_VERSION - 1, FORMAT_VERSION + 1] {
         let mut other = patch.clone();
         other[4] = version;
         reseal(&mut other);
@@ -529,6 +529,61 @@ fn crafted_patches_round_trip_when_honest() {
 }
 
 #[test]
+fn records_that_stop_short_end_with_the_implied_tail_copy() {
+    let old = b"0123456789abcdef".to_vec();
+    // literal "XY", seek +6 to 8: the 5 bytes left are old[8..13]
+    let new = b"XY89abc".to_vec();
+    let p = craft(&old, &new, &[(7, 0, rec(0, 0, 2, 8, b"XY"))]);
+    assert_eq!(run(&old, &p).unwrap(), new);
+    // the same with stored and split payloads, and in a first segment of two
+    for codec in [Codec::Stored, Codec::Lzma2] {
+        let stream = rec(0, 0, 2, 8, b"XY");
+        let payload = match codec {
+            Codec::Stored => stream,
+            _ => lzma2_chunks(&[&stream], true).concat(),
+        };
+        let p = craft_codec(&old, &new, codec, 16, &[(7, 0, payload)]);
+        assert_eq!(run(&old, &p).unwrap(), new, "{codec:?}");
+    }
+    // split streams: the head (0, 0, 2, 8) in the heads stream, "XY" in the literals
+    let head = rec(0, 0, 2, 8, b"");
+    let p = craft_layout(
+        &old,
+        &new,
+        Codec::Lzma2,
+        Layout::Split,
+        16,
+        &[(7, 0, split_lzma2(&[[&head, b"", b"XY"]]))],
+    );
+    assert_eq!(run(&old, &p).unwrap(), new);
+    let new2 = b"XY8ef".to_vec();
+    let p = craft(
+        &old,
+        &new2,
+        &[
+            (3, 0, rec(0, 0, 2, 8, b"XY")),
+            (2, 14, rec(1, 0, 0, 0, b"")),
+        ],
+    );
+    assert_eq!(run(&old, &p).unwrap(), new2);
+    // the tail copy may not read past the old image: cursor 14, 3 bytes left
+    let d = corrupt_detail(run(
+        &old,
+        &craft(&old, &[b'x'; 8], &[(8, 14, rec(0, 0, 5, 0, &[b'x'; 5]))]),
+    ));
+    assert!(
+        d.contains("reads 3 old bytes at 14, past the 16-byte old image"),
+        "{d}"
+    );
+    // nor after a seek to the very end
+    let d = corrupt_detail(run(
+        &old,
+        &craft(&old, &[b'x'; 8], &[(8, 0, rec(0, 0, 5, 14, &[b'x'; 5]))]),
+    ));
+    assert!(d.contains("past the 16-byte old image"), "{d}");
+}
+
+#[test]
 fn crafted_malicious_records_are_refused() {
     let old = b"0123456789abcdef".to_vec();
     let new = vec![b'x'; 8];
@@ -554,12 +609,12 @@ fn crafted_malicious_records_are_refused() {
         &craft(&old, &new, &[(8, 0, rec(0, 0, 9, 0, &[b'x'; 9]))]),
     ));
     assert!(d.contains("overruns the segment"), "{d}");
-    // a stream that stops short of the segment's length
+    // a stream that stops inside a record (its literal bytes cut short)
     let d = corrupt_detail(run(
         &old,
-        &craft(&old, &new, &[(8, 0, rec(0, 0, 5, 0, &[b'x'; 5]))]),
+        &craft(&old, &new, &[(8, 0, rec(0, 0, 7, 0, &[b'x'; 5]))]),
     ));
-    assert!(d.contains("still to produce"), "{d}");
+    assert!(d.contains("inside a record"), "{d}");
     // bytes after the last record
     let stream = [rec(0, 0, 8, 0, &[b'x'; 8]), vec![1, 2, 3]].concat();
     let d = corrupt_detail(run(&old, &craft(&old, &new, &[(8, 0, stream)])));
@@ -754,10 +809,15 @@ fn crafted_bad_segment_headers_are_refused() {
         .to_string()
         .contains("past the 16-byte old image"));
     // the last segment produces the rest of the image: a stream that stops
-    // short of it is corrupt
+    // short of it ends with the implied tail copy, which must fit the old image
     let p = craft(&old, &new, &[(4, 0, rec(4, 0, 0, 0, b""))]);
+    assert_eq!(run(&old, &p).unwrap(), new);
+    let p = craft(&old, &new, &[(4, 10, rec(4, 0, 0, 0, b""))]);
     let e = run(&old, &p).unwrap_err().to_string();
-    assert!(e.contains("segment 0") && e.contains("4 of 8"), "{e}");
+    assert!(
+        e.contains("segment 0") && e.contains("4 old bytes at 14"),
+        "{e}"
+    );
 }
 
 /// Byte ranges of a patch's segments (header, payload, check each).

@@ -112,7 +112,9 @@ pub(crate) struct Planned {
 /// The records of one segment. Record `k`'s seek moves the old cursor from the
 /// end of op `k`'s diff range to the start of op `k + 1`'s; the last seek is 0.
 /// Each op's diff range is cut into copy/diff pieces by [`copy_diff_pieces`];
-/// a record that only copies is merged into the next.
+/// a record that only copies is merged into the next. A last record that only
+/// copies is left out (the applier copies what the records leave of the
+/// segment), unless it is the only one: a payload is never empty.
 fn plan_records(seg: &SegmentPlan, old: &[u8], new: &[u8], min_copy_run: usize) -> Vec<Planned> {
     let mut out: Vec<Planned> = Vec::with_capacity(seg.ops.len());
     let mut at = seg.new_offset as usize;
@@ -154,6 +156,14 @@ fn plan_records(seg: &SegmentPlan, old: &[u8], new: &[u8], min_copy_run: usize) 
             piece_at += copy + diff;
         }
         at += d + op.literal_len as usize;
+    }
+    if out.len() > 1 {
+        if let Some(last) = out.last() {
+            let r = last.record;
+            if r.diff_len == 0 && r.literal_len == 0 {
+                out.pop();
+            }
+        }
     }
     out
 }
@@ -395,6 +405,49 @@ pub(crate) fn write_diff(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matcher::Op;
+
+    /// Records of one segment made of `ops` over `old`/`new`.
+    fn records_of(ops: Vec<Op>, old: &[u8], new: &[u8]) -> Vec<Record> {
+        let seg = SegmentPlan {
+            new_offset: 0,
+            new_len: new.len() as u64,
+            old_start: ops[0].old_start,
+            ops,
+        };
+        plan_records(&seg, old, new, MIN_COPY_RUN_STORED)
+            .iter()
+            .map(|p| p.record)
+            .collect()
+    }
+
+    #[test]
+    fn a_trailing_copy_record_is_left_to_the_implied_tail_copy() {
+        let old = vec![7u8; 1000];
+        let mut new = old.clone();
+        new[100] = 9;
+        let whole = Op {
+            old_start: 0,
+            diff_len: 1000,
+            literal_len: 0,
+        };
+        let recs = records_of(vec![whole], &old, &new);
+        // copy 100, one diff byte; the 899 unchanged bytes after it are implied
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!((recs[0].copy_len, recs[0].diff_len), (100, 1));
+        // a copy that is the segment's only record stays (no empty payload)
+        let recs = records_of(vec![whole], &old, &old);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].copy_len, 1000);
+        // a trailing record with literal bytes stays
+        let ops = vec![Op {
+            old_start: 0,
+            diff_len: 990,
+            literal_len: 10,
+        }];
+        let recs = records_of(ops, &old, &new);
+        assert_eq!(recs.last().map(|r| r.literal_len), Some(10), "{recs:?}");
+    }
 
     #[test]
     fn pieces_tile_and_split_long_equal_runs() {

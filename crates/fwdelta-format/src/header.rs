@@ -2,7 +2,7 @@
 //! what the applier needs. Parsed in two steps so a streaming reader can learn the
 //! header's length from its first [`Header::PREFIX_LEN`] bytes.
 //!
-//! Wire form (version 3): magic (4), version (1), header_len (varint), flags
+//! Wire form (version 4): magic (4), version (1), header_len (varint), flags
 //! (varint), coding (1: codec in the low nibble, layout in the high one),
 //! window_log (1), old check (8), new hash (32), old_len (varint), new_len −
 //! old_len (zig-zag varint), segment_count (varint), apply_memory (varint),
@@ -727,10 +727,10 @@ mod tests {
     fn refuses_other_version() {
         // damaged: the check fails first
         let mut b = sample().encode();
-        b[4] = 4;
+        b[4] = FORMAT_VERSION + 1;
         assert_eq!(reparse(&b), Err(FormatError::HeaderCheck));
         // intact, but older or newer
-        for v in [2u8, 4] {
+        for v in [2u8, FORMAT_VERSION - 1, FORMAT_VERSION + 1] {
             let b = with_field(4, &[v]);
             assert_eq!(
                 reparse(&b),

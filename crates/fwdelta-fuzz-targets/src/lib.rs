@@ -126,9 +126,10 @@ struct GenRecord {
     literal: Vec<u8>,
 }
 
-/// Independent reference interpreter: the new bytes a segment's records make,
-/// or `None` where the format says the applier must refuse.
-fn reference(old: &[u8], old_start: u64, records: &[GenRecord]) -> Option<Vec<u8>> {
+/// Independent reference interpreter: the new bytes a segment's records make
+/// and the old cursor they leave, or `None` where the format says the applier
+/// must refuse.
+fn reference(old: &[u8], old_start: u64, records: &[GenRecord]) -> Option<(Vec<u8>, usize)> {
     let mut out = Vec::new();
     let mut pos = i128::from(old_start);
     for r in records {
@@ -148,7 +149,7 @@ fn reference(old: &[u8], old_start: u64, records: &[GenRecord]) -> Option<Vec<u8
             return None;
         }
     }
-    Some(out)
+    Some((out, usize::try_from(pos).ok()?))
 }
 
 fn gen_records(u: &mut Unstructured<'_>, old_len: usize) -> ArbResult<Vec<GenRecord>> {
@@ -226,8 +227,18 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
     for _ in 0..count {
         let old_start = u.int_in_range(0..=old.len() as u64)?;
         let records = gen_records(u, old.len())?;
-        let made = reference(old, old_start, &records)
-            .map(|m| restore_literals(m, &records, new_len, literal_filter));
+        // Sometimes the segment claims more than its records make: the
+        // implied tail copy takes the rest from the old cursor.
+        let tail = if u.ratio(1, 3)? {
+            u.int_in_range(1..=old.len() / 2)?
+        } else {
+            0
+        };
+        let made = reference(old, old_start, &records).and_then(|(m, pos)| {
+            let mut m = restore_literals(m, &records, new_len, literal_filter);
+            m.extend_from_slice(old.get(pos..pos.checked_add(tail)?)?);
+            Some(m)
+        });
         let claimed = match &made {
             Some(m) => m.len() as u64,
             None => u.int_in_range(1..=4096)?,

@@ -477,7 +477,7 @@ fn apply_refuses_other_old_image() {
 fn apply_refuses_unknown_format_version() {
     let fx = Fixture::new("fw-cortex-m4");
     let mut bad = fx.patch_bytes();
-    bad[VERSION_AT] = 4;
+    bad[VERSION_AT] = fwdelta_format::FORMAT_VERSION + 1;
     // Without a matching header check this is damage, not a newer version.
     fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["corrupt"]);
     // With the header check re-sealed it is a genuinely newer version.
@@ -817,7 +817,7 @@ fn info_human_and_json() {
     let v = info_json(&fx.patch);
     let old_len = fs::metadata(&fx.old).unwrap().len();
     let new_len = fs::metadata(&fx.new).unwrap().len();
-    assert_eq!(v["format_version"], 3);
+    assert_eq!(v["format_version"], u64::from(fwdelta_format::FORMAT_VERSION));
     assert_eq!(v["old"]["len"].as_u64(), Some(old_len));
     assert_eq!(v["new"]["len"].as_u64(), Some(new_len));
     assert_eq!(v["codec"], "lzma2");
@@ -846,7 +846,7 @@ fn info_human_and_json() {
     let run = fwdelta([OsStr::new("info"), fx.patch.as_os_str()]);
     run.assert_ok();
     assert!(
-        run.stdout.contains("format version 3"),
+        run.stdout.contains("format version 4"),
         "{}",
         run.describe()
     );
