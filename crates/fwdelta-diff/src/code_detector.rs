@@ -1,7 +1,9 @@
 //! The code detector: guesses which instruction set an old image holds, so
 //! `--arch auto` knows which references to predict.
 //!
-//! An ELF file names its machine in its header. Anything else (raw firmware,
+//! An ELF file names its machine in its header (for 32-bit ARM, its entry
+//! point's low bit tells Thumb from A32; a shared library, whose entry is
+//! usually 0, is scored between the two). Anything else (raw firmware,
 //! archives of executables) is scored by call density: the share of aligned
 //! positions holding a call instruction (x86 CALL rel32, A64 BL, A32 BL,
 //! T32 BL) whose target lies inside the image. Machine code has calls every
@@ -41,12 +43,20 @@ fn elf_machine(b: &[u8]) -> Option<Arch> {
         EM_X86_64 | EM_386 => Some(Arch::X86_64),
         EM_AARCH64 => Some(Arch::Aarch64),
         EM_ARM => {
-            // ELF32 entry point: odd means it starts in Thumb state.
+            // ELF32 entry point: odd means it starts in Thumb state. A shared
+            // library usually has none (0): Debian's armhf libraries are
+            // Thumb-2, Go's ARM binaries A32, so let the calls decide.
             let entry = u32::from_le_bytes([b[24], b[25], b[26], b[27]]);
-            Some(if entry & 1 == 1 {
-                Arch::Thumb2
-            } else {
-                Arch::Arm32
+            Some(match entry {
+                0 => {
+                    if call_density(Arch::Thumb2, b) >= call_density(Arch::Arm32, b) {
+                        Arch::Thumb2
+                    } else {
+                        Arch::Arm32
+                    }
+                }
+                e if e & 1 == 1 => Arch::Thumb2,
+                _ => Arch::Arm32,
             })
         }
         _ => None,
@@ -67,4 +77,41 @@ pub fn call_density(arch: Arch, b: &[u8]) -> f64 {
         })
         .count();
     calls as f64 / positions as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 64 KiB little-endian ELF32 ARM image with entry point `entry` and a
+    /// call to 256 bytes ahead every 16 bytes: Thumb-2 BL pairs or A32 BL.
+    fn arm_elf(entry: u32, thumb: bool) -> Vec<u8> {
+        let mut b = vec![0u8; 64 << 10];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 1; // ELFCLASS32
+        b[5] = 1; // little-endian
+        b[18..20].copy_from_slice(&EM_ARM.to_le_bytes());
+        b[24..28].copy_from_slice(&entry.to_le_bytes());
+        for p in (64..b.len() - 512).step_by(16) {
+            if thumb {
+                // BL to pc + 4 + 252: S = 0, J1 = J2 = 1, imm11 = 126
+                b[p..p + 2].copy_from_slice(&0xf000u16.to_le_bytes());
+                b[p + 2..p + 4].copy_from_slice(&(0xf800u16 | 126).to_le_bytes());
+            } else {
+                // BL to pc + 8 + 248
+                b[p..p + 4].copy_from_slice(&(0xeb00_0000u32 | 62).to_le_bytes());
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn arm_elf_entry_bit_or_calls_decide_thumb_or_a32() {
+        assert_eq!(detect(&arm_elf(0x1001, true)), Some(Arch::Thumb2));
+        assert_eq!(detect(&arm_elf(0x1000, false)), Some(Arch::Arm32));
+        // a shared library (entry 0): the denser call pattern wins
+        assert_eq!(detect(&arm_elf(0, true)), Some(Arch::Thumb2));
+        assert_eq!(detect(&arm_elf(0, false)), Some(Arch::Arm32));
+        assert!(call_density(Arch::Thumb2, &arm_elf(0, true)) > MIN_CALL_DENSITY);
+    }
 }

@@ -102,7 +102,7 @@ pub struct Options {
     /// a few bytes more to frame. With zstd, interleaved.
     pub layout: Option<Layout>,
     /// Store literal runs through the literal filter of the instruction set
-    /// the plan detected, when it has one (AArch64, x86-64; see
+    /// the plan detected, when it has one (AArch64, A32, x86-64; see
     /// [`fwdelta_format::literal_filter`]) and the patch has at least
     /// [`MIN_FILTERED_LITERALS`] literal bytes. Default true. Not for in-place
     /// patches.

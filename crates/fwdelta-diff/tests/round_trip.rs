@@ -518,8 +518,10 @@ fn program(arch: fwdelta_format::reference_rewriter::Arch, insert: usize) -> Vec
             img.extend(noise(99, insert));
         }
         let mut body = noise(f as u64 + 1, FUNC_LEN);
-        if arch == Arch::Aarch64 {
+        if matches!(arch, Arch::Aarch64 | Arch::Arm32) {
             // top byte 0xAA: an A64 data-processing word, never a reference
+            // (for A32, a conditional branch, never the BL-always the
+            // literal filter rewrites)
             for w in body.chunks_mut(4) {
                 w[3] = 0xAA;
             }
@@ -545,7 +547,15 @@ fn program(arch: fwdelta_format::reference_rewriter::Arch, insert: usize) -> Vec
                     c[4..].copy_from_slice(&0xD503_201Fu32.to_le_bytes()); // nop
                     c
                 }
-                Arch::Arm32 | Arch::Thumb2 => unreachable!("not used"),
+                Arch::Arm32 => {
+                    let w =
+                        0xEB00_0000u32 | (((target - site as i64 - 8) >> 2) as u32 & 0x00FF_FFFF);
+                    let mut c = [0u8; 8];
+                    c[..4].copy_from_slice(&w.to_le_bytes());
+                    c[4..].copy_from_slice(&0xE1A0_0000u32.to_le_bytes()); // nop
+                    c
+                }
+                Arch::Thumb2 => unreachable!("not used"),
             };
             img[site..site + 8].copy_from_slice(&call);
         }
@@ -613,7 +623,7 @@ fn executable_aware_mode_never_makes_a_larger_patch() {
 }
 
 /// `program(arch, 0)` with `len` bytes of new code inserted at `at`: a call
-/// every 16 bytes (AArch64 BL, x86 E8 rel32) to one of four functions of the
+/// every 16 bytes (AArch64 BL, A32 BL, x86 E8 rel32) to one of four functions of the
 /// old part, with never-a-reference filler between them.
 fn with_new_code(
     arch: fwdelta_format::reference_rewriter::Arch,
@@ -629,6 +639,9 @@ fn with_new_code(
         let w = match (arch, i % 4) {
             (Arch::Aarch64, 0) => 0x9400_0000u32 | (((target - site) >> 2) as u32 & 0x03FF_FFFF),
             (Arch::Aarch64, _) => 0xAA00_0000 | u32::from(*filler) << 8 | i as u32 & 0xff,
+            // A32 BL (pc reads 8 ahead), then data-processing words
+            (Arch::Arm32, 0) => 0xEB00_0000u32 | (((target - site - 8) >> 2) as u32 & 0x00FF_FFFF),
+            (Arch::Arm32, _) => 0xE080_0000 | u32::from(*filler) << 8 | i as u32 & 0xff,
             // E8 at site + 3, rel32 in the next word
             (_, 0) => 0xe890_9090,
             (_, 1) => (target - (site + 4)) as i32 as u32,
@@ -650,6 +663,7 @@ fn literal_filter_makes_new_code_smaller_and_round_trips() {
     for (arch, layout) in [
         (Arch::Aarch64, Layout::Split),
         (Arch::Aarch64, Layout::Interleaved),
+        (Arch::Arm32, Layout::Split),
         (Arch::X86_64, Layout::Split),
     ] {
         let (old, new) = with_new_code(arch, 20_002, 24_000);

@@ -16,6 +16,10 @@
 //!   `w` with `w % 4 == 0`, `start <= w` and `w + 4 <= end` is stored as
 //!   [`to_stored`]`(word, w)` (BL and ADRP immediates made absolute). Bytes of
 //!   words that straddle the run's edges are stored as they are.
+//! - [`Arch::Arm32`]: the same words, with A32 `BL` (condition "always", top
+//!   byte `EB`) made absolute (imm24 += w >> 2). Go's ARM code calls this way;
+//!   on esbuild 0.26.0 -> 0.27.0 for linux-arm the literal stream compressed
+//!   3.6% smaller.
 //! - [`Arch::X86_64`]: the run is scanned from `start`: at an `E8` (CALL) or
 //!   `E9` (JMP) byte whose rel32 ends inside the run, the rel32 is stored as
 //!   [`to_stored`]`(rel32, p)` (`p` the offset just after it) if it is a
@@ -28,8 +32,9 @@
 //!
 //! The applier restores with [`from_stored`]. Both are bijections for every
 //! position, so any stored bytes decode to something, and a wrong decode is
-//! caught by the new image's hash like any other corruption. Other
-//! instruction sets have no literal filter in this version.
+//! caught by the new image's hash like any other corruption. Thumb-2 has no
+//! literal filter: on Debian's armhf libcrypto 3.0.17 -> 3.0.20 its BL
+//! rewritten made the literal stream 0.2% smaller, not worth a format rule.
 
 use crate::reference_rewriter::Arch;
 
@@ -42,7 +47,7 @@ pub const MAX_HELD: usize = 4;
 
 /// Whether `arch` has a literal filter.
 pub fn supported(arch: Arch) -> bool {
-    matches!(arch, Arch::Aarch64 | Arch::X86_64)
+    matches!(arch, Arch::Aarch64 | Arch::Arm32 | Arch::X86_64)
 }
 
 /// x86 rel32 values the filter rewrites: sign-extended 25-bit numbers
@@ -61,6 +66,11 @@ fn x86_shift(v: u32, by: u64, forward: bool) -> u32 {
     let wrapped = (moved + X86_RANGE).rem_euclid(2 * X86_RANGE) - X86_RANGE;
     wrapped as i32 as u32
 }
+
+/// A32 BL with condition "always": `1110 1011 imm24`, target = pc + 8 + 4 · imm24.
+const A32_BL_MASK: u32 = 0xff00_0000;
+const A32_BL_OP: u32 = 0xeb00_0000;
+const IMM24: u32 = 0x00ff_ffff;
 
 /// BL: `100101 imm26`, target = pc + 4 · imm26.
 const BL_MASK: u32 = 0xfc00_0000;
@@ -94,7 +104,7 @@ pub fn from_stored(arch: Arch, w: u32, pos: u64) -> u32 {
 
 fn shift(arch: Arch, w: u32, pos: u64, forward: bool) -> u32 {
     match arch {
-        Arch::Aarch64 => {}
+        Arch::Aarch64 | Arch::Arm32 => {}
         Arch::X86_64 if x86_in_range(w) => return x86_shift(w, pos, forward),
         _ => return w,
     }
@@ -106,7 +116,13 @@ fn shift(arch: Arch, w: u32, pos: u64, forward: bool) -> u32 {
             imm.wrapping_sub(by) & mask
         }
     };
-    if w & BL_MASK == BL_OP {
+    if arch == Arch::Arm32 {
+        if w & A32_BL_MASK == A32_BL_OP {
+            A32_BL_OP | add(w & IMM24, pos >> 2, IMM24)
+        } else {
+            w
+        }
+    } else if w & BL_MASK == BL_OP {
         BL_OP | add(w & IMM26, pos >> 2, IMM26)
     } else if w & ADRP_MASK == ADRP_OP {
         with_adrp_imm(w, add(adrp_imm(w), pos >> 12, IMM21))
@@ -205,6 +221,14 @@ mod tests {
         // other words and other instruction sets are left alone
         assert_eq!(to_stored(Arch::Aarch64, 0xd65f_03c0, 0x1234), 0xd65f_03c0);
         assert_eq!(to_stored(Arch::Thumb2, bl(0x1000), 0x1000), bl(0x1000));
+        // A32: BL from 0x1000 and 0x2000 to 0x8000 (pc reads 8 ahead)
+        let a32 = |from: u64| A32_BL_OP | (((0x8000 - from - 8) >> 2) as u32 & IMM24);
+        let a = to_stored(Arch::Arm32, a32(0x1000), 0x1000);
+        assert_eq!(a, to_stored(Arch::Arm32, a32(0x2000), 0x2000));
+        assert_ne!(a32(0x1000), a32(0x2000));
+        // a conditional BL (BLNE) and an A64 BL word are not A32 BL-always
+        assert_eq!(to_stored(Arch::Arm32, 0x1b00_0010, 0x1000), 0x1b00_0010);
+        assert_eq!(to_stored(Arch::Arm32, bl(0x1000), 0x1000), bl(0x1000));
     }
 
     #[test]
@@ -261,7 +285,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let (w, pos) = (x as u32, (x >> 24) & ((1 << 40) - 4));
-            for arch in [Arch::Aarch64, Arch::X86_64] {
+            for arch in [Arch::Aarch64, Arch::Arm32, Arch::X86_64] {
                 let s = to_stored(arch, w, pos);
                 assert_eq!(from_stored(arch, s, pos), w, "{arch:?} {w:#x} at {pos}");
                 assert_eq!(to_stored(arch, from_stored(arch, w, pos), pos), w);

@@ -213,11 +213,12 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         _ => (Codec::Lzma2, Layout::Split),
     };
     let window_log: u8 = u.int_in_range(10..=16)?;
-    // Literal runs stored through the AArch64 literal filter: the reference
+    // Literal runs stored through a literal filter (AArch64, A32, x86-64): the reference
     // restores them word by word (see `restore_literals`).
-    let literal_filter = match u.int_in_range(0..=2u8)? {
+    let literal_filter = match u.int_in_range(0..=3u8)? {
         0 => None,
         1 => Some(Arch::Aarch64),
+        2 => Some(Arch::Arm32),
         _ => Some(Arch::X86_64),
     };
     let count = u.int_in_range(1..=4)?;
@@ -313,7 +314,7 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
 
 /// The reference's output of one segment starting at new offset `at`, with
 /// its literal runs (stored bytes) restored as the literal filter's rule
-/// says: AArch64, each whole aligned word inside a run; x86-64, each E8/E9
+/// says: AArch64 and A32, each whole aligned word inside a run; x86-64, each E8/E9
 /// rel32 met by a scan that steps 5 bytes past one and 1 byte otherwise.
 fn restore_literals(
     mut made: Vec<u8>,
@@ -337,7 +338,7 @@ fn restore_literals(
                 w += 1;
             }
         }
-        while arch == Arch::Aarch64 && w + 4 <= end {
+        while matches!(arch, Arch::Aarch64 | Arch::Arm32) && w + 4 <= end {
             let abs = at + w as u64;
             if abs.is_multiple_of(4) {
                 let word = u32::from_le_bytes([made[w], made[w + 1], made[w + 2], made[w + 3]]);

@@ -99,7 +99,7 @@ pub struct GenArgs {
     /// stream), or auto (split when the budget allows; small patches try both).
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
     layout: LayoutArg,
-    /// Do not store new code's call targets as absolute (AArch64 BL and ADRP,
+    /// Do not store new code's call targets as absolute (AArch64 BL and ADRP, A32 BL,
     /// x86-64 E8/E9 rel32 in literal runs; smaller patches, on by default when
     /// --arch names or detects one of those).
     #[arg(long)]

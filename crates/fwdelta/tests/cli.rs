@@ -817,7 +817,10 @@ fn info_human_and_json() {
     let v = info_json(&fx.patch);
     let old_len = fs::metadata(&fx.old).unwrap().len();
     let new_len = fs::metadata(&fx.new).unwrap().len();
-    assert_eq!(v["format_version"], u64::from(fwdelta_format::FORMAT_VERSION));
+    assert_eq!(
+        v["format_version"],
+        u64::from(fwdelta_format::FORMAT_VERSION)
+    );
     assert_eq!(v["old"]["len"].as_u64(), Some(old_len));
     assert_eq!(v["new"]["len"].as_u64(), Some(new_len));
     assert_eq!(v["codec"], "lzma2");
