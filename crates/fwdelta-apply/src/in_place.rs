@@ -393,6 +393,9 @@ pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
 /// Errors before step 5 leave the region untouched. An I/O error during steps
 /// 5-6 leaves it partly rewritten (the error says so); with a journal, calling
 /// again finishes the job.
+///
+/// Segment headers are read a byte at a time (their length is known when
+/// their varints end): give a buffered `patch` (a `BufReader` over a file).
 pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized>(
     region: &R,
     mut patch: P,

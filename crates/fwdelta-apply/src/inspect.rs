@@ -163,14 +163,14 @@ pub(crate) fn read_segment_head<R: Read>(
     index: u32,
 ) -> Result<Vec<u8>, ApplyError> {
     let mut b = Vec::with_capacity(SegmentHeader::MAX_LEN);
+    let (before, inside) = (
+        format!("before segment {index}"),
+        format!("inside the header of segment {index}"),
+    );
     loop {
-        let stage = if b.is_empty() {
-            format!("before segment {index}")
-        } else {
-            format!("inside the header of segment {index}")
-        };
+        let stage = if b.is_empty() { &before } else { &inside };
         let mut one = [0u8; 1];
-        read_part(r, &mut one, offset, &stage)?;
+        read_part(r, &mut one, offset, stage)?;
         b.push(one[0]);
         if SegmentHeader::complete_len(&b, header, index)?.is_some() {
             return Ok(b);

@@ -61,6 +61,13 @@ impl Window {
     fn is_empty(&self) -> bool {
         self.start == self.end
     }
+
+    /// Hand out the next `n` decoded bytes (at most what is available).
+    fn take(&mut self, n: usize) -> &[u8] {
+        let start = self.start;
+        self.start = (start + n).min(self.end);
+        &self.buf[start..self.start]
+    }
 }
 
 /// One stream: its decoder, its decoded bytes, and where it stands.
@@ -205,7 +212,7 @@ impl SplitStreams {
                     let left = left - take as u64;
                     self.part = Part::Literals { left };
                     if left == 0 {
-                        self.end_block(out, seg)?;
+                        self.end_block(seg)?;
                     }
                 }
             }
@@ -244,7 +251,7 @@ impl SplitStreams {
         };
         self.pump(out, seg, &[])?;
         if self.block.lits_len == 0 {
-            self.end_block(out, seg)?;
+            self.end_block(seg)?;
         }
         Ok(())
     }
@@ -261,12 +268,7 @@ impl SplitStreams {
         loop {
             match seg.rec {
                 Rec::Head => match self.next_head(seg)? {
-                    Some(n) => {
-                        let w = &mut self.streams[HEADS].out;
-                        let (start, end) = (w.start, w.start + n);
-                        w.start = end;
-                        out.consume(seg, &w.buf[start..end])?;
-                    }
+                    Some(n) => out.consume(seg, self.streams[HEADS].out.take(n))?,
                     None => {
                         // The block's records are done: what is left of
                         // its literal chunk must decode to nothing.
@@ -301,11 +303,8 @@ impl SplitStreams {
                             );
                         }
                     }
-                    let w = &mut self.streams[DIFFS].out;
-                    let n = (left.min(w.avail().len() as u64)) as usize;
-                    let (start, end) = (w.start, w.start + n);
-                    w.start = end;
-                    out.consume(seg, &w.buf[start..end])?;
+                    let n = usize::try_from(left).unwrap_or(usize::MAX);
+                    out.consume(seg, self.streams[DIFFS].out.take(n))?;
                 }
                 Rec::Literal { left, .. } => {
                     if self.streams[LITS].out.is_empty() {
@@ -323,11 +322,8 @@ impl SplitStreams {
                         }
                         continue;
                     }
-                    let w = &mut self.streams[LITS].out;
-                    let n = (left.min(w.avail().len() as u64)) as usize;
-                    let (start, end) = (w.start, w.start + n);
-                    w.start = end;
-                    out.consume(seg, &w.buf[start..end])?;
+                    let n = usize::try_from(left).unwrap_or(usize::MAX);
+                    out.consume(seg, self.streams[LITS].out.take(n))?;
                 }
             }
         }
@@ -362,14 +358,10 @@ impl SplitStreams {
         }
     }
 
-    /// The block's literal chunk is in: its records must be done, and its
-    /// chunks used up without leaving decoded bytes.
-    fn end_block<O: OldImage + ?Sized, S: Sink>(
-        &mut self,
-        out: &mut Output<'_, O, S>,
-        seg: &mut Segment,
-    ) -> Result<(), ApplyError> {
-        self.pump(out, seg, &[])?;
+    /// The block's literal chunk is in (and [`Self::pump`] has run its
+    /// records as far as they go): its records must be done, and its chunks
+    /// used up without leaving decoded bytes.
+    fn end_block(&mut self, seg: &mut Segment) -> Result<(), ApplyError> {
         if seg.rec != Rec::Head {
             return Err(seg.corrupt("a record needs literal bytes its block does not have"));
         }

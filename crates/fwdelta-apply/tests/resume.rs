@@ -136,7 +136,8 @@ fn resume_refuses_what_does_not_fit() {
     );
 
     // another patch whose header is identical (same pair, window and segment
-    // count, other level): the checkpoint cannot tell, but the chain refuses it
+    // count, other level): the checkpoint cannot tell, but the segments read
+    // from its offset do not parse or do not pass their checks
     let same_header = diff(
         &old,
         &new,

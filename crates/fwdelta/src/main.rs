@@ -379,6 +379,8 @@ fn cmd_apply_in_place(a: &ApplyArgs, opts: ApplyOptions) -> Result<()> {
         .with_context(|| format!("cannot open {} for in-place update", a.old.display()))?;
     let patch =
         File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
+    // Segment headers are read a byte at a time, four passes over the patch.
+    let patch = BufReader::with_capacity(fwdelta_apply::BUFFER_LEN, patch);
     let mut journal = fwdelta_apply::FileJournal::beside(&a.old)
         .with_context(|| format!("cannot place a journal beside {}", a.old.display()))?;
     let start = Instant::now();
