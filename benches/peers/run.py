@@ -280,11 +280,15 @@ def read_reference(path: Path) -> dict[str, dict]:
         if set(cells[0]) <= set("-: "):
             continue
         row = dict(zip(head, cells))
-        num = lambda s: int(s.replace(",", "")) if re.fullmatch(r"[0-9,]+", s or "") else None  # noqa: E731
-        entry = {"new_bytes": num(row.get("new bytes", ""))}
-        entry.update({t: num(row[t]) for t in REFERENCE_TOOLS if num(row.get(t, ""))})
+        entry = {"new_bytes": parse_int(row.get("new bytes", ""))}
+        entry.update({t: n for t in REFERENCE_TOOLS if (n := parse_int(row.get(t, "")))})
         out[cells[0]] = entry
     return out
+
+
+def parse_int(s: str) -> int | None:
+    """A number as the reference writes it ("1,510,190"), or None."""
+    return int(s.replace(",", "")) if re.fullmatch(r"[0-9,]+", s) else None
 
 
 def find_pairs(corpus: Path, wanted: list[str] | None) -> list[str]:
@@ -362,6 +366,11 @@ def short(s: str, n: int = 90) -> str:
 # --------------------------------------------------------------------------- analysis
 
 
+def smallest(sizes: dict[str, int]) -> str | None:
+    """The name with the smallest size (ties: the first name in sort order)."""
+    return min(sizes, key=lambda n: (sizes[n], n)) if sizes else None
+
+
 def analyse(report: dict) -> None:
     """Fill in best peer, ratios and geometric means (in place)."""
     tools = [t for t in report["tools"] if t["installed"]]
@@ -370,7 +379,7 @@ def analyse(report: dict) -> None:
         new = pr["new_bytes"]
         ok = {n: r for n, r in res.items() if r["status"] == "ok"}
         peers = {n: r["patch_bytes"] for n, r in ok.items() if BY_NAME[n].is_peer}
-        best = min(peers, key=lambda n: (peers[n], n)) if peers else None
+        best = smallest(peers)
         pr["best_peer"] = best
         pr["best_peer_bytes"] = peers.get(best) if best else None
         for n, r in res.items():
@@ -388,9 +397,9 @@ def analyse(report: dict) -> None:
         pr["fwdelta_over_best_peer"] = res.get("fwdelta", {}).get("ratio_to_best_peer")
         pr["fwdelta_max_over_best_peer"] = res.get("fwdelta-max", {}).get("ratio_to_best_peer")
         # The bar the issue sets: every peer run here and the reference's HDiffPatch figures.
-        refs = {t: b for t, b in pr.get("reference", {}).items() if t in REFERENCE_TOOLS}
+        refs = pr.get("reference", {})
         bars = dict(peers, **refs)
-        bar = min(bars, key=lambda n: (bars[n], n)) if bars else None
+        bar = smallest(bars)
         pr["best_incl_reference"] = bar
         pr["best_incl_reference_bytes"] = bars.get(bar) if bar else None
         fwb = ok.get("fwdelta", {}).get("patch_bytes")
@@ -534,7 +543,7 @@ def render_md(report: dict) -> str:
             ref = pr.get("reference", {})
             fwr = pr["results"].get("fwdelta", {})
             cells = [pr["name"], fmt_int(fwr.get("patch_bytes"))]
-            cells += [fmt_int(ref.get(t)) if ref.get(t) else "—" for t in REFERENCE_TOOLS]
+            cells += [fmt_int(ref.get(t)) for t in REFERENCE_TOOLS]
             cells.append(f"{fmt_int(pr['best_peer_bytes'])} ({pr['best_peer']})"
                          if pr["best_peer"] else "—")
             cells.append(pr.get("best_incl_reference") or "—")

@@ -22,16 +22,23 @@ const EM_X86_64: u16 = 62;
 const EM_AARCH64: u16 = 183;
 
 /// The instruction set of `image`, if it looks like code. Cost: one pass
-/// over the image per instruction set (none for ELF).
+/// over the image per instruction set (none for ELF, two for an ARM shared
+/// library).
 pub fn detect(image: &[u8]) -> Option<Arch> {
     if let Some(arch) = elf_machine(image) {
         return Some(arch);
     }
-    let (arch, density) = Arch::ALL
-        .into_iter()
-        .map(|a| (a, call_density(a, image)))
-        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    let (arch, density) = densest(Arch::ALL, image)?;
     (density >= MIN_CALL_DENSITY).then_some(arch)
+}
+
+/// Of `arches`, the one with the highest [`call_density`] in `b` (the later
+/// one on a tie), and that density. Cost: one pass per instruction set.
+fn densest(arches: impl IntoIterator<Item = Arch>, b: &[u8]) -> Option<(Arch, f64)> {
+    arches
+        .into_iter()
+        .map(|a| (a, call_density(a, b)))
+        .max_by(|x, y| x.1.total_cmp(&y.1))
 }
 
 /// The instruction set an ELF header names (little-endian ELF only).
@@ -47,17 +54,11 @@ fn elf_machine(b: &[u8]) -> Option<Arch> {
             // library usually has none (0): Debian's armhf libraries are
             // Thumb-2, Go's ARM binaries A32, so let the calls decide.
             let entry = u32::from_le_bytes([b[24], b[25], b[26], b[27]]);
-            Some(match entry {
-                0 => {
-                    if call_density(Arch::Thumb2, b) >= call_density(Arch::Arm32, b) {
-                        Arch::Thumb2
-                    } else {
-                        Arch::Arm32
-                    }
-                }
-                e if e & 1 == 1 => Arch::Thumb2,
-                _ => Arch::Arm32,
-            })
+            match entry {
+                0 => densest([Arch::Arm32, Arch::Thumb2], b).map(|(a, _)| a),
+                e if e & 1 == 1 => Some(Arch::Thumb2),
+                _ => Some(Arch::Arm32),
+            }
         }
         _ => None,
     }

@@ -6,7 +6,8 @@
 
 use crate::error::DiffError;
 use crate::segmenter::SegmentPlan;
-use crate::{split_encoder, stream_encoder};
+use crate::split_encoder;
+use crate::stream_encoder::StreamEncoder;
 use fwdelta_format::header::{MAX_WINDOW_LOG, MIN_WINDOW_LOG};
 use fwdelta_format::record::Record;
 use fwdelta_format::reference_rewriter::Arch;
@@ -141,12 +142,9 @@ fn plan_records(seg: &SegmentPlan, old: &[u8], new: &[u8], min_copy_run: usize) 
             };
             // A record that only copies (the matcher split a run at an op
             // boundary) folds into the next one's copy: one head fewer.
-            if let Some(prev) = out.last() {
-                let r = prev.record;
-                if r.diff_len == 0 && r.literal_len == 0 && r.seek == 0 {
-                    record.copy_len += r.copy_len;
-                    out.pop();
-                }
+            if let Some(prev) = out.last().filter(|p| copy_only(&p.record)) {
+                record.copy_len += prev.record.copy_len;
+                out.pop();
             }
             out.push(Planned {
                 record,
@@ -157,15 +155,16 @@ fn plan_records(seg: &SegmentPlan, old: &[u8], new: &[u8], min_copy_run: usize) 
         }
         at += d + op.literal_len as usize;
     }
-    if out.len() > 1 {
-        if let Some(last) = out.last() {
-            let r = last.record;
-            if r.diff_len == 0 && r.literal_len == 0 {
-                out.pop();
-            }
-        }
+    // (The last record's seek is always 0.)
+    if out.len() > 1 && out.last().is_some_and(|p| copy_only(&p.record)) {
+        out.pop();
     }
     out
+}
+
+/// Whether `r` only copies old bytes (no diff, literal or seek).
+fn copy_only(r: &Record) -> bool {
+    r.diff_len == 0 && r.literal_len == 0 && r.seek == 0
 }
 
 /// The LZMA2 preset for a zstd-scale `level` (1..=22): `min(level / 2, 9)`,
@@ -264,14 +263,8 @@ fn encode_interleaved(
     let stream_len: u64 = records.iter().map(|p| p.record.stream_len()).sum();
     let window_log = window_for(stream_len, max_window_log);
     let payload = match codec {
-        Codec::Zstd => {
-            let mut enc = stream_encoder::zstd_encoder(level, window_log)?;
-            write_stream(&mut enc, records, old, new)?;
-            enc.finish()?
-        }
-        Codec::Lzma2 => {
-            let stream = stream_encoder::lzma2_encoder(level, window_log)?;
-            let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        Codec::Zstd | Codec::Lzma2 => {
+            let mut enc = StreamEncoder::new(codec, level, window_log)?;
             write_stream(&mut enc, records, old, new)?;
             enc.finish()?
         }

@@ -1,4 +1,5 @@
-//! Flushable stream encoders for the split-streams layout: one compressed
+//! Flushable stream encoders for every compressed payload (one per stream in
+//! the split-streams layout, one per segment in the interleaved one): one compressed
 //! stream of the patch's codec (raw LZMA2 or magicless zstd) that can be cut
 //! at any point into a chunk whose bytes decode completely on their own
 //! (LZMA2 sync flush, zstd block flush), so the applier can interleave the
@@ -27,7 +28,7 @@ enum Inner {
 /// `level` ([`lzma_preset`]), dictionary for `2^window_log`, no position
 /// context (record streams have no alignment the model could use: P6 -1.1%,
 /// the other pairs +-0.1%).
-pub(crate) fn lzma2_encoder(level: i32, window_log: u8) -> Result<Stream, DiffError> {
+fn lzma2_encoder(level: i32, window_log: u8) -> Result<Stream, DiffError> {
     let mut opts = LzmaOptions::new_preset(lzma_preset(level))?;
     opts.dict_size(MemoryModel::lzma_dict(window_log) as u32)
         .position_bits(0);
@@ -38,7 +39,7 @@ pub(crate) fn lzma2_encoder(level: i32, window_log: u8) -> Result<Stream, DiffEr
 
 /// A zstd encoder writing magicless frames with window `2^window_log` and
 /// nothing the format does not need (checksum, content size, dictionary id).
-pub(crate) fn zstd_encoder(
+fn zstd_encoder(
     level: i32,
     window_log: u8,
 ) -> io::Result<zstd::stream::write::Encoder<'static, Vec<u8>>> {
