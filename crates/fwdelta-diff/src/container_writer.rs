@@ -5,10 +5,7 @@ use crate::segment_encoder::EncodedSegment;
 use crate::segmenter::SegmentPlan;
 use fwdelta_format::header::{FLAG_IN_PLACE, MIN_WINDOW_LOG};
 use fwdelta_format::reference_rewriter::Arch;
-use fwdelta_format::segment::SegmentHeader;
-use fwdelta_format::{
-    chain, truncate_check, CodeRefs, Codec, Header, Layout, MemoryModel, CHECK_LEN,
-};
+use fwdelta_format::{chain, truncate_check, CodeRefs, Codec, Header, Layout, MemoryModel};
 
 /// What the header says about the two images.
 #[derive(Debug, Clone)]
@@ -88,33 +85,11 @@ pub fn write(
         header.apply_memory +=
             MemoryModel::code_refs_extra(header.encoded_len_bound() as u64, code.map.runs() as u64);
     }
-    let body: usize = encoded
-        .iter()
-        .map(|e| e.payload.len() + SegmentHeader::MAX_LEN + CHECK_LEN)
-        .sum();
-    let mut out = Vec::with_capacity(header.encoded_len() + body);
-    let header_bytes = header.encode();
-    let header_hash = chain::start(&header_bytes);
-    let mut chain = header_hash;
-    out.extend_from_slice(&header_bytes);
-    for (index, (seg, enc)) in segments.iter().zip(encoded).enumerate() {
-        let payload = &enc.payload;
-        let head = SegmentHeader {
-            index: index as u32,
-            new_offset: seg.new_offset,
-            new_len: seg.new_len,
-            old_start: seg.old_start,
-            payload_len: payload.len() as u32,
-        }
-        .encode(&header);
-        chain::seal_segment(
-            &mut out,
-            &header_hash,
-            &mut chain,
-            index as u32,
-            &head,
-            payload,
-        );
-    }
-    Ok(out)
+    Ok(chain::seal_patch(
+        &header,
+        segments
+            .iter()
+            .zip(encoded)
+            .map(|(seg, enc)| (seg.new_offset, seg.new_len, seg.old_start, &enc.payload[..])),
+    ))
 }

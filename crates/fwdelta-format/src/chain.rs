@@ -13,7 +13,9 @@
 //! it is what a signature signs. Between segments it is 32 bytes of state, kept
 //! in a [`crate::Checkpoint`] so a resumed apply still ends with the digest.
 
-use crate::{truncate_check, HASH_LEN};
+use crate::header::Header;
+use crate::segment::SegmentHeader;
+use crate::{truncate_check, CHECK_LEN, HASH_LEN};
 
 /// Chain state after the header (also the header hash segments bind to).
 pub fn start(header_bytes: &[u8]) -> [u8; HASH_LEN] {
@@ -36,6 +38,40 @@ pub fn next(chain: &[u8; HASH_LEN], segment_hash: &[u8; HASH_LEN]) -> [u8; HASH_
     h.update(chain);
     h.update(segment_hash);
     *h.finalize().as_bytes()
+}
+
+/// A whole patch: `header`, then each segment `(new_offset, new_len,
+/// old_start, payload)` with its header and check bound to the patch (for an
+/// in-place header `new_offset` names the cell). What the generator writes;
+/// tests seal hand-made payloads with it too. Cost: one hash over the header
+/// and one over each segment; the patch is built in memory.
+pub fn seal_patch<'a>(
+    header: &Header,
+    segments: impl IntoIterator<Item = (u64, u64, u64, &'a [u8])>,
+) -> Vec<u8> {
+    let mut out = header.encode();
+    let header_hash = start(&out);
+    let mut chain = header_hash;
+    for (index, (new_offset, new_len, old_start, payload)) in segments.into_iter().enumerate() {
+        let head = SegmentHeader {
+            index: index as u32,
+            new_offset,
+            new_len,
+            old_start,
+            payload_len: payload.len() as u32,
+        }
+        .encode(header);
+        out.reserve(head.len() + payload.len() + CHECK_LEN);
+        seal_segment(
+            &mut out,
+            &header_hash,
+            &mut chain,
+            index as u32,
+            &head,
+            payload,
+        );
+    }
+    out
 }
 
 /// Append segment `index` (header, payload, check) to `out` and advance the

@@ -176,8 +176,9 @@ pub struct Header {
     /// Number of segments in the body.
     pub segment_count: u32,
     /// Bytes of memory the applier needs (decoder and its own buffers, plus the
-    /// cell buffer of an in-place patch), as computed by
-    /// [`MemoryModel::required_for`] at write time.
+    /// cell buffer of an in-place patch, or the map and rewriter of an
+    /// executable-aware one), as computed by
+    /// [`MemoryModel::required_for_layout`] and its extras at write time.
     pub apply_memory: u64,
     /// For in-place patches, log2 of the cell size; `None` otherwise.
     pub cell_log: Option<u8>,
@@ -212,19 +213,23 @@ impl Header {
     /// 4 KiB plus one maximal extension (an executable-aware patch's map).
     pub const MAX_LEN: usize = Self::PLAIN_MAX_LEN + 4 + MAX_EXTENSION_LEN;
 
-    /// Serialise to bytes (with the in-place extension when `cell_log` is set
-    /// and the code extension when `code_refs` is). Cost: one allocation.
+    /// Serialise to bytes (with the in-place extension when `cell_log` is set,
+    /// the code extension when `code_refs` is, and the literal-filter
+    /// extension when `literal_filter` is). Cost: the fields built once, one
+    /// more allocation for the whole header.
     /// Panics if the code extension exceeds [`MAX_EXTENSION_LEN`]; writers
     /// size the map to fit (see `fwdelta-diff`'s address mapper).
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(self.encoded_len());
+        let fields = self.fields();
+        let len = Self::total_len(fields.len());
+        let mut b = Vec::with_capacity(len);
         b.extend_from_slice(&MAGIC);
         b.push(FORMAT_VERSION);
-        varint::put_u64(&mut b, self.encoded_len() as u64);
-        b.extend_from_slice(&self.fields());
+        varint::put_u64(&mut b, len as u64);
+        b.extend_from_slice(&fields);
         let check = check_of(&b);
         b.extend_from_slice(&check);
-        debug_assert_eq!(b.len(), self.encoded_len());
+        debug_assert_eq!(b.len(), len);
         b
     }
 
@@ -436,7 +441,13 @@ impl Header {
 
     /// Length this header occupies when encoded by [`Self::encode`].
     pub fn encoded_len(&self) -> usize {
-        let rest = 5 + self.fields_len() + CHECK_LEN;
+        Self::total_len(self.fields_len())
+    }
+
+    /// Length of a header whose fields (between `header_len` and the check)
+    /// take `fields_len` bytes.
+    fn total_len(fields_len: usize) -> usize {
+        let rest = 5 + fields_len + CHECK_LEN;
         // header_len counts its own varint: 1..=3 bytes.
         let mut n = 1;
         while varint::len_u64((rest + n) as u64) > n {

@@ -11,7 +11,7 @@
 //! Header (>= 61 bytes: magic, version, length, flags, coding, window,
 //!         8-byte old-image check, new-image hash, four varints,
 //!         extensions, 8-byte header check)
-//! Segment 0: three varints (two in the last segment) + compressed payload
+//! Segment 0: three varints (two in the last segment of an ordinary patch) + payload
 //!            (one stream, or blocks of three split streams) + 8-byte check
 //!            (bound to the header and the segment's position)
 //! ...

@@ -1,44 +1,9 @@
-//! Hand-made patches: segments sealed under a given header, and split-layout
-//! payloads (format layout 2), so tests and fuzz targets can build honest and
-//! deliberately broken ones without the generator.
+//! Hand-made payloads: LZMA2 chunks and split-layout payloads (format layout
+//! 2), so tests and fuzz targets can build honest and deliberately broken
+//! patches without the generator (sealed with `fwdelta_format::chain::seal_patch`).
 
-use fwdelta_format::chain;
-use fwdelta_format::header::Header;
-use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::split_block::BlockHeader;
 use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
-
-/// A whole patch: `header`, then each segment `(new_offset, new_len,
-/// old_start, payload)` with its header and check, bound to the patch as the
-/// generator binds them (so the segments pass their checks whatever their
-/// payloads hold). For in-place headers `new_offset` names the cell.
-pub fn seal_patch<'a>(
-    header: &Header,
-    segments: impl IntoIterator<Item = (u64, u64, u64, &'a [u8])>,
-) -> Vec<u8> {
-    let mut out = header.encode();
-    let header_hash = chain::start(&out);
-    let mut state = header_hash;
-    for (index, (new_offset, new_len, old_start, payload)) in segments.into_iter().enumerate() {
-        let head = SegmentHeader {
-            index: index as u32,
-            new_offset,
-            new_len,
-            old_start,
-            payload_len: payload.len() as u32,
-        }
-        .encode(header);
-        chain::seal_segment(
-            &mut out,
-            &header_hash,
-            &mut state,
-            index as u32,
-            &head,
-            payload,
-        );
-    }
-    out
-}
 
 /// One raw LZMA2 stream with a `dict`-byte dictionary, cut into one chunk
 /// per piece with sync flushes (each chunk decodes completely); the last

@@ -6,7 +6,9 @@
 //! hostile tests and the fuzz targets.
 
 pub mod crafted_patch;
-pub use crafted_patch::{lzma2_chunks, seal_patch, split_lzma2, split_payload};
+pub use crafted_patch::{lzma2_chunks, split_lzma2, split_payload};
+/// Seal hand-made segments under a header exactly as the generator does.
+pub use fwdelta_format::chain::seal_patch;
 
 /// A xorshift64 generator. Cost: one `u64` of state, three shifts per draw.
 #[derive(Debug, Clone)]
