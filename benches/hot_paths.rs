@@ -4,6 +4,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fwdelta_apply::{apply, ApplyOptions};
 use fwdelta_benches::{synthetic_pair, testdata};
+use fwdelta_diff::suffix_array::SuffixArray;
 use fwdelta_diff::{address_mapper, diff, matcher, Options, Plan};
 use fwdelta_format::reference_rewriter::{Arch, ReferenceRewriter};
 
@@ -27,7 +28,11 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     for (name, old, _) in &inputs {
         g.throughput(Throughput::Bytes(old.len() as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(name), old, |b, o| {
+        // Ours (libsais and the bucket table) beside divsufsort alone.
+        g.bench_with_input(BenchmarkId::new("suffix_array", name), old, |b, o| {
+            b.iter(|| SuffixArray::new(o))
+        });
+        g.bench_with_input(BenchmarkId::new("divsufsort", name), old, |b, o| {
             b.iter(|| {
                 let mut sa = vec![0i32; o.len()];
                 divsufsort::sort_in_place(o, &mut sa);

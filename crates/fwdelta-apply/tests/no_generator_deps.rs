@@ -13,7 +13,14 @@ fn applier_has_no_generator_dependencies() {
         deps.contains("fwdelta-format"),
         "dependencies section not found"
     );
-    for forbidden in ["fwdelta-diff", "bidiff", "rayon", "memmap2", "divsufsort"] {
+    for forbidden in [
+        "fwdelta-diff",
+        "bidiff",
+        "rayon",
+        "memmap2",
+        "divsufsort",
+        "libsais",
+    ] {
         assert!(
             !deps.contains(forbidden),
             "fwdelta-apply depends on {forbidden}"

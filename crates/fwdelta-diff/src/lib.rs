@@ -1,8 +1,9 @@
 //! Server-side fwdelta patch generator.
 //!
 //! Pipeline, one module per step:
-//! 1. [`matcher`]: find an edit script (bsdiff-style matches via `bidiff`'s
-//!    suffix array) as a list of [`Op`]s covering the new image.
+//! 1. [`matcher`]: find an edit script as a list of [`Op`]s covering the new
+//!    image: bsdiff's scan ([`match_scan`]) over the old image's
+//!    [`suffix_array`].
 //! 2. [`segmenter`]: cut the ops into segments of roughly equal compressed cost,
 //!    so each segment is independently decodable at ~1% size cost.
 //! 3. [`segment_encoder`]: turn each segment into a record stream and compress it
@@ -14,8 +15,8 @@
 //! Work runs on the ambient rayon pool: wrap calls in
 //! `rayon::ThreadPool::install` to choose the thread count.
 //!
-//! Cost: the suffix array of the old image (5 bytes per old byte, the main
-//! memory cost), the op list (32 bytes per match), the patch itself, and one
+//! Cost: the suffix array of the old image (4 bytes per old byte plus a
+//! bucket table of at most 4 MiB: the main memory cost), the op list (32 bytes per match), the patch itself, and one
 //! zstd compression context per worker thread.
 
 pub mod address_mapper;
@@ -23,11 +24,13 @@ pub mod code_detector;
 pub mod container_writer;
 mod error;
 pub mod in_place_planner;
+pub mod match_scan;
 pub mod matcher;
 pub mod segment_encoder;
 pub mod segmenter;
 mod split_encoder;
 mod stream_encoder;
+pub mod suffix_array;
 
 pub use error::DiffError;
 pub use matcher::Op;
@@ -243,7 +246,7 @@ struct CodePlan {
 
 impl Plan {
     /// Hash both images and find matches, plain only. Cost: the suffix array
-    /// (5 bytes per old byte) and one pass over each image to hash it.
+    /// (4 bytes per old byte) and one pass over each image to hash it.
     pub fn build(old: &[u8], new: &[u8]) -> Result<Plan, DiffError> {
         Self::build_with(old, new, CodeMode::Off)
     }

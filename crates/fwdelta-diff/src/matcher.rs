@@ -1,10 +1,12 @@
 //! The match finder: an edit script from old to new.
 //!
-//! Matches come from `bidiff` (bsdiff's scan over a suffix array of the old
-//! image, scanning the new image in parallel chunks on the ambient rayon pool).
-//! They are normalised into [`Op`]s that tile the new image exactly.
+//! Matches come from [`match_scan`] (bsdiff's scan over the old image's
+//! [`SuffixArray`], scanning the new image in parallel chunks on the ambient
+//! rayon pool). They are normalised into [`Op`]s that tile the new image
+//! exactly.
 
-use std::convert::Infallible;
+use crate::match_scan;
+use crate::suffix_array::SuffixArray;
 
 /// One step of the edit script. Ops tile the new image in order: op `k`
 /// produces `diff_len` bytes as `old[old_start..][..diff_len] + diff` and then
@@ -44,24 +46,14 @@ impl Op {
     }
 }
 
-/// Largest old-image partition one suffix sort handles: `divsufsort` indexes
-/// with `i32` and asserts the text is shorter than `i32::MAX`.
-const MAX_SORT_PARTITION: usize = 1 << 30;
-
-/// Suffix-array partitions needed for an old image of `len` bytes (1 below
-/// 1 GiB; each partition costs some match quality at its edges).
-pub fn sort_partitions(len: usize) -> usize {
-    len.div_ceil(MAX_SORT_PARTITION).max(1)
-}
-
 /// Smallest chunk of the new image scanned by one task. Chunk edges cost a
 /// little match quality, so small inputs are scanned whole.
 const MIN_SCAN_CHUNK: usize = 1 << 20;
 
 /// Find an edit script turning `old` into `new`.
 ///
-/// Cost: a suffix array of `old` (`bidiff` keeps 4-8 bytes per old byte),
-/// O(n log n) sort, then one scan of `new` split over the rayon pool's threads.
+/// Cost: a suffix array of `old` (4 bytes per old byte, one sort), then one
+/// scan of `new` split over the rayon pool's threads (see [`match_scan`]).
 pub fn find_ops(old: &[u8], new: &[u8]) -> Vec<Op> {
     if new.is_empty() {
         return Vec::new();
@@ -71,33 +63,27 @@ pub fn find_ops(old: &[u8], new: &[u8]) -> Vec<Op> {
     }
     let threads = rayon::current_num_threads().max(1);
     let chunk = (new.len().div_ceil(threads)).max(MIN_SCAN_CHUNK);
-    let scan_chunk = (chunk < new.len()).then_some(chunk);
-    // Valid by construction: partitions >= 1, chunk >= 1.
-    let params =
-        bidiff::DiffParams::new(sort_partitions(old.len()), scan_chunk).unwrap_or_default();
-
+    let sa = SuffixArray::new(old);
     let mut ops: Vec<Op> = Vec::new();
     let mut covered = 0u64;
     let mut cursor = 0u64;
-    let _ = bidiff::diff(old, new, &params, |m| -> Result<(), Infallible> {
-        let start = m.add_new_start as u64;
+    for m in match_scan::scan(&sa, new, chunk) {
+        let start = m.new_start as u64;
         if start > covered {
-            // Never seen from bidiff, but keep the tiling exact regardless.
+            // The scan tiles each chunk; keep the tiling exact regardless.
             push(&mut ops, &mut cursor, Op::literal(start - covered));
         }
-        let literal = (m.copy_end - m.copy_start()) as u64;
         push(
             &mut ops,
             &mut cursor,
             Op {
-                old_start: m.add_old_start as u64,
-                diff_len: m.add_length as u64,
-                literal_len: literal,
+                old_start: m.old_start as u64,
+                diff_len: m.diff_len as u64,
+                literal_len: (m.literal_end - m.new_start - m.diff_len) as u64,
             },
         );
-        covered = m.copy_end as u64;
-        Ok(())
-    });
+        covered = m.literal_end as u64;
+    }
     if covered < new.len() as u64 {
         push(
             &mut ops,
@@ -173,17 +159,6 @@ mod tests {
         // the copy-heavy edit is found as matches, not literals
         let literal: u64 = ops.iter().map(|o| o.literal_len).sum();
         assert!(literal < 2000, "literal bytes {literal}");
-    }
-
-    #[test]
-    fn partitions_keep_divsufsort_in_range() {
-        assert_eq!(sort_partitions(0), 1);
-        assert_eq!(sort_partitions(1 << 30), 1);
-        assert_eq!(sort_partitions((1 << 30) + 1), 2);
-        assert_eq!(sort_partitions(5 << 30), 5);
-        for len in [(1usize << 31) - 1, 1 << 31, 3 << 31, 1 << 40] {
-            assert!(len.div_ceil(sort_partitions(len)) < i32::MAX as usize);
-        }
     }
 
     #[test]

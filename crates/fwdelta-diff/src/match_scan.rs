@@ -1,0 +1,267 @@
+//! bsdiff's scan: walk the new image, find the longest old match at each
+//! position ([`SuffixArray::longest_match`]), and keep a match only when it
+//! beats carrying on with the current old offset by more than 8 bytes. Each
+//! kept match is then widened forwards and backwards into approximate
+//! matches (byte differences allowed) where more than half the bytes agree.
+//!
+//! The decisions are bsdiff's (as the `bidiff` crate has them); the search
+//! underneath is ours and much cheaper on long shared prefixes.
+
+use crate::suffix_array::{Found, SuffixArray, BATCH};
+use rayon::prelude::*;
+use std::cmp::min;
+
+/// One approximate match and the literal run after it: new bytes
+/// `new_start..new_start + diff_len` come from `old[old_start..]` plus a
+/// difference, then new bytes up to `literal_end` are carried literally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match {
+    /// Old offset of the approximate match.
+    pub old_start: usize,
+    /// New offset of the approximate match.
+    pub new_start: usize,
+    /// Length of the approximate match.
+    pub diff_len: usize,
+    /// End (new offset) of the literal run after the match.
+    pub literal_end: usize,
+}
+
+/// Scan `new` against the old image `sa` indexes, in chunks of `chunk` new
+/// bytes scanned in parallel on the ambient rayon pool (each chunk on its
+/// own, so chunk edges cost a little quality). Matches come back in new
+/// order; together with the literal runs they tile `new` from the first
+/// match's start.
+///
+/// Cost: one search per scanned position that does not continue the current
+/// match, each about `log2(old) + match length` byte comparisons; the
+/// matches (32 bytes each).
+pub fn scan(sa: &SuffixArray, new: &[u8], chunk: usize) -> Vec<Match> {
+    let chunk = chunk.max(1);
+    let per_chunk: Vec<Vec<Match>> = new
+        .par_chunks(chunk)
+        .enumerate()
+        .map(|(i, part)| {
+            let offset = i * chunk;
+            let mut found = scan_chunk(sa, part);
+            for m in &mut found {
+                m.new_start += offset;
+                m.literal_end += offset;
+            }
+            found
+        })
+        .collect();
+    per_chunk.concat()
+}
+
+/// bsdiff's scan over one stretch of the new image.
+fn scan_chunk(sa: &SuffixArray, new: &[u8]) -> Vec<Match> {
+    let old = sa.text();
+    let (old_len, new_len) = (old.len(), new.len());
+    // Whether old[at + offset] exists and equals new[at].
+    let agrees = |at: usize, offset: isize| -> bool {
+        at.checked_add_signed(offset)
+            .and_then(|o| old.get(o))
+            .is_some_and(|&b| b == new[at])
+    };
+    let mut out = Vec::new();
+    let mut ahead = Lookahead::default();
+    let (mut scan, mut pos, mut len) = (0usize, 0usize, 0usize);
+    let (mut last_scan, mut last_pos, mut last_offset) = (0usize, 0usize, 0isize);
+    while scan < new_len {
+        // Bytes of new[scan..scan + len] the current offset already produces.
+        let mut old_score = 0usize;
+        scan += len;
+        let mut scored_to = scan;
+        // The first search after a jump usually ends the loop; from the
+        // second on, search the next positions as a batch.
+        let first = scan;
+        while scan < new_len {
+            let found = ahead.get(sa, new, scan, scan > first);
+            (pos, len) = (found.pos, found.len);
+            while scored_to < scan + len {
+                if agrees(scored_to, last_offset) {
+                    old_score += 1;
+                }
+                scored_to += 1;
+            }
+            // Same as what the current offset gives, or clearly better.
+            if (len == old_score && len != 0) || len > old_score + 8 {
+                break;
+            }
+            if agrees(scan, last_offset) {
+                old_score -= 1;
+            }
+            scan += 1;
+        }
+        if len == old_score && scan != new_len {
+            continue;
+        }
+        // Widen the previous match forwards: the longest prefix of the gap
+        // where more than half the bytes agree.
+        let mut fwd = {
+            let (mut s, mut best_s, mut best) = (0isize, 0isize, 0usize);
+            for i in 0..min(scan - last_scan, old_len - last_pos) {
+                if old[last_pos + i] == new[last_scan + i] {
+                    s += 1;
+                }
+                if s * 2 - (i + 1) as isize > best_s * 2 - best as isize {
+                    (best_s, best) = (s, i + 1);
+                }
+            }
+            best
+        };
+        // Widen the new match backwards the same way.
+        let mut back = if scan >= new_len {
+            0
+        } else {
+            let (mut s, mut best_s, mut best) = (0isize, 0isize, 0usize);
+            for i in 1..=min(scan - last_scan, pos) {
+                if old[pos - i] == new[scan - i] {
+                    s += 1;
+                }
+                if s * 2 - i as isize > best_s * 2 - best as isize {
+                    (best_s, best) = (s, i);
+                }
+            }
+            best
+        };
+        // Where the two overlap, split the overlap where the forward match
+        // stops paying.
+        if last_scan + fwd > scan - back {
+            let overlap = (last_scan + fwd) - (scan - back);
+            let (mut s, mut best_s, mut split) = (0isize, 0isize, 0usize);
+            for i in 0..overlap {
+                if new[last_scan + fwd - overlap + i] == old[last_pos + fwd - overlap + i] {
+                    s += 1;
+                }
+                if new[scan - back + i] == old[pos - back + i] {
+                    s -= 1;
+                }
+                if s > best_s {
+                    (best_s, split) = (s, i + 1);
+                }
+            }
+            fwd = fwd + split - overlap;
+            back -= split;
+        }
+        out.push(Match {
+            old_start: last_pos,
+            new_start: last_scan,
+            diff_len: fwd,
+            literal_end: scan - back,
+        });
+        last_scan = scan - back;
+        last_pos = pos - back;
+        last_offset = pos as isize - scan as isize;
+    }
+    out
+}
+
+/// Search results for the positions just ahead of the scan, made a batch at
+/// a time ([`SuffixArray::longest_matches`]) when the scan is moving one byte
+/// at a time (through new code, where it searches at every position).
+#[derive(Default)]
+struct Lookahead {
+    /// New offset of `found[0]`.
+    start: usize,
+    /// Results held: `found[..held]`.
+    held: usize,
+    found: [Found; BATCH],
+}
+
+impl Lookahead {
+    /// The longest match for `new[at..]`: from the batch if it holds `at`,
+    /// else searched, with the positions after it too if `batch`.
+    fn get(&mut self, sa: &SuffixArray, new: &[u8], at: usize, batch: bool) -> Found {
+        if (self.start..self.start + self.held).contains(&at) {
+            return self.found[at - self.start];
+        }
+        let n = if batch { BATCH.min(new.len() - at) } else { 1 };
+        let mut needles: [&[u8]; BATCH] = [&[]; BATCH];
+        for (k, needle) in needles[..n].iter_mut().enumerate() {
+            *needle = &new[at + k..];
+        }
+        sa.longest_matches(&needles[..n], &mut self.found[..n]);
+        (self.start, self.held) = (at, n);
+        self.found[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u32) -> Vec<u8> {
+        (0..n as u32)
+            .map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 24) as u8)
+            .collect()
+    }
+
+    /// Matches tile the new image from 0 and every diff range is in bounds.
+    fn check_tiling(old: &[u8], new: &[u8], found: &[Match]) {
+        let mut at = 0;
+        for m in found {
+            assert_eq!(m.new_start, at);
+            assert!(m.old_start + m.diff_len <= old.len());
+            assert!(m.new_start + m.diff_len <= m.literal_end);
+            at = m.literal_end;
+        }
+        assert_eq!(at, new.len());
+    }
+
+    #[test]
+    fn an_insertion_is_two_matches_around_a_literal_run() {
+        let old = noise(20_000, 1);
+        let mut new = old.clone();
+        new.splice(8_000..8_000, noise(300, 99));
+        let found = scan(&SuffixArray::new(&old), &new, new.len());
+        check_tiling(&old, &new, &found);
+        let exact: usize = found.iter().map(|m| m.diff_len).sum();
+        assert!(exact >= 19_900, "only {exact} bytes matched");
+        // The bytes after the insertion come from old 8000.. again.
+        let after = found
+            .iter()
+            .find(|m| (m.new_start..m.new_start + m.diff_len).contains(&10_000))
+            .unwrap();
+        assert_eq!(after.old_start as isize - after.new_start as isize, -300);
+    }
+
+    #[test]
+    fn changed_bytes_stay_inside_one_approximate_match() {
+        let old = noise(50_000, 7);
+        let mut new = old.clone();
+        for at in (1_000..49_000).step_by(997) {
+            new[at] ^= 0x40;
+        }
+        let found = scan(&SuffixArray::new(&old), &new, new.len());
+        check_tiling(&old, &new, &found);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].old_start, found[0].diff_len), (0, new.len()));
+    }
+
+    #[test]
+    fn chunks_tile_the_image_too() {
+        let old = noise(30_000, 3);
+        let mut new = noise(500, 5);
+        new.extend_from_slice(&old[10_000..25_000]);
+        new.extend_from_slice(&old[..9_000]);
+        for chunk in [1_000, 7_777, new.len()] {
+            let found = scan(&SuffixArray::new(&old), &new, chunk);
+            check_tiling(&old, &new, &found);
+            let literal: usize = found
+                .iter()
+                .map(|m| m.literal_end - m.new_start - m.diff_len)
+                .sum();
+            assert!(literal < 2_000, "chunk {chunk}: {literal} literal bytes");
+        }
+    }
+
+    #[test]
+    fn nothing_in_common_is_all_literal() {
+        let old = vec![0u8; 100];
+        let new = vec![1u8; 300];
+        let found = scan(&SuffixArray::new(&old), &new, new.len());
+        check_tiling(&old, &new, &found);
+        assert!(found.iter().all(|m| m.diff_len == 0));
+    }
+}
