@@ -343,6 +343,7 @@ fn small_segments_and_tiny_budget_still_round_trip() {
             code: fwdelta_diff::CodeMode::Auto,
             layout: None,
             literal_filter: true,
+            probe_min_patch: fwdelta_diff::PROBE_MIN_PATCH,
         };
         let patch = plan.encode(&old, &new, &tiny).unwrap();
         assert_eq!(patch.report.codec, codec);
@@ -507,17 +508,25 @@ proptest! {
 /// calling others; `insert` bytes are inserted before function `at`, so every
 /// call spanning the insertion changes its displacement.
 fn program(arch: fwdelta_format::reference_rewriter::Arch, insert: usize) -> Vec<u8> {
+    program_of(arch, 96, |f| if f >= 48 { insert } else { 0 })
+}
+
+/// [`program`] with `funcs` functions of 512 bytes, `inserted(f)` noise
+/// bytes inserted before function `f` in all (non-decreasing in `f`).
+fn program_of(
+    arch: fwdelta_format::reference_rewriter::Arch,
+    funcs: usize,
+    inserted: impl Fn(usize) -> usize,
+) -> Vec<u8> {
     use fwdelta_format::reference_rewriter::Arch;
-    const FUNCS: usize = 96;
-    const FUNC_LEN: usize = 512;
-    let at = FUNCS / 2;
-    let start = |f: usize| f * FUNC_LEN + if f >= at { insert } else { 0 };
+    let (funcs_n, func_len) = (funcs, 512);
+    let start = |f: usize| f * func_len + inserted(f);
+    let new_code = noise(99, inserted(funcs_n - 1));
     let mut img = Vec::new();
-    for f in 0..FUNCS {
-        if f == at {
-            img.extend(noise(99, insert));
-        }
-        let mut body = noise(f as u64 + 1, FUNC_LEN);
+    for f in 0..funcs_n {
+        let before = if f == 0 { 0 } else { inserted(f - 1) };
+        img.extend_from_slice(&new_code[before..inserted(f)]);
+        let mut body = noise(f as u64 + 1, func_len);
         if matches!(arch, Arch::Aarch64 | Arch::Arm32) {
             // top byte 0xAA: an A64 data-processing word, never a reference
             // (for A32, a conditional branch, never the BL-always the
@@ -529,9 +538,9 @@ fn program(arch: fwdelta_format::reference_rewriter::Arch, insert: usize) -> Vec
         let base = img.len();
         img.extend_from_slice(&body);
         // a call every 32 bytes, to a function chosen by position
-        for k in 0..FUNC_LEN / 32 {
+        for k in 0..func_len / 32 {
             let site = base + k * 32;
-            let target = start((f * 7 + k * 13) % FUNCS) as i64;
+            let target = start((f * 7 + k * 13) % funcs_n) as i64;
             let call: [u8; 8] = match arch {
                 Arch::X86_64 => {
                     let d = (target - site as i64 - 5) as i32;
@@ -570,6 +579,42 @@ fn plain_diff(old: &[u8], new: &[u8]) -> fwdelta_diff::Patch {
         ..Options::default()
     };
     diff(old, new, &opts).unwrap()
+}
+
+#[test]
+fn a_probe_picks_the_aware_patch_alone_when_it_is_clearly_smaller() {
+    use fwdelta_diff::{CodeMode, PROBE_MARGIN};
+    use fwdelta_format::reference_rewriter::Arch;
+    for arch in [Arch::X86_64, Arch::Aarch64] {
+        let (old, new) = (program(arch, 0), program(arch, 1024));
+        // The default only probes patches of 1 MiB and more; this pair's are
+        // a few KiB, where the probe's call is still right.
+        let opts = Options {
+            code: CodeMode::Arch(arch),
+            probe_min_patch: 0,
+            ..Options::default()
+        };
+        let patch = round_trip(&old, &new, &opts);
+        let report = diff(&old, &new, &opts).unwrap().report;
+        let probe = report
+            .probe
+            .unwrap_or_else(|| panic!("{arch:?}: no probe decided: {report:?}"));
+        assert!(
+            (probe.aware as f64) < probe.plain as f64 * (1.0 - PROBE_MARGIN),
+            "{probe:?}"
+        );
+        assert_eq!(report.code.map(|c| c.0), Some(arch));
+        assert!(
+            report.plain_len.is_none(),
+            "the plain patch was made in full"
+        );
+        let plain = plain_diff(&old, &new);
+        assert!(patch.len() < plain.bytes.len());
+        // `--level max` makes both in full instead.
+        let max = Options { level: 22, ..opts };
+        let both = diff(&old, &new, &max).unwrap().report;
+        assert!(both.probe.is_none() && both.plain_len.is_some());
+    }
 }
 
 #[test]

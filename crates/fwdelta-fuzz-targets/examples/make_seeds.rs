@@ -55,6 +55,7 @@ fn main() {
                 code: fwdelta_diff::CodeMode::Auto,
                 layout,
                 literal_filter: true,
+                probe_min_patch: fwdelta_diff::PROBE_MIN_PATCH,
             };
             let p = diff(OLD, new, &opts).expect("diff").bytes;
             patches.push((format!("{name}-{tag}"), p));

@@ -91,7 +91,8 @@ pub struct GenArgs {
     /// Executable-aware diffing: predict the branch, call and literal
     /// references of this instruction set (auto, none, aarch64, arm32, thumb2,
     /// x86-64). `auto` reads the ELF header or scores the image's call density.
-    /// The plain patch is made too and the smaller one kept.
+    /// The plain patch is made too and the smaller one kept (on large pairs
+    /// a fast probe may choose alone when one is clearly smaller).
     #[arg(long, default_value = "auto", value_parser = parse_code_mode)]
     arch: CodeMode,
     /// Body layout: split (heads, diff bytes and literals compressed as three
@@ -158,6 +159,7 @@ impl GenArgs {
             code: self.arch,
             layout: self.layout.layout(),
             literal_filter: !self.no_literal_filter,
+            ..Options::default()
         }
     }
 
@@ -315,6 +317,21 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
             eprintln!(
                 "  executable-aware ({}, {runs}-run address map); the plain patch was {plain} bytes",
                 arch.name()
+            );
+        }
+        if let Some(p) = patch.report.probe {
+            let (kept, other, which) = match patch.report.code {
+                Some((arch, runs)) => (
+                    format!("executable-aware ({}, {runs}-run address map)", arch.name()),
+                    p.plain,
+                    "plain",
+                ),
+                None => ("plain".to_string(), p.aware, "executable-aware"),
+            };
+            let smaller = p.plain.min(p.aware);
+            eprintln!(
+                "  {kept}; at the probe level the {which} patch was {:.1}% larger, so it was not made in full",
+                100.0 * (other as f64 / smaller as f64 - 1.0)
             );
         }
         if a.in_place {
