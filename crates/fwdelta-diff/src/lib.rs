@@ -40,6 +40,7 @@ use fwdelta_format::header::{
 };
 use fwdelta_format::reference_rewriter::{Arch, ReferenceRewriter};
 use fwdelta_format::{literal_filter, CodeRefs, Codec, Header, Layout, MemoryModel, MAX_IMAGE_LEN};
+use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
 /// Executable-aware diffing (see `fwdelta_format::reference_rewriter`).
@@ -219,10 +220,12 @@ pub struct DiffReport {
     /// Size of the plain patch, when an executable-aware one was also made
     /// (whichever is smaller is the patch).
     pub plain_len: Option<usize>,
-    /// The probe's sizes when it alone chose between the plain and the
-    /// executable-aware patch (see [`PROBE_MARGIN`]); only the chosen one
-    /// was then made in full.
+    /// Set when a fast probe left some candidate patches unmade (see
+    /// [`PROBE_MARGIN`]).
     pub probe: Option<Probe>,
+    /// The scan's switch margin of the edit script encoded (see
+    /// [`matcher::SWITCH_MARGINS`]).
+    pub switch_margin: usize,
     /// Time spent hashing and matching.
     pub match_time: Duration,
     /// Time spent segmenting, compressing and writing.
@@ -234,8 +237,11 @@ pub struct DiffReport {
 /// what segmentation costs).
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Ops covering the new image in order.
+    /// Ops covering the new image in order (bsdiff's switch margin).
     pub ops: Vec<Op>,
+    /// The edit scripts of the further switch margins
+    /// (`matcher::SWITCH_MARGINS[1..]`).
+    alt_ops: Vec<Vec<Op>>,
     /// The executable-aware alternative, if one was planned.
     code: Option<CodePlan>,
     /// The instruction set named or detected, if any.
@@ -251,7 +257,18 @@ pub struct Plan {
 struct CodePlan {
     refs: CodeRefs,
     predicted: Vec<u8>,
-    ops: Vec<Op>,
+    /// One edit script per switch margin (`matcher::SWITCH_MARGINS`).
+    scripts: Vec<Vec<Op>>,
+}
+
+/// One patch [`Plan::encode`] may make: an edit script, the image its diff
+/// bytes apply to, its options and references.
+struct Candidate<'a> {
+    ops: &'a [Op],
+    base: &'a [u8],
+    opts: &'a Options,
+    refs: Option<&'a CodeRefs>,
+    margin: usize,
 }
 
 impl Plan {
@@ -275,10 +292,11 @@ impl Plan {
             }
         }
         let start = Instant::now();
-        let ((old_hash, new_hash), ops) = rayon::join(
+        let ((old_hash, new_hash), mut alt_ops) = rayon::join(
             || rayon::join(|| hash(old), || hash(new)),
-            || matcher::find_ops(old, new),
+            || matcher::find_scripts(old, new, &matcher::SWITCH_MARGINS),
         );
+        let ops = alt_ops.remove(0);
         let arch = match code {
             CodeMode::Off => None,
             CodeMode::Arch(a) => Some(a),
@@ -287,6 +305,7 @@ impl Plan {
         let code = arch.and_then(|arch| plan_code(arch, old, new, &ops));
         Ok(Plan {
             ops,
+            alt_ops,
             code,
             arch,
             old_hash,
@@ -315,48 +334,85 @@ impl Plan {
             };
             (opts.in_place.is_none() && o.codec().is_ok()).then_some((code, o))
         });
-        let Some((code, aware_opts)) = aware_opts else {
-            return self.encode_ops(&self.ops, old, old, new, opts, None);
-        };
-        let encode_aware = |opts: &Options| {
-            self.encode_ops(&code.ops, old, &code.predicted, new, opts, Some(&code.refs))
-        };
-        if (PROBE_FROM_LEVEL..segment_encoder::SEARCH_LEVEL).contains(&opts.level)
-            && new.len() >= opts.probe_min_patch
-        {
-            let at = |o: &Options| Options {
-                level: PROBE_LEVEL,
-                ..o.clone()
-            };
-            let (plain, aware) = rayon::join(
-                || self.encode_ops(&self.ops, old, old, new, &at(opts), None),
-                || encode_aware(&at(&aware_opts)),
-            );
-            let probe = Probe {
-                plain: plain?.bytes.len(),
-                aware: aware?.bytes.len(),
-            };
-            let full = match probe.choice(opts.probe_min_patch) {
-                Some(true) => Some(encode_aware(&aware_opts)?),
-                Some(false) => Some(self.encode_ops(&self.ops, old, old, new, opts, None)?),
-                None => None,
-            };
-            if let Some(mut full) = full {
-                full.report.probe = Some(probe);
-                return Ok(full);
+        // Every patch worth making: each plain edit script, then each
+        // executable-aware one.
+        let plain = std::iter::once(&self.ops).chain(&self.alt_ops);
+        let mut candidates: Vec<Candidate> = plain
+            .zip(matcher::SWITCH_MARGINS)
+            .map(|(ops, margin)| Candidate {
+                ops,
+                base: old,
+                opts,
+                refs: None,
+                margin,
+            })
+            .collect();
+        if let Some((code, aware_opts)) = &aware_opts {
+            for (ops, margin) in code.scripts.iter().zip(matcher::SWITCH_MARGINS) {
+                candidates.push(Candidate {
+                    ops,
+                    base: &code.predicted,
+                    opts: aware_opts,
+                    refs: Some(&code.refs),
+                    margin,
+                });
             }
         }
-        let (plain, aware) = rayon::join(
-            || self.encode_ops(&self.ops, old, old, new, opts, None),
-            || encode_aware(&aware_opts),
-        );
-        let (plain, mut aware) = (plain?, aware?);
-        if aware.bytes.len() < plain.bytes.len() {
-            aware.report.plain_len = Some(plain.bytes.len());
-            Ok(aware)
-        } else {
-            Ok(plain)
+        let make = |c: &Candidate, level: i32| {
+            let opts = Options {
+                level,
+                ..c.opts.clone()
+            };
+            let mut patch = self.encode_ops(c.ops, old, c.base, new, &opts, c.refs)?;
+            patch.report.switch_margin = c.margin;
+            Ok::<_, DiffError>(patch)
+        };
+        let mut keep = vec![true; candidates.len()];
+        let mut probe = None;
+        if candidates.len() > 1
+            && (PROBE_FROM_LEVEL..segment_encoder::SEARCH_LEVEL).contains(&opts.level)
+            && new.len() >= opts.probe_min_patch
+        {
+            let sizes = candidates
+                .par_iter()
+                .map(|c| make(c, PROBE_LEVEL).map(|p| p.bytes.len()))
+                .collect::<Result<Vec<_>, _>>()?;
+            keep = probe_keeps(&sizes, opts.probe_min_patch);
+            let made = keep.iter().filter(|&&k| k).count();
+            if made < candidates.len() {
+                probe = Some(Probe {
+                    candidates: candidates.len(),
+                    made,
+                });
+            }
         }
+        let made = candidates
+            .par_iter()
+            .zip(&keep)
+            .filter(|(_, &k)| k)
+            .map(|(c, _)| make(c, opts.level))
+            .collect::<Result<Vec<_>, _>>()?;
+        let plain_len = made
+            .iter()
+            .filter(|p| p.report.code.is_none())
+            .map(|p| p.bytes.len())
+            .min();
+        // The first of the smallest: plain before aware, bsdiff's margin first.
+        let mut best = made
+            .into_iter()
+            .reduce(|best, p| {
+                if p.bytes.len() < best.bytes.len() {
+                    p
+                } else {
+                    best
+                }
+            })
+            .ok_or_else(|| DiffError::InvalidOption("no patch to make".into()))?;
+        if best.report.code.is_some() {
+            best.report.plain_len = plain_len;
+        }
+        best.report.probe = probe;
+        Ok(best)
     }
 
     /// Encode `ops`, whose diff bytes apply to `base` (the old image, or the
@@ -493,6 +549,7 @@ impl Plan {
                 literal_filter: new.literal_filter,
                 plain_len: None,
                 probe: None,
+                switch_margin: matcher::SWITCH_MARGINS[0],
                 match_time: self.match_time,
                 encode_time: start.elapsed(),
             },
@@ -530,31 +587,26 @@ pub const PROBE_MIN_PATCH: usize = 1 << 20;
 /// 0.58% in full) is still decided by the probe.
 pub const PROBE_MARGIN: f64 = 0.01;
 
-/// Sizes of the plain and executable-aware patches at [`PROBE_LEVEL`].
+/// What the probe did: of `candidates` patches (each plain and
+/// executable-aware edit script), `made` were made in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
-    /// The plain patch's size at the probe level.
-    pub plain: usize,
-    /// The executable-aware patch's size at the probe level.
-    pub aware: usize,
+    /// Candidate patches probed.
+    pub candidates: usize,
+    /// Candidates made in full: those not clearly larger than the smallest
+    /// at the probe level.
+    pub made: usize,
 }
 
-impl Probe {
-    /// `Some(true)` to make only the aware patch, `Some(false)` only the
-    /// plain one, `None` both (neither is [`PROBE_MARGIN`] smaller, or one is
-    /// under `min_patch` bytes).
-    pub fn choice(&self, min_patch: usize) -> Option<bool> {
-        let (p, a) = (self.plain as f64, self.aware as f64);
-        if self.plain.min(self.aware) < min_patch {
-            None
-        } else if a < p * (1.0 - PROBE_MARGIN) {
-            Some(true)
-        } else if p < a * (1.0 - PROBE_MARGIN) {
-            Some(false)
-        } else {
-            None
-        }
-    }
+/// Which candidates to make in full, given their sizes at [`PROBE_LEVEL`]:
+/// all when the smallest is under `min_patch` bytes, else those less than
+/// [`PROBE_MARGIN`] larger than the smallest.
+pub fn probe_keeps(sizes: &[usize], min_patch: usize) -> Vec<bool> {
+    let best = sizes.iter().copied().min().unwrap_or(0);
+    sizes
+        .iter()
+        .map(|&s| best < min_patch || (s as f64) * (1.0 - PROBE_MARGIN) <= best as f64)
+        .collect()
 }
 
 /// Plan the executable-aware alternative for `arch`: map, predicted old
@@ -574,11 +626,11 @@ fn plan_code(arch: Arch, old: &[u8], new: &[u8], ops: &[Op]) -> Option<CodePlan>
     if predicted == old {
         return None;
     }
-    let ops = matcher::find_ops(&predicted, new);
+    let scripts = matcher::find_scripts(&predicted, new, &matcher::SWITCH_MARGINS);
     Some(CodePlan {
         refs: CodeRefs { arch, map },
         predicted,
-        ops,
+        scripts,
     })
 }
 
@@ -609,20 +661,23 @@ mod probe_tests {
     use super::*;
 
     #[test]
-    fn the_probe_decides_only_past_its_margin() {
-        let choice = |plain, aware| Probe { plain, aware }.choice(PROBE_MIN_PATCH);
+    fn the_probe_drops_only_clearly_larger_patches() {
         let big = 2 * PROBE_MIN_PATCH;
-        assert_eq!(choice(big, big * 98 / 100), Some(true));
-        assert_eq!(choice(big * 98 / 100, big), Some(false));
-        assert_eq!(choice(big, big * 995 / 1000), None);
-        assert_eq!(choice(big * 995 / 1000, big), None);
-        assert_eq!(choice(big, big), None);
-        // The margin is relative to the larger patch.
-        let edge = (big as f64 * (1.0 - PROBE_MARGIN)) as usize;
-        assert_eq!(choice(big, edge - 1), Some(true));
-        assert_eq!(choice(big, edge + 1), None);
-        // Small patches are always made both ways.
-        assert_eq!(choice(PROBE_MIN_PATCH - 1, 10), None);
-        assert_eq!(choice(10, PROBE_MIN_PATCH - 1), None);
+        let keeps = |sizes: &[usize]| probe_keeps(sizes, PROBE_MIN_PATCH);
+        assert_eq!(keeps(&[big, big * 98 / 100]), [false, true]);
+        assert_eq!(keeps(&[big * 98 / 100, big]), [true, false]);
+        assert_eq!(keeps(&[big, big * 995 / 1000]), [true, true]);
+        assert_eq!(keeps(&[big, big]), [true, true]);
+        assert_eq!(
+            keeps(&[big, big * 97 / 100, big * 975 / 100 / 10, big * 99 / 100]),
+            [false, true, true, false]
+        );
+        // The margin is relative to the smallest patch.
+        let edge = (big as f64 / (1.0 - PROBE_MARGIN)) as usize;
+        assert_eq!(keeps(&[edge, big]), [true, true]);
+        assert_eq!(keeps(&[edge + 1, big]), [false, true]);
+        // Under the size floor every candidate is made.
+        assert_eq!(keeps(&[PROBE_MIN_PATCH - 1, big]), [true, true]);
+        assert_eq!(keeps(&[]), Vec::<bool>::new());
     }
 }

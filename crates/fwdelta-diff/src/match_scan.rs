@@ -26,7 +26,12 @@ pub struct Match {
     pub literal_end: usize,
 }
 
-/// Scan `new` against the old image `sa` indexes, in chunks of `chunk` new
+/// bsdiff's switch margin: a new match replaces the current old offset only
+/// if it is longer than the bytes that offset gets right by more than this.
+pub const BSDIFF_MARGIN: usize = 8;
+
+/// Scan `new` against the old image `sa` indexes, switching offsets by
+/// `margin` (see [`BSDIFF_MARGIN`]), in chunks of `chunk` new
 /// bytes scanned in parallel on the ambient rayon pool (each chunk on its
 /// own, so chunk edges cost a little quality). Matches come back in new
 /// order; together with the literal runs they tile `new` from the first
@@ -35,14 +40,14 @@ pub struct Match {
 /// Cost: one search per scanned position that does not continue the current
 /// match, each about `log2(old) + match length` byte comparisons; the
 /// matches (32 bytes each).
-pub fn scan(sa: &SuffixArray, new: &[u8], chunk: usize) -> Vec<Match> {
+pub fn scan(sa: &SuffixArray, new: &[u8], chunk: usize, margin: usize) -> Vec<Match> {
     let chunk = chunk.max(1);
     let per_chunk: Vec<Vec<Match>> = new
         .par_chunks(chunk)
         .enumerate()
         .map(|(i, part)| {
             let offset = i * chunk;
-            let mut found = scan_chunk(sa, part);
+            let mut found = scan_chunk(sa, part, margin);
             for m in &mut found {
                 m.new_start += offset;
                 m.literal_end += offset;
@@ -54,7 +59,7 @@ pub fn scan(sa: &SuffixArray, new: &[u8], chunk: usize) -> Vec<Match> {
 }
 
 /// bsdiff's scan over one stretch of the new image.
-fn scan_chunk(sa: &SuffixArray, new: &[u8]) -> Vec<Match> {
+fn scan_chunk(sa: &SuffixArray, new: &[u8], margin: usize) -> Vec<Match> {
     let old = sa.text();
     let (old_len, new_len) = (old.len(), new.len());
     // Whether old[at + offset] exists and equals new[at].
@@ -85,7 +90,7 @@ fn scan_chunk(sa: &SuffixArray, new: &[u8]) -> Vec<Match> {
                 scored_to += 1;
             }
             // Same as what the current offset gives, or clearly better.
-            if (len == old_score && len != 0) || len > old_score + 8 {
+            if (len == old_score && len != 0) || len > old_score + margin {
                 break;
             }
             if agrees(scan, last_offset) {
@@ -214,7 +219,7 @@ mod tests {
         let old = noise(20_000, 1);
         let mut new = old.clone();
         new.splice(8_000..8_000, noise(300, 99));
-        let found = scan(&SuffixArray::new(&old), &new, new.len());
+        let found = scan(&SuffixArray::new(&old), &new, new.len(), BSDIFF_MARGIN);
         check_tiling(&old, &new, &found);
         let exact: usize = found.iter().map(|m| m.diff_len).sum();
         assert!(exact >= 19_900, "only {exact} bytes matched");
@@ -233,7 +238,7 @@ mod tests {
         for at in (1_000..49_000).step_by(997) {
             new[at] ^= 0x40;
         }
-        let found = scan(&SuffixArray::new(&old), &new, new.len());
+        let found = scan(&SuffixArray::new(&old), &new, new.len(), BSDIFF_MARGIN);
         check_tiling(&old, &new, &found);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!((found[0].old_start, found[0].diff_len), (0, new.len()));
@@ -246,7 +251,7 @@ mod tests {
         new.extend_from_slice(&old[10_000..25_000]);
         new.extend_from_slice(&old[..9_000]);
         for chunk in [1_000, 7_777, new.len()] {
-            let found = scan(&SuffixArray::new(&old), &new, chunk);
+            let found = scan(&SuffixArray::new(&old), &new, chunk, BSDIFF_MARGIN);
             check_tiling(&old, &new, &found);
             let literal: usize = found
                 .iter()
@@ -260,7 +265,7 @@ mod tests {
     fn nothing_in_common_is_all_literal() {
         let old = vec![0u8; 100];
         let new = vec![1u8; 300];
-        let found = scan(&SuffixArray::new(&old), &new, new.len());
+        let found = scan(&SuffixArray::new(&old), &new, new.len(), BSDIFF_MARGIN);
         check_tiling(&old, &new, &found);
         assert!(found.iter().all(|m| m.diff_len == 0));
     }

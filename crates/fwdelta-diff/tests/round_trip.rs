@@ -582,8 +582,8 @@ fn plain_diff(old: &[u8], new: &[u8]) -> fwdelta_diff::Patch {
 }
 
 #[test]
-fn a_probe_picks_the_aware_patch_alone_when_it_is_clearly_smaller() {
-    use fwdelta_diff::{CodeMode, PROBE_MARGIN};
+fn a_probe_leaves_clearly_larger_patches_unmade() {
+    use fwdelta_diff::{matcher::SWITCH_MARGINS, CodeMode};
     use fwdelta_format::reference_rewriter::Arch;
     for arch in [Arch::X86_64, Arch::Aarch64] {
         let (old, new) = (program(arch, 0), program(arch, 1024));
@@ -599,15 +599,12 @@ fn a_probe_picks_the_aware_patch_alone_when_it_is_clearly_smaller() {
         let probe = report
             .probe
             .unwrap_or_else(|| panic!("{arch:?}: no probe decided: {report:?}"));
-        assert!(
-            (probe.aware as f64) < probe.plain as f64 * (1.0 - PROBE_MARGIN),
-            "{probe:?}"
-        );
+        // Plain and aware, each at every switch margin; the plain ones are
+        // clearly larger and were not made in full.
+        assert_eq!(probe.candidates, 2 * SWITCH_MARGINS.len());
+        assert!(probe.made <= SWITCH_MARGINS.len(), "{probe:?}");
         assert_eq!(report.code.map(|c| c.0), Some(arch));
-        assert!(
-            report.plain_len.is_none(),
-            "the plain patch was made in full"
-        );
+        assert!(report.plain_len.is_none(), "a plain patch was made in full");
         let plain = plain_diff(&old, &new);
         assert!(patch.len() < plain.bytes.len());
         // `--level max` makes both in full instead.

@@ -313,25 +313,27 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
             patch.report.window_log,
             elapsed.as_secs_f64()
         );
-        if let (Some((arch, runs)), Some(plain)) = (patch.report.code, patch.report.plain_len) {
+        if let Some((arch, runs)) = patch.report.code {
+            let plain = match patch.report.plain_len {
+                Some(plain) => format!("; the plain patch was {plain} bytes"),
+                None => String::new(),
+            };
             eprintln!(
-                "  executable-aware ({}, {runs}-run address map); the plain patch was {plain} bytes",
+                "  executable-aware ({}, {runs}-run address map){plain}",
                 arch.name()
             );
         }
-        if let Some(p) = patch.report.probe {
-            let (kept, other, which) = match patch.report.code {
-                Some((arch, runs)) => (
-                    format!("executable-aware ({}, {runs}-run address map)", arch.name()),
-                    p.plain,
-                    "plain",
-                ),
-                None => ("plain".to_string(), p.aware, "executable-aware"),
-            };
-            let smaller = p.plain.min(p.aware);
+        if patch.report.switch_margin != fwdelta_diff::matcher::SWITCH_MARGINS[0] {
             eprintln!(
-                "  {kept}; at the probe level the {which} patch was {:.1}% larger, so it was not made in full",
-                100.0 * (other as f64 / smaller as f64 - 1.0)
+                "  matches switched at a margin of {} bytes (bsdiff's is {})",
+                patch.report.switch_margin,
+                fwdelta_diff::matcher::SWITCH_MARGINS[0]
+            );
+        }
+        if let Some(p) = patch.report.probe {
+            eprintln!(
+                "  a fast probe of {} candidate patches made {} in full (the rest were over 1% larger)",
+                p.candidates, p.made
             );
         }
         if a.in_place {
