@@ -16,8 +16,9 @@
 //! `rayon::ThreadPool::install` to choose the thread count.
 //!
 //! Cost: the suffix array of the old image (4 bytes per old byte plus a
-//! bucket table of at most 4 MiB: the main memory cost), the op list (32 bytes per match), the patch itself, and one
-//! zstd compression context per worker thread.
+//! bucket table of at most 4 MiB: the main memory cost), the op lists (32
+//! bytes per match, one list per switch margin), the patches being compared,
+//! and one compression context per worker thread.
 
 pub mod address_mapper;
 pub mod code_detector;
@@ -111,10 +112,10 @@ pub struct Options {
     /// [`MIN_FILTERED_LITERALS`] literal bytes. Default true. Not for in-place
     /// patches.
     pub literal_filter: bool,
-    /// Smallest patch the plain/executable-aware probe decides on alone
-    /// (both probe patches at least this large; new images smaller than it
-    /// are not probed). Default [`PROBE_MIN_PATCH`]; `usize::MAX` always
-    /// makes both patches in full.
+    /// Smallest patch the probe decides on alone (the smallest candidate at
+    /// the probe level at least this large; new images smaller than it are
+    /// not probed). Default [`PROBE_MIN_PATCH`]; `usize::MAX` always makes
+    /// every candidate patch in full.
     pub probe_min_patch: usize,
 }
 
@@ -237,11 +238,9 @@ pub struct DiffReport {
 /// what segmentation costs).
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Ops covering the new image in order (bsdiff's switch margin).
-    pub ops: Vec<Op>,
-    /// The edit scripts of the further switch margins
-    /// (`matcher::SWITCH_MARGINS[1..]`).
-    alt_ops: Vec<Vec<Op>>,
+    /// One edit script per switch margin (`matcher::SWITCH_MARGINS`), each
+    /// a list of ops covering the new image in order.
+    scripts: Vec<Vec<Op>>,
     /// The executable-aware alternative, if one was planned.
     code: Option<CodePlan>,
     /// The instruction set named or detected, if any.
@@ -262,7 +261,8 @@ struct CodePlan {
 }
 
 /// One patch [`Plan::encode`] may make: an edit script, the image its diff
-/// bytes apply to, its options and references.
+/// bytes apply to, its options and references, and the switch margin the
+/// script was scanned with.
 struct Candidate<'a> {
     ops: &'a [Op],
     base: &'a [u8],
@@ -272,6 +272,11 @@ struct Candidate<'a> {
 }
 
 impl Plan {
+    /// The edit script at bsdiff's switch margin.
+    pub fn ops(&self) -> &[Op] {
+        self.scripts.first().map_or(&[], Vec::as_slice)
+    }
+
     /// Hash both images and find matches, plain only. Cost: the suffix array
     /// (4 bytes per old byte) and one pass over each image to hash it.
     pub fn build(old: &[u8], new: &[u8]) -> Result<Plan, DiffError> {
@@ -292,20 +297,18 @@ impl Plan {
             }
         }
         let start = Instant::now();
-        let ((old_hash, new_hash), mut alt_ops) = rayon::join(
+        let ((old_hash, new_hash), scripts) = rayon::join(
             || rayon::join(|| hash(old), || hash(new)),
             || matcher::find_scripts(old, new, &matcher::SWITCH_MARGINS),
         );
-        let ops = alt_ops.remove(0);
         let arch = match code {
             CodeMode::Off => None,
             CodeMode::Arch(a) => Some(a),
             CodeMode::Auto => code_detector::detect(old),
         };
-        let code = arch.and_then(|arch| plan_code(arch, old, new, &ops));
+        let code = arch.and_then(|arch| plan_code(arch, old, new, &scripts[0]));
         Ok(Plan {
-            ops,
-            alt_ops,
+            scripts,
             code,
             arch,
             old_hash,
@@ -314,12 +317,13 @@ impl Plan {
         })
     }
 
-    /// Encode this plan into a patch container: the plain patch, and the
-    /// executable-aware one if planned (in parallel), keeping the smaller.
-    /// On large images at the default levels both are first made at a fast
-    /// level, and if one is clearly smaller only it is made in full (see
+    /// Encode this plan into a patch container: a candidate patch per edit
+    /// script (plain, and executable-aware if planned, at each switch
+    /// margin), made in parallel, keeping the smallest. On large images at
+    /// the default levels the candidates are first made at a fast level and
+    /// only those not clearly larger than the smallest are made in full (see
     /// [`PROBE_FROM_LEVEL`]): on the corpus's large executables (P4, P7, A1)
-    /// that replaced a full encode by two at about a tenth of its cost each.
+    /// that replaced full encodes by fast ones at about a tenth of the cost.
     /// The executable-aware patch gets the decoder window that fits the
     /// budget once its map and rewriter are paid for; if none does, only the
     /// plain patch is made.
@@ -336,37 +340,26 @@ impl Plan {
         });
         // Every patch worth making: each plain edit script, then each
         // executable-aware one.
-        let plain = std::iter::once(&self.ops).chain(&self.alt_ops);
-        let mut candidates: Vec<Candidate> = plain
-            .zip(matcher::SWITCH_MARGINS)
-            .map(|(ops, margin)| Candidate {
-                ops,
-                base: old,
-                opts,
-                refs: None,
-                margin,
+        let plain = (&self.scripts, old, opts, None);
+        let aware = aware_opts
+            .as_ref()
+            .map(|(code, o)| (&code.scripts, &code.predicted[..], o, Some(&code.refs)));
+        let candidates: Vec<Candidate> = std::iter::once(plain)
+            .chain(aware)
+            .flat_map(|(scripts, base, opts, refs)| {
+                scripts
+                    .iter()
+                    .zip(matcher::SWITCH_MARGINS)
+                    .map(move |(ops, margin)| Candidate {
+                        ops,
+                        base,
+                        opts,
+                        refs,
+                        margin,
+                    })
             })
             .collect();
-        if let Some((code, aware_opts)) = &aware_opts {
-            for (ops, margin) in code.scripts.iter().zip(matcher::SWITCH_MARGINS) {
-                candidates.push(Candidate {
-                    ops,
-                    base: &code.predicted,
-                    opts: aware_opts,
-                    refs: Some(&code.refs),
-                    margin,
-                });
-            }
-        }
-        let make = |c: &Candidate, level: i32| {
-            let opts = Options {
-                level,
-                ..c.opts.clone()
-            };
-            let mut patch = self.encode_ops(c.ops, old, c.base, new, &opts, c.refs)?;
-            patch.report.switch_margin = c.margin;
-            Ok::<_, DiffError>(patch)
-        };
+        let make = |c: &Candidate, level: i32| self.encode_ops(c, old, new, level);
         let mut keep = vec![true; candidates.len()];
         let mut probe = None;
         if candidates.len() > 1
@@ -415,17 +408,20 @@ impl Plan {
         Ok(best)
     }
 
-    /// Encode `ops`, whose diff bytes apply to `base` (the old image, or the
-    /// old image as `code_refs` predicts it).
+    /// Encode a candidate's ops at `level`; their diff bytes apply to
+    /// `c.base` (the old image, or the old image as `c.refs` predicts it).
     fn encode_ops(
         &self,
-        ops: &[Op],
+        c: &Candidate,
         old: &[u8],
-        base: &[u8],
         new: &[u8],
-        opts: &Options,
-        code_refs: Option<&CodeRefs>,
+        level: i32,
     ) -> Result<Patch, DiffError> {
+        let (ops, base, code_refs) = (c.ops, c.base, c.refs);
+        let opts = &Options {
+            level,
+            ..c.opts.clone()
+        };
         let (codec, max_window_log) = opts.codec()?;
         let start = Instant::now();
         let (segments, forced_literal_bytes) = match opts.in_place {
@@ -549,7 +545,7 @@ impl Plan {
                 literal_filter: new.literal_filter,
                 plain_len: None,
                 probe: None,
-                switch_margin: matcher::SWITCH_MARGINS[0],
+                switch_margin: c.margin,
                 match_time: self.match_time,
                 encode_time: start.elapsed(),
             },
@@ -558,10 +554,11 @@ impl Plan {
 }
 
 /// From this level up to [`segment_encoder::SEARCH_LEVEL`] (exclusive), a
-/// large pair's plain and executable-aware patches are first made at
-/// [`PROBE_LEVEL`], and when one is clearly smaller only it is made in full.
-/// Below it, full encoding is cheap enough to make both; `--level max` always
-/// makes both.
+/// large pair's candidate patches (plain and executable-aware, at each
+/// switch margin) are first made at [`PROBE_LEVEL`], and only those not
+/// clearly larger than the smallest are made in full. Below it, full
+/// encoding is cheap enough to make them all; `--level max` always makes
+/// them all.
 pub const PROBE_FROM_LEVEL: i32 = 12;
 
 /// The probe's level: LZMA2 preset 0, about a fifth of the default level's
@@ -579,12 +576,12 @@ pub const PROBE_LEVEL: i32 = 1;
 /// always favours the aware patch, more so the smaller the patch.
 pub const PROBE_MIN_PATCH: usize = 1 << 20;
 
-/// The probe keeps one patch only when the other is at least this fraction
-/// larger at the probe level; between, both are made in full and the
-/// smaller kept. It covers the probe's bias measured above (at most 0.5% on
-/// large images) with room to spare, and is small enough that the
-/// closest call on the corpus (P7: aware 1.05% smaller at the probe level,
-/// 0.58% in full) is still decided by the probe.
+/// The probe leaves a candidate unmade only when it is at least this
+/// fraction larger than the smallest at the probe level; the rest are made
+/// in full and the smallest kept. It covers the probe's bias measured above
+/// (at most 0.5% on large images) with room to spare, and is small enough
+/// that the closest plain/aware call on the corpus (P7: aware 1.05% smaller
+/// at the probe level, 0.58% in full) is still decided by the probe.
 pub const PROBE_MARGIN: f64 = 0.01;
 
 /// What the probe did: of `candidates` patches (each plain and

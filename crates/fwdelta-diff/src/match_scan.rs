@@ -38,8 +38,9 @@ pub const BSDIFF_MARGIN: usize = 8;
 /// match's start.
 ///
 /// Cost: one search per scanned position that does not continue the current
-/// match, each about `log2(old) + match length` byte comparisons; the
-/// matches (32 bytes each).
+/// match (a bucket lookup, a few binary-search steps, about `match length`
+/// byte comparisons; searched in batches where the scan moves a byte at a
+/// time); the matches (32 bytes each).
 pub fn scan(sa: &SuffixArray, new: &[u8], chunk: usize, margin: usize) -> Vec<Match> {
     let chunk = chunk.max(1);
     let per_chunk: Vec<Vec<Match>> = new

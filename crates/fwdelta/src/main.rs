@@ -332,8 +332,10 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
         }
         if let Some(p) = patch.report.probe {
             eprintln!(
-                "  a fast probe of {} candidate patches made {} in full (the rest were over 1% larger)",
-                p.candidates, p.made
+                "  a fast probe of {} candidate patches made {} in full (the rest were over {}% larger)",
+                p.candidates,
+                p.made,
+                100.0 * fwdelta_diff::PROBE_MARGIN
             );
         }
         if a.in_place {
