@@ -75,7 +75,7 @@ pub(crate) struct Segment {
     /// Payload bytes not yet consumed.
     pub(crate) payload_left: u32,
     remaining_out: u64,
-    old_pos: u64,
+    pub(crate) old_pos: u64,
     /// Where the record interpreter is.
     pub(crate) rec: Rec,
     head_buf: [u8; MAX_HEAD_LEN],
@@ -149,6 +149,10 @@ pub(crate) struct Output<'o, O: ?Sized, S> {
     /// The instruction set whose literal filter literal runs are stored
     /// through (see [`fwdelta_format::literal_filter`]).
     literal_filter: Option<Arch>,
+    /// The last range of old bytes read for the diff model's context (layout
+    /// 3), so the diff bytes apply without reading them again: its offset
+    /// and bytes (at most a 16 KiB read and two bytes around it).
+    base_cache: (u64, Vec<u8>),
 }
 
 impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
@@ -360,6 +364,45 @@ impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
         seg.old_pos = (i128::from(seg.old_pos) + i128::from(seek)) as u64;
     }
 
+    /// Length of the old image.
+    pub(crate) fn old_len(&self) -> u64 {
+        self.old.len()
+    }
+
+    /// Read the old bytes at `offset..offset + len` as the diff bytes apply
+    /// to them, and keep them: the next [`Self::read_base`] inside the range
+    /// copies them instead of reading the old image again. `len` is at most
+    /// the applier's buffer and two bytes.
+    pub(crate) fn read_base_kept(&mut self, offset: u64, len: usize) -> Result<&[u8], ApplyError> {
+        let mut kept = std::mem::take(&mut self.base_cache.1);
+        kept.resize(len, 0);
+        // Nothing is kept if the read fails.
+        self.base_cache.1 = Vec::new();
+        self.read_base(offset, &mut kept)?;
+        self.base_cache = (offset, kept);
+        Ok(&self.base_cache.1)
+    }
+
+    /// Read the old bytes at `offset..offset + buf.len()` as the diff bytes
+    /// apply to them (through the predictor of an executable-aware patch).
+    pub(crate) fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), ApplyError> {
+        let (at, kept) = &self.base_cache;
+        if let Some(from) = offset.checked_sub(*at) {
+            if let Some(src) = usize::try_from(from)
+                .ok()
+                .and_then(|f| kept.get(f..f.checked_add(buf.len())?))
+            {
+                buf.copy_from_slice(src);
+                return Ok(());
+            }
+        }
+        match self.predictor.as_deref_mut() {
+            Some(p) => p.read(self.old, offset, buf),
+            None => self.old.read_at(offset, buf),
+        }
+        .map_err(ApplyError::OldRead)
+    }
+
     /// Read `buf.len()` old bytes at the cursor, add `diff` if given, emit them.
     fn old_chunk(
         &mut self,
@@ -367,11 +410,7 @@ impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
         buf: &mut [u8],
         diff: Option<&[u8]>,
     ) -> Result<(), ApplyError> {
-        match self.predictor.as_deref_mut() {
-            Some(p) => p.read(self.old, seg.old_pos, buf),
-            None => self.old.read_at(seg.old_pos, buf),
-        }
-        .map_err(ApplyError::OldRead)?;
+        self.read_base(seg.old_pos, buf)?;
         if let Some(diff) = diff {
             for (o, d) in buf.iter_mut().zip(diff) {
                 *o = o.wrapping_add(*d);
@@ -418,6 +457,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 produced: 0,
                 predictor: None,
                 literal_filter: None,
+                base_cache: (0, Vec::new()),
             },
             opts,
             stage: Stage::Prefix,
@@ -730,10 +770,10 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                     self.dec_buf = vec![0; BUFFER_LEN];
                 }
             }
-            Layout::Split if header.segment_count > 0 => {
+            Layout::Split | Layout::Modelled if header.segment_count > 0 => {
                 self.split = Some(Box::new(SplitStreams::new(header)?));
             }
-            Layout::Interleaved | Layout::Split => {}
+            Layout::Interleaved | Layout::Split | Layout::Modelled => {}
         }
         Ok(())
     }
@@ -912,6 +952,7 @@ impl SegmentRunner {
             predictor: None,
             // The header refuses a literal filter in in-place patches.
             literal_filter: None,
+            base_cache: (0, Vec::new()),
         };
         let result = self
             .pump(&mut seg, &mut out, patch)

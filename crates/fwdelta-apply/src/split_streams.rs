@@ -1,15 +1,20 @@
-//! The split-streams reader (layout 2): decodes a segment's three streams —
-//! record heads, diff bytes, literal bytes — block by block and hands the
-//! record interpreter the same bytes the interleaved layout would, so both
-//! layouts share one validation path.
+//! The split-streams reader (layouts 2 and 3): decodes a segment's three
+//! streams — record heads, diff bytes, literal bytes — block by block and
+//! hands the record interpreter the same bytes the interleaved layout would,
+//! so all layouts share one validation path. In layout 3 the diff bytes come
+//! from the diff model (`fwdelta_format::diff_model`), decoded as each record
+//! needs them, with the old bytes under them as context.
 //!
 //! Memory: three payload decoders (windows as
-//! `MemoryModel::split_window_logs` derives them from the header's), one block
+//! `MemoryModel::split_window_logs` derives them from the header's; in layout
+//! 3 the diff model with a history of the diff window instead of the diff
+//! decoder, and a 16 KiB read of old bytes for its context), one block
 //! buffer of at most `MAX_BLOCK_BUFFER` (64 KiB) for a block's compressed
 //! heads and diffs, and three 16 KiB decoded-byte windows, as
 //! `MemoryModel::required_for_layout` counts them. The literal chunk, usually
 //! the largest, streams through without being held. Passes: one over the
-//! payload.
+//! payload; layout 3 reads the old bytes under each diff twice (once for
+//! the model's context).
 
 use crate::applier::{Output, Rec, Segment};
 use crate::error::ApplyError;
@@ -17,7 +22,9 @@ use crate::payload_decoder::PayloadDecoder;
 use crate::sink::Sink;
 use crate::source::OldImage;
 use crate::BUFFER_LEN;
-use fwdelta_format::header::Header;
+use fwdelta_format::bit_coder::BitDecoder;
+use fwdelta_format::diff_model::{DiffModel, OldContext};
+use fwdelta_format::header::{Header, Layout};
 use fwdelta_format::record::Record;
 use fwdelta_format::split_block::{BlockHeader, MAX_BLOCK_BUFFER, MAX_BLOCK_HEAD_LEN, STREAMS};
 use fwdelta_format::MemoryModel;
@@ -72,7 +79,8 @@ impl Window {
 
 /// One stream: its decoder, its decoded bytes, and where it stands.
 struct Stream {
-    dec: PayloadDecoder,
+    /// `None` for the diff stream of layout 3 (the diff model decodes it).
+    dec: Option<PayloadDecoder>,
     out: Window,
     /// Received compressed bytes in this segment.
     started: bool,
@@ -95,7 +103,10 @@ impl Stream {
             self.out.end -= self.out.start;
             self.out.start = 0;
         }
-        let step = self.dec.run(input, &mut self.out.buf[self.out.end..])?;
+        let Some(dec) = self.dec.as_mut() else {
+            return Err(format!("the {} stream has no decoder", NAMES[which]));
+        };
+        let step = dec.run(input, &mut self.out.buf[self.out.end..])?;
         self.out.end += step.written;
         if step.done {
             self.ended = true;
@@ -120,6 +131,17 @@ pub(crate) struct SplitStreams {
     buf: Vec<u8>,
     /// Bytes of the heads and diffs chunks the decoders have consumed.
     used: [usize; 2],
+    /// Layout 3: the diff model and its work.
+    modelled: Option<Box<Modelled>>,
+}
+
+/// The diff model of a layout-3 patch, the decoder of the current block's
+/// diffs chunk, and a buffer for the old bytes around a run of diffs.
+struct Modelled {
+    model: DiffModel,
+    bits: BitDecoder,
+    /// Whether any diff byte of the current block was decoded.
+    used: bool,
 }
 
 impl SplitStreams {
@@ -127,10 +149,17 @@ impl SplitStreams {
     /// a compressed codec). Allocates the three decoders and the buffers.
     pub(crate) fn new(header: &Header) -> Result<SplitStreams, ApplyError> {
         let [h, d, l] = MemoryModel::split_window_logs(header.window_log);
-        let stream = |window_log| -> Result<Stream, ApplyError> {
-            let dec = PayloadDecoder::new(header.codec, window_log)?.ok_or_else(|| {
-                ApplyError::Decoder("split streams need a compressed codec".into())
-            })?;
+        let modelled = header.layout == Layout::Modelled;
+        let stream = |window_log, decoded: bool| -> Result<Stream, ApplyError> {
+            let dec = if decoded {
+                Some(
+                    PayloadDecoder::new(header.codec, window_log)?.ok_or_else(|| {
+                        ApplyError::Decoder("split streams need a compressed codec".into())
+                    })?,
+                )
+            } else {
+                None
+            };
             Ok(Stream {
                 dec,
                 out: Window::new(),
@@ -139,7 +168,7 @@ impl SplitStreams {
             })
         };
         Ok(SplitStreams {
-            streams: [stream(h)?, stream(d)?, stream(l)?],
+            streams: [stream(h, true)?, stream(d, !modelled)?, stream(l, true)?],
             part: Part::BlockHead,
             block: BlockHeader {
                 heads_len: 0,
@@ -150,13 +179,22 @@ impl SplitStreams {
             left_at_block: 0,
             buf: Vec::with_capacity(MAX_BLOCK_BUFFER),
             used: [0; 2],
+            modelled: modelled.then(|| {
+                Box::new(Modelled {
+                    model: DiffModel::new(d),
+                    bits: BitDecoder::default(),
+                    used: false,
+                })
+            }),
         })
     }
 
     /// Ready for the next segment's payload.
     pub(crate) fn reset(&mut self) -> Result<(), ApplyError> {
         for s in &mut self.streams {
-            s.dec.reset()?;
+            if let Some(dec) = s.dec.as_mut() {
+                dec.reset()?;
+            }
             s.out.start = 0;
             s.out.end = 0;
             s.started = false;
@@ -166,6 +204,9 @@ impl SplitStreams {
         self.head_acc.clear();
         self.buf.clear();
         self.used = [0; 2];
+        if let Some(m) = self.modelled.as_mut() {
+            m.model.reset();
+        }
         Ok(())
     }
 
@@ -222,7 +263,8 @@ impl SplitStreams {
 
     fn start_block(&mut self, block: BlockHeader, seg: &Segment) -> Result<(), ApplyError> {
         for (s, len) in block.lens().into_iter().enumerate() {
-            if len > 0 {
+            // The diff model's chunks have no end to wait for.
+            if len > 0 && self.streams[s].dec.is_some() {
                 if self.streams[s].ended {
                     return Err(
                         seg.corrupt(format!("data after the end of the {} stream", NAMES[s]))
@@ -249,6 +291,11 @@ impl SplitStreams {
         self.part = Part::Literals {
             left: self.block.lits_len,
         };
+        if let Some(m) = self.modelled.as_mut() {
+            let h = self.block.heads_len as usize;
+            m.bits = BitDecoder::start(&self.buf[h..]);
+            m.used = false;
+        }
         self.pump(out, seg, &[])?;
         if self.block.lits_len == 0 {
             self.end_block(seg)?;
@@ -289,6 +336,13 @@ impl SplitStreams {
                         return Ok(());
                     }
                 },
+                Rec::Diff { left, .. } if self.modelled.is_some() => {
+                    if self.streams[DIFFS].out.is_empty() {
+                        self.model_diffs(out, seg, left)?;
+                    }
+                    let n = usize::try_from(left).unwrap_or(usize::MAX);
+                    out.consume(seg, self.streams[DIFFS].out.take(n))?;
+                }
                 Rec::Diff { left, .. } => {
                     while self.streams[DIFFS].out.is_empty() {
                         let h = self.block.heads_len as usize;
@@ -327,6 +381,43 @@ impl SplitStreams {
                 }
             }
         }
+    }
+
+    /// Layout 3: decode the next run of a record's diff bytes (`left` still
+    /// to come, at the old cursor) with the diff model into the diff window.
+    fn model_diffs<O: OldImage + ?Sized, S: Sink>(
+        &mut self,
+        out: &mut Output<'_, O, S>,
+        seg: &Segment,
+        left: u64,
+    ) -> Result<(), ApplyError> {
+        let Some(m) = self.modelled.as_deref_mut() else {
+            return Ok(());
+        };
+        let h = self.block.heads_len as usize;
+        let chunk = &self.buf[h..];
+        if chunk.is_empty() {
+            return Err(seg.corrupt("a record needs diff bytes its block does not have"));
+        }
+        let n = left.min(BUFFER_LEN as u64) as usize;
+        // The record's old range was checked against the old image.
+        let pos = seg.old_pos;
+        let from = pos.saturating_sub(1);
+        let to = (pos + n as u64 + 1).min(out.old_len());
+        let around = out.read_base_kept(from, (to - from) as usize)?;
+        let w = &mut self.streams[DIFFS].out;
+        w.start = 0;
+        w.end = n;
+        let first = (pos - from) as usize;
+        for (j, slot) in w.buf[..n].iter_mut().enumerate() {
+            let ctx = OldContext::at(around, first + j, pos + j as u64);
+            *slot = m.model.code(&mut m.bits.io(chunk), ctx, 0);
+        }
+        m.used = true;
+        if m.bits.read() > chunk.len() + 3 {
+            return Err(seg.corrupt("a record needs diff bytes its block does not have"));
+        }
+        Ok(())
     }
 
     /// Length of the next whole record head at the front of the heads
@@ -368,7 +459,16 @@ impl SplitStreams {
         // pump returned at the end of the heads; the diffs and literals
         // must be used up, including anything a decoder still holds.
         let h = self.block.heads_len as usize;
-        loop {
+        if let Some(m) = self.modelled.as_deref() {
+            let len = self.block.diffs_len as usize;
+            // A chunk the model wrote ends within three bytes of where the
+            // decoder stopped reading.
+            let unused = if m.used { m.bits.read() < len } else { len > 0 };
+            if unused || !self.streams[DIFFS].out.is_empty() {
+                return Err(seg.corrupt("diff bytes no record of the block uses"));
+            }
+        }
+        while self.modelled.is_none() {
             let input = &self.buf[h + self.used[1]..];
             let (read, written) = self.streams[DIFFS]
                 .decode(input, DIFFS)

@@ -143,7 +143,7 @@ fn resume_refuses_what_does_not_fit() {
         &new,
         &Options {
             segment_cost: 400,
-            level: 3,
+            level: 19,
             ..Options::default()
         },
     )

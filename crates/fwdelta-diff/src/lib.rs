@@ -138,7 +138,7 @@ impl Default for Options {
         Options {
             codec: Codec::Lzma2,
             level: 19,
-            apply_memory: 2 << 20,
+            apply_memory: 4 << 20,
             segment_cost: 1 << 20,
             in_place: None,
             align: 1,
@@ -359,7 +359,7 @@ impl Plan {
                     })
             })
             .collect();
-        let make = |c: &Candidate, level: i32| self.encode_ops(c, old, new, level);
+        let make = |c: &Candidate, level: i32| self.encode_ops(c, old, new, level, false);
         let mut keep = vec![true; candidates.len()];
         let mut probe = None;
         if candidates.len() > 1
@@ -368,7 +368,10 @@ impl Plan {
         {
             let sizes = candidates
                 .par_iter()
-                .map(|c| make(c, PROBE_LEVEL).map(|p| p.bytes.len()))
+                .map(|c| {
+                    self.encode_ops(c, old, new, PROBE_LEVEL, true)
+                        .map(|p| p.bytes.len())
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             keep = probe_keeps(&sizes, opts.probe_min_patch);
             let made = keep.iter().filter(|&&k| k).count();
@@ -410,12 +413,15 @@ impl Plan {
 
     /// Encode a candidate's ops at `level`; their diff bytes apply to
     /// `c.base` (the old image, or the old image as `c.refs` predicts it).
+    /// A `probe` encoding only ranks candidates: with an automatic layout it
+    /// makes the split layout alone, never the slower diff model.
     fn encode_ops(
         &self,
         c: &Candidate,
         old: &[u8],
         new: &[u8],
         level: i32,
+        probe: bool,
     ) -> Result<Patch, DiffError> {
         let (ops, base, code_refs) = (c.ops, c.base, c.refs);
         let opts = &Options {
@@ -440,27 +446,45 @@ impl Plan {
                 (segmenter::align_boundaries(segments, opts.align), 0)
             }
         };
-        let split_window = (codec != Codec::Stored && opts.in_place.is_none())
-            .then(|| MemoryModel::window_log_for_budget_in(codec, opts.apply_memory, Layout::Split))
-            .flatten();
-        // The layout to encode, and for automatic layouts the one to try too
-        // on small patches.
+        // The window each split layout gets from the budget, if it fits.
+        let window_in = |layout: Layout| {
+            (codec != Codec::Stored && opts.in_place.is_none())
+                .then(|| MemoryModel::window_log_for_budget_in(codec, opts.apply_memory, layout))
+                .flatten()
+        };
+        // The layouts to encode, in order of preference: the first is always
+        // made, the others only on small patches and at `--level max`.
         let interleaved = (Layout::Interleaved, max_window_log);
-        let (first, second) = match (opts.layout, split_window) {
-            (Some(Layout::Interleaved), _) | (None, None) => (interleaved, None),
-            (Some(Layout::Split), Some(w)) => ((Layout::Split, w), None),
-            (Some(Layout::Split), None) => {
-                return Err(DiffError::InvalidOption(format!(
-                    "split streams need a compressed codec, a patch that is not in-place, and \
-                     an apply budget of at least {} bytes",
-                    MemoryModel::required_for_layout(codec, MIN_WINDOW_LOG, Layout::Split)
-                )))
-            }
+        let layouts: Vec<(Layout, u8)> = match opts.layout {
+            Some(Layout::Interleaved) => vec![interleaved],
+            Some(layout) => match window_in(layout) {
+                Some(w) => vec![(layout, w)],
+                None => {
+                    return Err(DiffError::InvalidOption(format!(
+                        "the {} layout needs a compressed codec, a patch that is not in-place, \
+                         and an apply budget of at least {} bytes",
+                        layout.name(),
+                        MemoryModel::required_for_layout(codec, MIN_WINDOW_LOG, layout)
+                    )))
+                }
+            },
             // zstd's decoders are larger (a 2 MiB budget leaves its diff
             // stream a 256 KiB window) and zstd is chosen for apply speed:
             // automatic means interleaved for it.
-            (None, Some(_)) if codec != Codec::Lzma2 => (interleaved, None),
-            (None, Some(w)) => ((Layout::Split, w), Some(interleaved)),
+            None if codec != Codec::Lzma2 => vec![interleaved],
+            // The probe compares candidates cheaply: LZMA2 diffs at its
+            // level rank them as the diff model would, at a tenth of the time.
+            None if probe => window_in(Layout::Split)
+                .map(|w| (Layout::Split, w))
+                .into_iter()
+                .chain([interleaved])
+                .take(1)
+                .collect(),
+            None => [Layout::Modelled, Layout::Split]
+                .into_iter()
+                .filter_map(|l| window_in(l).map(|w| (l, w)))
+                .chain([interleaved])
+                .collect(),
         };
         let (diff_bytes, literal_bytes) = ops
             .iter()
@@ -507,22 +531,31 @@ impl Plan {
             let bytes = container_writer::write(&images, &body, &segments, &encoded)?;
             Ok::<_, DiffError>((bytes, codec, layout, window_log))
         };
-        let mut best = encode_in(codec, first)?;
-        if let Some(second) = second {
-            if best.0.len() < SMALL_PATCH || opts.level >= segment_encoder::SEARCH_LEVEL {
-                let other = encode_in(codec, second)?;
-                if other.0.len() < best.0.len() {
-                    best = other;
+        let mut best: Option<(Vec<u8>, Codec, Layout, u8)> = None;
+        for &layout in &layouts {
+            if let Some(b) = &best {
+                if b.0.len() >= SMALL_PATCH && opts.level < segment_encoder::SEARCH_LEVEL {
+                    break;
                 }
             }
+            let made = match encode_in(codec, layout) {
+                // Rare: blocks the model codes larger than the buffer; the
+                // next layout (split) always fits.
+                Err(DiffError::ModelledBlockTooLarge) if opts.layout.is_none() => continue,
+                made => made?,
+            };
+            if best.as_ref().is_none_or(|b| made.0.len() < b.0.len()) {
+                best = Some(made);
+            }
         }
+        let mut best = best.ok_or(DiffError::ModelledBlockTooLarge)?;
         // A record stream of a few dozen bytes does not compress: the codec's
         // own framing (LZMA2's chunk header and end marker, zstd's frame
         // header) is then pure overhead, and stored payloads also need the
         // least apply memory. Tried on tiny patches unless split was asked for.
         if best.0.len() < STORED_TRIAL
             && codec != Codec::Stored
-            && opts.layout != Some(Layout::Split)
+            && !opts.layout.is_some_and(Layout::is_split)
         {
             let stored = encode_in(Codec::Stored, (Layout::Interleaved, MIN_WINDOW_LOG))?;
             if stored.0.len() < best.0.len() {

@@ -226,14 +226,22 @@ pub fn encode(
             Layout::Interleaved => {
                 encode_interleaved(&records, old, new, codec, level, max_window_log)?
             }
-            Layout::Split => {
+            Layout::Split | Layout::Modelled => {
                 let lens = records.iter().fold([0u64; 3], |[h, d, l], p| {
                     let r = &p.record;
                     [h + r.head_len() as u64, d + r.diff_len, l + r.literal_len]
                 });
                 let window_log = split_window_for(lens, max_window_log);
                 EncodedSegment {
-                    payload: split_encoder::encode(&records, old, new, codec, level, window_log)?,
+                    payload: split_encoder::encode(
+                        &records,
+                        old,
+                        new,
+                        codec,
+                        level,
+                        window_log,
+                        layout == Layout::Modelled,
+                    )?,
                     window_log,
                 }
             }

@@ -1,7 +1,8 @@
-//! The split-streams payload writer (layout 2): cuts a segment's records into
-//! blocks and writes their heads, diff bytes and literal bytes as three
-//! compressed streams, one chunk of each per block (see
-//! `fwdelta_format::split_block`).
+//! The split-streams payload writer (layouts 2 and 3): cuts a segment's
+//! records into blocks and writes their heads, diff bytes and literal bytes
+//! as three compressed streams, one chunk of each per block (see
+//! `fwdelta_format::split_block`). In layout 3 the diff stream is coded by
+//! the diff model (`fwdelta_format::diff_model`) instead of the codec.
 //!
 //! A block's heads and diffs chunks must fit the applier's block buffer
 //! together. The writer first groups records by an estimate of their
@@ -9,13 +10,15 @@
 //! should a block still compress larger than the buffer, it regroups by raw
 //! size, which LZMA2 and zstd can only shrink, and encodes again.
 //!
-//! Cost: three compression contexts at a time, one pass over the diff bytes
-//! to group, one or (rarely) two encoding passes; the payload is held in
-//! memory.
+//! Cost: three compression contexts at a time (in layout 3, two and the
+//! diff model), one pass over the diff bytes to group, one or (rarely) two
+//! encoding passes; the payload is held in memory.
 
 use crate::error::DiffError;
 use crate::segment_encoder::{write_diff, NewImage, Planned, SCRATCH};
 use crate::stream_encoder::StreamEncoder;
+use fwdelta_format::bit_coder::BitEncoder;
+use fwdelta_format::diff_model::{DiffModel, OldContext};
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};
 use fwdelta_format::split_block::{BlockHeader, MAX_BLOCK_BUFFER};
 use fwdelta_format::{Codec, MemoryModel};
@@ -53,7 +56,8 @@ impl Grouping {
 }
 
 /// Encode `records` (in order, as the interleaved layout would) as a split
-/// payload of `codec` with streams of window `2^window_log`.
+/// payload of `codec` with streams of window `2^window_log`, the diff bytes
+/// through the diff model if `modelled` (layout 3).
 pub(crate) fn encode(
     records: &[Planned],
     old: &[u8],
@@ -61,16 +65,73 @@ pub(crate) fn encode(
     codec: Codec,
     level: i32,
     window_log: u8,
+    modelled: bool,
 ) -> Result<Vec<u8>, DiffError> {
+    let streams = Streams {
+        codec,
+        level,
+        window_log,
+        modelled,
+    };
     for grouping in [Grouping::Estimate, Grouping::Raw] {
         let blocks = group(records, old, new, grouping);
-        if let Some(payload) = write_blocks(&blocks, old, new, codec, level, window_log)? {
+        if let Some(payload) = write_blocks(&blocks, old, new, &streams)? {
             return Ok(payload);
         }
+    }
+    if modelled {
+        return Err(DiffError::ModelledBlockTooLarge);
     }
     Err(DiffError::Compress(std::io::Error::other(
         "a block of raw heads and diffs compressed past the block buffer",
     )))
+}
+
+/// How the three streams are coded.
+struct Streams {
+    codec: Codec,
+    level: i32,
+    window_log: u8,
+    modelled: bool,
+}
+
+/// The diff stream's writer: the codec's, or the diff model's.
+enum DiffWriter {
+    Codec(StreamEncoder),
+    Model(Box<DiffModel>, BitEncoder),
+}
+
+impl DiffWriter {
+    /// Write the differences of `new` against the old bytes at
+    /// `old[at..at + new.len()]`.
+    fn write(
+        &mut self,
+        old: &[u8],
+        at: usize,
+        new: &[u8],
+        scratch: &mut [u8],
+    ) -> std::io::Result<()> {
+        match self {
+            DiffWriter::Codec(enc) => write_diff(enc, &old[at..at + new.len()], new, scratch),
+            DiffWriter::Model(model, bits) => {
+                for (j, &n) in new.iter().enumerate() {
+                    let p = at + j;
+                    let ctx = OldContext::at(old, p, p as u64);
+                    model.code(bits, ctx, n.wrapping_sub(old[p]));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The block's chunk (`last`: the stream's final one).
+    fn chunk(&mut self, last: bool) -> std::io::Result<Vec<u8>> {
+        match self {
+            DiffWriter::Codec(enc) if last => enc.finish(),
+            DiffWriter::Codec(enc) => enc.cut(),
+            DiffWriter::Model(_, bits) => Ok(bits.finish()),
+        }
+    }
 }
 
 /// Group records into blocks whose weight stays under the grouping's target,
@@ -149,14 +210,16 @@ fn write_blocks(
     blocks: &[Vec<Planned>],
     old: &[u8],
     new: &NewImage,
-    codec: Codec,
-    level: i32,
-    window_log: u8,
+    s: &Streams,
 ) -> Result<Option<Vec<u8>>, DiffError> {
-    let [h, d, l] = MemoryModel::split_window_logs(window_log);
-    let mut heads = StreamEncoder::new(codec, level, h)?;
-    let mut diffs = StreamEncoder::new(codec, level, d)?;
-    let mut lits = StreamEncoder::new(codec, level, l)?;
+    let [h, d, l] = MemoryModel::split_window_logs(s.window_log);
+    let mut heads = StreamEncoder::new(s.codec, s.level, h)?;
+    let mut diffs = if s.modelled {
+        DiffWriter::Model(Box::new(DiffModel::new(d)), BitEncoder::new())
+    } else {
+        DiffWriter::Codec(StreamEncoder::new(s.codec, s.level, d)?)
+    };
+    let mut lits = StreamEncoder::new(s.codec, s.level, l)?;
     let mut scratch = vec![0u8; SCRATCH];
     let mut lit_run = Vec::new();
     let mut head = Vec::with_capacity(MAX_HEAD_LEN);
@@ -168,9 +231,9 @@ fn write_blocks(
             r.encode_head(&mut head);
             heads.write_all(&head)?;
             let d = r.diff_len as usize;
-            write_diff(
-                &mut diffs,
-                &old[p.diff_old..p.diff_old + d],
+            diffs.write(
+                old,
+                p.diff_old,
                 &new[p.diff_new..p.diff_new + d],
                 &mut scratch,
             )?;
@@ -182,10 +245,8 @@ fn write_blocks(
             )?;
         }
         let last = b + 1 == blocks.len();
-        let mut chunks = Vec::with_capacity(3);
-        for enc in [&mut heads, &mut diffs, &mut lits] {
-            chunks.push(if last { enc.finish()? } else { enc.cut()? });
-        }
+        let chunk = |enc: &mut StreamEncoder| if last { enc.finish() } else { enc.cut() };
+        let chunks = [chunk(&mut heads)?, diffs.chunk(last)?, chunk(&mut lits)?];
         if chunks[0].len() + chunks[1].len() > MAX_BLOCK_BUFFER {
             return Ok(None);
         }

@@ -64,23 +64,29 @@ fn split_layout_with_many_blocks_round_trips() {
         *b ^= 0x5A; // sparse
     }
     new.splice(1_100_000..1_100_000, noise(33, 150_000));
-    for codec in [Codec::Lzma2, Codec::Zstd] {
+    for (codec, layout, budget) in [
+        (Codec::Lzma2, Layout::Split, 2 << 20),
+        (Codec::Zstd, Layout::Split, 2 << 20),
+        (Codec::Lzma2, Layout::Modelled, 4 << 20),
+        (Codec::Zstd, Layout::Modelled, 4 << 20),
+    ] {
         let opts = Options {
             codec,
             level: 3,
-            layout: Some(Layout::Split),
+            layout: Some(layout),
+            apply_memory: budget,
             ..Options::default()
         };
         let patch = diff(&old, &new, &opts).unwrap();
-        assert_eq!(patch.report.layout, Layout::Split);
+        assert_eq!(patch.report.layout, layout);
         let header = fwdelta_apply::inspect(&patch.bytes[..]).unwrap().header;
-        assert_eq!(header.layout, Layout::Split);
+        assert_eq!(header.layout, layout);
         let limit = ApplyOptions {
             memory_limit: header.apply_memory,
             ..ApplyOptions::default()
         };
         assert!(
-            header.apply_memory <= 2 << 20,
+            header.apply_memory <= budget,
             "claims {}",
             header.apply_memory
         );
@@ -109,17 +115,29 @@ fn automatic_layout_keeps_the_smaller() {
         ..Options::default()
     };
     let enc = |o: &Options| plan.encode(&old, &new, o).unwrap();
+    let modelled = enc(&with(Codec::Lzma2, Some(Layout::Modelled), 4 << 20));
     let split = enc(&with(Codec::Lzma2, Some(Layout::Split), 2 << 20));
     let inter = enc(&with(Codec::Lzma2, Some(Layout::Interleaved), 2 << 20));
-    let auto = enc(&with(Codec::Lzma2, None, 2 << 20));
+    let auto = enc(&with(Codec::Lzma2, None, 4 << 20));
     assert!(
-        split.bytes.len() < inter.bytes.len(),
-        "split {} vs interleaved {}",
+        modelled.bytes.len() < split.bytes.len() && split.bytes.len() < inter.bytes.len(),
+        "modelled {} vs split {} vs interleaved {}",
+        modelled.bytes.len(),
         split.bytes.len(),
         inter.bytes.len()
     );
-    assert_eq!(auto.report.layout, Layout::Split);
-    assert_eq!(auto.bytes.len(), split.bytes.len());
+    assert_eq!(auto.report.layout, Layout::Modelled);
+    assert_eq!(auto.bytes, modelled.bytes);
+    // 1 MiB holds three decoders but not the diff model's tables.
+    let mid = enc(&with(Codec::Lzma2, None, 1 << 20));
+    assert_eq!(mid.report.layout, Layout::Split);
+    assert!(plan
+        .encode(
+            &old,
+            &new,
+            &with(Codec::Lzma2, Some(Layout::Modelled), 1 << 20)
+        )
+        .is_err());
     assert_eq!(
         enc(&with(Codec::Zstd, None, 2 << 20)).report.layout,
         Layout::Interleaved
@@ -135,23 +153,28 @@ fn automatic_layout_keeps_the_smaller() {
             &with(Codec::Lzma2, Some(Layout::Split), 384 << 10)
         )
         .is_err());
-    for p in [&split, &inter, &small] {
+    for p in [&modelled, &split, &inter, &small, &mid] {
         assert_applies(&old, &p.bytes, &new);
     }
-    // A tiny change: both layouts are tried and the smaller kept.
+    // A tiny change: every layout is tried and the smallest kept.
     let mut one = old.clone();
     one[777] ^= 1;
     let plan = Plan::build(&old, &one).unwrap();
-    let sizes: Vec<usize> = [None, Some(Layout::Split), Some(Layout::Interleaved)]
-        .into_iter()
-        .map(|l| {
-            plan.encode(&old, &one, &with(Codec::Lzma2, l, 2 << 20))
-                .unwrap()
-                .bytes
-                .len()
-        })
-        .collect();
-    assert_eq!(sizes[0], sizes[1].min(sizes[2]), "{sizes:?}");
+    let sizes: Vec<usize> = [
+        None,
+        Some(Layout::Modelled),
+        Some(Layout::Split),
+        Some(Layout::Interleaved),
+    ]
+    .into_iter()
+    .map(|l| {
+        plan.encode(&old, &one, &with(Codec::Lzma2, l, 4 << 20))
+            .unwrap()
+            .bytes
+            .len()
+    })
+    .collect();
+    assert_eq!(sizes[0], *sizes[1..].iter().min().unwrap(), "{sizes:?}");
 }
 
 fn edge_cases_with(opts: &Options) {
@@ -621,12 +644,16 @@ fn executable_aware_patches_predict_moved_calls() {
     for arch in [Arch::X86_64, Arch::Aarch64] {
         let old = program(arch, 0);
         let new = program(arch, 1024);
-        let plain = plain_diff(&old, &new);
-        assert!(plain.report.code.is_none());
-        let opts = Options {
-            code: CodeMode::Arch(arch),
+        // In the split layout (LZMA2 diffs): the diff model learns the calls'
+        // changed displacements too, which would blur what this measures.
+        let split = |code| Options {
+            code,
+            layout: Some(Layout::Split),
             ..Options::default()
         };
+        let plain = diff(&old, &new, &split(CodeMode::Off)).unwrap();
+        assert!(plain.report.code.is_none());
+        let opts = split(CodeMode::Arch(arch));
         let aware = diff(&old, &new, &opts).unwrap();
         assert_eq!(aware.report.code.map(|c| c.0), Some(arch), "{arch:?}");
         assert_eq!(aware.report.plain_len, Some(plain.bytes.len()));
@@ -639,9 +666,12 @@ fn executable_aware_patches_predict_moved_calls() {
             plain.bytes.len()
         );
         round_trip(&old, &new, &opts);
-        // auto detection finds the same instruction set
+        // auto detection finds the same instruction set, and with every
+        // layout tried the aware patch still wins
         let auto = diff(&old, &new, &Options::default()).unwrap();
         assert_eq!(auto.report.code.map(|c| c.0), Some(arch), "{arch:?}");
+        assert!(auto.bytes.len() < plain_diff(&old, &new).bytes.len());
+        assert_applies(&old, &auto.bytes, &new);
     }
 }
 

@@ -66,6 +66,19 @@ pub enum Layout {
     /// bytes — each compressed on its own and interleaved in blocks (see
     /// [`crate::split_block`]). Needs a compressed codec; not in-place.
     Split,
+    /// As [`Layout::Split`], but the diff stream is coded by the diff model
+    /// ([`crate::diff_model`]), which predicts each difference byte from the
+    /// old bytes under it; heads and literals use the codec. Needs a
+    /// compressed codec; not in-place.
+    Modelled,
+}
+
+impl Layout {
+    /// Whether segments hold three streams in blocks ([`Layout::Split`] and
+    /// [`Layout::Modelled`]).
+    pub fn is_split(self) -> bool {
+        self != Layout::Interleaved
+    }
 }
 
 impl Layout {
@@ -74,6 +87,7 @@ impl Layout {
         match self {
             Layout::Interleaved => 1,
             Layout::Split => 2,
+            Layout::Modelled => 3,
         }
     }
     /// Name for humans and JSON.
@@ -81,12 +95,14 @@ impl Layout {
         match self {
             Layout::Interleaved => "interleaved-records",
             Layout::Split => "split-streams",
+            Layout::Modelled => "split-streams-modelled-diffs",
         }
     }
     fn from_id(id: u8) -> Result<Self, FormatError> {
         match id {
             1 => Ok(Layout::Interleaved),
             2 => Ok(Layout::Split),
+            3 => Ok(Layout::Modelled),
             other => Err(FormatError::UnknownLayout(other)),
         }
     }
@@ -402,7 +418,7 @@ impl Header {
                 });
             }
         }
-        if layout == Layout::Split && (codec == Codec::Stored || cell_log.is_some()) {
+        if layout.is_split() && (codec == Codec::Stored || cell_log.is_some()) {
             return Err(FormatError::BadField {
                 field: "layout",
                 detail: "split streams need a compressed codec and cannot be in-place".into(),

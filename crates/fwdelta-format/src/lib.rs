@@ -19,8 +19,10 @@
 //! ```
 
 pub mod address_map;
+pub mod bit_coder;
 pub mod chain;
 pub mod checkpoint;
+pub mod diff_model;
 pub mod error;
 pub mod header;
 pub mod literal_filter;

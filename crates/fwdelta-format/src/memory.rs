@@ -11,6 +11,7 @@
 //! `memory_model_covers_the_real_decoder` in `fwdelta-apply` re-measures both
 //! so an upgrade cannot silently break them.
 
+use crate::diff_model::DiffModel;
 use crate::header::{Codec, Layout, MAX_WINDOW_LOG, MIN_WINDOW_LOG};
 use crate::split_block::MAX_BLOCK_BUFFER;
 
@@ -59,6 +60,10 @@ impl MemoryModel {
     /// streams (the literals use the applier's decoded-stream buffer).
     pub const SPLIT_BUFFERS: u64 = MAX_BLOCK_BUFFER as u64 + 32 * 1024;
 
+    /// Extra buffer of the modelled-diffs layout: the old bytes around each
+    /// 16 KiB run of difference bytes, read for the diff model's context.
+    pub const MODELLED_CONTEXT: u64 = 16 * 1024 + 64;
+
     /// Bytes one decoder of `codec` with window `2^window_log` holds (none
     /// for stored payloads).
     pub fn decoder_for(codec: Codec, window_log: u8) -> u64 {
@@ -105,6 +110,15 @@ impl MemoryModel {
                     .sum::<u64>()
                     + Self::APPLIER_BUFFERS
                     + Self::SPLIT_BUFFERS
+            }
+            Layout::Modelled => {
+                let [h, d, l] = Self::split_window_logs(window_log);
+                Self::decoder_for(codec, h)
+                    + DiffModel::memory(d)
+                    + Self::decoder_for(codec, l)
+                    + Self::APPLIER_BUFFERS
+                    + Self::SPLIT_BUFFERS
+                    + Self::MODELLED_CONTEXT
             }
         }
     }

@@ -9,6 +9,7 @@
 
 use arbitrary::{Result as ArbResult, Unstructured};
 use fwdelta_apply::{apply, inspect, Applier, ApplyOptions};
+use fwdelta_format::diff_model::OldContext;
 use fwdelta_format::header::Header;
 use fwdelta_format::record::Record;
 use fwdelta_format::reference_rewriter::Arch;
@@ -206,11 +207,12 @@ pub fn structured_verdicts(inputs: &[Vec<u8>]) -> (usize, usize) {
 /// was invalid and refused, `None` if the input ran out before a patch was built.
 fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
     let old = OLD;
-    let (codec, layout) = match u.int_in_range(0..=3u8)? {
+    let (codec, layout) = match u.int_in_range(0..=4u8)? {
         0 => (Codec::Stored, Layout::Interleaved),
         1 => (Codec::Zstd, Layout::Interleaved),
         2 => (Codec::Lzma2, Layout::Interleaved),
-        _ => (Codec::Lzma2, Layout::Split),
+        3 => (Codec::Lzma2, Layout::Split),
+        _ => (Codec::Lzma2, Layout::Modelled),
     };
     let window_log: u8 = u.int_in_range(10..=16)?;
     // Literal runs stored through a literal filter (AArch64, A32, x86-64): the reference
@@ -266,7 +268,9 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
                 }
             }
             // Blocks cut wherever the input says.
-            Layout::Split => split_blocks(u, &records, window_log)?,
+            Layout::Split | Layout::Modelled => {
+                split_blocks(u, &records, old, old_start, window_log, layout)?
+            }
         };
         if payload.is_empty() {
             return Ok(None);
@@ -359,16 +363,41 @@ fn restore_literals(
 fn split_blocks(
     u: &mut Unstructured<'_>,
     records: &[GenRecord],
+    old: &[u8],
+    old_start: u64,
     window_log: u8,
+    layout: Layout,
 ) -> ArbResult<Vec<u8>> {
     let mut blocks: Vec<[Vec<u8>; 3]> = vec![Default::default()];
+    // Layout 3: each block's diff bytes with the old context they apply to
+    // (zero context where a record reaches outside the old image: the
+    // applier refuses it before decoding its diffs).
+    let mut modelled: Vec<Vec<(OldContext, u8)>> = vec![Vec::new()];
+    let mut cursor = i128::from(old_start);
     for (i, r) in records.iter().enumerate() {
         let b = blocks.last_mut().expect("one block at least");
         r.record.encode_head(&mut b[0]);
         b[1].extend_from_slice(&r.diff);
         b[2].extend_from_slice(&r.literal);
+        cursor += i128::from(r.record.copy_len);
+        let piece = modelled.last_mut().expect("one block at least");
+        for (j, &d) in r.diff.iter().enumerate() {
+            let p = cursor + j as i128;
+            let ctx = usize::try_from(p).ok().filter(|&p| p < old.len()).map_or(
+                OldContext {
+                    prev: 0,
+                    cur: 0,
+                    next: 0,
+                    pos: 0,
+                },
+                |p| OldContext::at(old, p, p as u64),
+            );
+            piece.push((ctx, d));
+        }
+        cursor += i128::from(r.record.diff_len) + i128::from(r.record.seek);
         if i + 1 < records.len() && u.arbitrary::<bool>()? {
             blocks.push(Default::default());
+            modelled.push(Vec::new());
         }
     }
     let views: Vec<[&[u8]; 3]> = blocks
@@ -378,7 +407,22 @@ fn split_blocks(
     // One dictionary for all three streams: the smallest of their windows
     // (a stream may always use less than its window).
     let dict = MemoryModel::lzma_dict(MemoryModel::split_window_logs(window_log)[0]) as u32;
-    Ok(fwdelta_testkit::split_lzma2(&views, dict).unwrap_or_default())
+    if layout == Layout::Split {
+        return Ok(fwdelta_testkit::split_lzma2(&views, dict).unwrap_or_default());
+    }
+    let heads: Vec<&[u8]> = views.iter().map(|v| v[0]).collect();
+    let lits: Vec<&[u8]> = views.iter().map(|v| v[2]).collect();
+    let diffs = fwdelta_testkit::model_diff_chunks(&modelled, window_log);
+    let (Some(heads), Some(lits)) = (
+        fwdelta_testkit::lzma2_chunks(&heads, dict, true),
+        fwdelta_testkit::lzma2_chunks(&lits, dict, true),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let chunks: Vec<[&[u8]; 3]> = (0..views.len())
+        .map(|i| [&heads[i][..], &diffs[i][..], &lits[i][..]])
+        .collect();
+    Ok(fwdelta_testkit::split_payload(&chunks))
 }
 
 fn compress(stream: &[u8], window_log: u8) -> Vec<u8> {

@@ -1,7 +1,9 @@
-//! Hand-made payloads: LZMA2 chunks and split-layout payloads (format layout
-//! 2), so tests and fuzz targets can build honest and deliberately broken
+//! Hand-made payloads: LZMA2 chunks, diff-model chunks and split-layout
+//! payloads (format layouts 2 and 3), so tests and fuzz targets can build honest and deliberately broken
 //! patches without the generator (sealed with `fwdelta_format::chain::seal_patch`).
 
+use fwdelta_format::bit_coder::BitEncoder;
+use fwdelta_format::diff_model::{DiffModel, OldContext};
 use fwdelta_format::split_block::BlockHeader;
 use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
 
@@ -38,6 +40,23 @@ pub fn lzma2_chunks(pieces: &[&[u8]], dict: u32, end: bool) -> Option<Vec<Vec<u8
         chunks.push(out);
     }
     Some(chunks)
+}
+
+/// The diff chunks of layout 3: each piece's difference bytes, with the old
+/// context each applies to, coded by one diff model with a history of
+/// `2^history_log` bytes (the header's window), one chunk per piece.
+pub fn model_diff_chunks(pieces: &[Vec<(OldContext, u8)>], history_log: u8) -> Vec<Vec<u8>> {
+    let mut model = DiffModel::new(history_log);
+    let mut bits = BitEncoder::new();
+    pieces
+        .iter()
+        .map(|piece| {
+            for &(ctx, d) in piece {
+                model.code(&mut bits, ctx, d);
+            }
+            bits.finish()
+        })
+        .collect()
 }
 
 /// A split payload: each block's header, then its three chunks as given.

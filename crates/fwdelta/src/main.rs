@@ -76,7 +76,7 @@ pub struct GenArgs {
     #[arg(long, default_value = "lzma2", value_parser = parse_codec)]
     codec: Codec,
     /// Memory the applier may use; sets the decoder window, written into the header.
-    #[arg(long, default_value = "2MiB", value_parser = size::parse_size)]
+    #[arg(long, default_value = "4MiB", value_parser = size::parse_size)]
     apply_memory: u64,
     /// Target compressed size of one segment (resume/parallel grain).
     #[arg(long, default_value = "1MiB", value_parser = size::parse_size)]
@@ -95,9 +95,11 @@ pub struct GenArgs {
     /// a fast probe may choose alone when one is clearly smaller).
     #[arg(long, default_value = "auto", value_parser = parse_code_mode)]
     arch: CodeMode,
-    /// Body layout: split (heads, diff bytes and literals compressed as three
-    /// streams: smaller, needs a budget for three decoders), interleaved (one
-    /// stream), or auto (split when the budget allows; small patches try both).
+    /// Body layout: modelled (heads and literals compressed as two streams,
+    /// diff bytes coded by a model of the old bytes under them: smallest,
+    /// slower to apply, needs about 3.5 MiB), split (three compressed
+    /// streams, needs a budget for three decoders), interleaved (one stream),
+    /// or auto (the first of those the budget allows; small patches try all).
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
     layout: LayoutArg,
     /// Do not store new code's call targets as absolute (AArch64 BL and ADRP, A32 BL,
@@ -111,6 +113,7 @@ pub struct GenArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LayoutArg {
     Auto,
+    Modelled,
     Split,
     Interleaved,
 }
@@ -120,6 +123,7 @@ impl LayoutArg {
     fn layout(self) -> Option<Layout> {
         match self {
             LayoutArg::Auto => None,
+            LayoutArg::Modelled => Some(Layout::Modelled),
             LayoutArg::Split => Some(Layout::Split),
             LayoutArg::Interleaved => Some(Layout::Interleaved),
         }

@@ -775,6 +775,7 @@ fn codec_zstd_is_chosen_on_request_and_round_trips() {
 fn layout_is_chosen_on_request_and_round_trips() {
     let fx = Fixture::new("fw-x86-64");
     for (layout, name) in [
+        ("modelled", "split-streams-modelled-diffs"),
         ("split", "split-streams"),
         ("interleaved", "interleaved-records"),
     ] {
@@ -792,11 +793,29 @@ fn layout_is_chosen_on_request_and_round_trips() {
     );
     assert_eq!(run.code, 1, "{}", run.describe());
     assert!(
-        run.stderr.contains("split streams need"),
+        run.stderr.contains("the split-streams layout needs"),
         "{}",
         run.describe()
     );
     assert!(!small.exists());
+    // the diff model's tables alone take more than 1 MiB: at 1 MiB the
+    // modelled layout is refused and automatic falls back to split
+    let (two, run) = fx.diff_to(
+        "two.fwd",
+        &["--layout", "modelled", "--apply-memory", "1MiB"],
+    );
+    assert_eq!(run.code, 1, "{}", run.describe());
+    assert!(
+        run.stderr
+            .contains("the split-streams-modelled-diffs layout needs"),
+        "{}",
+        run.describe()
+    );
+    assert!(!two.exists());
+    let (auto, run) = fx.diff_to("auto1.fwd", &["--apply-memory", "1MiB", "-q"]);
+    run.assert_ok();
+    assert_ne!(info_json(&auto)["layout"], "split-streams-modelled-diffs");
+    assert!(info_json(&auto)["apply_memory"].as_u64().unwrap() <= 1 << 20);
     let (bad, run) = fx.diff_to("bad.fwd", &["--layout", "columns"]);
     assert_eq!(run.code, 2, "{}", run.describe());
     assert!(!bad.exists());
