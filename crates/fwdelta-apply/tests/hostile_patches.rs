@@ -781,6 +781,112 @@ fn crafted_bad_split_blocks_are_refused() {
     assert!(err.to_string().contains("split streams need"), "{err}");
 }
 
+/// Layout 3: the split case's blocks with the diff chunks coded by the diff
+/// model. `blocks` gives each block's head records, diff bytes (with the old
+/// offset of the first) and literal bytes; `extra` is appended to block
+/// `k`'s diff chunk.
+/// One block of [`modelled_payload`]: raw heads, diff bytes at an old
+/// offset, raw literals.
+type ModelledBlock<'a> = (Vec<u8>, Option<(usize, Vec<u8>)>, &'a [u8]);
+
+fn modelled_payload(
+    old: &[u8],
+    blocks: &[ModelledBlock<'_>],
+    extra: Option<(usize, &[u8])>,
+) -> Vec<u8> {
+    use fwdelta_format::diff_model::OldContext;
+    let pieces: Vec<Vec<(OldContext, u8)>> = blocks
+        .iter()
+        .map(|(_, d, _)| match d {
+            Some((at, bytes)) => bytes
+                .iter()
+                .enumerate()
+                .map(|(j, &b)| (OldContext::at(old, at + j, (at + j) as u64), b))
+                .collect(),
+            None => Vec::new(),
+        })
+        .collect();
+    let mut diffs = fwdelta_testkit::model_diff_chunks(&pieces, 10);
+    if let Some((k, bytes)) = extra {
+        diffs[k].extend_from_slice(bytes);
+    }
+    let heads: Vec<&[u8]> = blocks.iter().map(|b| &b.0[..]).collect();
+    let lits: Vec<&[u8]> = blocks.iter().map(|b| b.2).collect();
+    let (h, l) = (lzma2_chunks(&heads, true), lzma2_chunks(&lits, true));
+    let chunks: Vec<[&[u8]; 3]> = (0..blocks.len())
+        .map(|i| [&h[i][..], &diffs[i][..], &l[i][..]])
+        .collect();
+    split_payload(&chunks)
+}
+
+#[test]
+fn crafted_modelled_patches_round_trip_when_honest_and_refuse_unused_diffs() {
+    let c = split_case();
+    let patch = |payload: Vec<u8>| {
+        let n = c.new.len() as u64;
+        craft_layout(
+            &c.old,
+            &c.new,
+            Codec::Lzma2,
+            Layout::Modelled,
+            10,
+            &[(n, 0, payload)],
+        )
+    };
+    // three blocks: copy 4, diffs at 4..7, "XY" | "abc" | copy 5, diffs at 12..14
+    let blocks = |mid_diffs: Option<(usize, Vec<u8>)>| {
+        vec![
+            (rec(4, 3, 2, 0, b""), Some((4, vec![1, 1, 1])), &b"XY"[..]),
+            (rec(0, 0, 3, 0, b""), mid_diffs, &b"abc"[..]),
+            (rec(5, 2, 0, 0, b""), Some((12, vec![2, 2])), &b""[..]),
+        ]
+    };
+    let honest = patch(modelled_payload(&c.old, &blocks(None), None));
+    assert_eq!(run(&c.old, &honest).unwrap(), c.new);
+    let mut a = Applier::new(&c.old[..], Vec::new(), ApplyOptions::default());
+    for b in &honest {
+        a.feed(std::slice::from_ref(b)).unwrap();
+    }
+    assert_eq!(a.finish().unwrap().1, c.new);
+    let refused = |payload: Vec<u8>, want: &str| {
+        let d = corrupt_detail(run(&c.old, &patch(payload)));
+        assert!(d.contains(want), "want {want:?}, got {d:?}");
+    };
+    // a chunk longer than what its records decode
+    refused(
+        modelled_payload(&c.old, &blocks(None), Some((0, &[0xA5; 8]))),
+        "diff bytes no record",
+    );
+    // a diff chunk in a block whose records have no diff bytes
+    refused(
+        modelled_payload(&c.old, &blocks(Some((9, vec![7, 7]))), None),
+        "diff bytes no record",
+    );
+    // a record that needs diff bytes from an empty chunk
+    let mut no_diffs = blocks(None);
+    no_diffs[2].1 = None;
+    refused(
+        modelled_payload(&c.old, &no_diffs, None),
+        "needs diff bytes its block does not have",
+    );
+    // a damaged diff chunk decodes to other bytes: the segment check fails
+    let mut damaged = honest.clone();
+    let at = damaged.len() - 20;
+    damaged[at] ^= 0x40;
+    assert!(run(&c.old, &damaged).is_err());
+    // the diff model needs a compressed codec for heads and literals
+    let p = craft_layout(
+        &c.old,
+        &c.new,
+        Codec::Stored,
+        Layout::Modelled,
+        10,
+        &[(19, 0, vec![0; 8])],
+    );
+    let err = run(&c.old, &p).unwrap_err();
+    assert!(err.to_string().contains("split streams need"), "{err}");
+}
+
 #[test]
 fn crafted_bad_segment_headers_are_refused() {
     let old = b"0123456789abcdef".to_vec();

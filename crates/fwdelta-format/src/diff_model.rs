@@ -460,6 +460,39 @@ mod tests {
     }
 
     #[test]
+    fn memory_counts_every_allocation() {
+        for log in [10u8, 16, 20] {
+            let m = DiffModel::new(log);
+            let held = m.counters.capacity() * 2
+                + m.weights.capacity() * INPUTS * 4
+                + m.history.capacity()
+                + m.last_seen.capacity() * 4
+                + std::mem::size_of::<DiffModel>();
+            assert!(held as u64 <= DiffModel::memory(log), "2^{log}: {held}");
+            assert!(DiffModel::memory(log) - (held as u64) < 1024);
+        }
+    }
+
+    #[test]
+    fn a_larger_history_codes_a_stream_it_holds_the_same() {
+        // 4,000 bytes of repeats (the match model at work) fit 2^12 and 2^20.
+        let (olds, mut diffs) = sample(4_000);
+        for i in 2_000..4_000 {
+            diffs[i] = diffs[i - 1_500] ^ 1;
+        }
+        let run = |log| {
+            let mut m = DiffModel::new(log);
+            let mut enc = BitEncoder::new();
+            for (&o, &d) in olds.iter().zip(&diffs) {
+                m.code(&mut enc, o, d);
+            }
+            enc.finish()
+        };
+        assert_eq!(run(12), run(20));
+        assert_ne!(run(10), run(12), "a 1 KiB history cannot hold the repeats");
+    }
+
+    #[test]
     fn reset_model_codes_like_a_new_one() {
         let (olds, diffs) = sample(5_000);
         let run = |m: &mut DiffModel| {

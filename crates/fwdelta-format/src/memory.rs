@@ -237,5 +237,19 @@ mod tests {
             MemoryModel::required_for_layout(Codec::Lzma2, 20, Layout::Split),
             (3 * 80 + 1024 + 512 + 64) * 1024 + 64 * 1024 + 96 * 1024
         );
+        // Modelled diffs: the model (1 MiB of tables, 256 KiB of match
+        // positions, a 1 MiB history) instead of the diff decoder; the
+        // default 4 MiB budget gives it window 2^20, 1 MiB does not hold it.
+        let modelled = |b| MemoryModel::window_log_for_budget_in(Codec::Lzma2, b, Layout::Modelled);
+        assert_eq!(
+            MemoryModel::required_for_layout(Codec::Lzma2, 20, Layout::Modelled),
+            3_295_424
+        );
+        assert_eq!(modelled(4 << 20), Some(20));
+        assert_eq!(modelled(1 << 20), None);
+        assert_eq!(
+            MemoryModel::required_for_layout(Codec::Lzma2, 10, Layout::Modelled),
+            1_666_240
+        );
     }
 }
