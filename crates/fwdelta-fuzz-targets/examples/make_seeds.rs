@@ -32,10 +32,17 @@ fn main() {
     ];
     let mut patches = Vec::new();
     for (name, new) in &news {
-        // One codec and layout each, so the seeds exercise both decoders and
-        // both layouts.
+        // One codec and layout each, so the seeds exercise both decoders,
+        // every layout and the diff model.
         let kinds = [
             ("one", u64::MAX, 2 << 20, Codec::Lzma2, Some(Layout::Split)),
+            (
+                "modelled",
+                u64::MAX,
+                4 << 20,
+                Codec::Lzma2,
+                Some(Layout::Modelled),
+            ),
             (
                 "many",
                 300,
