@@ -1,11 +1,13 @@
 //! Criterion benchmarks: suffix sorting, match finding (sort + scan), the
-//! reference rewriter, segment encoding, apply.
+//! reference rewriter, the diff model, segment encoding, apply.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fwdelta_apply::{apply, ApplyOptions};
 use fwdelta_benches::{synthetic_pair, testdata};
 use fwdelta_diff::suffix_array::SuffixArray;
 use fwdelta_diff::{address_mapper, diff, matcher, Options, Plan};
+use fwdelta_format::bit_coder::{BitDecoder, BitEncoder};
+use fwdelta_format::diff_model::{DiffModel, OldContext};
 use fwdelta_format::reference_rewriter::{Arch, ReferenceRewriter};
 
 fn inputs() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
@@ -58,6 +60,44 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
+    }
+    g.finish();
+
+    // The diff model on the difference bytes of each pair's equal-length
+    // prefix (mostly zeros, as in real diff streams): coding and decoding,
+    // per difference byte.
+    let mut g = c.benchmark_group("diff_model");
+    g.sample_size(10);
+    for (name, old, new) in &inputs {
+        let n = old.len().min(new.len()).min(1 << 20);
+        let ctx: Vec<OldContext> = (0..n).map(|p| OldContext::at(old, p, p as u64)).collect();
+        let diffs: Vec<u8> = (0..n).map(|p| new[p].wrapping_sub(old[p])).collect();
+        let code = |m: &mut DiffModel| {
+            let mut enc = BitEncoder::new();
+            for (&c, &d) in ctx.iter().zip(&diffs) {
+                m.code(&mut enc, c, d);
+            }
+            enc.finish()
+        };
+        let chunk = code(&mut DiffModel::new(20));
+        g.throughput(Throughput::Bytes(n as u64));
+        g.bench_function(BenchmarkId::new("encode", name), |b| {
+            let mut m = DiffModel::new(20);
+            b.iter(|| {
+                m.reset();
+                code(&mut m)
+            })
+        });
+        g.bench_function(BenchmarkId::new("decode", name), |b| {
+            let mut m = DiffModel::new(20);
+            b.iter(|| {
+                m.reset();
+                let mut dec = BitDecoder::start(&chunk);
+                ctx.iter()
+                    .map(|&c| m.code(&mut dec.io(&chunk), c, 0))
+                    .fold(0u8, |a, v| a ^ v)
+            })
+        });
     }
     g.finish();
 
