@@ -374,10 +374,9 @@ impl<O: OldImage + ?Sized, S: Sink> Output<'_, O, S> {
     /// copies them instead of reading the old image again. `len` is at most
     /// the applier's buffer and two bytes.
     pub(crate) fn read_base_kept(&mut self, offset: u64, len: usize) -> Result<&[u8], ApplyError> {
+        // Taken out, so nothing is kept if the read fails.
         let mut kept = std::mem::take(&mut self.base_cache.1);
         kept.resize(len, 0);
-        // Nothing is kept if the read fails.
-        self.base_cache.1 = Vec::new();
         self.read_base(offset, &mut kept)?;
         self.base_cache = (offset, kept);
         Ok(&self.base_cache.1)

@@ -13,8 +13,9 @@
 //! heads and diffs, and three 16 KiB decoded-byte windows, as
 //! `MemoryModel::required_for_layout` counts them. The literal chunk, usually
 //! the largest, streams through without being held. Passes: one over the
-//! payload; layout 3 reads the old bytes under each diff twice (once for
-//! the model's context).
+//! payload; layout 3 reads the old bytes under each run of diffs once, with
+//! a byte either side, for the model's context, and the interpreter applies
+//! the diffs to that same read (`Output::read_base_kept`).
 
 use crate::applier::{Output, Rec, Segment};
 use crate::error::ApplyError;
@@ -135,8 +136,8 @@ pub(crate) struct SplitStreams {
     modelled: Option<Box<Modelled>>,
 }
 
-/// The diff model of a layout-3 patch, the decoder of the current block's
-/// diffs chunk, and a buffer for the old bytes around a run of diffs.
+/// The diff model of a layout-3 patch and the decoder of the current
+/// block's diffs chunk.
 struct Modelled {
     model: DiffModel,
     bits: BitDecoder,
@@ -336,26 +337,9 @@ impl SplitStreams {
                         return Ok(());
                     }
                 },
-                Rec::Diff { left, .. } if self.modelled.is_some() => {
-                    if self.streams[DIFFS].out.is_empty() {
-                        self.model_diffs(out, seg, left)?;
-                    }
-                    let n = usize::try_from(left).unwrap_or(usize::MAX);
-                    out.consume(seg, self.streams[DIFFS].out.take(n))?;
-                }
                 Rec::Diff { left, .. } => {
-                    while self.streams[DIFFS].out.is_empty() {
-                        let h = self.block.heads_len as usize;
-                        let input = &self.buf[h + self.used[1]..];
-                        let (read, written) = self.streams[DIFFS]
-                            .decode(input, DIFFS)
-                            .map_err(|e| seg.corrupt(e))?;
-                        self.used[1] += read;
-                        if read == 0 && written == 0 {
-                            return Err(
-                                seg.corrupt("a record needs diff bytes its block does not have")
-                            );
-                        }
+                    if self.streams[DIFFS].out.is_empty() {
+                        self.fill_diffs(out, seg, left)?;
                     }
                     let n = usize::try_from(left).unwrap_or(usize::MAX);
                     out.consume(seg, self.streams[DIFFS].out.take(n))?;
@@ -383,18 +367,30 @@ impl SplitStreams {
         }
     }
 
-    /// Layout 3: decode the next run of a record's diff bytes (`left` still
-    /// to come, at the old cursor) with the diff model into the diff window.
-    fn model_diffs<O: OldImage + ?Sized, S: Sink>(
+    /// Decode diff bytes into the (empty) diff window for a record with
+    /// `left` still to come at the old cursor: from the block's diffs chunk
+    /// with the codec, or in layout 3 the next run of at most 16 KiB with
+    /// the diff model.
+    fn fill_diffs<O: OldImage + ?Sized, S: Sink>(
         &mut self,
         out: &mut Output<'_, O, S>,
         seg: &Segment,
         left: u64,
     ) -> Result<(), ApplyError> {
+        let h = self.block.heads_len as usize;
         let Some(m) = self.modelled.as_deref_mut() else {
+            while self.streams[DIFFS].out.is_empty() {
+                let input = &self.buf[h + self.used[1]..];
+                let (read, written) = self.streams[DIFFS]
+                    .decode(input, DIFFS)
+                    .map_err(|e| seg.corrupt(e))?;
+                self.used[1] += read;
+                if read == 0 && written == 0 {
+                    return Err(seg.corrupt("a record needs diff bytes its block does not have"));
+                }
+            }
             return Ok(());
         };
-        let h = self.block.heads_len as usize;
         let chunk = &self.buf[h..];
         if chunk.is_empty() {
             return Err(seg.corrupt("a record needs diff bytes its block does not have"));
@@ -467,21 +463,22 @@ impl SplitStreams {
             if unused || !self.streams[DIFFS].out.is_empty() {
                 return Err(seg.corrupt("diff bytes no record of the block uses"));
             }
-        }
-        while self.modelled.is_none() {
-            let input = &self.buf[h + self.used[1]..];
-            let (read, written) = self.streams[DIFFS]
-                .decode(input, DIFFS)
-                .map_err(|e| seg.corrupt(e))?;
-            self.used[1] += read;
-            if written > 0 || !self.streams[DIFFS].out.is_empty() {
-                return Err(seg.corrupt("diff bytes no record of the block uses"));
-            }
-            if read == 0 {
-                if !input.is_empty() {
-                    return Err(seg.corrupt("decoder made no progress"));
+        } else {
+            loop {
+                let input = &self.buf[h + self.used[1]..];
+                let (read, written) = self.streams[DIFFS]
+                    .decode(input, DIFFS)
+                    .map_err(|e| seg.corrupt(e))?;
+                self.used[1] += read;
+                if written > 0 || !self.streams[DIFFS].out.is_empty() {
+                    return Err(seg.corrupt("diff bytes no record of the block uses"));
                 }
-                break;
+                if read == 0 {
+                    if !input.is_empty() {
+                        return Err(seg.corrupt("decoder made no progress"));
+                    }
+                    break;
+                }
             }
         }
         let (_, written) = self.streams[LITS]
