@@ -59,6 +59,8 @@ const LIMIT: u16 = 10;
 /// 10-11 bytes (+0.5-0.7%) on the two 2 KB bundled firmware patches; 12
 /// lost on the small corpus pairs.
 const LEARN_SHIFT: u32 = 11;
+/// A fresh counter: probability 1/2, no hits.
+const FRESH: u16 = 2048 << 4;
 /// Starting weight of every input (1/3 in 16.16 fixed point).
 const START_WEIGHT: i32 = 65536 / 3;
 /// The bias input.
@@ -184,9 +186,9 @@ impl DiffModel {
     pub fn new(history_log: u8) -> Self {
         let history_log = history_log.clamp(*HISTORY_LOG_RANGE.start(), *HISTORY_LOG_RANGE.end());
         DiffModel {
-            counters: vec![2048 << 4; MODELS << TABLE_LOG],
+            counters: vec![FRESH; MODELS << TABLE_LOG],
             weights: vec![[START_WEIGHT; INPUTS]; WEIGHT_SETS],
-            match_counters: [2048 << 4; 64],
+            match_counters: [FRESH; 64],
             history: vec![0; 1 << history_log],
             coded: 0,
             recent: 0,
@@ -198,9 +200,9 @@ impl DiffModel {
 
     /// Back to the state of [`Self::new`] (no allocation).
     pub fn reset(&mut self) {
-        self.counters.fill(2048 << 4);
+        self.counters.fill(FRESH);
         self.weights.fill([START_WEIGHT; INPUTS]);
-        self.match_counters = [2048 << 4; 64];
+        self.match_counters = [FRESH; 64];
         self.history.fill(0);
         self.last_seen.fill(0);
         self.coded = 0;
@@ -253,7 +255,7 @@ impl DiffModel {
             }
             (node & 0xFF) as u8
         };
-        self.learn(value);
+        self.learn(value, expected);
         value
     }
 
@@ -321,11 +323,11 @@ impl DiffModel {
     }
 
     /// After a byte: history, the match it follows, the hashed sequences.
-    fn learn(&mut self, value: u8) {
+    /// `expected` is the byte the match predicted (if there is a match).
+    fn learn(&mut self, value: u8, expected: u32) {
         let mask = self.history.len() as u64 - 1;
         if self.match_len > 0 {
-            let expected = self.history[(self.match_at & mask) as usize];
-            if expected == value {
+            if expected == u32::from(value) {
                 self.match_len += 1;
                 self.match_at += 1;
             } else {
