@@ -516,6 +516,18 @@ struct Extensions {
     literal_filter: Option<Arch>,
 }
 
+/// The value of a one-byte extension (`field` names it in errors), refused
+/// if it is not one byte long or was `seen` before.
+fn one_byte(field: &'static str, value: &[u8], seen: bool) -> Result<u8, FormatError> {
+    match value {
+        [b] if !seen => Ok(*b),
+        _ => Err(FormatError::BadField {
+            field,
+            detail: "must appear once, one byte long".into(),
+        }),
+    }
+}
+
 /// Walk the extension area: entries of (type u16, length u16, value). Types with
 /// the high bit set are critical and refused when unknown; others are skipped.
 /// Returns the in-place cell size (log2) if [`EXT_IN_PLACE`] is present, the
@@ -541,17 +553,15 @@ fn check_extensions(mut area: &[u8], old_len: u64) -> Result<Extensions, FormatE
         })?;
         match ty {
             EXT_IN_PLACE => {
-                let bad = |detail: String| FormatError::BadField {
-                    field: "in-place extension",
-                    detail,
-                };
-                if len != 1 || cell_log.is_some() {
-                    return Err(bad("must appear once, one byte long".into()));
+                const FIELD: &str = "in-place extension";
+                let cl = one_byte(FIELD, value, cell_log.is_some())?;
+                if !(MIN_CELL_LOG..=MAX_CELL_LOG).contains(&cl) {
+                    return Err(FormatError::BadField {
+                        field: FIELD,
+                        detail: format!("cell size 2^{cl} is out of range"),
+                    });
                 }
-                if !(MIN_CELL_LOG..=MAX_CELL_LOG).contains(&value[0]) {
-                    return Err(bad(format!("cell size 2^{} is out of range", value[0])));
-                }
-                cell_log = Some(value[0]);
+                cell_log = Some(cl);
             }
             EXT_CODE_REFS => {
                 if code_refs.is_some() || value.is_empty() {
@@ -566,16 +576,13 @@ fn check_extensions(mut area: &[u8], old_len: u64) -> Result<Extensions, FormatE
                 });
             }
             EXT_LITERAL_FILTER => {
-                let bad = |detail: String| FormatError::BadField {
-                    field: "literal filter extension",
-                    detail,
-                };
-                if len != 1 || literal_filter.is_some() {
-                    return Err(bad("must appear once, one byte long".into()));
-                }
-                let arch = Arch::from_id(value[0])?;
+                const FIELD: &str = "literal filter extension";
+                let arch = Arch::from_id(one_byte(FIELD, value, literal_filter.is_some())?)?;
                 if !crate::literal_filter::supported(arch) {
-                    return Err(bad(format!("{} has no literal filter", arch.name())));
+                    return Err(FormatError::BadField {
+                        field: FIELD,
+                        detail: format!("{} has no literal filter", arch.name()),
+                    });
                 }
                 literal_filter = Some(arch);
             }
