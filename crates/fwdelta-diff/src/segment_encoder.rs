@@ -237,13 +237,7 @@ pub fn encode(
                 let window_log = split_window_for(lens, max_window_log);
                 EncodedSegment {
                     payload: split_encoder::encode(
-                        &records,
-                        old,
-                        new,
-                        codec,
-                        level,
-                        window_log,
-                        layout == Layout::Modelled,
+                        &records, old, new, codec, level, window_log, modelled,
                     )?,
                     window_log,
                 }

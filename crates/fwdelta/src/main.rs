@@ -97,7 +97,7 @@ pub struct GenArgs {
     arch: CodeMode,
     /// Body layout: modelled (heads and literals compressed as two streams,
     /// diff bytes coded by a model of the old bytes under them: smallest,
-    /// slower to apply, needs about 3.5 MiB), split (three compressed
+    /// slower to apply, needs about 3.2 MiB), split (three compressed
     /// streams, needs a budget for three decoders), interleaved (one stream),
     /// or auto (the first of those the budget allows; small patches try all).
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
