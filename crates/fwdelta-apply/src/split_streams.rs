@@ -1,14 +1,16 @@
 //! The split-streams reader (layouts 2 and 3): decodes a segment's three
 //! streams — record heads, diff bytes, literal bytes — block by block and
 //! hands the record interpreter the same bytes the interleaved layout would,
-//! so all layouts share one validation path. In layout 3 the diff bytes come
+//! so all layouts share one validation path. In layout 3 the record heads
+//! come from the head model (`fwdelta_format::head_model`) and the diff bytes
 //! from the diff model (`fwdelta_format::diff_model`), decoded as each record
-//! needs them, with the old bytes under them as context.
+//! needs them, the diffs with the old bytes under them as context.
 //!
 //! Memory: three payload decoders (windows as
 //! `MemoryModel::split_window_logs` derives them from the header's; in layout
-//! 3 the diff model with a history of the diff window instead of the diff
-//! decoder, and a 16 KiB read of old bytes for its context), one block
+//! 3 the head model instead of the heads decoder, the diff model with a
+//! history of the diff window instead of the diff decoder, and a 16 KiB read
+//! of old bytes for its context), one block
 //! buffer of at most `MAX_BLOCK_BUFFER` (64 KiB) for a block's compressed
 //! heads and diffs, and three 16 KiB decoded-byte windows, as
 //! `MemoryModel::required_for_layout` counts them. The literal chunk, usually
@@ -25,8 +27,9 @@ use crate::source::OldImage;
 use crate::BUFFER_LEN;
 use fwdelta_format::bit_coder::BitDecoder;
 use fwdelta_format::diff_model::{DiffModel, OldContext};
+use fwdelta_format::head_model::HeadModel;
 use fwdelta_format::header::{Header, Layout};
-use fwdelta_format::record::Record;
+use fwdelta_format::record::{Record, MAX_HEAD_LEN};
 use fwdelta_format::split_block::{BlockHeader, MAX_BLOCK_BUFFER, MAX_BLOCK_HEAD_LEN, STREAMS};
 use fwdelta_format::MemoryModel;
 
@@ -80,7 +83,8 @@ impl Window {
 
 /// One stream: its decoder, its decoded bytes, and where it stands.
 struct Stream {
-    /// `None` for the diff stream of layout 3 (the diff model decodes it).
+    /// `None` for the heads and diff streams of layout 3 (the models decode
+    /// them).
     dec: Option<PayloadDecoder>,
     out: Window,
     /// Received compressed bytes in this segment.
@@ -136,13 +140,28 @@ pub(crate) struct SplitStreams {
     modelled: Option<Box<Modelled>>,
 }
 
-/// The diff model of a layout-3 patch and the decoder of the current
-/// block's diffs chunk.
+/// The models of a layout-3 patch and the decoders of the current block's
+/// heads and diffs chunks.
 struct Modelled {
     model: DiffModel,
     bits: BitDecoder,
     /// Whether any diff byte of the current block was decoded.
     used: bool,
+    heads: HeadModel,
+    head_bits: BitDecoder,
+    /// Where the block's records stand.
+    records: Records,
+}
+
+/// Progress through a layout-3 block's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Records {
+    /// None decoded yet.
+    First,
+    /// Some decoded; the flag before the next is still to come.
+    More,
+    /// The flag after the last was decoded.
+    Done,
 }
 
 impl SplitStreams {
@@ -169,7 +188,11 @@ impl SplitStreams {
             })
         };
         Ok(SplitStreams {
-            streams: [stream(h, true)?, stream(d, !modelled)?, stream(l, true)?],
+            streams: [
+                stream(h, !modelled)?,
+                stream(d, !modelled)?,
+                stream(l, true)?,
+            ],
             part: Part::BlockHead,
             block: BlockHeader {
                 heads_len: 0,
@@ -185,6 +208,9 @@ impl SplitStreams {
                     model: DiffModel::new(d),
                     bits: BitDecoder::default(),
                     used: false,
+                    heads: HeadModel::new(),
+                    head_bits: BitDecoder::default(),
+                    records: Records::First,
                 })
             }),
         })
@@ -207,6 +233,7 @@ impl SplitStreams {
         self.used = [0; 2];
         if let Some(m) = self.modelled.as_mut() {
             m.model.reset();
+            m.heads.reset();
         }
         Ok(())
     }
@@ -264,7 +291,7 @@ impl SplitStreams {
 
     fn start_block(&mut self, block: BlockHeader, seg: &Segment) -> Result<(), ApplyError> {
         for (s, len) in block.lens().into_iter().enumerate() {
-            // The diff model's chunks have no end to wait for.
+            // The models' chunks have no end to wait for.
             if len > 0 && self.streams[s].dec.is_some() {
                 if self.streams[s].ended {
                     return Err(
@@ -294,6 +321,8 @@ impl SplitStreams {
         };
         if let Some(m) = self.modelled.as_mut() {
             let h = self.block.heads_len as usize;
+            m.head_bits = BitDecoder::start(&self.buf[..h]);
+            m.records = Records::First;
             m.bits = BitDecoder::start(&self.buf[h..]);
             m.used = false;
         }
@@ -419,6 +448,10 @@ impl SplitStreams {
     /// Length of the next whole record head at the front of the heads
     /// window, decoding more as needed; `None` when the block has no more.
     fn next_head(&mut self, seg: &Segment) -> Result<Option<usize>, ApplyError> {
+        if let Some(m) = self.modelled.as_deref_mut() {
+            return next_modelled_head(m, &self.buf, &self.block, &mut self.streams[HEADS].out)
+                .map_err(|e| seg.corrupt(e));
+        }
         loop {
             let avail = self.streams[HEADS].out.avail();
             if !avail.is_empty() {
@@ -456,6 +489,11 @@ impl SplitStreams {
         // must be used up, including anything a decoder still holds.
         let h = self.block.heads_len as usize;
         if let Some(m) = self.modelled.as_deref() {
+            // next_head returned None: the heads chunk's records ended (or
+            // it is empty), and the decoder must have reached its end.
+            if h > 0 && (m.records != Records::Done || m.head_bits.read() < h) {
+                return Err(seg.corrupt("record-head bytes after the block's last record"));
+            }
             let len = self.block.diffs_len as usize;
             // A chunk the model wrote ends within three bytes of where the
             // decoder stopped reading.
@@ -491,4 +529,42 @@ impl SplitStreams {
         seg.frame_done = self.streams.iter().all(|s| s.ended || !s.started);
         Ok(())
     }
+}
+
+/// [`SplitStreams::next_head`] in layout 3: the head model decodes the flag
+/// before the block's next record and, if one follows, its head into the
+/// (empty) heads window. A block with an empty heads chunk has no records;
+/// one whose chunk is not empty has at least one.
+fn next_modelled_head(
+    m: &mut Modelled,
+    buf: &[u8],
+    block: &BlockHeader,
+    window: &mut Window,
+) -> Result<Option<usize>, String> {
+    let chunk = &buf[..block.heads_len as usize];
+    if chunk.is_empty() || m.records == Records::Done {
+        return Ok(None);
+    }
+    let first = m.records == Records::First;
+    let io = &mut m.head_bits.io(chunk);
+    if !m.heads.code_more(io, first, false) {
+        if first {
+            return Err("a record-head chunk without records".into());
+        }
+        m.records = Records::Done;
+        return Ok(None);
+    }
+    m.records = Records::More;
+    let mut head = [0u8; MAX_HEAD_LEN];
+    let n = m
+        .heads
+        .decode_head(io, &mut head)
+        .ok_or("a record head longer than any valid one")?;
+    if m.head_bits.read() > chunk.len() + 3 {
+        return Err("a record head past the end of its chunk".into());
+    }
+    window.buf[..n].copy_from_slice(&head[..n]);
+    window.start = 0;
+    window.end = n;
+    Ok(Some(n))
 }

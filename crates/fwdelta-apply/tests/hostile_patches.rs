@@ -781,18 +781,20 @@ fn crafted_bad_split_blocks_are_refused() {
     assert!(err.to_string().contains("split streams need"), "{err}");
 }
 
-/// Layout 3: the split case's blocks with the diff chunks coded by the diff
-/// model. `blocks` gives each block's head records, diff bytes (with the old
-/// offset of the first) and literal bytes; `extra` is appended to block
-/// `k`'s diff chunk.
 /// One block of [`modelled_payload`]: raw heads, diff bytes at an old
 /// offset, raw literals.
 type ModelledBlock<'a> = (Vec<u8>, Option<(usize, Vec<u8>)>, &'a [u8]);
 
-fn modelled_payload(
+/// Layout 3: the split case's blocks with the heads coded by the head model
+/// and the diff chunks by the diff model. `blocks` gives each block's head
+/// records, diff bytes (with the old offset of the first) and literal bytes;
+/// `extra` is appended to block `k`'s diff chunk, `extra_heads` to block
+/// `k`'s heads chunk.
+fn modelled_payload_with(
     old: &[u8],
     blocks: &[ModelledBlock<'_>],
     extra: Option<(usize, &[u8])>,
+    extra_heads: Option<(usize, &[u8])>,
 ) -> Vec<u8> {
     use fwdelta_format::diff_model::OldContext;
     let pieces: Vec<Vec<(OldContext, u8)>> = blocks
@@ -812,11 +814,23 @@ fn modelled_payload(
     }
     let heads: Vec<&[u8]> = blocks.iter().map(|b| &b.0[..]).collect();
     let lits: Vec<&[u8]> = blocks.iter().map(|b| b.2).collect();
-    let (h, l) = (lzma2_chunks(&heads, true), lzma2_chunks(&lits, true));
+    let mut h = fwdelta_testkit::model_head_chunks(&heads);
+    if let Some((k, bytes)) = extra_heads {
+        h[k].extend_from_slice(bytes);
+    }
+    let l = lzma2_chunks(&lits, true);
     let chunks: Vec<[&[u8]; 3]> = (0..blocks.len())
         .map(|i| [&h[i][..], &diffs[i][..], &l[i][..]])
         .collect();
     split_payload(&chunks)
+}
+
+fn modelled_payload(
+    old: &[u8],
+    blocks: &[ModelledBlock<'_>],
+    extra: Option<(usize, &[u8])>,
+) -> Vec<u8> {
+    modelled_payload_with(old, blocks, extra, None)
 }
 
 #[test]
@@ -885,6 +899,86 @@ fn crafted_modelled_patches_round_trip_when_honest_and_refuse_unused_diffs() {
     );
     let err = run(&c.old, &p).unwrap_err();
     assert!(err.to_string().contains("split streams need"), "{err}");
+}
+
+#[test]
+fn crafted_modelled_heads_are_refused_when_they_hide_bytes_or_run_long() {
+    use fwdelta_format::bit_coder::BitEncoder;
+    use fwdelta_format::head_model::HeadModel;
+    let c = split_case();
+    let n = c.new.len() as u64;
+    let patch = |payload: Vec<u8>| {
+        craft_layout(
+            &c.old,
+            &c.new,
+            Codec::Lzma2,
+            Layout::Modelled,
+            10,
+            &[(n, 0, payload)],
+        )
+    };
+    let blocks = |second_heads: Vec<u8>| {
+        vec![
+            (rec(4, 3, 2, 0, b""), Some((4, vec![1, 1, 1])), &b"XY"[..]),
+            (second_heads, Some((12, vec![2, 2])), &b"abc"[..]),
+        ]
+    };
+    let two = [rec(0, 0, 3, 0, b""), rec(5, 2, 0, 0, b"")].concat();
+    let honest = patch(modelled_payload(&c.old, &blocks(two.clone()), None));
+    assert_eq!(run(&c.old, &honest).unwrap(), c.new);
+    let refused = |payload: Vec<u8>, want: &str| {
+        let d = corrupt_detail(run(&c.old, &patch(payload)));
+        assert!(d.contains(want), "want {want:?}, got {d:?}");
+    };
+    // bytes after the flag that ends the block's records
+    refused(
+        modelled_payload_with(&c.old, &blocks(two.clone()), None, Some((1, &[0x5A; 8]))),
+        "record-head bytes after the block's last record",
+    );
+    // a varint that never ends: the head model stops at the longest head
+    refused(
+        modelled_payload(&c.old, &blocks(vec![0x80; 48]), None),
+        "a record head longer than any valid one",
+    );
+    // a heads chunk whose first flag says no record follows
+    let mut model = HeadModel::new();
+    let mut bits = BitEncoder::new();
+    for (i, h) in [rec(4, 3, 2, 0, b"")].iter().enumerate() {
+        model.code_more(&mut bits, i == 0, true);
+        model.code_head(&mut bits, h);
+    }
+    model.code_more(&mut bits, false, false);
+    let first = bits.finish();
+    model.code_more(&mut bits, true, false);
+    let empty = bits.finish();
+    let testkit_first = &fwdelta_testkit::model_head_chunks(&[&rec(4, 3, 2, 0, b"")])[0];
+    assert_eq!(
+        &first, testkit_first,
+        "the testkit codes heads as the model does"
+    );
+    let lits = lzma2_chunks(&[b"XY", b"abc"], true);
+    let pieces = |at: usize, d: &[u8]| -> Vec<(fwdelta_format::diff_model::OldContext, u8)> {
+        d.iter()
+            .enumerate()
+            .map(|(j, &b)| {
+                let p = at + j;
+                (
+                    fwdelta_format::diff_model::OldContext::at(&c.old, p, p as u64),
+                    b,
+                )
+            })
+            .collect()
+    };
+    let diffs =
+        fwdelta_testkit::model_diff_chunks(&[pieces(4, &[1, 1, 1]), pieces(12, &[2, 2])], 10);
+    let chunks = [
+        [&first[..], &diffs[0][..], &lits[0][..]],
+        [&empty[..], &diffs[1][..], &lits[1][..]],
+    ];
+    refused(
+        split_payload(&chunks),
+        "a record-head chunk without records",
+    );
 }
 
 #[test]

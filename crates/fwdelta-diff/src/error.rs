@@ -32,11 +32,11 @@ pub enum DiffError {
         /// Compressed length.
         len: usize,
     },
-    /// A block of the modelled-diffs layout did not fit the applier's block
+    /// A block of the modelled layout did not fit the applier's block
     /// buffer even grouped by raw size (the diff model, unlike LZMA2 and
     /// zstd, can code bytes it predicts badly larger than they are). The
     /// generator then makes the patch in the split layout.
-    #[error("a block of heads and modelled diffs does not fit the block buffer")]
+    #[error("a block of modelled heads and diffs does not fit the block buffer")]
     ModelledBlockTooLarge,
     /// The compressor failed.
     #[error("compression failed: {0}")]

@@ -1,8 +1,9 @@
 //! The split-streams payload writer (layouts 2 and 3): cuts a segment's
 //! records into blocks and writes their heads, diff bytes and literal bytes
 //! as three compressed streams, one chunk of each per block (see
-//! `fwdelta_format::split_block`). In layout 3 the diff stream is coded by
-//! the diff model (`fwdelta_format::diff_model`) instead of the codec.
+//! `fwdelta_format::split_block`). In layout 3 the heads are coded by the
+//! head model (`fwdelta_format::head_model`) and the diff bytes by the diff
+//! model (`fwdelta_format::diff_model`) instead of the codec.
 //!
 //! A block's heads and diffs chunks must fit the applier's block buffer
 //! together. The writer first groups records by an estimate of their
@@ -10,8 +11,8 @@
 //! should a block still compress larger than the buffer, it regroups by raw
 //! size, which LZMA2 and zstd can only shrink, and encodes again.
 //!
-//! Cost: three compression contexts at a time (in layout 3, two and the
-//! diff model), one pass over the diff bytes to group, one or (rarely) two
+//! Cost: three compression contexts at a time (in layout 3, the literal
+//! codec's and the two models), one pass over the diff bytes to group, one or (rarely) two
 //! encoding passes; the payload is held in memory.
 
 use crate::error::DiffError;
@@ -19,6 +20,7 @@ use crate::segment_encoder::{write_diff, NewImage, Planned, SCRATCH};
 use crate::stream_encoder::StreamEncoder;
 use fwdelta_format::bit_coder::BitEncoder;
 use fwdelta_format::diff_model::{DiffModel, OldContext};
+use fwdelta_format::head_model::HeadModel;
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};
 use fwdelta_format::split_block::{BlockHeader, MAX_BLOCK_BUFFER};
 use fwdelta_format::{Codec, MemoryModel};
@@ -134,6 +136,39 @@ impl DiffWriter {
     }
 }
 
+/// The heads stream's writer: the codec's, or the head model's.
+enum HeadsWriter {
+    Codec(StreamEncoder),
+    Model(Box<HeadModel>, BitEncoder),
+}
+
+impl HeadsWriter {
+    /// Write one record head; `first`: the block's first.
+    fn write(&mut self, head: &[u8], first: bool) -> std::io::Result<()> {
+        match self {
+            HeadsWriter::Codec(enc) => enc.write_all(head),
+            HeadsWriter::Model(model, bits) => {
+                model.code_more(bits, first, true);
+                model.code_head(bits, head);
+                Ok(())
+            }
+        }
+    }
+
+    /// The block's chunk (`last`: the stream's final one); the model ends
+    /// the block's records with its flag.
+    fn chunk(&mut self, last: bool) -> std::io::Result<Vec<u8>> {
+        match self {
+            HeadsWriter::Codec(enc) if last => enc.finish(),
+            HeadsWriter::Codec(enc) => enc.cut(),
+            HeadsWriter::Model(model, bits) => {
+                model.code_more(bits, false, false);
+                Ok(bits.finish())
+            }
+        }
+    }
+}
+
 /// Group records into blocks whose weight stays under the grouping's target,
 /// splitting a record whose diff bytes alone would exceed it (the first part
 /// keeps the copy, the last the literals and the seek).
@@ -213,11 +248,16 @@ fn write_blocks(
     s: &Streams,
 ) -> Result<Option<Vec<u8>>, DiffError> {
     let [h, d, l] = MemoryModel::split_window_logs(s.window_log);
-    let mut heads = StreamEncoder::new(s.codec, s.level, h)?;
-    let mut diffs = if s.modelled {
-        DiffWriter::Model(Box::new(DiffModel::new(d)), BitEncoder::new())
+    let (mut heads, mut diffs) = if s.modelled {
+        (
+            HeadsWriter::Model(Box::new(HeadModel::new()), BitEncoder::new()),
+            DiffWriter::Model(Box::new(DiffModel::new(d)), BitEncoder::new()),
+        )
     } else {
-        DiffWriter::Codec(StreamEncoder::new(s.codec, s.level, d)?)
+        (
+            HeadsWriter::Codec(StreamEncoder::new(s.codec, s.level, h)?),
+            DiffWriter::Codec(StreamEncoder::new(s.codec, s.level, d)?),
+        )
     };
     let mut lits = StreamEncoder::new(s.codec, s.level, l)?;
     let mut scratch = vec![0u8; SCRATCH];
@@ -225,11 +265,11 @@ fn write_blocks(
     let mut head = Vec::with_capacity(MAX_HEAD_LEN);
     let mut payload = Vec::new();
     for (b, block) in blocks.iter().enumerate() {
-        for p in block {
+        for (i, p) in block.iter().enumerate() {
             let r = &p.record;
             head.clear();
             r.encode_head(&mut head);
-            heads.write_all(&head)?;
+            heads.write(&head, i == 0)?;
             let d = r.diff_len as usize;
             diffs.write(
                 old,
@@ -246,7 +286,7 @@ fn write_blocks(
         }
         let last = b + 1 == blocks.len();
         let chunk = |enc: &mut StreamEncoder| if last { enc.finish() } else { enc.cut() };
-        let chunks = [chunk(&mut heads)?, diffs.chunk(last)?, chunk(&mut lits)?];
+        let chunks = [heads.chunk(last)?, diffs.chunk(last)?, chunk(&mut lits)?];
         if chunks[0].len() + chunks[1].len() > MAX_BLOCK_BUFFER {
             return Ok(None);
         }

@@ -33,6 +33,7 @@
 //! byte on the corpus's build machine (P4: 9.7 M of them, 0.85 s).
 
 use crate::bit_coder::BitIo;
+use crate::mixing::{mix, row_of, scatter, stretched, train, update, FRESH};
 
 /// Context models per bit.
 pub const MODELS: usize = 8;
@@ -50,71 +51,16 @@ const INPUTS: usize = MODELS + 2;
 /// Weight sets: (zero flag or tree bit) x (old position mod 4) x (match state).
 const WEIGHT_SETS: usize = 2 * 4 * MATCH_STATES;
 const MATCH_STATES: usize = 6;
-/// Counters stop counting here: later updates move the probability by
-/// `2 / (2 * LIMIT + 3)` of the error.
-const LIMIT: u16 = 10;
 /// Mixer learning rate: weights move by `input * error >> LEARN_SHIFT`.
 /// With the eight models, 11 coded every corpus diff stream smaller than
 /// 10 (P2 -1.3%, P4 -1.3%, A2 -1.1%, P7 -0.9%, P6 -0.2%), at a cost of
 /// 10-11 bytes (+0.5-0.7%) on the two 2 KB bundled firmware patches; 12
 /// lost on the small corpus pairs.
 const LEARN_SHIFT: u32 = 11;
-/// A fresh counter: probability 1/2, no hits.
-const FRESH: u16 = 2048 << 4;
 /// Starting weight of every input (1/3 in 16.16 fixed point).
 const START_WEIGHT: i32 = 65536 / 3;
 /// The bias input.
 const BIAS: i32 = 256;
-
-/// `4096 / (1 + e^(-x/2))` at `x = -16, -15, ..., 16`, rounded: the
-/// logistic function, sampled; [`squash`] interpolates between samples.
-const LOGISTIC: [i32; 33] = [
-    1, 2, 4, 6, 10, 17, 27, 45, 74, 120, 194, 311, 488, 747, 1102, 1546, 2048, 2550, 2994, 3349,
-    3608, 3785, 3902, 3976, 4022, 4051, 4069, 4079, 4086, 4090, 4092, 4094, 4095,
-];
-
-/// Logistic function on the mixer's scale: `d` in 256ths (clamped to
-/// ±2047), result a probability in 4096ths.
-const fn squash(d: i32) -> i32 {
-    let d = if d > 2047 {
-        2047
-    } else if d < -2047 {
-        -2047
-    } else {
-        d
-    };
-    let i = ((d + 2048) >> 7) as usize;
-    let w = (d + 2048) & 127;
-    LOGISTIC[i] + (((LOGISTIC[i + 1] - LOGISTIC[i]) * w) >> 7)
-}
-
-/// Inverse of [`squash`]: for each probability `p` (4096ths), the smallest
-/// `d` in -2047..=2047 with `squash(d) >= p` (2047 if none).
-const STRETCH: [i16; 4096] = {
-    let mut t = [2047i16; 4096];
-    let mut p = 0usize;
-    let mut d = -2047i32;
-    while d <= 2047 {
-        let s = squash(d) as usize;
-        while p <= s && p < 4096 {
-            t[p] = d as i16;
-            p += 1;
-        }
-        d += 1;
-    }
-    t
-};
-
-/// `2 * 65536 / (2n + 3)`: a counter's step after `n` hits, in 65536ths.
-const STEP: [i32; LIMIT as usize + 1] = {
-    let mut t = [0i32; LIMIT as usize + 1];
-    let mut n = 0;
-    while n <= LIMIT as usize {
-        t[n] = (2 * 65536) / (2 * n as i32 + 3);
-        n += 1;
-    }
-    t
-};
 
 /// The old bytes around the one a difference byte applies to (zero past
 /// either end of the old image) and its position there.
@@ -231,7 +177,7 @@ impl DiffModel {
         ];
         let mut rows = [0u32; MODELS];
         for (i, (row, &c)) in rows.iter_mut().zip(&contexts).enumerate() {
-            *row = row_of(i as u32, c);
+            *row = row_of(i as u32, c, TABLE_LOG);
         }
         let expected = if self.match_len > 0 {
             let mask = self.history.len() as u64 - 1;
@@ -262,13 +208,13 @@ impl DiffModel {
     /// Code one bit at `node` (0: the zero flag; 1..=255: the bit tree).
     #[inline]
     fn bit<C: BitIo>(&mut self, io: &mut C, s: &Step, node: u32, bit: u32) -> u32 {
-        let scatter = node.wrapping_mul(0x9E37) & ((1 << TABLE_LOG) - 1);
+        let scatter = scatter(node, TABLE_LOG);
         let mut slots = [0usize; MODELS];
         let mut inputs = [0i32; INPUTS];
         for i in 0..MODELS {
             let slot = (i << TABLE_LOG) | ((s.rows[i] ^ scatter) as usize);
             slots[i] = slot;
-            inputs[i] = i32::from(STRETCH[usize::from(self.counters[slot] >> 4)]);
+            inputs[i] = stretched(self.counters[slot]);
         }
         // The match model: the bit the match predicts, if the bits so far
         // agree with it.
@@ -286,7 +232,7 @@ impl DiffModel {
                 (s.expected >> (7 - depth)) & 1
             };
             let slot = (s.match_len.min(31) * 2 + ebit) as usize;
-            inputs[MODELS] = i32::from(STRETCH[usize::from(self.match_counters[slot] >> 4)]);
+            inputs[MODELS] = stretched(self.match_counters[slot]);
             Some(slot)
         } else {
             None
@@ -301,18 +247,9 @@ impl DiffModel {
         };
         let set = ((tree_bit * 4 + s.q) as usize) * MATCH_STATES + match_state;
         let w = &mut self.weights[set];
-        let dot: i64 = inputs
-            .iter()
-            .zip(w.iter())
-            .map(|(&x, &y)| i64::from(x) * i64::from(y))
-            .sum::<i64>()
-            >> 16;
-        let p = squash(dot.clamp(-2047, 2047) as i32);
-        let bit = io.code(bit, p.clamp(1, 4095) as u32);
-        let err = ((bit as i32) << 12) - p;
-        for (wi, &x) in w.iter_mut().zip(&inputs) {
-            *wi = wi.wrapping_add((x * err) >> LEARN_SHIFT);
-        }
+        let p = mix(&inputs, w);
+        let bit = io.code(bit, p);
+        train(w, &inputs, p, bit, LEARN_SHIFT);
         for &slot in &slots {
             update(&mut self.counters[slot], bit);
         }
@@ -365,45 +302,10 @@ struct Step {
     match_len: u32,
 }
 
-/// Model `i`'s table row for context value `c`: the top `TABLE_LOG` bits of
-/// a multiplicative hash.
-#[inline]
-fn row_of(i: u32, c: u64) -> u32 {
-    let h = (c ^ (u64::from(i) + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93))
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (h >> (64 - TABLE_LOG)) as u32
-}
-
-/// Move a counter toward `bit`: by `2 / (2n + 3)` of the error after `n`
-/// hits, `n` stopping at [`LIMIT`]; the probability stays in 1..=4095.
-#[inline]
-fn update(c: &mut u16, bit: u32) {
-    let n = *c & 15;
-    let p = i32::from(*c >> 4);
-    let target = (bit as i32) << 12;
-    let p = (p + (((target - p) * STEP[usize::from(n)]) >> 16)).clamp(1, 4095);
-    *c = ((p as u16) << 4) | (n + u16::from(n < LIMIT));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bit_coder::{BitDecoder, BitEncoder};
-
-    #[test]
-    fn squash_and_stretch_are_monotone_inverses() {
-        assert_eq!(squash(0), 2048);
-        assert_eq!(squash(-5000), 1);
-        assert_eq!(squash(5000), 4094);
-        for d in -2046..=2047 {
-            assert!(squash(d) >= squash(d - 1));
-        }
-        for (p, &d) in STRETCH.iter().enumerate().take(4095).skip(1) {
-            let d = i32::from(d);
-            assert!(squash(d) >= p as i32, "p {p}");
-            assert!(d == -2047 || squash(d - 1) < p as i32, "p {p}");
-        }
-    }
 
     fn sample(n: usize) -> (Vec<OldContext>, Vec<u8>) {
         // Old bytes of a fake instruction stream; differences that depend on

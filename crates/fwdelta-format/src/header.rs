@@ -2,7 +2,7 @@
 //! what the applier needs. Parsed in two steps so a streaming reader can learn the
 //! header's length from its first [`Header::PREFIX_LEN`] bytes.
 //!
-//! Wire form (version 4): magic (4), version (1), header_len (varint), flags
+//! Wire form (version 5): magic (4), version (1), header_len (varint), flags
 //! (varint), coding (1: codec in the low nibble, layout in the high one),
 //! window_log (1), old check (8), new hash (32), old_len (varint), new_len −
 //! old_len (zig-zag varint), segment_count (varint), apply_memory (varint),
@@ -66,10 +66,11 @@ pub enum Layout {
     /// bytes — each compressed on its own and interleaved in blocks (see
     /// [`crate::split_block`]). Needs a compressed codec; not in-place.
     Split,
-    /// As [`Layout::Split`], but the diff stream is coded by the diff model
+    /// As [`Layout::Split`], but the heads stream is coded by the head model
+    /// ([`crate::head_model`]) and the diff stream by the diff model
     /// ([`crate::diff_model`]), which predicts each difference byte from the
-    /// old bytes under it; heads and literals use the codec. Needs a
-    /// compressed codec; not in-place.
+    /// old bytes under it; literals use the codec. Needs a compressed codec;
+    /// not in-place.
     Modelled,
 }
 
@@ -95,7 +96,7 @@ impl Layout {
         match self {
             Layout::Interleaved => "interleaved-records",
             Layout::Split => "split-streams",
-            Layout::Modelled => "split-streams-modelled-diffs",
+            Layout::Modelled => "split-streams-modelled",
         }
     }
     fn from_id(id: u8) -> Result<Self, FormatError> {

@@ -1,4 +1,4 @@
-//! The fwdelta patch container, version 4 (specified in `docs/FORMAT.md`).
+//! The fwdelta patch container, version 5 (specified in `docs/FORMAT.md`).
 //!
 //! This crate only describes and validates bytes; it never performs I/O and never
 //! allocates from a size read out of a patch. It is shared by the generator
@@ -24,9 +24,11 @@ pub mod chain;
 pub mod checkpoint;
 pub mod diff_model;
 pub mod error;
+pub mod head_model;
 pub mod header;
 pub mod literal_filter;
 pub mod memory;
+mod mixing;
 pub mod record;
 pub mod reference_rewriter;
 pub mod segment;
@@ -50,7 +52,7 @@ pub const MAGIC: [u8; 4] = [0x89, b'F', b'W', b'D'];
 pub const LEGACY_MAGIC: [u8; 8] = [0x89, b'F', b'W', b'D', 0x0D, 0x0A, 0x1A, 0x0A];
 
 /// The container version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 
 /// Largest old or new image the format admits (1 TiB). Sizes above it are refused
 /// as absurd before any other work is done.

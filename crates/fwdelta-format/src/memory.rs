@@ -12,6 +12,7 @@
 //! so an upgrade cannot silently break them.
 
 use crate::diff_model::DiffModel;
+use crate::head_model::HeadModel;
 use crate::header::{Codec, Layout, MAX_WINDOW_LOG, MIN_WINDOW_LOG};
 use crate::split_block::MAX_BLOCK_BUFFER;
 
@@ -60,7 +61,7 @@ impl MemoryModel {
     /// streams (the literals use the applier's decoded-stream buffer).
     pub const SPLIT_BUFFERS: u64 = MAX_BLOCK_BUFFER as u64 + 32 * 1024;
 
-    /// Extra buffer of the modelled-diffs layout: the old bytes around each
+    /// Extra buffer of the modelled layout: the old bytes around each
     /// 16 KiB run of difference bytes, read for the diff model's context.
     pub const MODELLED_CONTEXT: u64 = 16 * 1024 + 64;
 
@@ -112,8 +113,8 @@ impl MemoryModel {
                     + Self::SPLIT_BUFFERS
             }
             Layout::Modelled => {
-                let [h, d, l] = Self::split_window_logs(window_log);
-                Self::decoder_for(codec, h)
+                let [_, d, l] = Self::split_window_logs(window_log);
+                HeadModel::MEMORY
                     + DiffModel::memory(d)
                     + Self::decoder_for(codec, l)
                     + Self::APPLIER_BUFFERS
@@ -237,19 +238,20 @@ mod tests {
             MemoryModel::required_for_layout(Codec::Lzma2, 20, Layout::Split),
             (3 * 80 + 1024 + 512 + 64) * 1024 + 64 * 1024 + 96 * 1024
         );
-        // Modelled diffs: the model (1 MiB of tables, 256 KiB of match
-        // positions, a 1 MiB history) instead of the diff decoder; the
-        // default 4 MiB budget gives it window 2^20, 1 MiB does not hold it.
+        // Modelled: the diff model (1 MiB of tables, 256 KiB of match
+        // positions, a 1 MiB history) instead of the diff decoder and the
+        // head model (450 KiB) instead of the heads decoder; the default
+        // 4 MiB budget gives it window 2^20, 1 MiB does not hold it.
         let modelled = |b| MemoryModel::window_log_for_budget_in(Codec::Lzma2, b, Layout::Modelled);
         assert_eq!(
             MemoryModel::required_for_layout(Codec::Lzma2, 20, Layout::Modelled),
-            3_295_424
+            3_608_832
         );
         assert_eq!(modelled(4 << 20), Some(20));
         assert_eq!(modelled(1 << 20), None);
         assert_eq!(
             MemoryModel::required_for_layout(Codec::Lzma2, 10, Layout::Modelled),
-            1_666_240
+            2_041_088
         );
     }
 }

@@ -412,11 +412,9 @@ fn split_blocks(
     }
     let heads: Vec<&[u8]> = views.iter().map(|v| v[0]).collect();
     let lits: Vec<&[u8]> = views.iter().map(|v| v[2]).collect();
+    let heads = fwdelta_testkit::model_head_chunks(&heads);
     let diffs = fwdelta_testkit::model_diff_chunks(&modelled, window_log);
-    let (Some(heads), Some(lits)) = (
-        fwdelta_testkit::lzma2_chunks(&heads, dict, true),
-        fwdelta_testkit::lzma2_chunks(&lits, dict, true),
-    ) else {
+    let Some(lits) = fwdelta_testkit::lzma2_chunks(&lits, dict, true) else {
         return Ok(Vec::new());
     };
     let chunks: Vec<[&[u8]; 3]> = (0..views.len())

@@ -1,9 +1,10 @@
-//! Hand-made payloads: LZMA2 chunks, diff-model chunks and split-layout
+//! Hand-made payloads: LZMA2 chunks, head- and diff-model chunks and split-layout
 //! payloads (format layouts 2 and 3), so tests and fuzz targets can build honest and deliberately broken
 //! patches without the generator (sealed with `fwdelta_format::chain::seal_patch`).
 
 use fwdelta_format::bit_coder::BitEncoder;
 use fwdelta_format::diff_model::{DiffModel, OldContext};
+use fwdelta_format::head_model::HeadModel;
 use fwdelta_format::split_block::BlockHeader;
 use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
 
@@ -54,6 +55,44 @@ pub fn model_diff_chunks(pieces: &[Vec<(OldContext, u8)>], history_log: u8) -> V
             for &(ctx, d) in piece {
                 model.code(&mut bits, ctx, d);
             }
+            bits.finish()
+        })
+        .collect()
+}
+
+/// The heads chunks of layout 3: each block's raw record heads (as
+/// `Record::encode_head` writes them, one after another) coded by one head
+/// model, one chunk per block, each record announced by the model's flag and
+/// the block ended by it. A record is the bytes up to its fourth varint's
+/// last byte; a block's trailing incomplete record is coded as it is (for
+/// tests of what an applier makes of one). An empty block gives an empty
+/// chunk.
+pub fn model_head_chunks(blocks: &[&[u8]]) -> Vec<Vec<u8>> {
+    let mut model = HeadModel::new();
+    let mut bits = BitEncoder::new();
+    blocks
+        .iter()
+        .map(|raw| {
+            if raw.is_empty() {
+                return Vec::new();
+            }
+            let mut first = true;
+            let mut rest = *raw;
+            while !rest.is_empty() {
+                let mut ends = 0;
+                let len = rest
+                    .iter()
+                    .position(|&b| {
+                        ends += usize::from(b < 0x80);
+                        ends == 4
+                    })
+                    .map_or(rest.len(), |i| i + 1);
+                model.code_more(&mut bits, first, true);
+                model.code_head(&mut bits, &rest[..len]);
+                first = false;
+                rest = &rest[len..];
+            }
+            model.code_more(&mut bits, false, false);
             bits.finish()
         })
         .collect()

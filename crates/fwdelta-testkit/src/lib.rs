@@ -6,7 +6,9 @@
 //! hostile tests and the fuzz targets.
 
 pub mod crafted_patch;
-pub use crafted_patch::{lzma2_chunks, model_diff_chunks, split_lzma2, split_payload};
+pub use crafted_patch::{
+    lzma2_chunks, model_diff_chunks, model_head_chunks, split_lzma2, split_payload,
+};
 /// Seal hand-made segments under a header exactly as the generator does.
 pub use fwdelta_format::chain::seal_patch;
 

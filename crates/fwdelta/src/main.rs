@@ -95,9 +95,9 @@ pub struct GenArgs {
     /// a fast probe may choose alone when one is clearly smaller).
     #[arg(long, default_value = "auto", value_parser = parse_code_mode)]
     arch: CodeMode,
-    /// Body layout: modelled (heads and literals compressed as two streams,
-    /// diff bytes coded by a model of the old bytes under them: smallest,
-    /// slower to apply, needs about 3.2 MiB), split (three compressed
+    /// Body layout: modelled (literals compressed, record heads and diff
+    /// bytes coded by models: the diffs by the old bytes under them;
+    /// smallest, slower to apply, needs about 3.5 MiB), split (three compressed
     /// streams, needs a budget for three decoders), interleaved (one stream),
     /// or auto (the first of those the budget allows; small patches try all).
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]

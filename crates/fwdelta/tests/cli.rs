@@ -775,7 +775,7 @@ fn codec_zstd_is_chosen_on_request_and_round_trips() {
 fn layout_is_chosen_on_request_and_round_trips() {
     let fx = Fixture::new("fw-x86-64");
     for (layout, name) in [
-        ("modelled", "split-streams-modelled-diffs"),
+        ("modelled", "split-streams-modelled"),
         ("split", "split-streams"),
         ("interleaved", "interleaved-records"),
     ] {
@@ -807,14 +807,14 @@ fn layout_is_chosen_on_request_and_round_trips() {
     assert_eq!(run.code, 1, "{}", run.describe());
     assert!(
         run.stderr
-            .contains("the split-streams-modelled-diffs layout needs"),
+            .contains("the split-streams-modelled layout needs"),
         "{}",
         run.describe()
     );
     assert!(!two.exists());
     let (auto, run) = fx.diff_to("auto1.fwd", &["--apply-memory", "1MiB", "-q"]);
     run.assert_ok();
-    assert_ne!(info_json(&auto)["layout"], "split-streams-modelled-diffs");
+    assert_ne!(info_json(&auto)["layout"], "split-streams-modelled");
     assert!(info_json(&auto)["apply_memory"].as_u64().unwrap() <= 1 << 20);
     let (bad, run) = fx.diff_to("bad.fwd", &["--layout", "columns"]);
     assert_eq!(run.code, 2, "{}", run.describe());
@@ -868,7 +868,7 @@ fn info_human_and_json() {
     let run = fwdelta([OsStr::new("info"), fx.patch.as_os_str()]);
     run.assert_ok();
     assert!(
-        run.stdout.contains("format version 4"),
+        run.stdout.contains("format version 5"),
         "{}",
         run.describe()
     );

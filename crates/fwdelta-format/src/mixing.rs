@@ -1,0 +1,168 @@
+//! The context-mixing machinery both models share (the diff model of
+//! [`crate::diff_model`] and the record-head model of [`crate::head_model`]):
+//! adaptive bit counters, the logistic `squash`/`stretch` pair, hashed table
+//! rows and the gated linear mixer. Integer arithmetic only, so the generator
+//! and the applier compute the same probabilities on every machine;
+//! *docs/FORMAT.md* (*Layout 3*) specifies each of them.
+//!
+//! Cost: nothing allocated here; each function is a few arithmetic
+//! operations (the mixer one multiply-add per input).
+
+/// Counters stop counting here: later updates move the probability by
+/// `2 / (2 * LIMIT + 3)` of the error.
+pub(crate) const LIMIT: u16 = 10;
+/// A fresh counter: probability 1/2, no hits.
+pub(crate) const FRESH: u16 = 2048 << 4;
+/// `4096 / (1 + e^(-x/2))` at `x = -16, -15, ..., 16`, rounded: the
+/// logistic function, sampled; [`squash`] interpolates between samples.
+const LOGISTIC: [i32; 33] = [
+    1, 2, 4, 6, 10, 17, 27, 45, 74, 120, 194, 311, 488, 747, 1102, 1546, 2048, 2550, 2994, 3349,
+    3608, 3785, 3902, 3976, 4022, 4051, 4069, 4079, 4086, 4090, 4092, 4094, 4095,
+];
+
+/// Logistic function on the mixer's scale: `d` in 256ths (clamped to
+/// ±2047), result a probability in 4096ths.
+pub(crate) const fn squash(d: i32) -> i32 {
+    let d = if d > 2047 {
+        2047
+    } else if d < -2047 {
+        -2047
+    } else {
+        d
+    };
+    let i = ((d + 2048) >> 7) as usize;
+    let w = (d + 2048) & 127;
+    LOGISTIC[i] + (((LOGISTIC[i + 1] - LOGISTIC[i]) * w) >> 7)
+}
+
+/// Inverse of [`squash`]: for each probability `p` (4096ths), the smallest
+/// `d` in -2047..=2047 with `squash(d) >= p` (2047 if none).
+pub(crate) const STRETCH: [i16; 4096] = {
+    let mut t = [2047i16; 4096];
+    let mut p = 0usize;
+    let mut d = -2047i32;
+    while d <= 2047 {
+        let s = squash(d) as usize;
+        while p <= s && p < 4096 {
+            t[p] = d as i16;
+            p += 1;
+        }
+        d += 1;
+    }
+    t
+};
+
+/// `2 * 65536 / (2n + 3)`: a counter's step after `n` hits, in 65536ths.
+const STEP: [i32; LIMIT as usize + 1] = {
+    let mut t = [0i32; LIMIT as usize + 1];
+    let mut n = 0;
+    while n <= LIMIT as usize {
+        t[n] = (2 * 65536) / (2 * n as i32 + 3);
+        n += 1;
+    }
+    t
+};
+
+/// Row of model `i` for context value `c` in a table of `2^table_log`
+/// counters: the top `table_log` bits of a multiplicative hash.
+#[inline]
+pub(crate) fn row_of(i: u32, c: u64, table_log: u32) -> u32 {
+    let h = (c ^ (u64::from(i) + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> (64 - table_log)) as u32
+}
+
+/// Where a bit-tree node's counter sits in a row of `2^table_log`: the row
+/// XOR a scatter of the node, distinct for distinct nodes.
+#[inline]
+pub(crate) fn scatter(node: u32, table_log: u32) -> u32 {
+    node.wrapping_mul(0x9E37) & ((1 << table_log) - 1)
+}
+
+/// A counter's prediction as a mixer input: its probability, stretched.
+#[inline]
+pub(crate) fn stretched(counter: u16) -> i32 {
+    i32::from(STRETCH[usize::from(counter >> 4)])
+}
+
+/// Move a counter toward `bit`: by `2 / (2n + 3)` of the error after `n`
+/// hits, `n` stopping at [`LIMIT`]; the probability stays in 1..=4095.
+#[inline]
+pub(crate) fn update(c: &mut u16, bit: u32) {
+    let n = *c & 15;
+    let p = i32::from(*c >> 4);
+    let target = (bit as i32) << 12;
+    let p = (p + (((target - p) * STEP[usize::from(n)]) >> 16)).clamp(1, 4095);
+    *c = ((p as u16) << 4) | (n + u16::from(n < LIMIT));
+}
+
+/// The mixer's probability of a 1 (4096ths, in 1..=4095) from `inputs`
+/// (stretched, 256ths) and `weights` (16.16 fixed point).
+#[inline]
+pub(crate) fn mix<const N: usize>(inputs: &[i32; N], weights: &[i32; N]) -> u32 {
+    let dot: i64 = inputs
+        .iter()
+        .zip(weights.iter())
+        .map(|(&x, &y)| i64::from(x) * i64::from(y))
+        .sum::<i64>()
+        >> 16;
+    squash(dot.clamp(-2047, 2047) as i32).clamp(1, 4095) as u32
+}
+
+/// Train `weights` after a coded `bit` that the mixer gave probability `p`:
+/// each moves by `input * error >> learn_shift`.
+#[inline]
+pub(crate) fn train<const N: usize>(
+    weights: &mut [i32; N],
+    inputs: &[i32; N],
+    p: u32,
+    bit: u32,
+    learn_shift: u32,
+) {
+    let err = ((bit as i32) << 12) - p as i32;
+    for (w, &x) in weights.iter_mut().zip(inputs) {
+        *w = w.wrapping_add((x * err) >> learn_shift);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn squash_and_stretch_are_monotone_inverses() {
+        assert_eq!(squash(0), 2048);
+        assert_eq!(squash(-5000), 1);
+        assert_eq!(squash(5000), 4094);
+        for d in -2046..=2047 {
+            assert!(squash(d) >= squash(d - 1));
+        }
+        for (p, &d) in STRETCH.iter().enumerate().take(4095).skip(1) {
+            let d = i32::from(d);
+            assert!(squash(d) >= p as i32, "p {p}");
+            assert!(d == -2047 || squash(d - 1) < p as i32, "p {p}");
+        }
+    }
+
+    #[test]
+    fn counters_learn_and_stay_in_range() {
+        let mut c = FRESH;
+        for _ in 0..100 {
+            update(&mut c, 1);
+        }
+        assert_eq!(c & 15, LIMIT);
+        assert!(c >> 4 > 4000 && c >> 4 <= 4095, "{}", c >> 4);
+        for _ in 0..100 {
+            update(&mut c, 0);
+        }
+        assert!(c >> 4 >= 1 && c >> 4 < 100, "{}", c >> 4);
+    }
+
+    #[test]
+    fn scatter_keeps_nodes_apart() {
+        let mut seen = std::collections::HashSet::new();
+        for node in 0..256 {
+            assert!(seen.insert(scatter(node, 15)));
+        }
+    }
+}
