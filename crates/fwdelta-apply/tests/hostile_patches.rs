@@ -667,13 +667,19 @@ fn split_case() -> SplitCase {
 }
 
 impl SplitCase {
+    /// A layout-2 patch of one segment with `payload`.
     fn patch(&self, payload: Vec<u8>) -> Vec<u8> {
+        self.patch_in(Layout::Split, payload)
+    }
+
+    /// A patch of one segment with `payload` in `layout` (LZMA2, window 2^10).
+    fn patch_in(&self, layout: Layout, payload: Vec<u8>) -> Vec<u8> {
         let n = self.new.len() as u64;
         craft_layout(
             &self.old,
             &self.new,
             Codec::Lzma2,
-            Layout::Split,
+            layout,
             10,
             &[(n, 0, payload)],
         )
@@ -836,17 +842,7 @@ fn modelled_payload(
 #[test]
 fn crafted_modelled_patches_round_trip_when_honest_and_refuse_unused_diffs() {
     let c = split_case();
-    let patch = |payload: Vec<u8>| {
-        let n = c.new.len() as u64;
-        craft_layout(
-            &c.old,
-            &c.new,
-            Codec::Lzma2,
-            Layout::Modelled,
-            10,
-            &[(n, 0, payload)],
-        )
-    };
+    let patch = |payload: Vec<u8>| c.patch_in(Layout::Modelled, payload);
     // three blocks: copy 4, diffs at 4..7, "XY" | "abc" | copy 5, diffs at 12..14
     let blocks = |mid_diffs: Option<(usize, Vec<u8>)>| {
         vec![
@@ -906,17 +902,7 @@ fn crafted_modelled_heads_are_refused_when_they_hide_bytes_or_run_long() {
     use fwdelta_format::bit_coder::BitEncoder;
     use fwdelta_format::head_model::HeadModel;
     let c = split_case();
-    let n = c.new.len() as u64;
-    let patch = |payload: Vec<u8>| {
-        craft_layout(
-            &c.old,
-            &c.new,
-            Codec::Lzma2,
-            Layout::Modelled,
-            10,
-            &[(n, 0, payload)],
-        )
-    };
+    let patch = |payload: Vec<u8>| c.patch_in(Layout::Modelled, payload);
     let blocks = |second_heads: Vec<u8>| {
         vec![
             (rec(4, 3, 2, 0, b""), Some((4, vec![1, 1, 1])), &b"XY"[..]),

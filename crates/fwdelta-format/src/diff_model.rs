@@ -33,7 +33,7 @@
 //! byte on the corpus's build machine (P4: 9.7 M of them, 0.85 s).
 
 use crate::bit_coder::BitIo;
-use crate::mixing::{mix, row_of, scatter, stretched, train, update, FRESH};
+use crate::mixing::{code_mixed, row_of, scatter, stretched, update_all, MatchModel, FRESH};
 
 /// Context models per bit.
 pub const MODELS: usize = 8;
@@ -100,24 +100,15 @@ pub struct DiffModel {
     weights: Vec<[i32; INPUTS]>,
     /// Match model counters by (match length bucket, expected bit).
     match_counters: [u16; 64],
-    history: Vec<u8>,
-    /// Difference bytes coded so far in this segment.
-    coded: u64,
-    /// The last eight difference bytes, newest in the low byte.
-    recent: u64,
-    /// Last position (`coded` after it) of each hashed 6-byte sequence.
-    last_seen: Vec<u32>,
-    /// Where the current match continues in the history, and its length.
-    match_at: u64,
-    match_len: u32,
+    /// The difference bytes coded, and the match followed through them.
+    matches: MatchModel<MATCH_MIN, MATCH_LOG>,
 }
 
 impl DiffModel {
     /// Bytes a model with a history of `2^history_log` bytes holds.
     pub const fn memory(history_log: u8) -> u64 {
         (MODELS as u64) * (2 << TABLE_LOG)
-            + (4 << MATCH_LOG)
-            + (1 << history_log)
+            + MatchModel::<MATCH_MIN, MATCH_LOG>::memory(history_log as u32)
             + (WEIGHT_SETS * INPUTS * 4) as u64
             + 256
     }
@@ -135,12 +126,7 @@ impl DiffModel {
             counters: vec![FRESH; MODELS << TABLE_LOG],
             weights: vec![[START_WEIGHT; INPUTS]; WEIGHT_SETS],
             match_counters: [FRESH; 64],
-            history: vec![0; 1 << history_log],
-            coded: 0,
-            recent: 0,
-            last_seen: vec![0; 1 << MATCH_LOG],
-            match_at: 0,
-            match_len: 0,
+            matches: MatchModel::new(u32::from(history_log)),
         }
     }
 
@@ -149,12 +135,7 @@ impl DiffModel {
         self.counters.fill(FRESH);
         self.weights.fill([START_WEIGHT; INPUTS]);
         self.match_counters = [FRESH; 64];
-        self.history.fill(0);
-        self.last_seen.fill(0);
-        self.coded = 0;
-        self.recent = 0;
-        self.match_at = 0;
-        self.match_len = 0;
+        self.matches.reset();
     }
 
     /// Code one difference byte: encode `byte` (encoder) or decode and
@@ -162,7 +143,7 @@ impl DiffModel {
     pub fn code<C: BitIo>(&mut self, io: &mut C, old: OldContext, byte: u8) -> u8 {
         let q = old.pos & 3;
         let o = u64::from(old.cur);
-        let r = self.recent;
+        let r = self.matches.recent();
         let oq = (o << 2) | q;
         let (prev, next) = (u64::from(old.prev), u64::from(old.next));
         let contexts: [u64; MODELS] = [
@@ -179,17 +160,12 @@ impl DiffModel {
         for (i, (row, &c)) in rows.iter_mut().zip(&contexts).enumerate() {
             *row = row_of(i as u32, c, TABLE_LOG);
         }
-        let expected = if self.match_len > 0 {
-            let mask = self.history.len() as u64 - 1;
-            u32::from(self.history[(self.match_at & mask) as usize])
-        } else {
-            0
-        };
+        let expected = self.matches.expected();
         let step = Step {
             rows,
             q: q as u32,
-            expected,
-            match_len: self.match_len,
+            expected: expected.map_or(0, u32::from),
+            match_len: self.matches.len(),
         };
         let value = if self.bit(io, &step, 0, u32::from(byte != 0)) == 0 {
             0
@@ -201,7 +177,7 @@ impl DiffModel {
             }
             (node & 0xFF) as u8
         };
-        self.learn(value, expected);
+        self.matches.learn(value, expected);
         value
     }
 
@@ -246,50 +222,10 @@ impl DiffModel {
             2 + (s.match_len.min(15) / 4) as usize
         };
         let set = ((tree_bit * 4 + s.q) as usize) * MATCH_STATES + match_state;
-        let w = &mut self.weights[set];
-        let p = mix(&inputs, w);
-        let bit = io.code(bit, p);
-        train(w, &inputs, p, bit, LEARN_SHIFT);
-        for &slot in &slots {
-            update(&mut self.counters[slot], bit);
-        }
-        if let Some(slot) = match_slot {
-            update(&mut self.match_counters[slot], bit);
-        }
+        let bit = code_mixed(io, bit, &inputs, &mut self.weights[set], LEARN_SHIFT);
+        let matched = match_slot.map(|slot| &mut self.match_counters[slot]);
+        update_all(&mut self.counters, &slots, matched, bit);
         bit
-    }
-
-    /// After a byte: history, the match it follows, the hashed sequences.
-    /// `expected` is the byte the match predicted (if there is a match).
-    fn learn(&mut self, value: u8, expected: u32) {
-        let mask = self.history.len() as u64 - 1;
-        if self.match_len > 0 {
-            if expected == u32::from(value) {
-                self.match_len += 1;
-                self.match_at += 1;
-            } else {
-                self.match_len = 0;
-            }
-        }
-        self.history[(self.coded & mask) as usize] = value;
-        self.coded += 1;
-        self.recent = (self.recent << 8) | u64::from(value);
-        if self.coded >= u64::from(MATCH_MIN) {
-            let key = self.recent & ((1 << (8 * MATCH_MIN)) - 1);
-            let h = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - MATCH_LOG)) as usize;
-            if self.match_len == 0 {
-                let seen = u64::from(self.last_seen[h]);
-                let now = self.coded & 0xFFFF_FFFF;
-                let back = now.wrapping_sub(seen) & 0xFFFF_FFFF;
-                // A match at most a history back: its bytes are all held
-                // (the distance stays the same as it goes on).
-                if seen != 0 && back > 0 && back <= mask + 1 {
-                    self.match_at = self.coded - back;
-                    self.match_len = 1;
-                }
-            }
-            self.last_seen[h] = self.coded as u32;
-        }
     }
 }
 
@@ -373,8 +309,7 @@ mod tests {
             let m = DiffModel::new(log);
             let held = m.counters.capacity() * 2
                 + m.weights.capacity() * INPUTS * 4
-                + m.history.capacity()
-                + m.last_seen.capacity() * 4
+                + m.matches.held()
                 + std::mem::size_of::<DiffModel>();
             assert!(held as u64 <= DiffModel::memory(log), "2^{log}: {held}");
             assert!(DiffModel::memory(log) - (held as u64) < 1024);

@@ -34,7 +34,9 @@
 //! segment decodes), so this costs little time beside the diff model.
 
 use crate::bit_coder::BitIo;
-use crate::mixing::{mix, row_of, scatter, stretched, train, update, FRESH};
+use crate::mixing::{
+    code_mixed, row_of, scatter, stretched, update, update_all, MatchModel, FRESH,
+};
 use crate::record::MAX_HEAD_LEN;
 
 /// Context models per bit.
@@ -78,13 +80,8 @@ pub struct HeadModel {
     match_counters: Vec<u16>,
     /// "Another record follows": for a block's first record, and later ones.
     more: [u16; 2],
-    history: Vec<u8>,
-    /// Head bytes coded so far in this segment.
-    coded: u64,
-    /// Last position (`coded` after it) of each hashed byte sequence.
-    last_seen: Vec<u32>,
-    match_at: u64,
-    match_len: u32,
+    /// The head bytes coded, and the match followed through them.
+    matches: MatchModel<MATCH_MIN, MATCH_LOG>,
     /// Where the next byte is: field 0..=3 and its index in the varint.
     field: usize,
     index: u32,
@@ -100,8 +97,7 @@ pub struct HeadModel {
 impl HeadModel {
     /// Bytes a model holds (all allocated by [`Self::new`]).
     pub const MEMORY: u64 = (MODELS as u64) * (2 << TABLE_LOG)
-        + (4 << MATCH_LOG)
-        + (1 << HISTORY_LOG)
+        + MatchModel::<MATCH_MIN, MATCH_LOG>::memory(HISTORY_LOG)
         + (WEIGHT_SETS * INPUTS * 4) as u64
         + (MATCH_COUNTERS * 2) as u64
         + 256;
@@ -113,11 +109,7 @@ impl HeadModel {
             weights: vec![[START_WEIGHT; INPUTS]; WEIGHT_SETS],
             match_counters: vec![FRESH; MATCH_COUNTERS],
             more: [FRESH; 2],
-            history: vec![0; 1 << HISTORY_LOG],
-            coded: 0,
-            last_seen: vec![0; 1 << MATCH_LOG],
-            match_at: 0,
-            match_len: 0,
+            matches: MatchModel::new(HISTORY_LOG),
             field: 0,
             index: 0,
             in_varint: 0,
@@ -134,11 +126,7 @@ impl HeadModel {
         self.weights.fill([START_WEIGHT; INPUTS]);
         self.match_counters.fill(FRESH);
         self.more = [FRESH; 2];
-        self.history.fill(0);
-        self.last_seen.fill(0);
-        self.coded = 0;
-        self.match_at = 0;
-        self.match_len = 0;
+        self.matches.reset();
         self.field = 0;
         self.index = 0;
         self.in_varint = 0;
@@ -199,7 +187,7 @@ impl HeadModel {
         } else {
             (0, 0)
         };
-        let recent = self.recent(2);
+        let recent = self.matches.recent() & 0xFFFF;
         let contexts: [u64; MODELS] = [
             fk,
             fk | u64::from(self.in_varint) << 8,
@@ -213,12 +201,7 @@ impl HeadModel {
         for (i, (row, &c)) in rows.iter_mut().zip(&contexts).enumerate() {
             *row = row_of(i as u32, c, TABLE_LOG);
         }
-        let expected = if self.match_len > 0 {
-            let mask = self.history.len() as u64 - 1;
-            Some(u32::from(self.history[(self.match_at & mask) as usize]))
-        } else {
-            None
-        };
+        let expected = self.matches.expected();
         let mut node = 1u32;
         for k in (0..8).rev() {
             let bit = self.bit(
@@ -245,7 +228,7 @@ impl HeadModel {
         io: &mut C,
         rows: &[u32; MODELS],
         place: usize,
-        expected: Option<u32>,
+        expected: Option<u8>,
         node: u32,
         k: u32,
         bit: u32,
@@ -260,42 +243,30 @@ impl HeadModel {
         }
         // The match model: the bit the match predicts, if the bits so far
         // agree with it.
-        let agreeing = expected.filter(|&e| ((e | 256) >> (k + 1)) == node);
+        let match_len = self.matches.len();
+        let agreeing = expected
+            .map(u32::from)
+            .filter(|&e| ((e | 256) >> (k + 1)) == node);
         let match_slot = agreeing.map(|e| {
-            let slot = ((self.match_len.min(15) * 2 + ((e >> k) & 1)) * 8 + k) as usize;
+            let slot = ((match_len.min(15) * 2 + ((e >> k) & 1)) * 8 + k) as usize;
             inputs[MODELS] = stretched(self.match_counters[slot]);
             slot
         });
         inputs[MODELS + 1] = BIAS;
         let state = match match_slot {
             None => 0,
-            Some(_) if self.match_len < LONG_MATCH => 1,
+            Some(_) if match_len < LONG_MATCH => 1,
             Some(_) => 2,
         };
         let w = &mut self.weights[state * PLACES + place];
-        let p = mix(&inputs, w);
-        let bit = io.code(bit, p);
-        train(w, &inputs, p, bit, LEARN_SHIFT);
-        for &slot in &slots {
-            update(&mut self.counters[slot], bit);
-        }
-        if let Some(slot) = match_slot {
-            update(&mut self.match_counters[slot], bit);
-        }
+        let bit = code_mixed(io, bit, &inputs, w, LEARN_SHIFT);
+        let matched = match_slot.map(|slot| &mut self.match_counters[slot]);
+        update_all(&mut self.counters, &slots, matched, bit);
         bit
     }
 
-    /// The last `n` (at most 8) head bytes, newest in the low byte; zeros
-    /// before the segment's first.
-    fn recent(&self, n: u64) -> u64 {
-        let mask = self.history.len() as u64 - 1;
-        (1..=n.min(self.coded)).fold(0, |acc, back| {
-            acc | u64::from(self.history[((self.coded - back) & mask) as usize]) << (8 * (back - 1))
-        })
-    }
-
     /// After a byte: where the next one is, the history, the match.
-    fn learn(&mut self, value: u8, expected: Option<u32>) {
+    fn learn(&mut self, value: u8, expected: Option<u8>) {
         let f = self.field;
         if self.index == 0 {
             self.first[f] = value;
@@ -314,32 +285,7 @@ impl HeadModel {
                 self.last_len = self.len;
             }
         }
-        let mask = self.history.len() as u64 - 1;
-        if self.match_len > 0 {
-            if expected == Some(u32::from(value)) {
-                self.match_len += 1;
-                self.match_at += 1;
-            } else {
-                self.match_len = 0;
-            }
-        }
-        self.history[(self.coded & mask) as usize] = value;
-        self.coded += 1;
-        if self.coded >= u64::from(MATCH_MIN) {
-            let key = self.recent(u64::from(MATCH_MIN));
-            let h = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - MATCH_LOG)) as usize;
-            if self.match_len == 0 {
-                let seen = u64::from(self.last_seen[h]);
-                let now = self.coded & 0xFFFF_FFFF;
-                let back = now.wrapping_sub(seen) & 0xFFFF_FFFF;
-                // A match at most a history back: its bytes are all held.
-                if seen != 0 && back > 0 && back <= mask + 1 {
-                    self.match_at = self.coded - back;
-                    self.match_len = 1;
-                }
-            }
-            self.last_seen[h] = self.coded as u32;
-        }
+        self.matches.learn(value, expected);
     }
 }
 
@@ -465,8 +411,7 @@ mod tests {
         let held = m.counters.capacity() * 2
             + m.weights.capacity() * INPUTS * 4
             + m.match_counters.capacity() * 2
-            + m.history.capacity()
-            + m.last_seen.capacity() * 4
+            + m.matches.held()
             + std::mem::size_of::<HeadModel>();
         assert!(held as u64 <= HeadModel::MEMORY, "{held}");
         assert!(HeadModel::MEMORY - (held as u64) < 1024);

@@ -8,6 +8,8 @@
 //! Cost: nothing allocated here; each function is a few arithmetic
 //! operations (the mixer one multiply-add per input).
 
+use crate::bit_coder::BitIo;
+
 /// Counters stop counting here: later updates move the probability by
 /// `2 / (2 * LIMIT + 3)` of the error.
 pub(crate) const LIMIT: u16 = 10;
@@ -99,7 +101,7 @@ pub(crate) fn update(c: &mut u16, bit: u32) {
 /// The mixer's probability of a 1 (4096ths, in 1..=4095) from `inputs`
 /// (stretched, 256ths) and `weights` (16.16 fixed point).
 #[inline]
-pub(crate) fn mix<const N: usize>(inputs: &[i32; N], weights: &[i32; N]) -> u32 {
+fn mix<const N: usize>(inputs: &[i32; N], weights: &[i32; N]) -> u32 {
     let dot: i64 = inputs
         .iter()
         .zip(weights.iter())
@@ -112,7 +114,7 @@ pub(crate) fn mix<const N: usize>(inputs: &[i32; N], weights: &[i32; N]) -> u32 
 /// Train `weights` after a coded `bit` that the mixer gave probability `p`:
 /// each moves by `input * error >> learn_shift`.
 #[inline]
-pub(crate) fn train<const N: usize>(
+fn train<const N: usize>(
     weights: &mut [i32; N],
     inputs: &[i32; N],
     p: u32,
@@ -122,6 +124,149 @@ pub(crate) fn train<const N: usize>(
     let err = ((bit as i32) << 12) - p as i32;
     for (w, &x) in weights.iter_mut().zip(inputs) {
         *w = w.wrapping_add((x * err) >> learn_shift);
+    }
+}
+
+/// Code `bit` with the mixer's probability from `inputs` under `weights`,
+/// then train the weights on it; returns the bit (decoded, for a decoder).
+#[inline]
+pub(crate) fn code_mixed<C: BitIo, const N: usize>(
+    io: &mut C,
+    bit: u32,
+    inputs: &[i32; N],
+    weights: &mut [i32; N],
+    learn_shift: u32,
+) -> u32 {
+    let p = mix(inputs, weights);
+    let bit = io.code(bit, p);
+    train(weights, inputs, p, bit, learn_shift);
+    bit
+}
+
+/// Let the counters at `slots` of `counters`, and `extra` if given (a
+/// match counter), learn `bit`.
+#[inline]
+pub(crate) fn update_all(counters: &mut [u16], slots: &[usize], extra: Option<&mut u16>, bit: u32) {
+    for &slot in slots {
+        update(&mut counters[slot], bit);
+    }
+    if let Some(c) = extra {
+        update(c, bit);
+    }
+}
+
+/// A match model's state: a history of the bytes coded in the segment, a
+/// table of where each hashed run of the last `min` bytes was last seen,
+/// and the match being followed (the byte after the last occurrence of the
+/// bytes just coded). Both models predict with it the same way.
+///
+/// `MIN` bytes (1 to 7) are hashed to find a match, into a table of
+/// `2^TABLE_LOG` positions.
+///
+/// Cost: `2^history_log` bytes of history and `4 · 2^TABLE_LOG` of table;
+/// per byte one table read and write.
+#[derive(Debug, Clone)]
+pub(crate) struct MatchModel<const MIN: u32, const TABLE_LOG: u32> {
+    history: Vec<u8>,
+    /// Last position (`coded` after it) of each hashed run.
+    last_seen: Vec<u32>,
+    /// Bytes coded so far in this segment.
+    coded: u64,
+    /// The last eight bytes coded, newest in the low byte.
+    recent: u64,
+    /// Where the current match continues in the history, and its length
+    /// (0: none).
+    at: u64,
+    len: u32,
+}
+
+impl<const MIN: u32, const TABLE_LOG: u32> MatchModel<MIN, TABLE_LOG> {
+    /// Bytes [`Self::new`] allocates.
+    pub(crate) const fn memory(history_log: u32) -> u64 {
+        (1 << history_log) + (4 << TABLE_LOG)
+    }
+
+    /// A fresh model; allocates [`Self::memory`].
+    pub(crate) fn new(history_log: u32) -> Self {
+        debug_assert!((1..8).contains(&MIN), "runs of 1 to 7 bytes are hashed");
+        MatchModel {
+            history: vec![0; 1 << history_log],
+            last_seen: vec![0; 1 << TABLE_LOG],
+            coded: 0,
+            recent: 0,
+            at: 0,
+            len: 0,
+        }
+    }
+
+    /// Back to the state of [`Self::new`] (no allocation).
+    pub(crate) fn reset(&mut self) {
+        self.history.fill(0);
+        self.last_seen.fill(0);
+        self.coded = 0;
+        self.recent = 0;
+        self.at = 0;
+        self.len = 0;
+    }
+
+    /// The last eight bytes coded, newest in the low byte (zeros before
+    /// the segment's first).
+    pub(crate) fn recent(&self) -> u64 {
+        self.recent
+    }
+
+    /// Bytes held on the heap (what [`Self::memory`] accounts for).
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.history.capacity() + self.last_seen.capacity() * 4
+    }
+
+    /// Length of the match being followed (0: none).
+    pub(crate) fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// The byte the match expects next, if there is a match.
+    pub(crate) fn expected(&self) -> Option<u8> {
+        (self.len > 0).then(|| {
+            let mask = self.history.len() as u64 - 1;
+            self.history[(self.at & mask) as usize]
+        })
+    }
+
+    /// After coding `value` (which the match expected to be `expected`):
+    /// the match goes on or ends, the history and the hashed runs learn it,
+    /// and with no match one starts at the last occurrence of the run just
+    /// coded, if the history still holds it.
+    pub(crate) fn learn(&mut self, value: u8, expected: Option<u8>) {
+        let mask = self.history.len() as u64 - 1;
+        if self.len > 0 {
+            if expected == Some(value) {
+                self.len += 1;
+                self.at += 1;
+            } else {
+                self.len = 0;
+            }
+        }
+        self.history[(self.coded & mask) as usize] = value;
+        self.coded += 1;
+        self.recent = (self.recent << 8) | u64::from(value);
+        if self.coded >= u64::from(MIN) {
+            let key = self.recent & ((1 << (8 * MIN)) - 1);
+            let h = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TABLE_LOG)) as usize;
+            if self.len == 0 {
+                let seen = u64::from(self.last_seen[h]);
+                let now = self.coded & 0xFFFF_FFFF;
+                let back = now.wrapping_sub(seen) & 0xFFFF_FFFF;
+                // A match at most a history back: its bytes are all held
+                // (the distance stays the same as it goes on).
+                if seen != 0 && back > 0 && back <= mask + 1 {
+                    self.at = self.coded - back;
+                    self.len = 1;
+                }
+            }
+            self.last_seen[h] = self.coded as u32;
+        }
     }
 }
 
