@@ -8,6 +8,8 @@ use fwdelta_diff::suffix_array::SuffixArray;
 use fwdelta_diff::{address_mapper, diff, matcher, Options, Plan};
 use fwdelta_format::bit_coder::{BitDecoder, BitEncoder};
 use fwdelta_format::diff_model::{DiffModel, OldContext};
+use fwdelta_format::head_model::HeadModel;
+use fwdelta_format::record::{Record, MAX_HEAD_LEN};
 use fwdelta_format::reference_rewriter::{Arch, ReferenceRewriter};
 
 fn inputs() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
@@ -99,6 +101,79 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    // The head model on 50,000 record heads with the rhythm of real ones
+    // (copies of a few hundred bytes, short diff runs, rare literals, seeks
+    // that mostly undo them), in blocks of 2,000: per head byte.
+    let mut g = c.benchmark_group("head_model");
+    g.sample_size(10);
+    let mut rng = fwdelta_testkit::XorShift::new(21);
+    let heads: Vec<Vec<u8>> = (0..50_000)
+        .map(|_| {
+            let literal_len = if rng.next_u64() % 5 == 0 {
+                rng.next_u64() % 40
+            } else {
+                0
+            };
+            let seek = if rng.next_u64() % 7 == 0 {
+                (rng.next_u64() % 5000) as i64 - 2500
+            } else {
+                -(literal_len as i64)
+            };
+            let mut h = Vec::new();
+            Record {
+                copy_len: 64 + rng.next_u64() % 700,
+                diff_len: 1 + rng.next_u64() % 12,
+                literal_len,
+                seek,
+            }
+            .encode_head(&mut h);
+            h
+        })
+        .collect();
+    let encode_heads = |m: &mut HeadModel| -> Vec<Vec<u8>> {
+        let mut bits = BitEncoder::new();
+        heads
+            .chunks(2_000)
+            .map(|block| {
+                for (i, h) in block.iter().enumerate() {
+                    m.code_more(&mut bits, i == 0, true);
+                    m.code_head(&mut bits, h);
+                }
+                m.code_more(&mut bits, false, false);
+                bits.finish()
+            })
+            .collect()
+    };
+    let chunks = encode_heads(&mut HeadModel::new());
+    g.throughput(Throughput::Bytes(
+        heads.iter().map(|h| h.len() as u64).sum(),
+    ));
+    g.bench_function("encode", |b| {
+        let mut m = HeadModel::new();
+        b.iter(|| {
+            m.reset();
+            encode_heads(&mut m)
+        })
+    });
+    g.bench_function("decode", |b| {
+        let mut m = HeadModel::new();
+        b.iter(|| {
+            m.reset();
+            let mut total = 0usize;
+            for chunk in &chunks {
+                let mut dec = BitDecoder::start(chunk);
+                let mut first = true;
+                while m.code_more(&mut dec.io(chunk), first, false) {
+                    first = false;
+                    let mut out = [0u8; MAX_HEAD_LEN];
+                    total += m.decode_head(&mut dec.io(chunk), &mut out).unwrap_or(0);
+                }
+            }
+            total
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group("match");
