@@ -137,11 +137,7 @@ fn bench(c: &mut Criterion) {
         heads
             .chunks(2_000)
             .map(|block| {
-                for (i, h) in block.iter().enumerate() {
-                    m.code_more(&mut bits, i == 0, true);
-                    m.code_head(&mut bits, h);
-                }
-                m.code_more(&mut bits, false, false);
+                m.code_block(&mut bits, block.iter().map(Vec::as_slice));
                 bits.finish()
             })
             .collect()

@@ -929,11 +929,7 @@ fn crafted_modelled_heads_are_refused_when_they_hide_bytes_or_run_long() {
     // a heads chunk whose first flag says no record follows
     let mut model = HeadModel::new();
     let mut bits = BitEncoder::new();
-    for (i, h) in [rec(4, 3, 2, 0, b"")].iter().enumerate() {
-        model.code_more(&mut bits, i == 0, true);
-        model.code_head(&mut bits, h);
-    }
-    model.code_more(&mut bits, false, false);
+    model.code_block(&mut bits, [&rec(4, 3, 2, 0, b"")[..]]);
     let first = bits.finish();
     model.code_more(&mut bits, true, false);
     let empty = bits.finish();

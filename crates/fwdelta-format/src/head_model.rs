@@ -160,6 +160,22 @@ impl HeadModel {
         }
     }
 
+    /// Code one block's record heads (encoder): each announced by the more
+    /// flag, then the flag that ends the block. A block has at least one
+    /// record (one without has an empty chunk and codes nothing); ending the
+    /// chunk is the encoder's.
+    pub fn code_block<'a, C: BitIo>(
+        &mut self,
+        io: &mut C,
+        heads: impl IntoIterator<Item = &'a [u8]>,
+    ) {
+        for (i, head) in heads.into_iter().enumerate() {
+            self.code_more(io, i == 0, true);
+            self.code_head(io, head);
+        }
+        self.code_more(io, false, false);
+    }
+
     /// Decode one record head into `out`, returning its length, or `None`
     /// if its bytes run past [`MAX_HEAD_LEN`] (a varint too long: corrupt).
     pub fn decode_head<C: BitIo>(
@@ -337,11 +353,7 @@ mod tests {
         blocks
             .iter()
             .map(|block| {
-                for (i, h) in block.iter().enumerate() {
-                    m.code_more(&mut bits, i == 0, true);
-                    m.code_head(&mut bits, h);
-                }
-                m.code_more(&mut bits, false, false);
+                m.code_block(&mut bits, block.iter().map(Vec::as_slice));
                 bits.finish()
             })
             .collect()

@@ -76,7 +76,7 @@ pub fn model_head_chunks(blocks: &[&[u8]]) -> Vec<Vec<u8>> {
             if raw.is_empty() {
                 return Vec::new();
             }
-            let mut first = true;
+            let mut records = Vec::new();
             let mut rest = *raw;
             while !rest.is_empty() {
                 let mut ends = 0;
@@ -87,12 +87,10 @@ pub fn model_head_chunks(blocks: &[&[u8]]) -> Vec<Vec<u8>> {
                         ends == 4
                     })
                     .map_or(rest.len(), |i| i + 1);
-                model.code_more(&mut bits, first, true);
-                model.code_head(&mut bits, &rest[..len]);
-                first = false;
+                records.push(&rest[..len]);
                 rest = &rest[len..];
             }
-            model.code_more(&mut bits, false, false);
+            model.code_block(&mut bits, records);
             bits.finish()
         })
         .collect()
