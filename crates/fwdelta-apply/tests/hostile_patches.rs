@@ -672,6 +672,21 @@ impl SplitCase {
         self.patch_in(Layout::Split, payload)
     }
 
+    /// A stored-codec patch in a split `layout` is refused: its streams
+    /// need a compressed codec.
+    fn assert_stored_refused(&self, layout: Layout) {
+        let p = craft_layout(
+            &self.old,
+            &self.new,
+            Codec::Stored,
+            layout,
+            10,
+            &[(19, 0, vec![0; 8])],
+        );
+        let err = run(&self.old, &p).unwrap_err();
+        assert!(err.to_string().contains("split streams need"), "{err}");
+    }
+
     /// A patch of one segment with `payload` in `layout` (LZMA2, window 2^10).
     fn patch_in(&self, layout: Layout, payload: Vec<u8>) -> Vec<u8> {
         let n = self.new.len() as u64;
@@ -774,17 +789,7 @@ fn crafted_bad_split_blocks_are_refused() {
     big.extend_from_slice(&honest);
     refused(big, "block buffer");
     refused([vec![1, 1, 100], honest].concat(), "runs past the payload");
-    // split streams need a compressed codec
-    let p = craft_layout(
-        &c.old,
-        &c.new,
-        Codec::Stored,
-        Layout::Split,
-        10,
-        &[(19, 0, vec![0; 8])],
-    );
-    let err = run(&c.old, &p).unwrap_err();
-    assert!(err.to_string().contains("split streams need"), "{err}");
+    c.assert_stored_refused(Layout::Split);
 }
 
 /// One block of [`modelled_payload`]: raw heads, diff bytes at an old
@@ -884,17 +889,8 @@ fn crafted_modelled_patches_round_trip_when_honest_and_refuse_unused_diffs() {
     let at = damaged.len() - 20;
     damaged[at] ^= 0x40;
     assert!(run(&c.old, &damaged).is_err());
-    // the diff model needs a compressed codec for heads and literals
-    let p = craft_layout(
-        &c.old,
-        &c.new,
-        Codec::Stored,
-        Layout::Modelled,
-        10,
-        &[(19, 0, vec![0; 8])],
-    );
-    let err = run(&c.old, &p).unwrap_err();
-    assert!(err.to_string().contains("split streams need"), "{err}");
+    // the literals of layout 3 still need a compressed codec
+    c.assert_stored_refused(Layout::Modelled);
 }
 
 #[test]

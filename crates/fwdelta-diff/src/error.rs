@@ -33,9 +33,9 @@ pub enum DiffError {
         len: usize,
     },
     /// A block of the modelled layout did not fit the applier's block
-    /// buffer even grouped by raw size (the diff model, unlike LZMA2 and
-    /// zstd, can code bytes it predicts badly larger than they are). The
-    /// generator then makes the patch in the split layout.
+    /// buffer even grouped by raw size (the head and diff models, unlike
+    /// LZMA2 and zstd, can code bytes they predict badly larger than they
+    /// are). The generator then makes the patch in the split layout.
     #[error("a block of modelled heads and diffs does not fit the block buffer")]
     ModelledBlockTooLarge,
     /// The compressor failed.

@@ -99,9 +99,10 @@ pub struct Options {
     pub code: CodeMode,
     /// Body layout. Default `None`, automatic: with LZMA2 and a patch that
     /// is not in-place, the first the budget holds of [`Layout::Modelled`]
-    /// (the diff model codes the diff bytes: on the public corpus 5-26%
-    /// smaller patches than split streams, at about 90 ns per diff byte to
-    /// apply; the default 4 MiB holds it with a 1 MiB history),
+    /// (the head and diff models code the heads and diff bytes: on the
+    /// public corpus 7-29% smaller patches than split streams, at about
+    /// 90 ns per diff byte to apply; the default 4 MiB holds it with a 1 MiB
+    /// history),
     /// [`Layout::Split`] (heads, diff bytes and literals each compressed on
     /// their own: 1.6-5.2% smaller than one stream) and
     /// [`Layout::Interleaved`]. Small patches (under [`SMALL_PATCH`]) are

@@ -12,8 +12,8 @@
 //! size, which LZMA2 and zstd can only shrink, and encodes again.
 //!
 //! Cost: three compression contexts at a time (in layout 3, the literal
-//! codec's and the two models), one pass over the diff bytes to group, one or (rarely) two
-//! encoding passes; the payload is held in memory.
+//! codec's and the two models), one pass over the diff bytes to group, one
+//! or (rarely) two encoding passes; the payload is held in memory.
 
 use crate::error::DiffError;
 use crate::segment_encoder::{write_diff, NewImage, Planned, SCRATCH};
@@ -58,8 +58,8 @@ impl Grouping {
 }
 
 /// Encode `records` (in order, as the interleaved layout would) as a split
-/// payload of `codec` with streams of window `2^window_log`, the diff bytes
-/// through the diff model if `modelled` (layout 3).
+/// payload of `codec` with streams of window `2^window_log`, the heads and
+/// diff bytes through the head and diff models if `modelled` (layout 3).
 pub(crate) fn encode(
     records: &[Planned],
     old: &[u8],
@@ -129,8 +129,7 @@ impl DiffWriter {
     /// The block's chunk (`last`: the stream's final one).
     fn chunk(&mut self, last: bool) -> std::io::Result<Vec<u8>> {
         match self {
-            DiffWriter::Codec(enc) if last => enc.finish(),
-            DiffWriter::Codec(enc) => enc.cut(),
+            DiffWriter::Codec(enc) => enc.chunk(last),
             DiffWriter::Model(_, bits) => Ok(bits.finish()),
         }
     }
@@ -159,8 +158,7 @@ impl HeadsWriter {
     /// the block's records with its flag.
     fn chunk(&mut self, last: bool) -> std::io::Result<Vec<u8>> {
         match self {
-            HeadsWriter::Codec(enc) if last => enc.finish(),
-            HeadsWriter::Codec(enc) => enc.cut(),
+            HeadsWriter::Codec(enc) => enc.chunk(last),
             HeadsWriter::Model(model, bits) => {
                 model.code_more(bits, false, false);
                 Ok(bits.finish())
@@ -285,8 +283,7 @@ fn write_blocks(
             )?;
         }
         let last = b + 1 == blocks.len();
-        let chunk = |enc: &mut StreamEncoder| if last { enc.finish() } else { enc.cut() };
-        let chunks = [heads.chunk(last)?, diffs.chunk(last)?, chunk(&mut lits)?];
+        let chunks = [heads.chunk(last)?, diffs.chunk(last)?, lits.chunk(last)?];
         if chunks[0].len() + chunks[1].len() > MAX_BLOCK_BUFFER {
             return Ok(None);
         }

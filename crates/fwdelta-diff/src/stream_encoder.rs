@@ -121,6 +121,16 @@ impl StreamEncoder {
         self.drive(Action::Finish)
     }
 
+    /// A block's chunk: [`Self::finish`] for the stream's `last` block,
+    /// else [`Self::cut`].
+    pub(crate) fn chunk(&mut self, last: bool) -> io::Result<Vec<u8>> {
+        if last {
+            self.finish()
+        } else {
+            self.cut()
+        }
+    }
+
     fn drive(&mut self, action: Action) -> io::Result<Vec<u8>> {
         match &mut self.inner {
             Inner::Zstd(enc) => {

@@ -1,6 +1,7 @@
-//! Hand-made payloads: LZMA2 chunks, head- and diff-model chunks and split-layout
-//! payloads (format layouts 2 and 3), so tests and fuzz targets can build honest and deliberately broken
-//! patches without the generator (sealed with `fwdelta_format::chain::seal_patch`).
+//! Hand-made payloads: LZMA2 chunks, head- and diff-model chunks and
+//! split-layout payloads (format layouts 2 and 3), so tests and fuzz targets
+//! can build honest and deliberately broken patches without the generator
+//! (sealed with `fwdelta_format::chain::seal_patch`).
 
 use fwdelta_format::bit_coder::BitEncoder;
 use fwdelta_format::diff_model::{DiffModel, OldContext};
