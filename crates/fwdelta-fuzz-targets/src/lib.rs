@@ -359,7 +359,9 @@ fn restore_literals(
 }
 
 /// A split-layout payload of `records`, cut into blocks after the records
-/// the input picks (each stream one LZMA2 stream with its split window).
+/// the input picks: in layout 2 each stream one LZMA2 stream, in layout 3
+/// the heads and diffs coded by the head and diff models and the literals
+/// one LZMA2 stream.
 fn split_blocks(
     u: &mut Unstructured<'_>,
     records: &[GenRecord],
