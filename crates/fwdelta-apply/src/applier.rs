@@ -606,10 +606,13 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     fn feed_inner(&mut self, mut data: &[u8]) -> Result<(), ApplyError> {
         while !data.is_empty() {
             match &mut self.stage {
-                Stage::Payload(_) => {
-                    let n = self.payload(data)?;
-                    data = &data[n..];
+                Stage::Payload(seg) => {
+                    // Counted first: a segment without a check is finished
+                    // (and its checkpoint taken) inside `payload`.
+                    let n = data.len().min(seg.payload_left as usize);
                     self.received += n as u64;
+                    self.payload(&data[..n])?;
+                    data = &data[n..];
                 }
                 Stage::Done => return Err(ApplyError::TrailingData),
                 Stage::Failed => return Err(ApplyError::Poisoned),
@@ -681,24 +684,36 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 if truncate_check(&hash) != self.acc[..] {
                     return Err(seg.corrupt("segment check mismatch"));
                 }
-                self.chain = chain::next(&self.chain, hash.as_bytes());
-                self.next_index += 1;
-                let checkpoint = Checkpoint {
-                    header_hash: self.header_hash,
-                    next_segment: self.next_index,
-                    patch_offset: self.received,
-                    new_offset: self.out.produced,
-                    chain: self.chain,
-                };
-                self.out
-                    .sink
-                    .segment_done(&seg.head, &checkpoint)
-                    .map_err(ApplyError::Sink)?;
-                self.next_part()?;
+                self.segment_verified(&seg.head, &hash)?;
             }
             Stage::Payload(_) | Stage::Done | Stage::Failed => return Err(ApplyError::Poisoned),
         }
         Ok(())
+    }
+
+    /// Segment `head`, whose bytes hash to `hash`, is verified: advance the
+    /// digest, expect the next segment (after the last one: check the new
+    /// image's hash, which is what verifies a segment without a check), then
+    /// hand the sink its checkpoint.
+    fn segment_verified(
+        &mut self,
+        head: &SegmentHeader,
+        hash: &blake3::Hash,
+    ) -> Result<(), ApplyError> {
+        self.chain = chain::next(&self.chain, hash.as_bytes());
+        self.next_index += 1;
+        self.next_part()?;
+        let checkpoint = Checkpoint {
+            header_hash: self.header_hash,
+            next_segment: self.next_index,
+            patch_offset: self.received,
+            new_offset: self.out.produced,
+            chain: self.chain,
+        };
+        self.out
+            .sink
+            .segment_done(head, &checkpoint)
+            .map_err(ApplyError::Sink)
     }
 
     /// After the header or a segment: expect the next segment, or, after the
@@ -802,9 +817,9 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         crate::error::check_old_hash(&hasher.finalize(), header)
     }
 
-    /// Stream payload bytes through the decoder and the record interpreter.
-    /// Returns how many bytes of `data` belonged to the payload.
-    fn payload(&mut self, data: &[u8]) -> Result<usize, ApplyError> {
+    /// Stream payload bytes (no more than the payload has left) through the
+    /// decoder and the record interpreter.
+    fn payload(&mut self, data: &[u8]) -> Result<(), ApplyError> {
         let Stage::Payload(seg) = &mut self.stage else {
             return Err(ApplyError::Poisoned);
         };
@@ -813,8 +828,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         seg.check.update(chunk);
         if let Some(split) = self.split.as_mut() {
             split.feed(chunk, &mut self.out, seg)?;
-            self.end_payload_chunk(n)?;
-            return Ok(n);
+            return self.end_payload_chunk(n);
         }
         match self.decoder.as_mut() {
             // Stored payload: the stream itself.
@@ -826,12 +840,12 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             }
             Some(dec) => decode_chunk(dec, &mut self.dec_buf, &mut self.out, seg, chunk)?,
         }
-        self.end_payload_chunk(n)?;
-        Ok(n)
+        self.end_payload_chunk(n)
     }
 
     /// Account for `n` payload bytes; at the end of the payload, check the
-    /// segment's stream is complete and expect its check.
+    /// segment's stream is complete and expect its check (or, for the last
+    /// segment, which has none, finish the image).
     fn end_payload_chunk(&mut self, n: usize) -> Result<(), ApplyError> {
         let Stage::Payload(seg) = &mut self.stage else {
             return Err(ApplyError::Poisoned);
@@ -842,9 +856,15 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             let Stage::Payload(seg) = std::mem::replace(&mut self.stage, Stage::Failed) else {
                 return Err(ApplyError::Poisoned);
             };
-            self.stage = Stage::SegmentCheck(seg);
-            self.want = CHECK_LEN;
-            self.acc.clear();
+            let header = self.header.as_ref().ok_or(ApplyError::Poisoned)?;
+            if header.segment_has_check(seg.head.index) {
+                self.stage = Stage::SegmentCheck(seg);
+                self.want = CHECK_LEN;
+                self.acc.clear();
+            } else {
+                let hash = seg.check.finalize();
+                self.segment_verified(&seg.head, &hash)?;
+            }
         }
         Ok(())
     }

@@ -61,7 +61,9 @@ pub enum ApplyError {
         detail: String,
     },
     /// Every check passed but the output's hash differs from the header's.
-    #[error("patch produced an image whose BLAKE3 does not match the header")]
+    /// With the old image verified first, this means the patch is damaged
+    /// (in a segment without a check of its own: the last one).
+    #[error("patch is corrupt: the image it produced does not match the header's BLAKE3")]
     NewHashMismatch,
     /// Bytes follow the last segment.
     #[error("patch is corrupt: unexpected data after its end")]

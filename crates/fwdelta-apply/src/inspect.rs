@@ -1,6 +1,9 @@
 //! Walk a patch's container without decoding payloads: header, every segment
 //! header and check, and the end. For `fwdelta info`, and for a terminal that wants
-//! to verify a downloaded patch's integrity before it starts applying.
+//! to verify a downloaded patch's integrity before it starts applying. The last
+//! segment of an ordinary patch carries no check (the new image's hash covers
+//! it when the patch is applied), so only its framing is verified here; every
+//! segment of an in-place patch, which overwrites the old image, is checked.
 
 use crate::error::ApplyError;
 use crate::BUFFER_LEN;
@@ -35,7 +38,8 @@ pub struct PatchSummary {
 
 /// Read a whole patch from `r`, validating its structure and every checksum
 /// (header check, segment checks, the segment count) without decompressing
-/// anything.
+/// anything (an ordinary patch's last segment has no check: see the module
+/// doc).
 /// In-place patches are checked cell by cell: every cell exactly once.
 /// Collects the segment headers: memory grows by ~40 bytes per segment (each
 /// segment takes at least 50 patch bytes). For fixed memory use [`inspect_each`].
@@ -115,19 +119,22 @@ pub fn inspect_each<R: Read>(
             check.update(&buf[..n]);
             left -= n;
         }
-        let mut c = [0u8; CHECK_LEN];
-        read_part(
-            &mut r,
-            &mut c,
-            &mut offset,
-            &format!("inside the check of segment {index}"),
-        )?;
-        let hash = check.finalize();
-        if truncate_check(&hash) != c {
-            return Err(ApplyError::CorruptSegment {
-                index,
-                detail: "segment check mismatch".into(),
-            });
+        // The last segment of an ordinary patch has no check: only applying
+        // it (the new image's hash) verifies its bytes.
+        if header.segment_has_check(index) {
+            let mut c = [0u8; CHECK_LEN];
+            read_part(
+                &mut r,
+                &mut c,
+                &mut offset,
+                &format!("inside the check of segment {index}"),
+            )?;
+            if truncate_check(&check.finalize()) != c {
+                return Err(ApplyError::CorruptSegment {
+                    index,
+                    detail: "segment check mismatch".into(),
+                });
+            }
         }
         produced += seg.new_len;
     }

@@ -9,8 +9,9 @@ pub trait Sink {
     /// Take the next bytes of the new image.
     fn write(&mut self, data: &[u8]) -> io::Result<()>;
 
-    /// Called after a segment's bytes were all written and its check passed,
-    /// with the checkpoint that resumes after it. A sink that supports resume
+    /// Called after a segment's bytes were all written and verified (by its
+    /// check; the last segment, which has none, by the new image's hash), with
+    /// the checkpoint that resumes after it. A sink that supports resume
     /// makes the bytes written so far durable, then persists `checkpoint`
     /// (see [`crate::ResumableFile`]). Default: nothing.
     fn segment_done(&mut self, segment: &SegmentHeader, checkpoint: &Checkpoint) -> io::Result<()> {

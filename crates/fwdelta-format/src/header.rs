@@ -2,11 +2,12 @@
 //! what the applier needs. Parsed in two steps so a streaming reader can learn the
 //! header's length from its first [`Header::PREFIX_LEN`] bytes.
 //!
-//! Wire form (version 5): magic (4), version (1), header_len (varint), flags
+//! Wire form (version 6): magic (4), version (1), header_len (varint), flags
 //! (varint), coding (1: codec in the low nibble, layout in the high one),
 //! window_log (1), old check (8), new hash (32), old_len (varint), new_len −
-//! old_len (zig-zag varint), segment_count (varint), apply_memory (varint),
-//! extensions, header check (8). See `docs/FORMAT.md`.
+//! old_len (zig-zag varint), segment_count (varint), apply_memory above the
+//! memory model's floor (varint), extensions, header check (8). See
+//! `docs/FORMAT.md`.
 
 use crate::address_map::AddressMap;
 use crate::error::FormatError;
@@ -193,9 +194,11 @@ pub struct Header {
     /// Number of segments in the body.
     pub segment_count: u32,
     /// Bytes of memory the applier needs (decoder and its own buffers, plus the
-    /// cell buffer of an in-place patch, or the map and rewriter of an
-    /// executable-aware one), as computed by
+    /// cell buffer and table of an in-place patch, or the map and rewriter of
+    /// an executable-aware one), as computed by
     /// [`MemoryModel::required_for_layout`] and its extras at write time.
+    /// Never below [`Self::memory_floor`]: the wire form stores only the
+    /// excess over it, so an ordinary patch spends one byte on the claim.
     pub apply_memory: u64,
     /// For in-place patches, log2 of the cell size; `None` otherwise.
     pub cell_log: Option<u8>,
@@ -234,8 +237,10 @@ impl Header {
     /// the code extension when `code_refs` is, and the literal-filter
     /// extension when `literal_filter` is). Cost: the fields built once, one
     /// more allocation for the whole header.
-    /// Panics if the code extension exceeds [`MAX_EXTENSION_LEN`]; writers
-    /// size the map to fit (see `fwdelta-diff`'s address mapper).
+    /// Panics if the code extension exceeds [`MAX_EXTENSION_LEN`] (writers
+    /// size the map to fit, see `fwdelta-diff`'s address mapper) or if
+    /// `apply_memory` is below [`Self::memory_floor`], which the wire form
+    /// cannot express.
     pub fn encode(&self) -> Vec<u8> {
         let fields = self.fields();
         let len = Self::total_len(fields.len());
@@ -262,7 +267,7 @@ impl Header {
         varint::put_u64(&mut b, self.old_len);
         varint::put_i64(&mut b, self.len_change());
         varint::put_u64(&mut b, u64::from(self.segment_count));
-        varint::put_u64(&mut b, self.apply_memory);
+        varint::put_u64(&mut b, self.memory_excess());
         if let Some(cell_log) = self.cell_log {
             b.extend_from_slice(&EXT_IN_PLACE.to_le_bytes());
             b.extend_from_slice(&1u16.to_le_bytes());
@@ -358,7 +363,7 @@ impl Header {
         let old_len = r.varint("old_len")?;
         let len_change = r.signed_varint("new_len")?;
         let segment_count = r.varint("segment_count")?;
-        let apply_memory = r.varint("apply_memory")?;
+        let memory_excess = r.varint("apply_memory")?;
         // A u64 plus an i64 always fits i128; sizes are checked below.
         let new_len = i128::from(old_len) + i128::from(len_change);
         let new_len = u64::try_from(new_len).map_err(|_| FormatError::BadField {
@@ -425,8 +430,18 @@ impl Header {
                 detail: "split streams need a compressed codec and cannot be in-place".into(),
             });
         }
-        let needed = MemoryModel::required_for_layout(codec, window_log, layout)
-            + cell_log.map_or(0, |cl| 1u64 << cl)
+        let floor = memory_floor(codec, window_log, layout, cell_log, segment_count);
+        let apply_memory =
+            floor
+                .checked_add(memory_excess)
+                .ok_or_else(|| FormatError::BadField {
+                    field: "apply_memory",
+                    detail: format!("claims {memory_excess} bytes above {floor}: more than 2^64"),
+                })?;
+        // The floor covers everything but an executable-aware patch's map and
+        // rewriter, whose size depends on this header's length: that part is
+        // in the stored excess and checked here.
+        let needed = floor
             + code_refs.as_ref().map_or(0, |c| {
                 MemoryModel::code_refs_extra(len as u64, c.map.runs() as u64)
             });
@@ -434,7 +449,7 @@ impl Header {
             return Err(FormatError::BadField {
                 field: "apply_memory",
                 detail: format!(
-                    "claims {apply_memory} bytes but a 2^{window_log} window needs {needed}"
+                    "claims {apply_memory} bytes but its code references need {needed}"
                 ),
             });
         }
@@ -488,25 +503,75 @@ impl Header {
             + varint::len_u64(self.old_len)
             + varint::len_i64(self.len_change())
             + varint::len_u64(u64::from(self.segment_count))
-            + varint::len_u64(self.apply_memory)
+            + varint::len_u64(self.memory_excess())
             + if self.cell_log.is_some() { 5 } else { 0 }
             + self.code_refs.as_ref().map_or(0, CodeRefs::extension_len)
             + if self.literal_filter.is_some() { 5 } else { 0 }
     }
 
-    /// An upper bound of [`Self::encoded_len`] whatever `apply_memory` is: a
-    /// writer whose memory claim depends on the header's length (executable-
-    /// aware patches) sizes the claim with it.
+    /// An upper bound of [`Self::encoded_len`] whatever `apply_memory` is
+    /// (at least [`Self::memory_floor`]): a writer whose memory claim depends
+    /// on the header's length (executable-aware patches) sizes the claim with
+    /// it.
     pub fn encoded_len_bound(&self) -> usize {
-        self.encoded_len() - varint::len_u64(self.apply_memory)
+        self.encoded_len() - varint::len_u64(self.memory_excess())
             + varint::MAX_VARINT_LEN
             + (Self::LEN_VARINT_MAX - 1)
+    }
+
+    /// The least `apply_memory` this header's codec, window, layout and
+    /// in-place cells allow (the memory model's figure, *docs/FORMAT.md*,
+    /// *Memory model*); an executable-aware patch claims more, for its map.
+    pub fn memory_floor(&self) -> u64 {
+        memory_floor(
+            self.codec,
+            self.window_log,
+            self.layout,
+            self.cell_log,
+            self.segment_count,
+        )
+    }
+
+    /// What the wire form stores for `apply_memory`: the excess over
+    /// [`Self::memory_floor`] (0 for ordinary patches written by fwdelta).
+    fn memory_excess(&self) -> u64 {
+        let floor = self.memory_floor();
+        assert!(
+            self.apply_memory >= floor,
+            "apply_memory {} is below the memory model's {floor}",
+            self.apply_memory
+        );
+        self.apply_memory - floor
+    }
+
+    /// Whether segment `index` ends with a stored check. Every segment of an
+    /// in-place patch does (they are verified before any is written over the
+    /// old image); in an ordinary patch every segment but the last does: the
+    /// last one is covered by the new image's hash, which is verified at the
+    /// very moment its check would be, when its last byte has been produced.
+    pub fn segment_has_check(&self, index: u32) -> bool {
+        self.cell_log.is_some() || index.saturating_add(1) < self.segment_count
     }
 
     /// Cell size of an in-place patch.
     pub fn cell_len(&self) -> Option<u64> {
         self.cell_log.map(|cl| 1u64 << cl)
     }
+}
+
+/// The memory model's figure for a patch with these fields: the decoders or
+/// models of `layout` at `window_log`, the applier's buffers and, for an
+/// in-place patch of `cells` cells of `2^cell_log` bytes, its cell buffer and
+/// cell table.
+fn memory_floor(
+    codec: Codec,
+    window_log: u8,
+    layout: Layout,
+    cell_log: Option<u8>,
+    cells: u32,
+) -> u64 {
+    MemoryModel::required_for_layout(codec, window_log, layout)
+        + cell_log.map_or(0, |cl| MemoryModel::in_place_extra(cl, u64::from(cells)))
 }
 
 /// What the extension area holds.
@@ -683,13 +748,17 @@ mod tests {
         let mut bad = h.clone();
         bad.cell_log = None;
         assert!(reparse(&bad.encode()).is_err());
-        // memory claim must include the cell buffer
-        let mut bad = h.clone();
-        bad.apply_memory = MemoryModel::required(19);
-        assert!(reparse(&bad.encode()).is_err());
+        // the memory floor counts the cell buffer and the cell table: a
+        // patch that claims just the floor stores no excess
+        assert_eq!(
+            h.memory_floor(),
+            MemoryModel::required(19) + MemoryModel::in_place_extra(12, 3)
+        );
+        assert_eq!(bytes[excess_at(&h)], 0, "excess over the floor");
         // cell size out of range
         let mut bad = h;
         bad.cell_log = Some(30);
+        bad.apply_memory = bad.memory_floor();
         assert!(reparse(&bad.encode()).is_err());
     }
 
@@ -859,15 +928,41 @@ mod tests {
                 ..
             })
         ));
-        let mut h = sample();
-        h.apply_memory = 1;
+        // the claim is stored above the floor: an excess that takes it past
+        // 2^64 is refused, the largest that does not is read as it is
+        let h = sample();
+        let over = with_memory_excess(&h, u64::MAX - h.memory_floor() + 1);
         assert!(matches!(
-            reparse(&h.encode()),
+            reparse(&over),
             Err(FormatError::BadField {
                 field: "apply_memory",
                 ..
             })
         ));
+        let most = with_memory_excess(&h, u64::MAX - h.memory_floor());
+        assert_eq!(reparse(&most).map(|h| h.apply_memory), Ok(u64::MAX));
+    }
+
+    /// `h`'s encoding with `excess` stored as its memory claim's excess over
+    /// the floor (which [`Header::encode`] cannot be made to write past 2^64).
+    fn with_memory_excess(h: &Header, excess: u64) -> Vec<u8> {
+        let mut fields = h.fields();
+        // `fields` starts after magic, version and a one-byte header_len
+        let at = excess_at(h) - 6;
+        let old = varint::len_u64(h.memory_excess());
+        let mut v = Vec::new();
+        varint::put_u64(&mut v, excess);
+        fields.splice(at..at + old, v);
+        frame(&fields)
+    }
+
+    /// Offset of the memory claim's varint in `h`'s encoding (with a
+    /// one-byte header_len).
+    fn excess_at(h: &Header) -> usize {
+        VARINTS_AT
+            + varint::len_u64(h.old_len)
+            + varint::len_i64(h.len_change())
+            + varint::len_u64(u64::from(h.segment_count))
     }
 
     #[test]
@@ -900,9 +995,10 @@ mod tests {
     fn compact_header_is_small() {
         // The fixed cost every patch pays: magic, version, header_len, flags,
         // coding and window bytes, the old image's 8-byte check, its full new
-        // hash, four varints (2 + 2 + 1 + 3 here), the 8-byte header check.
+        // hash, four varints (2 + 2 + 1 + 1 here: a claim of exactly the
+        // memory model's figure stores no excess), the 8-byte header check.
         let h = sample();
-        assert_eq!(h.encode().len(), 4 + 1 + 1 + 1 + 2 + 8 + 32 + 8 + 8);
+        assert_eq!(h.encode().len(), 4 + 1 + 1 + 1 + 2 + 8 + 32 + 6 + 8);
         assert!(h.encoded_len_bound() >= h.encoded_len());
         let mut big = h.clone();
         big.apply_memory = u64::MAX;
@@ -999,7 +1095,7 @@ mod tests {
             arch: Arch::Thumb2,
             map,
         });
-        h.apply_memory += MemoryModel::code_refs_extra(h.encoded_len() as u64, 2);
+        h.apply_memory += MemoryModel::code_refs_extra(h.encoded_len_bound() as u64, 2);
         h
     }
 

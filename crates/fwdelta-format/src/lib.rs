@@ -52,7 +52,7 @@ pub const MAGIC: [u8; 4] = [0x89, b'F', b'W', b'D'];
 pub const LEGACY_MAGIC: [u8; 8] = [0x89, b'F', b'W', b'D', 0x0D, 0x0A, 0x1A, 0x0A];
 
 /// The container version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u8 = 5;
+pub const FORMAT_VERSION: u8 = 6;
 
 /// Largest old or new image the format admits (1 TiB). Sizes above it are refused
 /// as absurd before any other work is done.

@@ -57,7 +57,8 @@ enum Cmd {
     Diff(DiffArgs),
     /// Apply PATCH to OLD, writing the verified new image to -o.
     Apply(ApplyArgs),
-    /// Show what a patch contains (and verify its structure and checksums).
+    /// Show what a patch contains (and verify its structure and checksums; an
+    /// ordinary patch's last segment has none: applying it verifies it).
     Info(InfoArgs),
     /// Diff and apply every pair in a directory and print a size table.
     Bench(bench::BenchArgs),

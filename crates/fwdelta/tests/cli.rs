@@ -437,8 +437,10 @@ fn apply_refuses_flipped_segment_payload_byte() {
     }
 }
 
+/// The last segment has no check: the new image's hash is what refuses
+/// damage there.
 #[test]
-fn apply_refuses_flipped_last_check_byte() {
+fn apply_refuses_flipped_last_bytes() {
     let fx = Fixture::new("fw-cortex-m4");
     let patch = fx.patch_bytes();
     let len = patch.len();
@@ -868,7 +870,10 @@ fn info_human_and_json() {
     let run = fwdelta([OsStr::new("info"), fx.patch.as_os_str()]);
     run.assert_ok();
     assert!(
-        run.stdout.contains("format version 5"),
+        run.stdout.contains(&format!(
+            "format version {}",
+            fwdelta_format::FORMAT_VERSION
+        )),
         "{}",
         run.describe()
     );
@@ -883,17 +888,26 @@ fn info_human_and_json() {
 #[test]
 fn info_refuses_corrupt_patch() {
     let fx = Fixture::new("fw-cortex-m4");
-    let patch = fx.patch_bytes();
+    // Several segments: `info` verifies the checks of all but the last (which
+    // has none; applying it verifies it, by the new image's hash).
+    let (multi, run) = fx.diff_to("multi.fwd", &["--segment-size", "256", "-q"]);
+    run.assert_ok();
+    let patch = fs::read(multi).unwrap();
+    assert!(
+        fwdelta_apply::inspect(&patch[..]).unwrap().segments.len() > 1,
+        "want several segments"
+    );
     let bad_path = fx.dir.path().join("bad.fwd");
     let len = patch.len();
+    let (payload_at, payload_len) = first_payload(&patch);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
             {
                 let mut b = patch.clone();
-                b[len - 1] ^= 1;
+                b[payload_at + payload_len] ^= 1;
                 b
             },
-            "corrupt",
+            "check mismatch",
         ),
         (
             {
