@@ -61,9 +61,12 @@ pub enum ApplyError {
         detail: String,
     },
     /// Every check passed but the output's hash differs from the header's.
-    /// With the old image verified first, this means the patch is damaged
-    /// (in a segment without a check of its own: the last one).
-    #[error("patch is corrupt: the image it produced does not match the header's BLAKE3")]
+    /// With the old image verified first, the patch is damaged (in an
+    /// ordinary patch, most likely in its last segment, which has no check of
+    /// its own), or, after a resume, the partial output kept from before was.
+    #[error(
+        "patch is corrupt (or a resumed partial output was damaged): the image produced does not match the header's BLAKE3"
+    )]
     NewHashMismatch,
     /// Bytes follow the last segment.
     #[error("patch is corrupt: unexpected data after its end")]

@@ -55,8 +55,8 @@ pub fn inspect<R: Read>(r: R) -> Result<PatchInfo, ApplyError> {
 }
 
 /// Like [`inspect`], but hands each segment header and the patch offset where
-/// the segment starts to `on_segment` as it is validated (its check is
-/// verified after the call) instead of keeping them:
+/// the segment starts to `on_segment` as it is validated (its check, if it
+/// has one, is verified after the call) instead of keeping them:
 /// a terminal can verify a downloaded patch in one pass with a 16 KiB buffer
 /// and a header buffer of at most 4 KiB.
 pub fn inspect_each<R: Read>(

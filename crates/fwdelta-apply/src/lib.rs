@@ -18,9 +18,9 @@
 //!   [`Applier::resume`] can continue after a power loss.
 //!
 //! The old image is hashed and checked against the header before a single
-//! output byte is produced; every segment is checked (bound to the header and
-//! its position); the segment count and the new image's hash are checked at
-//! the end. Any failure is a typed
+//! output byte is produced; every segment but the last is checked (bound to
+//! the header and its position); the segment count and the new image's hash,
+//! which covers the last segment, are checked at the end. Any failure is a typed
 //! [`ApplyError`]; output already handed to the sink must then be discarded
 //! (the [`AtomicFile`] sink does that by itself).
 

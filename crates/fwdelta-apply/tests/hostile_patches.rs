@@ -908,7 +908,8 @@ fn crafted_modelled_patches_round_trip_when_honest_and_refuse_unused_diffs() {
         modelled_payload(&c.old, &no_diffs, None),
         "needs diff bytes its block does not have",
     );
-    // a damaged diff chunk decodes to other bytes: the segment check fails
+    // a damaged diff chunk decodes to other bytes: the new image's hash
+    // fails (a one-segment patch: its only segment has no check)
     let mut damaged = honest.clone();
     let at = damaged.len() - 20;
     damaged[at] ^= 0x40;
@@ -1022,7 +1023,8 @@ fn crafted_bad_segment_headers_are_refused() {
     );
 }
 
-/// Byte ranges of a patch's segments (header, payload, check each).
+/// Byte ranges of a patch's segments (header, payload, and check but for the
+/// last one).
 fn segment_ranges(patch: &[u8]) -> Vec<std::ops::Range<usize>> {
     let mut starts = Vec::new();
     fwdelta_apply::inspect_each(patch, |_, at| starts.push(at as usize)).unwrap();
@@ -1034,7 +1036,8 @@ fn segment_ranges(patch: &[u8]) -> Vec<std::ops::Range<usize>> {
 fn segments_are_bound_to_their_patch_and_position() {
     // No trailer: the segment checks alone must catch segments that are
     // swapped, dropped or spliced in from another patch, even when every
-    // segment is well formed and the lengths still add up.
+    // segment is well formed and the lengths still add up (the last segment,
+    // which has no check, stays in place here).
     let old = b"0123456789abcdef".to_vec();
     let new = b"abcdabcdabcd".to_vec();
     let same = rec(4, 0, 0, 0, b"");

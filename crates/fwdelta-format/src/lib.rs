@@ -1,4 +1,4 @@
-//! The fwdelta patch container, version 5 (specified in `docs/FORMAT.md`).
+//! The fwdelta patch container, version 6 (specified in `docs/FORMAT.md`).
 //!
 //! This crate only describes and validates bytes; it never performs I/O and never
 //! allocates from a size read out of a patch. It is shared by the generator
@@ -15,7 +15,8 @@
 //!            (one stream, or blocks of three split streams) + 8-byte check
 //!            (bound to the header and the segment's position)
 //! ...
-//! Segment n-1 (the header's segment count says the patch ends here)
+//! Segment n-1 (the header's segment count says the patch ends here; in an
+//!            ordinary patch it has no check: the new image's hash covers it)
 //! ```
 
 pub mod address_map;

@@ -1,7 +1,8 @@
 //! Segment headers. A segment produces one known, contiguous range of the new
 //! image and is decodable on its own: its payload is one complete compressed
 //! frame. Its header is three varints (two for the last segment of an ordinary
-//! patch), and an 8-byte check follows the payload (see [`crate::chain`]).
+//! patch), and an 8-byte check follows the payload, except after the last
+//! segment of an ordinary patch (see [`crate::chain`]).
 //!
 //! What a reader can work out itself is not stored: the segment's index is its
 //! position, in an ordinary patch its first new-image byte is where the
