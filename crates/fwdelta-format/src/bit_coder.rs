@@ -1,4 +1,5 @@
-//! The binary arithmetic coder under the diff model (layout 3): codes one
+//! The binary arithmetic coder under the diff and head models (layout 3):
+//! codes one
 //! bit at a time with a 12-bit probability, 32-bit state, no carries (an
 //! interval `[low, high]` that drops its top byte once both ends agree on
 //! it). Integer arithmetic only, so every platform codes the same bits.
@@ -7,7 +8,8 @@
 //! eight bits of information; the encoder's [`BitEncoder::finish`] adds at
 //! most four bytes to a chunk.
 
-/// One coded bit: the coder's side of [`crate::diff_model::DiffModel`].
+/// One coded bit: the coder's side of [`crate::diff_model::DiffModel`] and
+/// [`crate::head_model::HeadModel`].
 /// `p1` is the probability that the bit is 1, in 4096ths (1..=4095).
 pub trait BitIo {
     /// Encode `bit` and return it (encoder), or return the decoded bit and

@@ -33,7 +33,7 @@
 //! byte on the corpus's build machine (P4: 9.7 M of them, 0.85 s).
 
 use crate::bit_coder::BitIo;
-use crate::mixing::{code_mixed, row_of, scatter, stretched, update_all, MatchModel, FRESH};
+use crate::mixing::{code_mixed, read_counters, rows_of, stretched, update_all, MatchModel, FRESH};
 
 /// Context models per bit.
 pub const MODELS: usize = 8;
@@ -156,13 +156,9 @@ impl DiffModel {
             (((o << 8) | next) << 2) | q,
             (((prev << 8) | o) << 8) | next,
         ];
-        let mut rows = [0u32; MODELS];
-        for (i, (row, &c)) in rows.iter_mut().zip(&contexts).enumerate() {
-            *row = row_of(i as u32, c, TABLE_LOG);
-        }
         let expected = self.matches.expected();
         let step = Step {
-            rows,
+            rows: rows_of(&contexts, TABLE_LOG),
             q: q as u32,
             expected: expected.map_or(0, u32::from),
             match_len: self.matches.len(),
@@ -184,14 +180,8 @@ impl DiffModel {
     /// Code one bit at `node` (0: the zero flag; 1..=255: the bit tree).
     #[inline]
     fn bit<C: BitIo>(&mut self, io: &mut C, s: &Step, node: u32, bit: u32) -> u32 {
-        let scatter = scatter(node, TABLE_LOG);
-        let mut slots = [0usize; MODELS];
         let mut inputs = [0i32; INPUTS];
-        for i in 0..MODELS {
-            let slot = (i << TABLE_LOG) | ((s.rows[i] ^ scatter) as usize);
-            slots[i] = slot;
-            inputs[i] = stretched(self.counters[slot]);
-        }
+        let slots = read_counters(&self.counters, &s.rows, node, TABLE_LOG, &mut inputs);
         // The match model: the bit the match predicts, if the bits so far
         // agree with it.
         let (tree_bit, depth) = if node == 0 {

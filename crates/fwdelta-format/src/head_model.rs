@@ -35,7 +35,7 @@
 
 use crate::bit_coder::BitIo;
 use crate::mixing::{
-    code_mixed, row_of, scatter, stretched, update, update_all, MatchModel, FRESH,
+    code_mixed, read_counters, rows_of, stretched, update, update_all, MatchModel, FRESH,
 };
 use crate::record::MAX_HEAD_LEN;
 
@@ -213,10 +213,7 @@ impl HeadModel {
                 | u64::from(prev_len.min(3)) << 16
                 | u64::from(self.in_varint) << 24,
         ];
-        let mut rows = [0u32; MODELS];
-        for (i, (row, &c)) in rows.iter_mut().zip(&contexts).enumerate() {
-            *row = row_of(i as u32, c, TABLE_LOG);
-        }
+        let rows = rows_of(&contexts, TABLE_LOG);
         let expected = self.matches.expected();
         let mut node = 1u32;
         for k in (0..8).rev() {
@@ -249,14 +246,8 @@ impl HeadModel {
         k: u32,
         bit: u32,
     ) -> u32 {
-        let scatter = scatter(node, TABLE_LOG);
-        let mut slots = [0usize; MODELS];
         let mut inputs = [0i32; INPUTS];
-        for i in 0..MODELS {
-            let slot = (i << TABLE_LOG) | ((rows[i] ^ scatter) as usize);
-            slots[i] = slot;
-            inputs[i] = stretched(self.counters[slot]);
-        }
+        let slots = read_counters(&self.counters, rows, node, TABLE_LOG, &mut inputs);
         // The match model: the bit the match predicts, if the bits so far
         // agree with it.
         let match_len = self.matches.len();

@@ -68,7 +68,7 @@ const STEP: [i32; LIMIT as usize + 1] = {
 /// Row of model `i` for context value `c` in a table of `2^table_log`
 /// counters: the top `table_log` bits of a multiplicative hash.
 #[inline]
-pub(crate) fn row_of(i: u32, c: u64, table_log: u32) -> u32 {
+fn row_of(i: u32, c: u64, table_log: u32) -> u32 {
     let h = (c ^ (u64::from(i) + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93))
         .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (h >> (64 - table_log)) as u32
@@ -77,8 +77,41 @@ pub(crate) fn row_of(i: u32, c: u64, table_log: u32) -> u32 {
 /// Where a bit-tree node's counter sits in a row of `2^table_log`: the row
 /// XOR a scatter of the node, distinct for distinct nodes.
 #[inline]
-pub(crate) fn scatter(node: u32, table_log: u32) -> u32 {
+fn scatter(node: u32, table_log: u32) -> u32 {
     node.wrapping_mul(0x9E37) & ((1 << table_log) - 1)
+}
+
+/// Each context model's row for its context value: model `i`'s table is
+/// the `i`-th of `M` tables of `2^table_log` counters.
+#[inline]
+pub(crate) fn rows_of<const M: usize>(contexts: &[u64; M], table_log: u32) -> [u32; M] {
+    let mut rows = [0u32; M];
+    for (i, (row, &c)) in rows.iter_mut().zip(contexts).enumerate() {
+        *row = row_of(i as u32, c, table_log);
+    }
+    rows
+}
+
+/// The counters the `M` context models predict bit-tree `node` with: their
+/// slots in `counters` (`M` tables of `2^table_log`, one row each in
+/// `rows`), returned for the update, and their predictions, stretched,
+/// written into the first `M` of the mixer's `inputs`.
+#[inline]
+pub(crate) fn read_counters<const M: usize, const N: usize>(
+    counters: &[u16],
+    rows: &[u32; M],
+    node: u32,
+    table_log: u32,
+    inputs: &mut [i32; N],
+) -> [usize; M] {
+    let scatter = scatter(node, table_log);
+    let mut slots = [0usize; M];
+    for i in 0..M {
+        let slot = (i << table_log) | ((rows[i] ^ scatter) as usize);
+        slots[i] = slot;
+        inputs[i] = stretched(counters[slot]);
+    }
+    slots
 }
 
 /// A counter's prediction as a mixer input: its probability, stretched.
