@@ -102,34 +102,17 @@ fn scan_chunk(sa: &SuffixArray, new: &[u8], margin: usize) -> Vec<Match> {
         if len == old_score && scan != new_len {
             continue;
         }
-        // Widen the previous match forwards: the longest prefix of the gap
-        // where more than half the bytes agree.
-        let mut fwd = {
-            let (mut s, mut best_s, mut best) = (0isize, 0isize, 0usize);
-            for i in 0..min(scan - last_scan, old_len - last_pos) {
-                if old[last_pos + i] == new[last_scan + i] {
-                    s += 1;
-                }
-                if s * 2 - (i + 1) as isize > best_s * 2 - best as isize {
-                    (best_s, best) = (s, i + 1);
-                }
-            }
-            best
-        };
-        // Widen the new match backwards the same way.
+        // Widen the previous match forwards into the gap, and the new match
+        // backwards the same way.
+        let mut fwd = widen(min(scan - last_scan, old_len - last_pos), |k| {
+            old[last_pos + k - 1] == new[last_scan + k - 1]
+        });
         let mut back = if scan >= new_len {
             0
         } else {
-            let (mut s, mut best_s, mut best) = (0isize, 0isize, 0usize);
-            for i in 1..=min(scan - last_scan, pos) {
-                if old[pos - i] == new[scan - i] {
-                    s += 1;
-                }
-                if s * 2 - i as isize > best_s * 2 - best as isize {
-                    (best_s, best) = (s, i);
-                }
-            }
-            best
+            widen(min(scan - last_scan, pos), |k| {
+                old[pos - k] == new[scan - k]
+            })
         };
         // Where the two overlap, split the overlap where the forward match
         // stops paying.
@@ -161,6 +144,24 @@ fn scan_chunk(sa: &SuffixArray, new: &[u8], margin: usize) -> Vec<Match> {
         last_offset = pos as isize - scan as isize;
     }
     out
+}
+
+/// How far to widen a match by up to `n` bytes, the `k`-th of which
+/// (1-based, going outwards) agrees if `agrees(k)`: the length whose bytes
+/// agree most beyond half (twice the agreeing bytes minus the length at its
+/// highest, the shortest such; 0 if none beats widening by nothing).
+#[inline]
+fn widen(n: usize, agrees: impl Fn(usize) -> bool) -> usize {
+    let (mut s, mut best_s, mut best) = (0isize, 0isize, 0usize);
+    for k in 1..=n {
+        if agrees(k) {
+            s += 1;
+        }
+        if s * 2 - k as isize > best_s * 2 - best as isize {
+            (best_s, best) = (s, k);
+        }
+    }
+    best
 }
 
 /// Search results for the positions just ahead of the scan, made a batch at
