@@ -61,9 +61,6 @@ pub fn write(
         code_refs,
         literal_filter,
     } = *body;
-    let extra = cell_log.map_or(0, |cl| {
-        MemoryModel::in_place_extra(cl, segments.len() as u64)
-    });
     let mut header = Header {
         flags: if cell_log.is_some() { FLAG_IN_PLACE } else { 0 },
         old_len: images.old_len,
@@ -74,11 +71,14 @@ pub fn write(
         window_log,
         layout,
         segment_count,
-        apply_memory: MemoryModel::required_for_layout(codec, window_log, layout) + extra,
+        apply_memory: 0,
         cell_log,
         code_refs: code_refs.cloned(),
         literal_filter,
     };
+    // What the memory model says these fields need (decoders or models,
+    // buffers, in-place cells): exactly what the header stores no excess for.
+    header.apply_memory = header.memory_floor();
     if let Some(code) = code_refs {
         // The claim covers the header, whose length depends on the claim's own
         // varint: size it with the longest the claim could make the header.
