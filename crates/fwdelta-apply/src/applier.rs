@@ -819,12 +819,11 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
 
     /// Stream payload bytes (no more than the payload has left) through the
     /// decoder and the record interpreter.
-    fn payload(&mut self, data: &[u8]) -> Result<(), ApplyError> {
+    fn payload(&mut self, chunk: &[u8]) -> Result<(), ApplyError> {
         let Stage::Payload(seg) = &mut self.stage else {
             return Err(ApplyError::Poisoned);
         };
-        let n = data.len().min(seg.payload_left as usize);
-        let chunk = &data[..n];
+        let n = chunk.len();
         seg.check.update(chunk);
         if let Some(split) = self.split.as_mut() {
             split.feed(chunk, &mut self.out, seg)?;

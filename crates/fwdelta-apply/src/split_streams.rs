@@ -555,15 +555,16 @@ fn next_modelled_head(
         return Ok(None);
     }
     m.records = Records::More;
-    let mut head = [0u8; MAX_HEAD_LEN];
+    let head: &mut [u8; MAX_HEAD_LEN] = (&mut window.buf[..MAX_HEAD_LEN])
+        .try_into()
+        .map_err(|_| "the heads window is shorter than a record head")?;
     let n = m
         .heads
-        .decode_head(io, &mut head)
+        .decode_head(io, head)
         .ok_or("a record head longer than any valid one")?;
     if m.head_bits.read() > chunk.len() + 3 {
         return Err("a record head past the end of its chunk".into());
     }
-    window.buf[..n].copy_from_slice(&head[..n]);
     window.start = 0;
     window.end = n;
     Ok(Some(n))
