@@ -7,6 +7,7 @@ use fwdelta_apply::{
     apply, inspect, inspect_each, Applier, ApplyError, ApplyOptions, ErrorClass, OldImage,
 };
 use fwdelta_diff::{diff, Options};
+use fwdelta_format::diff_model::OldContext;
 use fwdelta_format::header::Header;
 use fwdelta_format::record::Record;
 use fwdelta_format::{check_of, Codec, Layout, MemoryModel, CHECK_LEN, FORMAT_VERSION};
@@ -831,15 +832,10 @@ fn modelled_payload_with(
     extra: Option<(usize, &[u8])>,
     extra_heads: Option<(usize, &[u8])>,
 ) -> Vec<u8> {
-    use fwdelta_format::diff_model::OldContext;
     let pieces: Vec<Vec<(OldContext, u8)>> = blocks
         .iter()
         .map(|(_, d, _)| match d {
-            Some((at, bytes)) => bytes
-                .iter()
-                .enumerate()
-                .map(|(j, &b)| (OldContext::at(old, at + j, (at + j) as u64), b))
-                .collect(),
+            Some((at, bytes)) => diff_piece(old, *at, bytes),
             None => Vec::new(),
         })
         .collect();
@@ -858,6 +854,16 @@ fn modelled_payload_with(
         .map(|i| [&h[i][..], &diffs[i][..], &l[i][..]])
         .collect();
     split_payload(&chunks)
+}
+
+/// Difference bytes `diffs` applying to `old` from offset `at`, each with
+/// its old context, as the diff model codes them.
+fn diff_piece(old: &[u8], at: usize, diffs: &[u8]) -> Vec<(OldContext, u8)> {
+    diffs
+        .iter()
+        .enumerate()
+        .map(|(j, &b)| (OldContext::at(old, at + j, (at + j) as u64), b))
+        .collect()
 }
 
 fn modelled_payload(
@@ -960,20 +966,13 @@ fn crafted_modelled_heads_are_refused_when_they_hide_bytes_or_run_long() {
         "the testkit codes heads as the model does"
     );
     let lits = lzma2_chunks(&[b"XY", b"abc"], true);
-    let pieces = |at: usize, d: &[u8]| -> Vec<(fwdelta_format::diff_model::OldContext, u8)> {
-        d.iter()
-            .enumerate()
-            .map(|(j, &b)| {
-                let p = at + j;
-                (
-                    fwdelta_format::diff_model::OldContext::at(&c.old, p, p as u64),
-                    b,
-                )
-            })
-            .collect()
-    };
-    let diffs =
-        fwdelta_testkit::model_diff_chunks(&[pieces(4, &[1, 1, 1]), pieces(12, &[2, 2])], 10);
+    let diffs = fwdelta_testkit::model_diff_chunks(
+        &[
+            diff_piece(&c.old, 4, &[1, 1, 1]),
+            diff_piece(&c.old, 12, &[2, 2]),
+        ],
+        10,
+    );
     let chunks = [
         [&first[..], &diffs[0][..], &lits[0][..]],
         [&empty[..], &diffs[1][..], &lits[1][..]],
