@@ -111,12 +111,12 @@ fn bench(c: &mut Criterion) {
     let mut rng = fwdelta_testkit::XorShift::new(21);
     let heads: Vec<Vec<u8>> = (0..50_000)
         .map(|_| {
-            let literal_len = if rng.next_u64() % 5 == 0 {
+            let literal_len = if rng.next_u64().is_multiple_of(5) {
                 rng.next_u64() % 40
             } else {
                 0
             };
-            let seek = if rng.next_u64() % 7 == 0 {
+            let seek = if rng.next_u64().is_multiple_of(7) {
                 (rng.next_u64() % 5000) as i64 - 2500
             } else {
                 -(literal_len as i64)

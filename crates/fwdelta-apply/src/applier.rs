@@ -15,19 +15,23 @@ use crate::predicted_old::Predictor;
 use crate::sink::Sink;
 use crate::source::OldImage;
 use crate::split_streams::SplitStreams;
+use crate::trust_policy::{TrustPolicy, Verdict};
 use crate::BUFFER_LEN;
 use fwdelta_format::header::Header;
 use fwdelta_format::literal_filter;
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};
 use fwdelta_format::reference_rewriter::Arch;
 use fwdelta_format::segment::SegmentHeader;
+use fwdelta_format::signature::SignatureSection;
 use fwdelta_format::{
     chain, truncate_check, Checkpoint, FormatError, Layout, CHECK_LEN, HASH_LEN, MAX_IMAGE_LEN,
 };
 use std::io::{self, Read};
+use std::sync::Arc;
 
-/// Limits an applier enforces on top of the patch's own checks.
-#[derive(Debug, Clone, Copy)]
+/// Limits an applier enforces on top of the patch's own checks, and the
+/// device's update policy.
+#[derive(Debug, Clone)]
 pub struct ApplyOptions {
     /// Refuse patches whose header claims more applier memory than this.
     /// Default: no limit beyond the format's.
@@ -35,6 +39,10 @@ pub struct ApplyOptions {
     /// Refuse patches producing a larger image (e.g. the flash partition size).
     /// Default: the format limit, 1 TiB.
     pub max_new_len: u64,
+    /// Whose signatures count, which product, counter, expiry and replays
+    /// to refuse (checked before the old image is read). Default: none, so
+    /// signatures are not verified and no release rule applies.
+    pub policy: Option<Arc<TrustPolicy>>,
 }
 
 impl Default for ApplyOptions {
@@ -42,6 +50,23 @@ impl Default for ApplyOptions {
         ApplyOptions {
             memory_limit: u64::MAX,
             max_new_len: MAX_IMAGE_LEN,
+            policy: None,
+        }
+    }
+}
+
+impl ApplyOptions {
+    /// Check a patch against [`Self::policy`] (or, without one, just report
+    /// its release statement and signers, verifying nothing).
+    pub(crate) fn judge(
+        &self,
+        header: &Header,
+        header_bytes: &[u8],
+        section: Option<&SignatureSection>,
+    ) -> Result<Verdict, ApplyError> {
+        match self.policy.as_deref() {
+            Some(p) => p.check(header, header_bytes, section),
+            None => TrustPolicy::default().check(header, header_bytes, section),
         }
     }
 }
@@ -56,6 +81,8 @@ pub struct ApplyReport {
     /// In-place only: the image already was the new image (an earlier apply
     /// finished but its caller did not learn of it), so nothing was written.
     pub already_applied: bool,
+    /// What the policy established (release statement, verified signers).
+    pub verdict: Verdict,
 }
 
 /// Where in a record the decoded stream is.
@@ -127,6 +154,9 @@ impl Segment {
 enum Stage {
     Prefix,
     Header,
+    /// A signed patch's signature section (first its table and count, then
+    /// the signatures).
+    Section,
     SegmentHead,
     Payload(Box<Segment>),
     SegmentCheck(Box<Segment>),
@@ -432,7 +462,12 @@ pub struct Applier<'o, O: OldImage + ?Sized, S: Sink> {
     acc: Vec<u8>,
     want: usize,
     header: Option<Header>,
+    /// The header's bytes (what signatures sign, with the check table).
+    header_bytes: Vec<u8>,
     header_hash: [u8; HASH_LEN],
+    /// Every segment's check (signed patches: the signature section's table).
+    checks: Vec<[u8; CHECK_LEN]>,
+    verdict: Verdict,
     chain: [u8; HASH_LEN],
     received: u64,
     next_index: u32,
@@ -463,7 +498,10 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             acc: Vec::with_capacity(Header::PREFIX_LEN),
             want: Header::PREFIX_LEN,
             header: None,
+            header_bytes: Vec::new(),
             header_hash: [0; HASH_LEN],
+            checks: Vec::new(),
+            verdict: Verdict::default(),
             chain: [0; HASH_LEN],
             received: 0,
             next_index: 0,
@@ -475,8 +513,10 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
 
     /// Continue an apply that was interrupted after a durable segment.
     ///
-    /// `header_bytes` is the patch's header (at least its first `header_len`
-    /// bytes), `checkpoint` the last one the sink persisted, and `produced`
+    /// `header_bytes` is the start of the patch: at least its header and,
+    /// for a signed patch, its signature section (see
+    /// [`crate::inspect::read_patch_start`]); `checkpoint` the last one the
+    /// sink persisted, and `produced`
     /// reads back the new-image bytes already written (the first
     /// `checkpoint.new_offset` are hashed again, through a 16 KiB buffer). The
     /// old image is verified again. Afterwards, feed the patch from
@@ -489,6 +529,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         checkpoint: &Checkpoint,
         mut produced: R,
     ) -> Result<Self, ApplyError> {
+        let patch_start = header_bytes;
         let mut a = Applier::new(old, sink, opts);
         let mut prefix = [0u8; Header::PREFIX_LEN];
         let given =
@@ -508,7 +549,26 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             })?;
         let header = Header::parse(header_bytes)?;
         checkpoint.validate_for(header_bytes, &header)?;
-        a.accept_header(&header)?;
+        a.check_limits(&header)?;
+        a.header_bytes = header_bytes.to_vec();
+        let section = if header.is_signed() {
+            let rest = &patch_start[len..];
+            let fixed = SignatureSection::fixed_len(&header);
+            let count = *rest.get(fixed - 1).ok_or_else(|| ApplyError::Truncated {
+                stage: "inside the signature section".into(),
+                offset: patch_start.len() as u64,
+            })?;
+            let end = fixed + SignatureSection::signatures_len(count)?;
+            let bytes = rest.get(..end).ok_or_else(|| ApplyError::Truncated {
+                stage: "inside the signature section".into(),
+                offset: patch_start.len() as u64,
+            })?;
+            Some(SignatureSection::parse(&header, bytes)?)
+        } else {
+            None
+        };
+        a.accept_release(&header, section)?;
+        a.accept_body(&header)?;
 
         let mut hashed = 0u64;
         let buf = &mut a.out.old_buf;
@@ -584,12 +644,14 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                         header,
                         patch_len: self.received,
                         already_applied: false,
+                        verdict: self.verdict,
                     },
                     self.out.sink,
                 ));
             }
             Stage::Failed => return Err(ApplyError::Poisoned),
             Stage::Prefix | Stage::Header => "inside the header".to_string(),
+            Stage::Section => "inside the signature section".to_string(),
             Stage::SegmentHead if self.acc.is_empty() => {
                 format!("before segment {}", self.next_index)
             }
@@ -655,7 +717,34 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 let header = Header::parse(&self.acc)?;
                 self.header_hash = chain::start(&self.acc);
                 self.chain = self.header_hash;
-                self.accept_header(&header)?;
+                self.check_limits(&header)?;
+                self.header_bytes = std::mem::take(&mut self.acc);
+                if header.is_signed() {
+                    // Bounded: the memory claim checked above covers it.
+                    self.want = SignatureSection::fixed_len(&header);
+                    self.header = Some(header);
+                    self.stage = Stage::Section;
+                } else {
+                    self.accept_release(&header, None)?;
+                    self.accept_body(&header)?;
+                    self.header = Some(header);
+                    self.next_part()?;
+                }
+            }
+            Stage::Section => {
+                let header = self.header.take().ok_or(ApplyError::Poisoned)?;
+                let fixed = SignatureSection::fixed_len(&header);
+                let count = self.acc[fixed - 1];
+                let signatures = SignatureSection::signatures_len(count)?;
+                if self.acc.len() == fixed && signatures > 0 {
+                    self.want = fixed + signatures;
+                    self.header = Some(header);
+                    self.stage = Stage::Section;
+                    return Ok(());
+                }
+                let section = SignatureSection::parse(&header, &self.acc)?;
+                self.accept_release(&header, Some(section))?;
+                self.accept_body(&header)?;
                 self.header = Some(header);
                 self.next_part()?;
             }
@@ -753,8 +842,9 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         Ok(())
     }
 
-    /// Enforce this applier's limits, verify the old image, create the decoder.
-    fn accept_header(&mut self, header: &Header) -> Result<(), ApplyError> {
+    /// Enforce this applier's limits (before anything sized by the header is
+    /// read or allocated).
+    fn check_limits(&mut self, header: &Header) -> Result<(), ApplyError> {
         if header.cell_log.is_some() {
             return Err(ApplyError::WrongMode(
                 "this is an in-place patch: apply it in place (fwdelta apply --in-place)",
@@ -772,6 +862,27 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 limit: self.opts.max_new_len,
             });
         }
+        Ok(())
+    }
+
+    /// Check the patch against the policy (signatures, product, counter,
+    /// expiry, replay) and keep a signed patch's segment checks.
+    fn accept_release(
+        &mut self,
+        header: &Header,
+        section: Option<SignatureSection>,
+    ) -> Result<(), ApplyError> {
+        self.verdict = self
+            .opts
+            .judge(header, &self.header_bytes, section.as_ref())?;
+        if let Some(section) = section {
+            self.checks = section.checks;
+        }
+        Ok(())
+    }
+
+    /// Verify the old image and create the decoders.
+    fn accept_body(&mut self, header: &Header) -> Result<(), ApplyError> {
         self.verify_old(header)?;
         if let Some(code) = &header.code_refs {
             self.out.predictor = Some(Box::new(Predictor::new(code, header.old_len)));
@@ -856,7 +967,14 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 return Err(ApplyError::Poisoned);
             };
             let header = self.header.as_ref().ok_or(ApplyError::Poisoned)?;
-            if header.segment_has_check(seg.head.index) {
+            if header.is_signed() {
+                let hash = seg.check.finalize();
+                let expected = self.checks.get(seg.head.index as usize);
+                if expected != Some(&truncate_check(&hash)) {
+                    return Err(seg.corrupt("segment check mismatch (signed table)"));
+                }
+                self.segment_verified(&seg.head, &hash)?;
+            } else if header.segment_has_check(seg.head.index) {
                 self.stage = Stage::SegmentCheck(seg);
                 self.want = CHECK_LEN;
                 self.acc.clear();

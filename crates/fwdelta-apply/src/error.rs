@@ -1,11 +1,12 @@
 //! Errors of the applier, each one line, each naming the problem.
 
-use fwdelta_format::FormatError;
+use fwdelta_format::{FormatError, KeyId};
 use std::io;
 use thiserror::Error;
 
 /// Why applying a patch failed.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ApplyError {
     /// The patch's structure is invalid (magic, version, header, segment header).
     #[error("invalid patch: {0}")]
@@ -92,6 +93,71 @@ pub enum ApplyError {
     /// The decoder could not be created or configured (typically out of memory).
     #[error("cannot set up the decoder: {0}")]
     Decoder(String),
+    /// The policy trusts keys, and the patch is not signed.
+    #[error(
+        "patch is not signed, and this device installs only patches signed by a key it trusts"
+    )]
+    Unsigned,
+    /// Fewer trusted keys than the policy's threshold signed the patch.
+    #[error(
+        "patch is not authentic: {verified} of the {threshold} required signature(s) by trusted keys verify \
+         (it names signer(s) {}; damaged, forged, or signed by a key this device does not trust)",
+        key_list(signers)
+    )]
+    NotAuthentic {
+        /// Distinct trusted keys whose signatures verified.
+        verified: usize,
+        /// How many the policy requires.
+        threshold: usize,
+        /// Key ids the patch's signatures name.
+        signers: Vec<KeyId>,
+    },
+    /// The patch is for another product.
+    #[error("patch is for product '{patch}', but this device is '{device}'")]
+    WrongProduct {
+        /// The patch's product id.
+        patch: String,
+        /// The device's product id.
+        device: String,
+    },
+    /// The patch's security counter is below the device's.
+    #[error(
+        "downgrade refused: the patch installs version {version} with security counter {patch}, \
+         below this device's {device}"
+    )]
+    Downgrade {
+        /// The patch's security counter.
+        patch: u64,
+        /// The device's stored counter.
+        device: u64,
+        /// The version the patch installs.
+        version: String,
+    },
+    /// The patch's expiry time has passed.
+    #[error("patch expired at Unix time {expires}; it is now {now}")]
+    Expired {
+        /// When it expired.
+        expires: u64,
+        /// The time the policy was given.
+        now: u64,
+    },
+    /// The patch was already installed.
+    #[error("replay refused: this patch (version {version}) was already installed on this device")]
+    Replay {
+        /// The version it installs.
+        version: String,
+    },
+}
+
+/// `a, b` for a list of key ids (`none` for an empty one).
+fn key_list(ids: &[KeyId]) -> String {
+    if ids.is_empty() {
+        return "none".into();
+    }
+    ids.iter()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // Causes are folded into each message (not exposed as `source`) so that a
@@ -104,6 +170,7 @@ impl From<FormatError> for ApplyError {
 
 /// Coarse classes of [`ApplyError`], for exit codes and retry decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorClass {
     /// The patch is malformed, corrupt or truncated: get it again.
     BadPatch,
@@ -117,6 +184,17 @@ pub enum ErrorClass {
     Limits,
     /// Reading or writing failed.
     Io,
+    /// The patch is not signed by enough keys the device trusts (unsigned,
+    /// damaged or forged signature, unknown signer).
+    NotAuthentic,
+    /// The patch is for another product.
+    WrongProduct,
+    /// The patch would lower the device's security counter.
+    Downgrade,
+    /// The patch has expired.
+    Expired,
+    /// The patch was already installed.
+    Replay,
 }
 
 impl ApplyError {
@@ -142,6 +220,11 @@ impl ApplyError {
             OldLength { .. } | OldHash { .. } | InterruptedUpdate(_) => ErrorClass::WrongOldImage,
             MemoryBudget { .. } | NewTooLarge { .. } => ErrorClass::Limits,
             OldRead(_) | PatchRead(_) | Sink(_) | Decoder(_) => ErrorClass::Io,
+            Unsigned | NotAuthentic { .. } => ErrorClass::NotAuthentic,
+            WrongProduct { .. } => ErrorClass::WrongProduct,
+            Downgrade { .. } => ErrorClass::Downgrade,
+            Expired { .. } => ErrorClass::Expired,
+            Replay { .. } => ErrorClass::Replay,
         }
     }
 }

@@ -244,17 +244,6 @@ impl Sink for CellSink<'_> {
     }
 }
 
-/// Read the header at the start of `patch`; returns it and its bytes.
-fn read_header<P: Read>(patch: &mut P) -> Result<(Header, Vec<u8>), ApplyError> {
-    let mut prefix = [0u8; Header::PREFIX_LEN];
-    read_exact(patch, &mut prefix, "inside the header")?;
-    let len = Header::parse_prefix(&prefix)?;
-    let mut bytes = vec![0u8; len];
-    bytes[..Header::PREFIX_LEN].copy_from_slice(&prefix);
-    read_exact(patch, &mut bytes[Header::PREFIX_LEN..], "inside the header")?;
-    Ok((Header::parse(&bytes)?, bytes))
-}
-
 fn read_exact<P: Read>(patch: &mut P, buf: &mut [u8], stage: &str) -> Result<(), ApplyError> {
     patch.read_exact(buf).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => ApplyError::Truncated {
@@ -406,8 +395,9 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
     patch
         .seek(SeekFrom::Start(0))
         .map_err(ApplyError::PatchRead)?;
-    let (header, header_bytes) = read_header(&mut patch)?;
-    let header_len = header_bytes.len() as u64;
+    let (header, header_bytes, section, body_start) = crate::inspect::read_patch_start(&mut patch)?;
+    // Where segment 0 starts (after a signed patch's signature section).
+    let header_len = body_start;
     let header_hash = fwdelta_format::chain::start(&header_bytes);
     let cell = header.cell_len().ok_or(ApplyError::WrongMode(
         "this patch is not an in-place patch: apply it to a new file",
@@ -424,6 +414,9 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
             limit: opts.max_new_len,
         });
     }
+    // Signatures and release rules before anything else is read.
+    let verdict = opts.judge(&header, &header_bytes, section.as_ref())?;
+    let checks = Checks::of(section);
     patch
         .seek(SeekFrom::Start(0))
         .map_err(ApplyError::PatchRead)?;
@@ -473,7 +466,7 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
                 let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
                 let (head, _) = segment_at(&mut patch, offset, &header, index)?;
                 old.mark_written(head.new_offset / cell);
-                let skip = head.payload_len as i64 + fwdelta_format::CHECK_LEN as i64;
+                let skip = head.payload_len as i64 + checks.stored_len() as i64;
                 patch
                     .seek(SeekFrom::Current(skip))
                     .map_err(ApplyError::PatchRead)?;
@@ -495,7 +488,7 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
                     segment_at(&mut patch, cp.patch_offset, &header, cp.next_segment)?;
                 cp.next_segment += 1;
                 cp.patch_offset +=
-                    (bytes.len() + head.payload_len as usize + fwdelta_format::CHECK_LEN) as u64;
+                    (bytes.len() + head.payload_len as usize + checks.stored_len()) as u64;
                 cp.staged = false;
                 journal.save(&cp).map_err(partial)?;
             }
@@ -516,6 +509,7 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
                         header,
                         patch_len: summary.patch_len,
                         already_applied: true,
+                        verdict,
                     });
                 }
             }
@@ -540,7 +534,7 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
                 let hash = runner
                     .run(head, &bytes, &mut patch, &old, NullSink)
                     .map_err(|e| old.explain(e, head.index))?;
-                read_check(&mut patch, &hash, head.index)?;
+                checks.verify(&mut patch, &hash, head.index)?;
                 old.mark_written(c);
             }
             old.reset();
@@ -552,7 +546,7 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
                 let (head, bytes) = segment_at(&mut patch, offset, &header, index)?;
                 old.current.set(c as u64);
                 let hash = runner.run(head, &bytes, &mut patch, &old, HashSink(&mut new_hash))?;
-                read_check(&mut patch, &hash, head.index)?;
+                checks.verify(&mut patch, &hash, head.index)?;
             }
             if *new_hash.finalize().as_bytes() != header.new_hash {
                 return Err(ApplyError::NewHashMismatch);
@@ -589,7 +583,7 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
         let hash = runner
             .run(head, &bytes, &mut patch, &old, CellSink(&mut scratch))
             .map_err(|e| old.explain(e, head.index))?;
-        read_check(&mut patch, &hash, head.index)?;
+        checks.verify(&mut patch, &hash, head.index)?;
         journal.stage(&scratch).map_err(partial)?;
         cp.staged = true;
         cp.cell_offset = head.new_offset;
@@ -623,6 +617,7 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
         header,
         patch_len: summary.patch_len,
         already_applied: false,
+        verdict,
     })
 }
 
@@ -643,16 +638,49 @@ fn segment_at<P: Read + Seek>(
     Ok((head, b))
 }
 
-/// Read a segment's stored check and compare it with the hash just computed
-/// (the patch may have changed since it was verified).
-fn read_check<P: Read>(patch: &mut P, hash: &blake3::Hash, index: u32) -> Result<(), ApplyError> {
-    let mut c = [0u8; fwdelta_format::CHECK_LEN];
-    read_exact(patch, &mut c, "inside a segment check")?;
-    if fwdelta_format::truncate_check(hash) != c {
-        return Err(ApplyError::CorruptSegment {
-            index,
-            detail: "segment check mismatch".into(),
-        });
+/// Where segment checks are: after each segment's payload, or (signed
+/// patches) in the signature section's table, held in memory.
+enum Checks {
+    Inline,
+    Table(Vec<[u8; fwdelta_format::CHECK_LEN]>),
+}
+
+impl Checks {
+    fn of(section: Option<fwdelta_format::SignatureSection>) -> Checks {
+        match section {
+            Some(s) => Checks::Table(s.checks),
+            None => Checks::Inline,
+        }
     }
-    Ok(())
+
+    /// Bytes a segment's check takes after its payload.
+    fn stored_len(&self) -> usize {
+        match self {
+            Checks::Inline => fwdelta_format::CHECK_LEN,
+            Checks::Table(_) => 0,
+        }
+    }
+
+    /// Compare segment `index`'s check with the hash just computed (reading
+    /// it from `patch` when it is stored inline; the patch may have changed
+    /// since it was verified).
+    fn verify<P: Read>(
+        &self,
+        patch: &mut P,
+        hash: &blake3::Hash,
+        index: u32,
+    ) -> Result<(), ApplyError> {
+        let mut c = [0u8; fwdelta_format::CHECK_LEN];
+        match self {
+            Checks::Inline => read_exact(patch, &mut c, "inside a segment check")?,
+            Checks::Table(t) => c = t.get(index as usize).copied().unwrap_or_default(),
+        }
+        if fwdelta_format::truncate_check(hash) != c {
+            return Err(ApplyError::CorruptSegment {
+                index,
+                detail: "segment check mismatch".into(),
+            });
+        }
+        Ok(())
+    }
 }

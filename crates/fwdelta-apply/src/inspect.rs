@@ -9,6 +9,7 @@ use crate::error::ApplyError;
 use crate::BUFFER_LEN;
 use fwdelta_format::header::Header;
 use fwdelta_format::segment::SegmentHeader;
+use fwdelta_format::signature::SignatureSection;
 use fwdelta_format::{chain, truncate_check, FormatError, CHECK_LEN};
 use std::io::{self, Read};
 
@@ -23,6 +24,10 @@ pub struct PatchInfo {
     pub segments: Vec<SegmentHeader>,
     /// Total patch length.
     pub patch_len: u64,
+    /// A signed patch's signature section (signatures not verified here).
+    pub section: Option<SignatureSection>,
+    /// The header's bytes (with the section: what signatures sign).
+    pub header_bytes: Vec<u8>,
 }
 
 /// Summary of a patch, as read by [`inspect_each`].
@@ -32,8 +37,51 @@ pub struct PatchSummary {
     pub header: Header,
     /// Length of the header in bytes.
     pub header_len: u64,
+    /// Where segment 0 starts: after the header and, in a signed patch, the
+    /// signature section.
+    pub body_start: u64,
     /// Total patch length.
     pub patch_len: u64,
+    /// A signed patch's signature section (signatures not verified here).
+    pub section: Option<SignatureSection>,
+    /// The header's bytes.
+    pub header_bytes: Vec<u8>,
+}
+
+/// The start of a patch read from `r`: the parsed header, its bytes, and a
+/// signed patch's signature section; returns them with the number of bytes
+/// read (where segment 0 starts). What a resumed or in-place apply reads
+/// before it seeks into the body. Cost: a buffer of the header's length and
+/// the section's (both bounded by the header and the memory model).
+pub fn read_patch_start<R: Read>(
+    r: &mut R,
+) -> Result<(Header, Vec<u8>, Option<SignatureSection>, u64), ApplyError> {
+    let mut offset = 0u64;
+    let mut prefix = [0u8; Header::PREFIX_LEN];
+    read_part(r, &mut prefix, &mut offset, "inside the header")?;
+    let header_len = Header::parse_prefix(&prefix)?;
+    let mut hbuf = vec![0u8; header_len];
+    hbuf[..Header::PREFIX_LEN].copy_from_slice(&prefix);
+    read_part(
+        r,
+        &mut hbuf[Header::PREFIX_LEN..],
+        &mut offset,
+        "inside the header",
+    )?;
+    let header = Header::parse(&hbuf)?;
+    let section = if header.is_signed() {
+        let stage = "inside the signature section";
+        let mut sbuf = vec![0u8; SignatureSection::fixed_len(&header)];
+        read_part(r, &mut sbuf, &mut offset, stage)?;
+        let count = sbuf[sbuf.len() - 1];
+        let fixed = sbuf.len();
+        sbuf.resize(fixed + SignatureSection::signatures_len(count)?, 0);
+        read_part(r, &mut sbuf[fixed..], &mut offset, stage)?;
+        Some(SignatureSection::parse(&header, &sbuf)?)
+    } else {
+        None
+    };
+    Ok((header, hbuf, section, offset))
 }
 
 /// Read a whole patch from `r`, validating its structure and every checksum
@@ -51,6 +99,8 @@ pub fn inspect<R: Read>(r: R) -> Result<PatchInfo, ApplyError> {
         header_len: summary.header_len,
         segments,
         patch_len: summary.patch_len,
+        section: summary.section,
+        header_bytes: summary.header_bytes,
     })
 }
 
@@ -63,20 +113,9 @@ pub fn inspect_each<R: Read>(
     mut r: R,
     mut on_segment: impl FnMut(&SegmentHeader, u64),
 ) -> Result<PatchSummary, ApplyError> {
-    let mut offset = 0u64;
-
-    let mut prefix = [0u8; Header::PREFIX_LEN];
-    read_part(&mut r, &mut prefix, &mut offset, "inside the header")?;
-    let header_len = Header::parse_prefix(&prefix)?;
-    let mut hbuf = vec![0u8; header_len];
-    hbuf[..Header::PREFIX_LEN].copy_from_slice(&prefix);
-    read_part(
-        &mut r,
-        &mut hbuf[Header::PREFIX_LEN..],
-        &mut offset,
-        "inside the header",
-    )?;
-    let header = Header::parse(&hbuf)?;
+    let (header, hbuf, section, mut offset) = read_patch_start(&mut r)?;
+    let header_len = hbuf.len();
+    let body_start = offset;
     let header_hash = chain::start(&hbuf);
 
     let mut produced = 0u64;
@@ -119,9 +158,16 @@ pub fn inspect_each<R: Read>(
             check.update(&buf[..n]);
             left -= n;
         }
-        // The last segment of an ordinary patch has no check: only applying
-        // it (the new image's hash) verifies its bytes.
-        if header.segment_has_check(index) {
+        // The last segment of an ordinary unsigned patch has no check: only
+        // applying it (the new image's hash) verifies its bytes.
+        if let Some(section) = &section {
+            if section.checks[index as usize] != truncate_check(&check.finalize()) {
+                return Err(ApplyError::CorruptSegment {
+                    index,
+                    detail: "segment check mismatch (signed table)".into(),
+                });
+            }
+        } else if header.segment_has_check(index) {
             let mut c = [0u8; CHECK_LEN];
             read_part(
                 &mut r,
@@ -157,7 +203,10 @@ pub fn inspect_each<R: Read>(
     Ok(PatchSummary {
         header,
         header_len: header_len as u64,
+        body_start,
         patch_len: offset,
+        section,
+        header_bytes: hbuf,
     })
 }
 

@@ -36,6 +36,7 @@ pub mod resumable_file;
 pub mod sink;
 pub mod source;
 mod split_streams;
+pub mod trust_policy;
 
 pub use aligned_sink::{AlignedSink, BlockWriter};
 pub use applier::{apply, Applier, ApplyOptions, ApplyReport};
@@ -49,6 +50,7 @@ pub use inspect::{inspect, inspect_each, PatchInfo, PatchSummary};
 pub use resumable_file::ResumableFile;
 pub use sink::{Sink, WriteSink};
 pub use source::{FileImage, OldImage};
+pub use trust_policy::{TrustPolicy, Verdict};
 
 /// Size of each of the applier's fixed working buffers.
 pub const BUFFER_LEN: usize = 16 * 1024;

@@ -308,6 +308,7 @@ fn a_large_header_is_refused_before_it_is_buffered() {
                 .unwrap(),
         }),
         literal_filter: None,
+        release: None,
     };
     header.apply_memory = 1 << 21;
     let bytes = header.encode();
@@ -419,12 +420,20 @@ fn unknown_version_and_absurd_claims_are_refused() {
     assert_eq!(err.class(), ErrorClass::BadPatch);
 
     // The flags varint follows the header_len varint.
+    let flags_at = 5 + fwdelta_format::varint::len_u64(header_len as u64);
     let mut flags = patch.clone();
-    flags[5 + fwdelta_format::varint::len_u64(header_len as u64)] = 2;
+    flags[flags_at] = 4;
     reseal(&mut flags);
     let err = run(&old, &flags).unwrap_err();
     assert!(err.to_string().contains("unsupported features"), "{err}");
     assert_eq!(err.class(), ErrorClass::Unsupported);
+    // The signed flag without a release statement is malformed, not newer.
+    let mut signed = patch.clone();
+    signed[flags_at] = 2;
+    reseal(&mut signed);
+    let err = run(&old, &signed).unwrap_err();
+    assert!(err.to_string().contains("signed flag"), "{err}");
+    assert_eq!(err.class(), ErrorClass::BadPatch);
 
     assert!(run(&old, b"this is not a patch at all")
         .unwrap_err()
@@ -495,6 +504,7 @@ fn craft_layout(
         cell_log: None,
         code_refs: None,
         literal_filter: None,
+        release: None,
     };
     let mut at = 0;
     let sealed = segments.iter().map(|(new_len, old_start, payload)| {
@@ -1316,6 +1326,7 @@ fn literal_filter_restores_whole_aligned_words_of_each_run() {
         cell_log: None,
         code_refs: None,
         literal_filter: Some(Arch::Aarch64),
+        release: None,
     };
     let segments = [(0, 40, 0, &seg0[..]), (40, 33, 10, &seg1[..])];
     let patch = seal_patch(&header, segments);

@@ -98,6 +98,7 @@ fn craft(old: &[u8], new: &[u8], cells: &[(u64, u64, Vec<u8>)]) -> Vec<u8> {
         cell_log: Some(12),
         code_refs: None,
         literal_filter: None,
+        release: None,
     };
     let sealed = cells
         .iter()

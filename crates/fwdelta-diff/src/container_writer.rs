@@ -75,6 +75,7 @@ pub fn write(
         cell_log,
         code_refs: code_refs.cloned(),
         literal_filter,
+        release: None,
     };
     // What the memory model says these fields need (decoders or models,
     // buffers, in-place cells): exactly what the header stores no excess for.

@@ -27,6 +27,7 @@ mod error;
 pub mod in_place_planner;
 pub mod match_scan;
 pub mod matcher;
+pub mod patch_signer;
 pub mod segment_encoder;
 pub mod segmenter;
 mod split_encoder;

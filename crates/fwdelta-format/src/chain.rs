@@ -124,6 +124,7 @@ mod tests {
             cell_log,
             code_refs: None,
             literal_filter: None,
+            release: None,
         };
         h.apply_memory = h.memory_floor();
         h

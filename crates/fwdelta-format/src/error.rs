@@ -74,6 +74,15 @@ pub enum FormatError {
     /// A varint ran past its maximum length or overflowed 64 bits.
     #[error("malformed varint")]
     BadVarint,
+    /// The signature section after a signed patch's header is malformed.
+    #[error("patch signature section is malformed: {0}")]
+    BadSignatureSection(&'static str),
+    /// A key file is malformed.
+    #[error("key file is malformed: {0}")]
+    BadKeyFile(&'static str),
+    /// A key rotation statement is malformed.
+    #[error("key rotation statement is malformed: {0}")]
+    BadRotation(&'static str),
     /// A record in a segment's stream is inconsistent with the images.
     #[error("malformed record: {0}")]
     BadRecord(String),

@@ -2,7 +2,7 @@
 //! what the applier needs. Parsed in two steps so a streaming reader can learn the
 //! header's length from its first [`Header::PREFIX_LEN`] bytes.
 //!
-//! Wire form (version 6): magic (4), version (1), header_len (varint), flags
+//! Wire form (version 7): magic (4), version (1), header_len (varint), flags
 //! (varint), coding (1: codec in the low nibble, layout in the high one),
 //! window_log (1), old check (8), new hash (32), old_len (varint), new_len −
 //! old_len (zig-zag varint), segment_count (varint), apply_memory above the
@@ -13,6 +13,8 @@ use crate::address_map::AddressMap;
 use crate::error::FormatError;
 use crate::memory::MemoryModel;
 use crate::reference_rewriter::Arch;
+use crate::release::{Release, EXT_RELEASE};
+use crate::signature::MAX_SIGNED_SEGMENTS;
 use crate::varint;
 use crate::{check_of, CHECK_LEN, FORMAT_VERSION, HASH_LEN, LEGACY_MAGIC, MAGIC, MAX_IMAGE_LEN};
 
@@ -114,9 +116,15 @@ impl Layout {
 /// header carries [`EXT_IN_PLACE`]; its segments are cells, in apply order.
 pub const FLAG_IN_PLACE: u16 = 1;
 
-/// Flag bits this reader understands. Later features (signatures) claim other
-/// bits and must be refused by readers that predate them.
-pub const KNOWN_FLAGS: u16 = FLAG_IN_PLACE;
+/// Flag: a signed patch. Its header carries [`EXT_RELEASE`] (what it installs,
+/// for which product), a [`crate::signature::SignatureSection`] follows the
+/// header, and its segments store no checks of their own (the section's table
+/// holds them all). See `docs/FORMAT.md`, "Signed patches".
+pub const FLAG_SIGNED: u16 = 2;
+
+/// Flag bits this reader understands. Later features claim other bits and
+/// must be refused by readers that predate them.
+pub const KNOWN_FLAGS: u16 = FLAG_IN_PLACE | FLAG_SIGNED;
 
 /// Critical header extension of in-place patches: one byte, log2 of the cell
 /// size (the applier's scratch buffer).
@@ -207,6 +215,9 @@ pub struct Header {
     /// The instruction set whose [`crate::literal_filter`] the literal runs
     /// went through; `None` for literals stored as they are.
     pub literal_filter: Option<Arch>,
+    /// For signed patches ([`FLAG_SIGNED`]), what the patch installs and for
+    /// which product; `None` for unsigned ones.
+    pub release: Option<Release>,
 }
 
 impl Header {
@@ -284,6 +295,12 @@ impl Header {
             b.extend_from_slice(&EXT_LITERAL_FILTER.to_le_bytes());
             b.extend_from_slice(&1u16.to_le_bytes());
             b.push(arch.id());
+        }
+        if let Some(release) = &self.release {
+            let v = release.encode();
+            b.extend_from_slice(&EXT_RELEASE.to_le_bytes());
+            b.extend_from_slice(&(v.len() as u16).to_le_bytes());
+            b.extend_from_slice(&v);
         }
         b
     }
@@ -399,7 +416,23 @@ impl Header {
             cell_log,
             code_refs,
             literal_filter,
+            release,
         } = check_extensions(&body[r.pos..], old_len)?;
+        let signed = flags & FLAG_SIGNED != 0;
+        if release.is_some() != signed {
+            return Err(FormatError::BadField {
+                field: "flags",
+                detail: "signed flag and release statement disagree".into(),
+            });
+        }
+        if signed && segment_count > MAX_SIGNED_SEGMENTS {
+            return Err(FormatError::BadField {
+                field: "segment_count",
+                detail: format!(
+                    "a signed patch has at most {MAX_SIGNED_SEGMENTS} segments, not {segment_count}"
+                ),
+            });
+        }
         if cell_log.is_some() && (code_refs.is_some() || literal_filter.is_some()) {
             return Err(FormatError::BadField {
                 field: "extensions",
@@ -430,7 +463,7 @@ impl Header {
                 detail: "split streams need a compressed codec and cannot be in-place".into(),
             });
         }
-        let floor = memory_floor(codec, window_log, layout, cell_log, segment_count);
+        let floor = memory_floor(codec, window_log, layout, cell_log, segment_count, signed);
         let apply_memory =
             floor
                 .checked_add(memory_excess)
@@ -468,6 +501,7 @@ impl Header {
             cell_log,
             code_refs,
             literal_filter,
+            release,
         })
     }
 
@@ -507,6 +541,7 @@ impl Header {
             + if self.cell_log.is_some() { 5 } else { 0 }
             + self.code_refs.as_ref().map_or(0, CodeRefs::extension_len)
             + if self.literal_filter.is_some() { 5 } else { 0 }
+            + self.release.as_ref().map_or(0, |r| 4 + r.encoded_len())
     }
 
     /// An upper bound of [`Self::encoded_len`] whatever `apply_memory` is
@@ -529,7 +564,13 @@ impl Header {
             self.layout,
             self.cell_log,
             self.segment_count,
+            self.is_signed(),
         )
+    }
+
+    /// Whether this is a signed patch ([`FLAG_SIGNED`]).
+    pub fn is_signed(&self) -> bool {
+        self.flags & FLAG_SIGNED != 0
     }
 
     /// What the wire form stores for `apply_memory`: the excess over
@@ -549,8 +590,12 @@ impl Header {
     /// old image); in an ordinary patch every segment but the last does: the
     /// last one is covered by the new image's hash, which is verified at the
     /// very moment its check would be, when its last byte has been produced.
+    ///
+    /// A signed patch stores no check after any segment: its signature
+    /// section's table holds every segment's check, the last one's too.
     pub fn segment_has_check(&self, index: u32) -> bool {
-        self.cell_log.is_some() || index.saturating_add(1) < self.segment_count
+        !self.is_signed()
+            && (self.cell_log.is_some() || index.saturating_add(1) < self.segment_count)
     }
 
     /// Cell size of an in-place patch.
@@ -563,15 +608,22 @@ impl Header {
 /// models of `layout` at `window_log`, the applier's buffers and, for an
 /// in-place patch of `cells` cells of `2^cell_log` bytes, its cell buffer and
 /// cell table.
+/// A signed patch's signature section is held too.
 fn memory_floor(
     codec: Codec,
     window_log: u8,
     layout: Layout,
     cell_log: Option<u8>,
     cells: u32,
+    signed: bool,
 ) -> u64 {
     MemoryModel::required_for_layout(codec, window_log, layout)
         + cell_log.map_or(0, |cl| MemoryModel::in_place_extra(cl, u64::from(cells)))
+        + if signed {
+            MemoryModel::signed_extra(u64::from(cells))
+        } else {
+            0
+        }
 }
 
 /// What the extension area holds.
@@ -580,6 +632,7 @@ struct Extensions {
     cell_log: Option<u8>,
     code_refs: Option<CodeRefs>,
     literal_filter: Option<Arch>,
+    release: Option<Release>,
 }
 
 /// The value of a one-byte extension (`field` names it in errors), refused
@@ -604,6 +657,7 @@ fn check_extensions(mut area: &[u8], old_len: u64) -> Result<Extensions, FormatE
     let mut cell_log = None;
     let mut code_refs = None;
     let mut literal_filter = None;
+    let mut release = None;
     while !area.is_empty() {
         if area.len() < 4 {
             return Err(FormatError::BadField {
@@ -652,6 +706,15 @@ fn check_extensions(mut area: &[u8], old_len: u64) -> Result<Extensions, FormatE
                 }
                 literal_filter = Some(arch);
             }
+            EXT_RELEASE => {
+                if release.is_some() {
+                    return Err(FormatError::BadField {
+                        field: "release statement",
+                        detail: "must appear once".into(),
+                    });
+                }
+                release = Some(Release::decode(value)?);
+            }
             t if t & 0x8000 != 0 => return Err(FormatError::UnknownCriticalExtension(t)),
             _ => {}
         }
@@ -661,6 +724,7 @@ fn check_extensions(mut area: &[u8], old_len: u64) -> Result<Extensions, FormatE
         cell_log,
         code_refs,
         literal_filter,
+        release,
     })
 }
 
@@ -724,6 +788,7 @@ mod tests {
             cell_log: None,
             code_refs: None,
             literal_filter: None,
+            release: None,
         }
     }
 
@@ -848,8 +913,25 @@ mod tests {
 
     #[test]
     fn refuses_unknown_flags() {
+        let b = with_field(FLAGS_AT, &[4]);
+        assert_eq!(reparse(&b), Err(FormatError::UnsupportedFlags(4)));
+        // the signed flag without a release statement, and the reverse
         let b = with_field(FLAGS_AT, &[2]);
-        assert_eq!(reparse(&b), Err(FormatError::UnsupportedFlags(2)));
+        assert!(matches!(
+            reparse(&b),
+            Err(FormatError::BadField { field: "flags", .. })
+        ));
+        let mut unsigned_with_release = sample();
+        unsigned_with_release.release = Some(crate::Release {
+            product: "acme".into(),
+            version: "1".into(),
+            security_counter: 1,
+            expires: 0,
+        });
+        assert!(matches!(
+            reparse(&unsigned_with_release.encode()),
+            Err(FormatError::BadField { field: "flags", .. })
+        ));
         // a flags varint past 16 bits is refused as unknown bits, not truncated
         let mut fields = sample().fields();
         fields.splice(0..1, [0x81, 0x80, 0x04]);
@@ -1201,9 +1283,17 @@ mod tests {
         assert!(ext(&[0x03, 0x80, 2, 0, 1, 1]).is_err());
         assert!(ext(&[0x01, 0x80, 1, 0, 14, 0x01, 0x80, 1, 0, 14]).is_err());
         assert_eq!(
-            ext(&[0x04, 0x80, 0, 0]),
-            Err(FormatError::UnknownCriticalExtension(0x8004))
+            ext(&[0x05, 0x80, 0, 0]),
+            Err(FormatError::UnknownCriticalExtension(0x8005))
         );
+        // a release statement: once, well formed
+        assert!(ext(&[0x04, 0x80, 0, 0]).is_err());
+        let release = [0x04, 0x80, 6, 0, 1, b'p', 1, b'1', 7, 0];
+        assert_eq!(
+            ext(&release).map(|e| e.release.map(|r| r.security_counter)),
+            Ok(Some(7))
+        );
+        assert!(ext(&[&release[..], &release[..]].concat()).is_err());
         assert!(ext(&[0x02, 0x80, 0, 0]).is_err());
         assert!(ext(&[0x01, 0x00, 9, 0, 1]).is_err());
         assert!(ext(&[0x01]).is_err());

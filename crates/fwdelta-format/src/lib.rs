@@ -1,4 +1,4 @@
-//! The fwdelta patch container, version 6 (specified in `docs/FORMAT.md`).
+//! The fwdelta patch container, version 7 (specified in `docs/FORMAT.md`).
 //!
 //! This crate only describes and validates bytes; it never performs I/O and never
 //! allocates from a size read out of a patch. It is shared by the generator
@@ -27,12 +27,17 @@ pub mod diff_model;
 pub mod error;
 pub mod head_model;
 pub mod header;
+pub mod key_file;
+pub mod key_rotation;
 pub mod literal_filter;
 pub mod memory;
 mod mixing;
+pub mod patch_parts;
 pub mod record;
 pub mod reference_rewriter;
+pub mod release;
 pub mod segment;
+pub mod signature;
 pub mod split_block;
 pub mod varint;
 
@@ -41,7 +46,9 @@ pub use error::FormatError;
 pub use header::{CodeRefs, Codec, Header, Layout};
 pub use memory::MemoryModel;
 pub use record::Record;
+pub use release::Release;
 pub use segment::SegmentHeader;
+pub use signature::{KeyId, SignatureSection};
 
 /// The four bytes every fwdelta patch starts with. The high first byte catches
 /// transfers that strip the high bit; anything else that mangles a patch fails
@@ -53,7 +60,7 @@ pub const MAGIC: [u8; 4] = [0x89, b'F', b'W', b'D'];
 pub const LEGACY_MAGIC: [u8; 8] = [0x89, b'F', b'W', b'D', 0x0D, 0x0A, 0x1A, 0x0A];
 
 /// The container version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u8 = 6;
+pub const FORMAT_VERSION: u8 = 7;
 
 /// Largest old or new image the format admits (1 TiB). Sizes above it are refused
 /// as absurd before any other work is done.

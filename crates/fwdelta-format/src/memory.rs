@@ -130,6 +130,15 @@ impl MemoryModel {
         (1u64 << cell_log) + 8 * cells
     }
 
+    /// Extra bytes the applier holds for a signed patch of `segments`
+    /// segments: its check table (8 bytes a segment), the signature count and
+    /// room for the most signatures a patch may carry.
+    pub fn signed_extra(segments: u64) -> u64 {
+        segments * crate::CHECK_LEN as u64
+            + 1
+            + (crate::signature::MAX_SIGNATURES * crate::signature::ENTRY_LEN) as u64
+    }
+
     /// Extra bytes an executable-aware applier needs: the header it keeps
     /// (`header_len`, which holds the map's wire form), the decoded map (16
     /// bytes per run), and the rewriter's window and scratch (a 16 KiB read

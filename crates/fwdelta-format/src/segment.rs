@@ -226,6 +226,7 @@ mod tests {
             cell_log,
             code_refs: None,
             literal_filter: None,
+            release: None,
         }
     }
 

@@ -68,6 +68,28 @@ fn main() {
             patches.push((format!("{name}-{tag}"), p));
         }
     }
+    // Signed forms of a few (the key is the fuzz targets' trusted key).
+    let key = ed25519_dalek::SigningKey::from_bytes(&fwdelta_fuzz_targets::TRUSTED_SEED);
+    let release = fwdelta_format::Release {
+        product: "fuzz-t1".into(),
+        version: "2.0".into(),
+        security_counter: 3,
+        expires: 0,
+    };
+    let signed: Vec<(String, Vec<u8>)> = patches
+        .iter()
+        .take(3)
+        .map(|(name, p)| {
+            let s = fwdelta_diff::patch_signer::sign_for_release(
+                p,
+                Some(&release),
+                std::slice::from_ref(&key),
+            )
+            .expect("sign");
+            (format!("{name}-signed"), s)
+        })
+        .collect();
+    patches.extend(signed);
     let mut damaged = Vec::new();
     for (name, p) in patches.iter().take(4) {
         let mut flip = p.clone();
@@ -102,6 +124,19 @@ fn main() {
             let p = diff(OLD, new, &opts).expect("diff").bytes;
             write("apply_in_place", &format!("{name}-cell{cell_log}"), &p);
             write("container", &format!("{name}-in-place-cell{cell_log}"), &p);
+            if cell_log == 12 {
+                let s = fwdelta_diff::patch_signer::sign_for_release(
+                    &p,
+                    Some(&release),
+                    std::slice::from_ref(&key),
+                )
+                .expect("sign");
+                write(
+                    "apply_in_place",
+                    &format!("{name}-cell{cell_log}-signed"),
+                    &s,
+                );
+            }
         }
     }
     for i in 0..24u64 {
@@ -111,5 +146,52 @@ fn main() {
             &noise(100 + i, 64 + 97 * i as usize),
         );
     }
+    // The signature, state and history parsers.
+    for (name, p) in patches.iter().filter(|(n, _)| n.ends_with("-signed")) {
+        write("trust", name, p);
+        // damage in the signature, in the check table, and a cut section
+        let parts = fwdelta_format::patch_parts::split(p).expect("signed seed");
+        let section_at = parts.header_bytes.len();
+        let mut sig = p.clone();
+        let sig_at = section_at + parts.header.segment_count as usize * 8 + 1 + 8 + 5;
+        sig[sig_at] ^= 1;
+        write("trust", &format!("{name}-sig-flipped"), &sig);
+        let mut table = p.clone();
+        table[section_at] ^= 0x80;
+        write("trust", &format!("{name}-table-flipped"), &table);
+        write("trust", &format!("{name}-section-cut"), &p[..sig_at]);
+    }
+    let rotation = fwdelta_format::key_rotation::KeyRotation {
+        new_key: ed25519_dalek::SigningKey::from_bytes(&[0x33; 32])
+            .verifying_key()
+            .to_bytes(),
+        retire: vec![fwdelta_format::KeyId([1; 8])],
+        signatures: vec![fwdelta_format::signature::SignatureEntry {
+            key_id: fwdelta_format::KeyId([2; 8]),
+            signature: [3; 64],
+        }],
+    };
+    write("trust", "rotation", &rotation.encode());
+    write(
+        "trust",
+        "public-key",
+        fwdelta_format::key_file::encode_public_key(&key.verifying_key().to_bytes()).as_bytes(),
+    );
+    let state = fwdelta_device::state_file::State {
+        product: "fuzz-t1".into(),
+        version: "1.0".into(),
+        counter: 2,
+        threshold: 1,
+        keys: vec![key.verifying_key().to_bytes()],
+        installed: vec![[9; 32]],
+        in_progress: None,
+        pending: None,
+    };
+    write("trust", "state", &state.encode());
+    write(
+        "trust",
+        "history",
+        b"{\"event\":\"applied\"}\t0123456789abcdef\n{\"event\":\"x\"}\n",
+    );
     println!("seeds written under {}", root.display());
 }

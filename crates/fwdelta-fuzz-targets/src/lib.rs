@@ -27,7 +27,64 @@ fn opts() -> ApplyOptions {
     ApplyOptions {
         memory_limit: 8 << 20,
         max_new_len: MAX_NEW,
+        policy: None,
     }
+}
+
+/// Seed of the Ed25519 key the `trust` target and its signed seeds trust.
+pub const TRUSTED_SEED: [u8; 32] = [0x5e; 32];
+
+/// The signature check and the device-state parsers on raw bytes: a patch's
+/// start (header and signature section) judged by a policy trusting
+/// [`TRUSTED_SEED`]'s key, for product `fuzz-t1` at counter 2; an accepted
+/// patch must carry a signature that verifies independently and must apply
+/// to exactly its new image (or be refused). Also the state file, the
+/// history log, rotation statements and key files: whatever parses must
+/// encode back to the same meaning.
+pub fn trust(data: &[u8]) {
+    use fwdelta_format::signature::{self, KeyId};
+    let key = ed25519_dalek::SigningKey::from_bytes(&TRUSTED_SEED);
+    let public = key.verifying_key().to_bytes();
+    let mut policy = fwdelta_apply::TrustPolicy::trusting(vec![public]);
+    policy.product = Some("fuzz-t1".into());
+    policy.min_counter = 2;
+    let mut r = data;
+    if let Ok((header, header_bytes, section, _)) = fwdelta_apply::inspect::read_patch_start(&mut r)
+    {
+        if let Ok(verdict) = policy.check(&header, &header_bytes, section.as_ref()) {
+            let section = section.expect("an accepted patch is signed");
+            let message = section.message(&header_bytes);
+            assert!(
+                section
+                    .signatures
+                    .iter()
+                    .any(|s| s.key_id == KeyId::of(&public)
+                        && signature::verify(&public, &message, &s.signature)),
+                "accepted without a valid trusted signature"
+            );
+            assert_eq!(verdict.message, Some(message));
+            let mut o = opts();
+            o.policy = Some(std::sync::Arc::new(policy.clone()));
+            if let Ok((report, out)) = apply(OLD, data, Vec::new(), o) {
+                assert_eq!(report.header.new_len, out.len() as u64);
+                assert_eq!(*blake3::hash(&out).as_bytes(), report.header.new_hash);
+            }
+        }
+    }
+    if let Ok(state) = fwdelta_device::state_file::State::decode(data) {
+        let again = fwdelta_device::state_file::State::decode(&state.encode());
+        assert_eq!(again.ok(), Some(state), "state file does not round-trip");
+    }
+    let h = fwdelta_device::history_log::parse(data);
+    let lines = data
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(h.entries.len() + h.skipped, lines);
+    if let Ok(rot) = fwdelta_format::key_rotation::KeyRotation::decode(data) {
+        assert_eq!(rot.encode(), data, "rotation statement is not canonical");
+    }
+    let _ = fwdelta_format::key_file::parse_public_key(data);
 }
 
 /// Every parser on raw bytes: header (both steps), segment header, record head,
@@ -296,6 +353,7 @@ fn structured(u: &mut Unstructured<'_>) -> ArbResult<Option<bool>> {
         cell_log: None,
         code_refs: None,
         literal_filter,
+        release: None,
     };
     let patch = fwdelta_testkit::seal_patch(
         &header,
@@ -458,8 +516,9 @@ fn compress_lzma2(stream: &[u8], window_log: u8) -> Vec<u8> {
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name, as `fuzz/` and the replay test know them.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("container", container),
+    ("trust", trust),
     ("apply_pull", apply_pull),
     ("apply_push", apply_push),
     ("apply_structured", apply_structured),

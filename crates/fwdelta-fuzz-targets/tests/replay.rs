@@ -59,6 +59,7 @@ fn valid_seeds_still_apply() {
     let opts = fwdelta_apply::ApplyOptions {
         memory_limit: 8 << 20,
         max_new_len: 1 << 24,
+        policy: None,
     };
     let mut applied = 0;
     for target in ["apply_pull", "apply_push", "apply_in_place"] {
@@ -75,13 +76,35 @@ fn valid_seeds_still_apply() {
             };
             let result = match kind {
                 "one" | "many" | "modelled" => {
-                    fwdelta_apply::apply(fwdelta_fuzz_targets::OLD, patch, Vec::new(), opts)
+                    fwdelta_apply::apply(fwdelta_fuzz_targets::OLD, patch, Vec::new(), opts.clone())
                         .map(|_| ())
+                }
+                "signed" => {
+                    let key =
+                        ed25519_dalek::SigningKey::from_bytes(&fwdelta_fuzz_targets::TRUSTED_SEED);
+                    let mut o = opts.clone();
+                    let mut policy =
+                        fwdelta_apply::TrustPolicy::trusting(vec![key.verifying_key().to_bytes()]);
+                    policy.product = Some("fuzz-t1".into());
+                    o.policy = Some(std::sync::Arc::new(policy));
+                    if target == "apply_in_place" {
+                        let region =
+                            fwdelta_apply::MemRegion::new(fwdelta_fuzz_targets::OLD.to_vec());
+                        fwdelta_apply::apply_in_place(&region, std::io::Cursor::new(patch), o)
+                            .map(|_| ())
+                    } else {
+                        fwdelta_apply::apply(fwdelta_fuzz_targets::OLD, patch, Vec::new(), o)
+                            .map(|_| ())
+                    }
                 }
                 "cell12" | "cell14" => {
                     let region = fwdelta_apply::MemRegion::new(fwdelta_fuzz_targets::OLD.to_vec());
-                    fwdelta_apply::apply_in_place(&region, std::io::Cursor::new(patch), opts)
-                        .map(|_| ())
+                    fwdelta_apply::apply_in_place(
+                        &region,
+                        std::io::Cursor::new(patch),
+                        opts.clone(),
+                    )
+                    .map(|_| ())
                 }
                 _ => continue,
             };

@@ -4,8 +4,10 @@
 //! argument parsing, file handling, and mapping errors to exit codes.
 
 mod bench;
+mod device_cmd;
 mod input;
 mod peak_memory;
+mod signing_cmd;
 mod size;
 
 #[global_allocator]
@@ -38,6 +40,22 @@ mod exit {
     pub const LIMITS: u8 = 5;
     /// The patch needs a newer fwdelta (format version, flags, codec, layout).
     pub const UNSUPPORTED: u8 = 6;
+    /// The patch is not signed by enough keys the device trusts (unsigned,
+    /// damaged or forged signature, unknown signer).
+    pub const NOT_AUTHENTIC: u8 = 7;
+    /// The patch is for another product.
+    pub const WRONG_PRODUCT: u8 = 8;
+    /// The patch's security counter is below the device's (downgrade).
+    pub const DOWNGRADE: u8 = 9;
+    /// The patch has expired.
+    pub const EXPIRED: u8 = 10;
+    /// The patch was already installed (replay).
+    pub const REPLAY: u8 = 11;
+    /// The device state directory is unusable (missing, damaged, a link, not
+    /// writable) or an applied update awaits confirmation.
+    pub const DEVICE_STATE: u8 = 12;
+    /// Another update of the same device, output or image is running.
+    pub const BUSY: u8 = 13;
 }
 
 #[derive(Parser)]
@@ -62,6 +80,50 @@ enum Cmd {
     Info(InfoArgs),
     /// Diff and apply every pair in a directory and print a size table.
     Bench(bench::BenchArgs),
+    /// Make a signing key pair: NAME.key (secret, 0600) and NAME.pub.
+    Keygen(signing_cmd::KeygenArgs),
+    /// Sign a patch (binding it to a release statement), or attach a
+    /// signature made by an offline signer.
+    #[command(
+        after_help = "Examples:\n  fwdelta sign update.fwd --key release.key\n  \
+        fwdelta sign update.fwd --product acme-t300 --version 4.2 --counter 7   # bind, no key yet\n  \
+        fwdelta digest update.fwd -o tosign.bin    # the 32 bytes for an HSM\n  \
+        fwdelta sign update.fwd --signature tosign.sig --public hsm.pub"
+    )]
+    Sign(signing_cmd::SignArgs),
+    /// Print the exact bytes a signer signs for a signed-form patch (hex).
+    Digest(signing_cmd::DigestArgs),
+    /// Terminal state: create a device state directory.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// Mark the applied update good after the new firmware booted; only now
+    /// is the device's security counter raised.
+    Confirm(device_cmd::DeviceArgs),
+    /// Forget an applied update the device did not boot into.
+    Rollback(device_cmd::DeviceArgs),
+    /// Print the device's update history.
+    History(device_cmd::HistoryArgs),
+    /// Key rotation: make a statement, or add a key to a device by one.
+    #[command(subcommand)]
+    Trust(TrustCmd),
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// Create a device state directory: product, version, counter, trusted keys.
+    #[command(
+        after_help = "Example:\n  fwdelta device init /var/lib/fwdelta --product acme-t300 \
+        --trust release.pub --version 4.1 --counter 6"
+    )]
+    Init(device_cmd::InitArgs),
+}
+
+#[derive(Subcommand)]
+enum TrustCmd {
+    /// Trust a new key on a device, by a rotation statement signed by keys it trusts.
+    Add(device_cmd::TrustAddArgs),
+    /// Make a rotation statement: the new key, signed by itself and by trusted keys.
+    Rotate(signing_cmd::RotateArgs),
 }
 
 /// Generator options shared by `diff` and `bench`.
@@ -197,6 +259,12 @@ struct DiffArgs {
     /// to 16 MiB). Larger cells mean fewer forced literals.
     #[arg(long, default_value = "64KiB", value_parser = size::parse_size, requires = "in_place")]
     scratch: Option<u64>,
+    #[command(flatten)]
+    release: signing_cmd::ReleaseArgs,
+    /// Sign the patch with this secret key (repeatable; needs --product,
+    /// --version and --counter).
+    #[arg(long = "sign", requires = "product")]
+    sign: Vec<PathBuf>,
     /// Print nothing on success.
     #[arg(short, long)]
     quiet: bool,
@@ -235,12 +303,27 @@ struct ApplyArgs {
     /// After success, print `peak_heap_bytes N` and `peak_rss_bytes N` on stdout.
     #[arg(long, hide = true)]
     print_peak_memory: bool,
+    /// Enforce this device's policy (trusted keys, product, security
+    /// counter, expiry, replays) and record the update in its history.
+    /// Resumes an interrupted update of the same patch by itself.
+    #[arg(long)]
+    device: Option<PathBuf>,
+    /// Without a device: accept only patches signed by this public key
+    /// (repeatable; any one suffices).
+    #[arg(long, conflicts_with = "device")]
+    trust: Vec<PathBuf>,
+    /// The time (Unix seconds) to check expiry against instead of the clock's.
+    #[arg(long, hide = true)]
+    now: Option<u64>,
 }
 
 #[derive(Args)]
 struct InfoArgs {
     /// The patch.
     patch: PathBuf,
+    /// Report whether the signatures verify with this public key (repeatable).
+    #[arg(long)]
+    trust: Vec<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -253,6 +336,15 @@ fn main() -> ExitCode {
         Cmd::Apply(a) => cmd_apply(&a),
         Cmd::Info(a) => cmd_info(&a),
         Cmd::Bench(a) => bench::run(&a),
+        Cmd::Keygen(a) => signing_cmd::cmd_keygen(&a),
+        Cmd::Sign(a) => signing_cmd::cmd_sign(&a),
+        Cmd::Digest(a) => signing_cmd::cmd_digest(&a),
+        Cmd::Device(DeviceCmd::Init(a)) => device_cmd::cmd_init(&a),
+        Cmd::Confirm(a) => device_cmd::cmd_confirm(&a),
+        Cmd::Rollback(a) => device_cmd::cmd_rollback(&a),
+        Cmd::History(a) => device_cmd::cmd_history(&a),
+        Cmd::Trust(TrustCmd::Add(a)) => device_cmd::cmd_trust_add(&a),
+        Cmd::Trust(TrustCmd::Rotate(a)) => signing_cmd::cmd_rotate(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -263,7 +355,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn exit_code(e: &anyhow::Error) -> u8 {
+/// The exit code for `e`: its first cause that has one of its own.
+pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(a) = cause.downcast_ref::<ApplyError>() {
             return match a.class() {
@@ -271,8 +364,26 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 ErrorClass::Unsupported => exit::UNSUPPORTED,
                 ErrorClass::WrongOldImage => exit::WRONG_OLD_IMAGE,
                 ErrorClass::Limits => exit::LIMITS,
-                ErrorClass::Io => exit::FAILURE,
+                ErrorClass::NotAuthentic => exit::NOT_AUTHENTIC,
+                ErrorClass::WrongProduct => exit::WRONG_PRODUCT,
+                ErrorClass::Downgrade => exit::DOWNGRADE,
+                ErrorClass::Expired => exit::EXPIRED,
+                ErrorClass::Replay => exit::REPLAY,
+                _ => exit::FAILURE,
             };
+        }
+        if let Some(d) = cause.downcast_ref::<fwdelta_device::DeviceError>() {
+            use fwdelta_device::DeviceError as D;
+            return match d {
+                D::Busy => exit::BUSY,
+                D::Unusable { .. } | D::Damaged(_) | D::PendingUpdate { .. } => exit::DEVICE_STATE,
+                _ => exit::FAILURE,
+            };
+        }
+        if let Some(fwdelta_diff::patch_signer::SignError::Patch(_)) =
+            cause.downcast_ref::<fwdelta_diff::patch_signer::SignError>()
+        {
+            return exit::BAD_PATCH;
         }
     }
     exit::FAILURE
@@ -303,21 +414,34 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
         .map_err(|e: DiffError| anyhow::Error::new(e))
         .with_context(|| format!("cannot diff {} -> {}", a.old.display(), a.new.display()))?;
     let elapsed = start.elapsed();
-    write_atomically(&a.output, &patch.bytes)?;
+    let unsigned_len = patch.bytes.len();
+    let bytes = match a.release.release() {
+        Some(release) => signing_cmd::sign_bytes(&patch.bytes, Some(&release), &a.sign)
+            .context("cannot sign the patch")?,
+        None => patch.bytes,
+    };
+    write_atomically(&a.output, &bytes)?;
     if !a.quiet {
         let pct = if new.is_empty() {
             0.0
         } else {
-            100.0 * patch.bytes.len() as f64 / new.len() as f64
+            100.0 * bytes.len() as f64 / new.len() as f64
         };
         eprintln!(
             "{}: {} bytes ({pct:.2}% of new), {} segments, window 2^{}, {:.2}s",
             a.output.display(),
-            patch.bytes.len(),
+            bytes.len(),
             patch.report.segments,
             patch.report.window_log,
             elapsed.as_secs_f64()
         );
+        if bytes.len() != unsigned_len {
+            eprintln!(
+                "  signed form: {} bytes more than unsigned ({} signature(s))",
+                bytes.len() - unsigned_len,
+                a.sign.len()
+            );
+        }
         if let Some((arch, runs)) = patch.report.code {
             let plain = match patch.report.plain_len {
                 Some(plain) => format!("; the plain patch was {plain} bytes"),
@@ -354,10 +478,48 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
 }
 
 fn cmd_apply(a: &ApplyArgs) -> Result<()> {
-    let opts = ApplyOptions {
+    let mut opts = ApplyOptions {
         memory_limit: a.memory_limit,
         max_new_len: a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN),
+        policy: None,
     };
+    let now = a.now.unwrap_or_else(fwdelta_device::unix_now);
+    if !a.trust.is_empty() {
+        let keys = a
+            .trust
+            .iter()
+            .map(|p| signing_cmd::read_public(p))
+            .collect::<Result<Vec<_>>>()?;
+        let mut policy = fwdelta_apply::TrustPolicy::trusting(keys);
+        policy.now = Some(now);
+        opts.policy = Some(std::sync::Arc::new(policy));
+    }
+    let start = Instant::now();
+    let (target, report) = match &a.device {
+        Some(dir) => {
+            let mode = if a.in_place { "in-place" } else { "file" };
+            // A device always resumes an interrupted update of the same patch.
+            let report = device_cmd::apply_with_device(dir, &a.patch, opts, now, mode, |opts| {
+                run_apply(a, opts, true)
+            })?;
+            (a.output.clone().unwrap_or_else(|| a.old.clone()), report)
+        }
+        None => (
+            a.output.clone().unwrap_or_else(|| a.old.clone()),
+            run_apply(a, opts, a.resume)?,
+        ),
+    };
+    report_apply(a, &target, &report, start);
+    Ok(())
+}
+
+/// Apply as `a` says (to a file, or in place), with `opts`; `resume`: pick
+/// up a checkpoint left beside the output.
+fn run_apply(
+    a: &ApplyArgs,
+    opts: ApplyOptions,
+    resume: bool,
+) -> Result<fwdelta_apply::ApplyReport> {
     let Some(output) = a.output.as_deref() else {
         return cmd_apply_in_place(a, opts);
     };
@@ -366,10 +528,9 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
     let mut patch =
         File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
     refuse_overwrite(output, &[&a.old, &a.patch])?;
-    let start = Instant::now();
     let context = || format!("cannot apply {}", a.patch.display());
-    let resumed = if a.resume {
-        resume_applier(a, output, &old, &mut patch, opts)?
+    let resumed = if resume {
+        resume_applier(a, output, &old, &mut patch, opts.clone())?
     } else {
         None
     };
@@ -394,12 +555,11 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
     };
     sink.commit()
         .with_context(|| format!("cannot write {}", output.display()))?;
-    report_apply(a, output, &report, start);
-    Ok(())
+    Ok(report)
 }
 
 /// `apply --in-place`: rewrite the old image file itself.
-fn cmd_apply_in_place(a: &ApplyArgs, opts: ApplyOptions) -> Result<()> {
+fn cmd_apply_in_place(a: &ApplyArgs, opts: ApplyOptions) -> Result<fwdelta_apply::ApplyReport> {
     refuse_overwrite(&a.old, &[&a.patch])?;
     let region = fwdelta_apply::FileRegion::open(&a.old)
         .with_context(|| format!("cannot open {} for in-place update", a.old.display()))?;
@@ -409,14 +569,12 @@ fn cmd_apply_in_place(a: &ApplyArgs, opts: ApplyOptions) -> Result<()> {
     let patch = BufReader::with_capacity(fwdelta_apply::BUFFER_LEN, patch);
     let mut journal = fwdelta_apply::FileJournal::beside(&a.old)
         .with_context(|| format!("cannot place a journal beside {}", a.old.display()))?;
-    let start = Instant::now();
     let report = fwdelta_apply::apply_in_place_with(&region, patch, opts, &mut journal)
         .with_context(|| format!("cannot apply {} in place", a.patch.display()))?;
     if report.already_applied && !a.quiet {
         eprintln!("{}: already the new image; nothing to do", a.old.display());
     }
-    report_apply(a, &a.old, &report, start);
-    Ok(())
+    Ok(report)
 }
 
 fn report_apply(a: &ApplyArgs, output: &Path, report: &fwdelta_apply::ApplyReport, start: Instant) {
@@ -432,6 +590,30 @@ fn report_apply(a: &ApplyArgs, output: &Path, report: &fwdelta_apply::ApplyRepor
             short_hex(&report.header.new_hash),
             start.elapsed().as_secs_f64()
         );
+        if let Some(r) = &report.verdict.release {
+            let by = if report.verdict.signed_by.is_empty() {
+                "signatures not checked: no trusted key given".to_string()
+            } else {
+                let ids: Vec<String> = report
+                    .verdict
+                    .signed_by
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect();
+                format!("signed by {}", ids.join(", "))
+            };
+            eprintln!(
+                "  {} version {} (security counter {}), {by}",
+                r.product, r.version, r.security_counter
+            );
+        }
+        if let Some(dir) = &a.device {
+            eprintln!(
+                "  recorded in {}; run `fwdelta confirm --device {}` once it has booted",
+                dir.display(),
+                dir.display()
+            );
+        }
     }
 }
 
@@ -445,17 +627,23 @@ fn resume_applier<'o>(
     patch: &mut File,
     opts: ApplyOptions,
 ) -> Result<Option<Applier<'o, FileImage, ResumableFile>>> {
-    use std::io::{Read, Seek, SeekFrom};
+    use std::io::{Seek, SeekFrom};
     let Some(checkpoint) = ResumableFile::load_checkpoint(output)
         .with_context(|| format!("cannot read the checkpoint beside {}", output.display()))?
     else {
         return Ok(None);
     };
-    let mut header = Vec::with_capacity(fwdelta_format::Header::MAX_LEN);
-    Read::by_ref(patch)
-        .take(fwdelta_format::Header::MAX_LEN as u64)
-        .read_to_end(&mut header)
-        .with_context(|| format!("cannot read patch {}", a.patch.display()))?;
+    let header = match fwdelta_apply::inspect::read_patch_start(patch) {
+        Ok((_, mut bytes, section, _)) => {
+            if let Some(s) = section {
+                bytes.extend_from_slice(&s.encode());
+            }
+            bytes
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read patch {}", a.patch.display()))
+        }
+    };
     let (sink, produced) = match ResumableFile::reopen(output, &checkpoint) {
         Ok(pair) => pair,
         Err(e) => {
@@ -489,6 +677,30 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
     let info = fwdelta_apply::inspect(BufReader::with_capacity(fwdelta_apply::BUFFER_LEN, f))
         .with_context(|| format!("cannot read {}", a.patch.display()))?;
     let h = &info.header;
+    let keys = a
+        .trust
+        .iter()
+        .map(|p| signing_cmd::read_public(p))
+        .collect::<Result<Vec<_>>>()?;
+    // Which signatures verify with the given keys (none given: unchecked).
+    let verdict = fwdelta_apply::TrustPolicy::trusting(keys).check(
+        h,
+        &info.header_bytes,
+        info.section.as_ref(),
+    );
+    let signatures: Vec<serde_json::Value> = info
+        .section
+        .iter()
+        .flat_map(|s| &s.signatures)
+        .map(|s| {
+            let verified = match &verdict {
+                Ok(v) => Some(v.signed_by.contains(&s.key_id)),
+                Err(_) if a.trust.is_empty() => None,
+                Err(_) => Some(false),
+            };
+            serde_json::json!({ "key_id": s.key_id.to_string(), "verified": verified })
+        })
+        .collect();
     let mut out = std::io::stdout().lock();
     if a.json {
         let segments: Vec<_> = info
@@ -517,6 +729,14 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
             })),
             "literal_filter": h.literal_filter.map(|a| a.name()),
             "in_place_cell_log": h.cell_log,
+            "release": h.release.as_ref().map(|r| serde_json::json!({
+                "product": r.product, "version": r.version,
+                "security_counter": r.security_counter,
+                "expires": (r.expires != 0).then_some(r.expires),
+            })),
+            "signed_message": info.section.as_ref().map(|s| hex(&s.message(&info.header_bytes))),
+            "signatures": signatures,
+            "trusted": (!a.trust.is_empty()).then(|| verdict.is_ok()),
             "segments": segments,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
@@ -568,6 +788,38 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
             "  literals      {} branch targets stored absolute",
             arch.name()
         )?;
+    }
+    if let Some(r) = &h.release {
+        writeln!(
+            out,
+            "  release       product {}, version {}, security counter {}, {}",
+            r.product,
+            r.version,
+            r.security_counter,
+            if r.expires == 0 {
+                "never expires".to_string()
+            } else {
+                format!("expires at Unix time {}", r.expires)
+            }
+        )?;
+        for s in &signatures {
+            let state = match s["verified"].as_bool() {
+                None => "not checked (give --trust KEY.pub)",
+                Some(true) => "verifies",
+                Some(false) => "does NOT verify with a trusted key",
+            };
+            writeln!(
+                out,
+                "  signature     key {}: {state}",
+                s["key_id"].as_str().unwrap_or("?")
+            )?;
+        }
+        if signatures.is_empty() {
+            writeln!(
+                out,
+                "  signature     none yet (signed form: `fwdelta digest` prints what to sign)"
+            )?;
+        }
     }
     writeln!(
         out,

@@ -484,7 +484,7 @@ fn apply_refuses_unknown_format_version() {
     fx.refuse(&bad, &[], EXIT_BAD_PATCH, &["corrupt"]);
     // With the header check re-sealed it is a genuinely newer version.
     let mut bad = fx.patch_bytes();
-    reseal(&mut bad, VERSION_AT, &[7]);
+    reseal(&mut bad, VERSION_AT, &[fwdelta_format::FORMAT_VERSION + 1]);
     fx.refuse(
         &bad,
         &[],

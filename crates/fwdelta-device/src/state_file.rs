@@ -1,0 +1,150 @@
+//! The device state file (`state.json`): product, installed version,
+//! security counter, trusted keys and threshold, the patches installed, and
+//! the update in progress or awaiting confirmation. One JSON line followed by
+//! a line `blake3 <hex>` of it: a damaged file is refused, never half-read,
+//! and it is only ever replaced whole (see [`crate::safe_file::replace`]).
+
+use crate::DeviceError;
+use fwdelta_format::key_file::hex;
+use fwdelta_format::release::{is_product_byte, is_version_byte, MAX_NAME_LEN};
+use fwdelta_format::signature::{is_valid_public_key, MAX_SIGNATURES};
+use serde_json::{json, Value};
+
+/// The `format` field of a state file this build writes and reads.
+pub const STATE_FORMAT: &str = "fwdelta-device-state-v1";
+/// How many installed patches the state remembers for replay refusal.
+pub const MAX_INSTALLED: usize = 64;
+
+/// An update the device has started or applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    /// The patch's signed message (hex): its identity.
+    pub patch: String,
+    /// The version it installs.
+    pub version: String,
+    /// Its security counter.
+    pub counter: u64,
+    /// BLAKE3 of the image it produces (hex).
+    pub new_hash: String,
+    /// Runs that started this update (more than one: resumed).
+    pub attempts: u32,
+}
+
+/// Everything the device keeps between updates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// Product id: patches for another are refused.
+    pub product: String,
+    /// The version installed and confirmed.
+    pub version: String,
+    /// Security counter: patches below it are refused; raised only by a
+    /// confirmed update.
+    pub counter: u64,
+    /// Distinct trusted signatures a patch needs.
+    pub threshold: usize,
+    /// Trusted Ed25519 public keys.
+    pub keys: Vec<[u8; 32]>,
+    /// Signed messages of the last [`MAX_INSTALLED`] confirmed patches.
+    pub installed: Vec<[u8; 32]>,
+    /// An update started and not yet applied (a run was cut short).
+    pub in_progress: Option<Update>,
+    /// An update applied and awaiting `confirm` or `rollback`.
+    pub pending: Option<Update>,
+}
+
+fn update_json(u: &Update) -> Value {
+    json!({
+        "patch": u.patch, "version": u.version, "counter": u.counter,
+        "new_blake3": u.new_hash, "attempts": u.attempts,
+    })
+}
+
+impl State {
+    /// The file's bytes: the JSON line and its check line.
+    pub fn encode(&self) -> Vec<u8> {
+        let v = json!({
+            "format": STATE_FORMAT,
+            "product": self.product,
+            "version": self.version,
+            "security_counter": self.counter,
+            "threshold": self.threshold,
+            "trusted_keys": self.keys.iter().map(|k| hex(k)).collect::<Vec<_>>(),
+            "installed": self.installed.iter().map(|k| hex(k)).collect::<Vec<_>>(),
+            "in_progress": self.in_progress.as_ref().map(update_json),
+            "pending": self.pending.as_ref().map(update_json),
+        });
+        let line = v.to_string();
+        let check = blake3::hash(line.as_bytes()).to_hex();
+        format!("{line}\nblake3 {check}\n").into_bytes()
+    }
+
+    /// Parse and validate a state file's bytes.
+    pub fn decode(bytes: &[u8]) -> Result<State, DeviceError> {
+        let damaged = |why: &str| DeviceError::Damaged(format!("state.json: {why}"));
+        let text = std::str::from_utf8(bytes).map_err(|_| damaged("not text"))?;
+        let (line, rest) = text.split_once('\n').ok_or_else(|| damaged("truncated"))?;
+        let expected = format!("blake3 {}\n", blake3::hash(line.as_bytes()).to_hex());
+        if rest != expected {
+            return Err(damaged("its check does not match (damaged or torn)"));
+        }
+        let v: Value = serde_json::from_str(line).map_err(|_| damaged("not JSON"))?;
+        if v["format"] != STATE_FORMAT {
+            return Err(damaged("unknown format"));
+        }
+        let name = |key: &str, ok: fn(u8) -> bool| -> Result<String, DeviceError> {
+            let s = v[key]
+                .as_str()
+                .filter(|s| !s.is_empty() && s.len() <= MAX_NAME_LEN && s.bytes().all(ok))
+                .ok_or_else(|| damaged(&format!("bad {key}")))?;
+            Ok(s.to_owned())
+        };
+        let keys = hashes(&v["trusted_keys"]).ok_or_else(|| damaged("bad trusted_keys"))?;
+        if keys.iter().any(|k| !is_valid_public_key(k)) || keys.len() > 4 * MAX_SIGNATURES {
+            return Err(damaged("a trusted key is invalid"));
+        }
+        let threshold = v["threshold"]
+            .as_u64()
+            .filter(|&t| (1..=MAX_SIGNATURES as u64).contains(&t))
+            .ok_or_else(|| damaged("bad threshold"))? as usize;
+        let update = |key: &str| -> Result<Option<Update>, DeviceError> {
+            let u = &v[key];
+            if u.is_null() {
+                return Ok(None);
+            }
+            let s = |f: &str| u[f].as_str().map(str::to_owned);
+            Ok(Some(Update {
+                patch: s("patch").ok_or_else(|| damaged(key))?,
+                version: s("version").ok_or_else(|| damaged(key))?,
+                counter: u["counter"].as_u64().ok_or_else(|| damaged(key))?,
+                new_hash: s("new_blake3").ok_or_else(|| damaged(key))?,
+                attempts: u["attempts"]
+                    .as_u64()
+                    .and_then(|a| u32::try_from(a).ok())
+                    .ok_or_else(|| damaged(key))?,
+            }))
+        };
+        Ok(State {
+            product: name("product", is_product_byte)?,
+            version: name("version", is_version_byte)?,
+            counter: v["security_counter"]
+                .as_u64()
+                .ok_or_else(|| damaged("bad security_counter"))?,
+            threshold,
+            keys,
+            installed: hashes(&v["installed"]).ok_or_else(|| damaged("bad installed"))?,
+            in_progress: update("in_progress")?,
+            pending: update("pending")?,
+        })
+    }
+}
+
+/// A JSON array of 64-digit hex strings, as 32-byte values.
+fn hashes(v: &Value) -> Option<Vec<[u8; 32]>> {
+    v.as_array()?
+        .iter()
+        .map(|s| {
+            let tagged = format!("x {}", s.as_str()?);
+            fwdelta_format::key_file::parse_tagged(tagged.as_bytes(), "x")
+        })
+        .collect()
+}

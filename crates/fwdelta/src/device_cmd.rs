@@ -1,0 +1,323 @@
+//! `fwdelta device init`, `apply --device`, `confirm`, `rollback`,
+//! `history` and `trust add`: the terminal side of signed updates.
+
+use crate::signing_cmd::read_public;
+use anyhow::{Context, Result};
+use clap::Args;
+use fwdelta_apply::{ApplyError, ApplyOptions, ApplyReport};
+use fwdelta_device::state_file::Update;
+use fwdelta_device::{unix_now, DeviceDir, InitOptions};
+use fwdelta_format::key_file::hex;
+use serde_json::{json, Value};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// `fwdelta device init`.
+#[derive(Args)]
+pub struct InitArgs {
+    /// The state directory to create (must not exist, or be empty).
+    pub dir: PathBuf,
+    /// This device's product id.
+    #[arg(long)]
+    pub product: String,
+    /// A public key file to trust (repeatable).
+    #[arg(long = "trust", required = true)]
+    pub trust: Vec<PathBuf>,
+    /// The version installed now.
+    #[arg(long = "version")]
+    pub version: String,
+    /// The security counter of the installed version.
+    #[arg(long, default_value_t = 0)]
+    pub counter: u64,
+    /// How many distinct trusted keys must sign a patch.
+    #[arg(long, default_value_t = 1)]
+    pub threshold: usize,
+}
+
+/// `fwdelta confirm` / `fwdelta rollback`.
+#[derive(Args)]
+pub struct DeviceArgs {
+    /// The device state directory.
+    #[arg(long)]
+    pub device: PathBuf,
+    /// Print nothing on success.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The time (Unix seconds) to record instead of the clock's (tests).
+    #[arg(long, hide = true)]
+    pub now: Option<u64>,
+}
+
+/// `fwdelta history`.
+#[derive(Args)]
+pub struct HistoryArgs {
+    /// The device state directory.
+    #[arg(long)]
+    pub device: PathBuf,
+    /// One JSON object per entry, as stored.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `fwdelta trust add`.
+#[derive(Args)]
+pub struct TrustAddArgs {
+    /// The device state directory.
+    #[arg(long)]
+    pub device: PathBuf,
+    /// A rotation statement made by `fwdelta trust rotate`.
+    pub statement: PathBuf,
+    /// The time (Unix seconds) to record instead of the clock's (tests).
+    #[arg(long, hide = true)]
+    pub now: Option<u64>,
+}
+
+/// `fwdelta device init`.
+pub fn cmd_init(a: &InitArgs) -> Result<()> {
+    let keys = a
+        .trust
+        .iter()
+        .map(|p| read_public(p))
+        .collect::<Result<Vec<_>>>()?;
+    DeviceDir::init(
+        &a.dir,
+        &InitOptions {
+            product: a.product.clone(),
+            version: a.version.clone(),
+            counter: a.counter,
+            keys,
+            threshold: a.threshold,
+        },
+    )
+    .with_context(|| format!("cannot initialise {}", a.dir.display()))
+}
+
+/// `fwdelta confirm --device DIR`.
+pub fn cmd_confirm(a: &DeviceArgs) -> Result<()> {
+    let mut dev = open(&a.device)?;
+    let u = dev.confirm(a.now.unwrap_or_else(unix_now))?;
+    if !a.quiet {
+        eprintln!(
+            "{}: version {} confirmed; security counter now {}",
+            a.device.display(),
+            u.version,
+            dev.state().counter
+        );
+    }
+    Ok(())
+}
+
+/// `fwdelta rollback --device DIR`.
+pub fn cmd_rollback(a: &DeviceArgs) -> Result<()> {
+    let mut dev = open(&a.device)?;
+    let u = dev.rollback(a.now.unwrap_or_else(unix_now))?;
+    if !a.quiet {
+        eprintln!(
+            "{}: update to {} rolled back; still version {}, counter {}",
+            a.device.display(),
+            u.version,
+            dev.state().version,
+            dev.state().counter
+        );
+    }
+    Ok(())
+}
+
+/// `fwdelta trust add --device DIR STATEMENT`.
+pub fn cmd_trust_add(a: &TrustAddArgs) -> Result<()> {
+    let mut dev = open(&a.device)?;
+    let bytes = std::fs::read(&a.statement)
+        .with_context(|| format!("cannot read {}", a.statement.display()))?;
+    let now = a.now.unwrap_or_else(unix_now);
+    match dev.add_trust(&bytes, now) {
+        Ok(id) => {
+            eprintln!("{}: now trusts key {id}", a.device.display());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = dev.refused(&json!({
+                "time": now, "event": "trust-refused", "reason": e.to_string(),
+            }));
+            Err(e.into())
+        }
+    }
+}
+
+/// `fwdelta history --device DIR`.
+pub fn cmd_history(a: &HistoryArgs) -> Result<()> {
+    let dev = open(&a.device)?;
+    let h = dev.history()?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        for e in &h.entries {
+            writeln!(out, "{e}")?;
+        }
+    } else {
+        let s = dev.state();
+        writeln!(
+            out,
+            "device {}: product {}, version {}, security counter {}{}",
+            a.device.display(),
+            s.product,
+            s.version,
+            s.counter,
+            s.pending
+                .as_ref()
+                .map(|p| format!(", {} awaiting confirmation", p.version))
+                .unwrap_or_default()
+        )?;
+        for e in &h.entries {
+            writeln!(out, "  {}", describe(e))?;
+        }
+    }
+    if h.skipped > 0 {
+        eprintln!(
+            "fwdelta: {} torn or damaged history line(s) skipped",
+            h.skipped
+        );
+    }
+    Ok(())
+}
+
+/// One line for a history entry.
+fn describe(e: &Value) -> String {
+    let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
+    let time = e["time"].as_u64().unwrap_or(0);
+    match e["event"].as_str().unwrap_or("?") {
+        "applied" => format!(
+            "{time} applied    {} -> {} ({} mode, key {}, {} patch bytes read, {} written, {} ms{})",
+            s("old_version"),
+            s("new_version"),
+            s("mode"),
+            e["key_ids"]
+                .as_array()
+                .and_then(|k| k.first())
+                .and_then(Value::as_str)
+                .unwrap_or("-"),
+            e["bytes_read"],
+            e["bytes_written"],
+            e["duration_ms"],
+            match e["resumed"].as_u64() {
+                Some(n) if n > 0 => format!(", resumed {n} times"),
+                _ => String::new(),
+            }
+        ),
+        "refused" => format!("{time} refused    {} ({})", s("new_version"), s("reason")),
+        "confirmed" => format!("{time} confirmed  {}", s("new_version")),
+        "rolled-back" => format!("{time} rolled back {}", s("abandoned_version")),
+        other => format!("{time} {other} {e}"),
+    }
+}
+
+fn open(dir: &Path) -> Result<DeviceDir> {
+    DeviceDir::open(dir).with_context(|| format!("cannot use device state {}", dir.display()))
+}
+
+/// What `apply --device` knows of a patch before applying it.
+struct Planned {
+    update: Update,
+    entry: Value,
+}
+
+/// Run `apply` (`run`, given the options with the device's policy) under the
+/// device at `dir`: the policy is checked from the patch's first bytes before
+/// anything is written, refusals are recorded, the update is marked in
+/// progress, and on success recorded and marked awaiting confirmation.
+pub fn apply_with_device(
+    dir: &Path,
+    patch_path: &Path,
+    mut opts: ApplyOptions,
+    now: u64,
+    mode: &str,
+    run: impl FnOnce(ApplyOptions) -> Result<ApplyReport>,
+) -> Result<ApplyReport> {
+    let start = Instant::now();
+    let mut dev = open(dir)?;
+    let policy = Arc::new(dev.policy(now));
+    opts.policy = Some(policy.clone());
+    let base = json!({
+        "time": now, "mode": mode, "old_version": dev.state().version,
+        "patch_file": patch_path.display().to_string(),
+    });
+    let with = |extra: Value| {
+        let mut e = base.clone();
+        if let (Some(o), Some(x)) = (e.as_object_mut(), extra.as_object()) {
+            o.extend(x.clone());
+        }
+        e
+    };
+    let refuse = |dev: &DeviceDir, e: anyhow::Error, extra: Value| -> anyhow::Error {
+        let mut entry = with(extra);
+        entry["event"] = "refused".into();
+        entry["reason"] = format!("{e:#}").into();
+        entry["exit_code"] = crate::exit_code(&e).into();
+        if let Err(log) = dev.refused(&entry) {
+            return e.context(format!("and the refusal could not be recorded: {log}"));
+        }
+        e
+    };
+    // The policy, from the header and signature section alone.
+    let planned = File::open(patch_path)
+        .with_context(|| format!("cannot open patch {}", patch_path.display()))
+        .and_then(|mut f| {
+            let (header, header_bytes, section, _) =
+                fwdelta_apply::inspect::read_patch_start(&mut f)
+                    .with_context(|| format!("cannot apply {}", patch_path.display()))?;
+            let verdict = policy
+                .check(&header, &header_bytes, section.as_ref())
+                .with_context(|| format!("refusing {}", patch_path.display()))?;
+            let release = header.release.clone().ok_or(ApplyError::Unsigned)?;
+            let patch = hex(&verdict.message.unwrap_or_default());
+            Ok(Planned {
+                update: Update {
+                    patch: patch.clone(),
+                    version: release.version.clone(),
+                    counter: release.security_counter,
+                    new_hash: hex(&header.new_hash),
+                    attempts: 0,
+                },
+                entry: json!({
+                    "patch": patch, "new_version": release.version,
+                    "security_counter": release.security_counter,
+                    "old_blake3_prefix": hex(&header.old_check),
+                    "new_blake3": hex(&header.new_hash),
+                    "key_ids": verdict.signed_by.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+                }),
+            })
+        });
+    let planned = match planned {
+        Ok(p) => p,
+        Err(e) => return Err(refuse(&dev, e, json!({}))),
+    };
+    let attempts = match dev.begin(&planned.update) {
+        Ok(n) => n,
+        Err(e) => return Err(refuse(&dev, e.into(), planned.entry)),
+    };
+    match run(opts) {
+        Ok(report) => {
+            let mut entry = with(planned.entry);
+            entry["event"] = "applied".into();
+            entry["resumed"] = (attempts - 1).into();
+            entry["already_applied"] = report.already_applied.into();
+            entry["bytes_read"] = report.patch_len.into();
+            entry["bytes_written"] = if report.already_applied {
+                0
+            } else {
+                report.header.new_len
+            }
+            .into();
+            entry["duration_ms"] = (start.elapsed().as_millis() as u64).into();
+            dev.applied(&entry).with_context(|| {
+                format!(
+                    "the image is applied but {} could not record it",
+                    dir.display()
+                )
+            })?;
+            Ok(report)
+        }
+        Err(e) => Err(refuse(&dev, e, planned.entry)),
+    }
+}
