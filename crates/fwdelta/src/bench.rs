@@ -35,6 +35,8 @@ struct Row {
     old_len: u64,
     new_len: u64,
     patch_len: u64,
+    /// The same patch signed (one signature, a short release statement).
+    signed_len: u64,
     single_segment_len: u64,
     segments: usize,
     /// Instruction set of an executable-aware patch, `None` for a plain one.
@@ -77,6 +79,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             old_len: 0,
             new_len: 0,
             patch_len: 0,
+            signed_len: 0,
             single_segment_len: 0,
             segments: 0,
             code: None,
@@ -150,10 +153,29 @@ fn bench_pair(name: &str, dir: &Path, work: &Path, opts: &Options) -> Result<Row
         },
     )?;
 
+    // What a release ships: the patch signed by one key, for a product,
+    // applied by a terminal that trusts that key (so apply time includes
+    // the signature check and the signed table).
+    let key = bench_key();
+    let release = fwdelta_format::Release {
+        product: "acme-t300".into(),
+        version: "2.0".into(),
+        security_counter: 1,
+        expires: 0,
+    };
+    let signed =
+        fwdelta_diff::patch_signer::sign_for_release(&patch.bytes, Some(&release), &[key.clone()])?;
     let patch_path = work.join(format!("{name}.fwd"));
     let out_path = work.join(format!("{name}.out"));
-    crate::write_atomically(&patch_path, &patch.bytes)?;
-    let (apply_time, mem) = apply_in_child(&old_path, &patch_path, &out_path)?;
+    let pub_path = work.join(format!("{name}.pub"));
+    crate::write_atomically(&patch_path, &signed)?;
+    crate::write_atomically(
+        &pub_path,
+        fwdelta_format::key_file::encode_public_key(&key.verifying_key().to_bytes()).as_bytes(),
+    )?;
+    let applied = apply_in_child(&old_path, &patch_path, Some(&pub_path), &out_path);
+    let _ = std::fs::remove_file(&pub_path);
+    let (apply_time, mem) = applied?;
     let produced =
         std::fs::read(&out_path).with_context(|| format!("cannot read {}", out_path.display()))?;
     let error = (produced[..] != new[..]).then(|| "applied image differs from new".to_string());
@@ -168,6 +190,7 @@ fn bench_pair(name: &str, dir: &Path, work: &Path, opts: &Options) -> Result<Row
         old_len: old.len() as u64,
         new_len: new.len() as u64,
         patch_len: patch.bytes.len() as u64,
+        signed_len: signed.len() as u64,
         single_segment_len: single.bytes.len() as u64,
         segments: patch.report.segments,
         code: patch.report.code.map(|(a, _)| a.name()),
@@ -186,13 +209,29 @@ struct ApplyMemory {
     rss: u64,
 }
 
-/// Run `fwdelta apply` as a child; return its wall time and the peak heap and
-/// RSS it reports for itself (see `peak_memory`).
-fn apply_in_child(old: &Path, patch: &Path, out: &Path) -> Result<(Duration, ApplyMemory)> {
+/// The key `bench` signs with: derived from a fixed string, so runs are
+/// reproducible (it signs nothing anyone should trust).
+fn bench_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(blake3::hash(b"fwdelta bench signing key").as_bytes())
+}
+
+/// Run `fwdelta apply` (with `--trust PUBLIC`, if given) as a child;
+/// return its wall time and the peak heap and RSS it reports for itself
+/// (see `peak_memory`).
+fn apply_in_child(
+    old: &Path,
+    patch: &Path,
+    public: Option<&Path>,
+    out: &Path,
+) -> Result<(Duration, ApplyMemory)> {
     let exe = std::env::current_exe().context("cannot find the fwdelta executable")?;
     let start = Instant::now();
-    let output = Command::new(exe)
-        .args(["apply", "--quiet", "--print-peak-memory"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["apply", "--quiet", "--print-peak-memory"]);
+    if let Some(p) = public {
+        cmd.arg("--trust").arg(p);
+    }
+    let output = cmd
         .arg(old)
         .arg(patch)
         .arg("-o")
@@ -230,20 +269,21 @@ fn print_table(rows: &[Row], opts: &Options) {
         human(opts.segment_cost)
     );
     println!(
-        "| pair | old | new | patch | % of new | zstd -19 of new | patch / zstd | segments | code | segment cost | diff s | apply s | apply peak heap | apply peak RSS |"
+        "| pair | old | new | patch | signed | % of new | zstd -19 of new | patch / zstd | segments | code | segment cost | diff s | apply s | apply peak heap | apply peak RSS |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
     for r in rows {
         if let Some(e) = &r.error {
-            println!("| {} | FAILED: {e} | | | | | | | | | | | | |", r.name);
+            println!("| {} | FAILED: {e} | | | | | | | | | | | | | |", r.name);
             continue;
         }
         println!(
-            "| {} | {} | {} | {} | {:.3}% | {} | {} | {} | {} | {:+.2}% | {:.3} | {:.3} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.3}% | {} | {} | {} | {} | {:+.2}% | {:.3} | {:.3} | {} | {} |",
             r.name,
             r.old_len,
             r.new_len,
             r.patch_len,
+            r.signed_len,
             r.pct_of_new(),
             r.zstd_len,
             ratio(r.patch_len, r.zstd_len),
@@ -265,8 +305,9 @@ fn print_table(rows: &[Row], opts: &Options) {
             t.3 + r.single_segment_len,
         )
     });
+    let signed: u64 = ok.iter().map(|r| r.signed_len).sum();
     println!(
-        "| total | | {new} | {patch} | {:.3}% | {zstd} | {} | | | {:+.2}% | | | | |",
+        "| total | | {new} | {patch} | {signed} | {:.3}% | {zstd} | {} | | | {:+.2}% | | | | |",
         if new == 0 {
             0.0
         } else {
@@ -296,6 +337,7 @@ fn print_json(rows: &[Row], opts: &Options) -> Result<()> {
                 "old_len": r.old_len,
                 "new_len": r.new_len,
                 "patch_len": r.patch_len,
+                "signed_patch_len": r.signed_len,
                 "patch_pct_of_new": r.pct_of_new(),
                 "single_segment_patch_len": r.single_segment_len,
                 "segment_cost_pct": r.segment_cost_pct(),
@@ -358,7 +400,7 @@ fn run_budgets(a: &BenchArgs) -> Result<()> {
             let patch_path = work.path().join(format!("{name}.fwd"));
             let out_path = work.path().join(format!("{name}.out"));
             crate::write_atomically(&patch_path, &patch.bytes)?;
-            let (_, mem) = apply_in_child(&old_path, &patch_path, &out_path)?;
+            let (_, mem) = apply_in_child(&old_path, &patch_path, None, &out_path)?;
             if std::fs::read(&out_path)?[..] != new[..] {
                 failures.push(format!("{name} at {}: wrong image", human(budget)));
             }
