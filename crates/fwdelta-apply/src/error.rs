@@ -92,6 +92,26 @@ pub enum ApplyError {
     /// The decoder could not be created or configured (typically out of memory).
     #[error("cannot set up the decoder: {0}")]
     Decoder(String),
+    /// An in-place update was under way and cannot be finished: the journal
+    /// lost both copies of what it needed while the image was half written.
+    #[error("{0}")]
+    UpdateLost(UpdateLost),
+}
+
+/// An in-place update that cannot go on: both copies of the journal record
+/// it needed are damaged and the image is neither the old nor the new
+/// version. Nothing can repair it from here; the device must be reflashed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+#[error(
+    "the in-place update cannot go on: {reason}; {image}; the image is neither version: reflash it"
+)]
+pub struct UpdateLost {
+    /// What was lost (which journal record or cell).
+    pub reason: String,
+    /// What the image now holds, e.g. "cells 0-11 are new, 12 may be torn,
+    /// 13-40 are old", or that this is unknown.
+    pub image: String,
 }
 
 // Causes are folded into each message (not exposed as `source`) so that a
@@ -117,6 +137,8 @@ pub enum ErrorClass {
     Limits,
     /// Reading or writing failed.
     Io,
+    /// An in-place update cannot be finished: the image is neither version.
+    UpdateLost,
 }
 
 impl ApplyError {
@@ -142,6 +164,7 @@ impl ApplyError {
             OldLength { .. } | OldHash { .. } | InterruptedUpdate(_) => ErrorClass::WrongOldImage,
             MemoryBudget { .. } | NewTooLarge { .. } => ErrorClass::Limits,
             OldRead(_) | PatchRead(_) | Sink(_) | Decoder(_) => ErrorClass::Io,
+            UpdateLost(_) => ErrorClass::UpdateLost,
         }
     }
 }

@@ -38,6 +38,9 @@ mod exit {
     pub const LIMITS: u8 = 5;
     /// The patch needs a newer fwdelta (format version, flags, codec, layout).
     pub const UNSUPPORTED: u8 = 6;
+    // 7-13 and 15 are assigned elsewhere.
+    /// An in-place update cannot be finished: the image is neither version.
+    pub const UPDATE_LOST: u8 = 14;
 }
 
 #[derive(Parser)]
@@ -272,6 +275,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 ErrorClass::WrongOldImage => exit::WRONG_OLD_IMAGE,
                 ErrorClass::Limits => exit::LIMITS,
                 ErrorClass::Io => exit::FAILURE,
+                ErrorClass::UpdateLost => exit::UPDATE_LOST,
             };
         }
     }
