@@ -111,5 +111,8 @@ fn main() {
             &noise(100 + i, 64 + 97 * i as usize),
         );
     }
+    for (name, input) in fwdelta_fuzz_targets::journal_seeds() {
+        write("in_place_journal", &name, &input);
+    }
     println!("seeds written under {}", root.display());
 }
