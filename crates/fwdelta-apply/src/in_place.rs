@@ -360,12 +360,14 @@ const MAX_SLOT_LEN: u64 = InPlaceCheckpoint::LEN as u64 + (1 << 24) + 1;
 
 /// Open an existing journal file without following a link, and check that it
 /// is ours to write: a regular file, owned by this user, with one link.
+/// (`O_NONBLOCK` so that a planted FIFO is refused instead of waited on; it
+/// changes nothing for a regular file.)
 fn open_slot(path: &Path, write: bool) -> io::Result<Option<File>> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let opened = OpenOptions::new()
         .read(true)
         .write(write)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path);
     let file = match opened {
         Ok(f) => f,

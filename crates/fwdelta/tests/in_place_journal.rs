@@ -90,6 +90,25 @@ fn a_symlink_planted_at_a_journal_file_is_not_written_through() {
     );
     assert!(fs::read(&image).unwrap() == old);
     assert!(String::from_utf8_lossy(&out.stderr).contains("hard links"));
+    // and a FIFO is refused, not waited on
+    fs::remove_file(work.join(".IMG.fwdelta-journal")).unwrap();
+    let fifo = std::ffi::CString::new(
+        work.join(".IMG.fwdelta-journal")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let out = Command::new(exe)
+        .args(["apply", "--in-place", "-q"])
+        .arg(&image)
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(fs::read(&image).unwrap() == old);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
 }
 
 /// A file region whose power goes at its `cut`-th write, half of which lands.
