@@ -147,6 +147,26 @@ pub enum ApplyError {
         /// The version it installs.
         version: String,
     },
+    /// An in-place update was under way and cannot be finished: the journal
+    /// lost both copies of what it needed while the image was half written.
+    #[error("{0}")]
+    UpdateLost(UpdateLost),
+}
+
+/// An in-place update that cannot go on: both copies of the journal record
+/// it needed are damaged and the image is neither the old nor the new
+/// version. Nothing can repair it from here; the device must be reflashed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+#[error(
+    "the in-place update cannot go on: {reason}; {image}; the image is neither version: reflash it"
+)]
+pub struct UpdateLost {
+    /// What was lost (which journal record or cell).
+    pub reason: String,
+    /// What the image now holds, e.g. "cells 0-11 are new, 12 may be torn,
+    /// 13-40 are old", or that this is unknown.
+    pub image: String,
 }
 
 /// `a, b` for a list of key ids (`none` for an empty one).
@@ -195,6 +215,8 @@ pub enum ErrorClass {
     Expired,
     /// The patch was already installed.
     Replay,
+    /// An in-place update cannot be finished: the image is neither version.
+    UpdateLost,
 }
 
 impl ApplyError {
@@ -225,6 +247,7 @@ impl ApplyError {
             Downgrade { .. } => ErrorClass::Downgrade,
             Expired { .. } => ErrorClass::Expired,
             Replay { .. } => ErrorClass::Replay,
+            UpdateLost(_) => ErrorClass::UpdateLost,
         }
     }
 }

@@ -20,7 +20,16 @@
 //! Costs: the patch is read four times (it must be seekable: a file, or a
 //! download kept in storage), cells are decoded three times, the old image is
 //! read about four times. Memory: the header's claim (decoder, buffers, one cell,
-//! and 8 bytes per cell).
+//! and 8 bytes per cell); a resume first reads both journal slots (up to two
+//! cells), freed before the cell buffer is taken.
+//!
+//! Journal (see [`Journal`]): before step 5 a first record goes to both of
+//! two slots; before each cell is written over the image, its bytes go to
+//! both slots, one after the other, each record with a higher sequence
+//! number and its own checks. The journal is therefore written about twice
+//! the image's size. A power loss tears at most the slot being written, and
+//! the image is only written while both slots hold the cell, so one intact
+//! slot always suffices: the newest usable record wins.
 
 use crate::applier::SegmentRunner;
 use crate::error::ApplyError;
@@ -269,18 +278,21 @@ fn hash_region<R: Region + ?Sized>(region: &R, len: u64) -> io::Result<blake3::H
 }
 
 /// Where an in-place apply persists its progress, so a power loss can be
-/// resumed: a small state record and one staged cell.
+/// resumed: two slots (A = 0, B = 1), each holding one record (an
+/// [`InPlaceCheckpoint`] and, when staged, the cell's bytes; `docs/FORMAT.md`,
+/// "In-place patches"). The applier writes every record to the slot that does
+/// not hold the newest valid one, and every staged cell to both slots before
+/// the cell goes over the image, so any one torn or damaged slot falls back
+/// to the other.
 pub trait Journal {
-    /// The last state saved, if any (a damaged record counts as none only if
-    /// the implementation can tell it was never completed; see `FileJournal`).
-    fn load(&mut self) -> io::Result<Option<InPlaceCheckpoint>>;
-    /// Durably replace the state record.
-    fn save(&mut self, checkpoint: &InPlaceCheckpoint) -> io::Result<()>;
-    /// Durably store a cell's bytes before it is written over the image.
-    fn stage(&mut self, cell: &[u8]) -> io::Result<()>;
-    /// Read back the staged cell (`len` bytes).
-    fn staged(&mut self, len: u64, into: &mut Vec<u8>) -> io::Result<()>;
-    /// Forget everything (the apply finished).
+    /// Read slot `slot` (0 or 1) into `into` (replacing its contents); an
+    /// absent or empty slot reads as no bytes.
+    fn read_slot(&mut self, slot: usize, into: &mut Vec<u8>) -> io::Result<()>;
+    /// Durably replace slot `slot` with `record` followed by `cell` (which
+    /// may be empty). A power loss part-way may leave that slot damaged,
+    /// never the other.
+    fn write_slot(&mut self, slot: usize, record: &[u8], cell: &[u8]) -> io::Result<()>;
+    /// Forget both slots (the apply finished).
     fn clear(&mut self) -> io::Result<()>;
 }
 
@@ -289,77 +301,212 @@ pub trait Journal {
 pub struct NoJournal;
 
 impl Journal for NoJournal {
-    fn load(&mut self) -> io::Result<Option<InPlaceCheckpoint>> {
-        Ok(None)
-    }
-    fn save(&mut self, _: &InPlaceCheckpoint) -> io::Result<()> {
+    fn read_slot(&mut self, _: usize, into: &mut Vec<u8>) -> io::Result<()> {
+        into.clear();
         Ok(())
     }
-    fn stage(&mut self, _: &[u8]) -> io::Result<()> {
+    fn write_slot(&mut self, _: usize, _: &[u8], _: &[u8]) -> io::Result<()> {
         Ok(())
-    }
-    fn staged(&mut self, _: u64, _: &mut Vec<u8>) -> io::Result<()> {
-        Err(io::Error::other("no journal"))
     }
     fn clear(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
 
-/// A journal in two hidden files beside the image: `.NAME.fwdelta-inplace`
-/// (the state, replaced atomically) and `.NAME.fwdelta-journal` (the staged
-/// cell, fsynced before the state says it is there).
+/// A journal in two hidden files beside the image: slot A is
+/// `.NAME.fwdelta-inplace`, slot B `.NAME.fwdelta-journal`. Each is rewritten
+/// in place (no temporary file) and fsynced; a slot file is created
+/// exclusively with mode 0600, opened with `O_NOFOLLOW`, and refused unless
+/// it is a regular file owned by this user with one link, so nothing is ever
+/// written through a planted link.
 #[derive(Debug)]
 pub struct FileJournal {
-    state: std::path::PathBuf,
-    data: std::path::PathBuf,
+    slots: [std::path::PathBuf; 2],
 }
 
 impl FileJournal {
-    /// The journal for the image at `image`.
+    /// The journal for the image at `image` (nothing is opened yet).
     pub fn beside(image: &Path) -> io::Result<FileJournal> {
         Ok(FileJournal {
-            state: crate::atomic_file::sibling(image, "fwdelta-inplace")?,
-            data: crate::atomic_file::sibling(image, "fwdelta-journal")?,
+            slots: [
+                crate::atomic_file::sibling(image, "fwdelta-inplace")?,
+                crate::atomic_file::sibling(image, "fwdelta-journal")?,
+            ],
         })
+    }
+
+    fn path(&self, slot: usize) -> io::Result<&Path> {
+        self.slots
+            .get(slot)
+            .map(|p| p.as_path())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no such journal slot"))
     }
 }
 
-impl Journal for FileJournal {
-    fn load(&mut self) -> io::Result<Option<InPlaceCheckpoint>> {
-        match std::fs::read(&self.state) {
-            Ok(b) => InPlaceCheckpoint::decode(&b)
-                .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+/// Longest valid journal slot: a record and a cell of 2^24 bytes, plus one
+/// byte so a longer file reads as damaged.
+const MAX_SLOT_LEN: u64 = InPlaceCheckpoint::LEN as u64 + (1 << 24) + 1;
+
+/// Open an existing journal file without following a link, and check that it
+/// is ours to write: a regular file, owned by this user, with one link.
+/// (`O_NONBLOCK` so that a planted FIFO is refused instead of waited on; it
+/// changes nothing for a regular file.)
+fn open_slot(path: &Path, write: bool) -> io::Result<Option<File>> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let opened = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(refused(path, "is a symbolic link"))
         }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() {
+        return Err(refused(path, "is not a regular file"));
     }
-    fn save(&mut self, checkpoint: &InPlaceCheckpoint) -> io::Result<()> {
-        crate::atomic_file::replace_durably(&self.state, &checkpoint.encode())
+    if meta.uid() != me {
+        return Err(refused(path, "is owned by another user"));
     }
-    fn stage(&mut self, cell: &[u8]) -> io::Result<()> {
-        let mut f = File::create(&self.data)?;
-        std::io::Write::write_all(&mut f, cell)?;
-        f.sync_all()?;
-        crate::atomic_file::sync_dir_of(&self.data)
+    if meta.nlink() != 1 {
+        return Err(refused(path, "has other hard links"));
     }
-    fn staged(&mut self, len: u64, into: &mut Vec<u8>) -> io::Result<()> {
+    Ok(Some(file))
+}
+
+fn refused(path: &Path, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("journal file {} {why}; refusing to use it", path.display()),
+    )
+}
+
+impl Journal for FileJournal {
+    fn read_slot(&mut self, slot: usize, into: &mut Vec<u8>) -> io::Result<()> {
         into.clear();
-        File::open(&self.data)?.take(len).read_to_end(into)?;
-        if into.len() as u64 != len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "staged cell is short",
-            ));
+        if let Some(f) = open_slot(self.path(slot)?, false)? {
+            // No valid record is longer than this; a longer file is damaged
+            // and need not be read whole.
+            f.take(MAX_SLOT_LEN).read_to_end(into)?;
+        }
+        Ok(())
+    }
+    fn write_slot(&mut self, slot: usize, record: &[u8], cell: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let path = self.path(slot)?;
+        let created = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path);
+        let (file, new) = match created {
+            Ok(f) => (f, true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match open_slot(path, true)? {
+                Some(f) => (f, false),
+                None => return Err(refused(path, "vanished while opening")),
+            },
+            Err(e) => return Err(e),
+        };
+        if file.metadata()?.permissions().mode() & 0o777 != 0o600 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        file.write_all_at(record, 0)?;
+        file.write_all_at(cell, record.len() as u64)?;
+        file.set_len((record.len() + cell.len()) as u64)?;
+        file.sync_all()?;
+        if new {
+            crate::atomic_file::sync_dir_of(path)?;
         }
         Ok(())
     }
     fn clear(&mut self) -> io::Result<()> {
-        crate::atomic_file::remove_if_present(&self.state)?;
-        crate::atomic_file::remove_if_present(&self.data)?;
-        crate::atomic_file::sync_dir_of(&self.state)
+        // Removing a planted link removes the link only.
+        crate::atomic_file::remove_if_present(&self.slots[0])?;
+        crate::atomic_file::remove_if_present(&self.slots[1])?;
+        crate::atomic_file::sync_dir_of(&self.slots[0])
     }
+}
+
+/// The applier's side of the A/B journal: where the next record goes and
+/// which sequence number it carries.
+struct AbWriter<'j, J: ?Sized> {
+    journal: &'j mut J,
+    next_slot: usize,
+    next_sequence: u64,
+}
+
+impl<J: Journal + ?Sized> AbWriter<'_, J> {
+    /// Write `cp` (with `cell` when staged) to the slot not holding the newest
+    /// record.
+    fn put(&mut self, cp: &mut InPlaceCheckpoint, cell: &[u8]) -> io::Result<()> {
+        cp.sequence = self.next_sequence;
+        let cell = if cp.staged { cell } else { &[] };
+        self.journal
+            .write_slot(self.next_slot, &cp.encode_for(cell), cell)?;
+        self.next_slot ^= 1;
+        self.next_sequence += 1;
+        Ok(())
+    }
+
+    /// The same record in both slots, one after the other: once this
+    /// returns, either copy alone is enough to resume.
+    fn put_twice(&mut self, cp: &mut InPlaceCheckpoint, cell: &[u8]) -> io::Result<()> {
+        self.put(cp, cell)?;
+        self.put(cp, cell)
+    }
+}
+
+/// What the image holds when an update cannot go on: runs of cells in image
+/// order, e.g. "cells 0-11 are new, 12 may be torn, 13-40 are old".
+fn describe_cells(state: &[u8]) -> String {
+    const NAMES: [&str; 3] = ["old", "new", "may be torn"];
+    let mut runs: Vec<(usize, usize, u8)> = Vec::new();
+    for (c, &s) in state.iter().enumerate() {
+        match runs.last_mut() {
+            Some((_, end, last)) if *last == s => *end = c,
+            _ => runs.push((c, c, s)),
+        }
+    }
+    if runs.len() > 8 {
+        let count = |k: u8| state.iter().filter(|&&s| s == k).count();
+        return format!(
+            "{} of {} cells are new, {} may be torn, {} are old",
+            count(1),
+            state.len(),
+            count(2),
+            count(0)
+        );
+    }
+    let parts: Vec<String> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, &(a, b, s))| {
+            let cells = if a == b {
+                format!("{a}")
+            } else {
+                format!("{a}-{b}")
+            };
+            let verb = match (s, a == b) {
+                (2, _) => NAMES[2].to_string(),
+                (_, true) => format!("is {}", NAMES[s as usize]),
+                (_, false) => format!("are {}", NAMES[s as usize]),
+            };
+            if i == 0 {
+                format!("{} {cells} {verb}", if a == b { "cell" } else { "cells" })
+            } else {
+                format!("{cells} {verb}")
+            }
+        })
+        .collect();
+    parts.join(", ")
 }
 
 /// Apply the in-place patch `patch` to `region`, which holds the old image,
@@ -375,13 +522,17 @@ pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
 /// Apply the in-place patch `patch` to `region`, which holds the old image
 /// (see the module documentation for the steps and their costs), persisting
 /// progress in `journal`. If the journal holds the state of an interrupted
-/// apply of this same patch, it is resumed: the staged cell (if any) is
-/// written again and the rewrite continues; the proofs of steps 2-4 were made
-/// before the first state was saved.
+/// apply of this same patch (its newest usable record, in either slot), it is
+/// resumed: the staged cell (if any) is written again from the journal and
+/// the rewrite continues; the proofs of steps 2-4 were made before the first
+/// record was saved. A journal whose records are all damaged is ignored if
+/// the region still holds the old image (or already the new one).
 ///
 /// Errors before step 5 leave the region untouched. An I/O error during steps
 /// 5-6 leaves it partly rewritten (the error says so); with a journal, calling
-/// again finishes the job.
+/// again finishes the job. If the journal lost every usable record while the
+/// region is neither version, the result is [`ApplyError::UpdateLost`], which
+/// says what the region holds; it writes nothing.
 ///
 /// Segment headers are read a byte at a time (their length is known when
 /// their varints end): give a buffered `patch` (a `BufReader` over a file).
@@ -436,15 +587,23 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
         }));
     }
 
-    let resume = match journal.load() {
-        Ok(Some(cp)) if cp.header_hash == header_hash && cp.next_segment <= header.segment_count => Some(cp),
-        Ok(Some(_)) => {
+    // The journal: both slots, judged; the newest usable record wins.
+    let (mut slot_a, mut slot_b) = (Vec::new(), Vec::new());
+    journal
+        .read_slot(0, &mut slot_a)
+        .map_err(ApplyError::Sink)?;
+    journal
+        .read_slot(1, &mut slot_b)
+        .map_err(ApplyError::Sink)?;
+    let pick = fwdelta_format::pick_slot([&slot_a, &slot_b]);
+    let resume = match pick.best {
+        Some((_, cp, staged)) if cp.header_hash == header_hash => Some((cp, staged)),
+        Some(_) => {
             return Err(ApplyError::InterruptedUpdate(
                 "the image is in the middle of an in-place update by another patch; finish that one first",
             ))
         }
-        Ok(None) => None,
-        Err(e) => return Err(ApplyError::Sink(e)),
+        None => None,
     };
     let old = OldView::new(region, &header, cell);
     let mut runner = SegmentRunner::new(&header, header_hash)?;
@@ -454,43 +613,47 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
             format!("{e}; the image is partly rewritten"),
         ))
     };
-    let mut scratch = Vec::with_capacity(cell as usize);
+    let mut ab = AbWriter {
+        journal,
+        next_slot: pick.next_slot,
+        next_sequence: pick.next_sequence,
+    };
+    let misfit = || {
+        ApplyError::InterruptedUpdate(
+            "the in-place journal beside the image does not fit this patch; finish the update it belongs to first",
+        )
+    };
 
     let mut cp = match resume {
-        Some(mut cp) => {
+        Some((mut cp, staged)) => {
             // Cells written before the interruption, for the guard.
-            patch
-                .seek(SeekFrom::Start(header_len))
-                .map_err(ApplyError::PatchRead)?;
-            for index in 0..cp.next_segment {
-                let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
-                let (head, _) = segment_at(&mut patch, offset, &header, index)?;
-                old.mark_written(head.new_offset / cell);
-                let skip = head.payload_len as i64 + checks.stored_len() as i64;
-                patch
-                    .seek(SeekFrom::Current(skip))
-                    .map_err(ApplyError::PatchRead)?;
+            if cp.next_segment > header.segment_count
+                || (cp.staged && cp.next_segment == header.segment_count)
+            {
+                return Err(misfit());
+            }
+            let offset = mark_done(&mut patch, &header, header_len, cp.next_segment, |c| {
+                old.mark_written(c / cell)
+            })?;
+            if offset != cp.patch_offset {
+                return Err(misfit());
             }
             if header.new_len > header.old_len {
                 region.set_len(header.new_len).map_err(partial)?;
             }
             if cp.staged {
-                journal.staged(cp.cell_len, &mut scratch).map_err(partial)?;
-                if *blake3::hash(&scratch).as_bytes() != cp.cell_hash {
-                    return Err(partial(io::Error::other(
-                        "the journal's staged cell is damaged",
-                    )));
+                let (head, bytes) = segment_at(&mut patch, offset, &header, cp.next_segment)?;
+                if head.new_offset != cp.cell_offset || head.new_len != staged.len() as u64 {
+                    return Err(misfit());
                 }
-                region.write_at(cp.cell_offset, &scratch).map_err(partial)?;
+                region.write_at(cp.cell_offset, staged).map_err(partial)?;
                 region.sync().map_err(partial)?;
                 old.mark_written(cp.cell_offset / cell);
-                let (head, bytes) =
-                    segment_at(&mut patch, cp.patch_offset, &header, cp.next_segment)?;
                 cp.next_segment += 1;
                 cp.patch_offset +=
                     (bytes.len() + head.payload_len as usize + checks.stored_len()) as u64;
                 cp.staged = false;
-                journal.save(&cp).map_err(partial)?;
+                cp.cell_offset = 0;
             }
             cp
         }
@@ -504,7 +667,7 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
             {
                 let now = hash_region(region, header.new_len).map_err(ApplyError::OldRead)?;
                 if *now.as_bytes() == header.new_hash {
-                    journal.clear().map_err(ApplyError::Sink)?;
+                    ab.journal.clear().map_err(ApplyError::Sink)?;
                     return Ok(ApplyReport {
                         header,
                         patch_len: summary.patch_len,
@@ -513,14 +676,24 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
                     });
                 }
             }
+            // Neither version, and a journal that is there but unusable: the
+            // update was under way and cannot be finished.
+            let lost = |patch: &mut P| -> ApplyError {
+                lost_update(patch, &header, header_len, header_hash, pick.lost)
+            };
             if actual != header.old_len {
+                if pick.any {
+                    return Err(lost(&mut patch));
+                }
                 return Err(ApplyError::OldLength {
                     expected: header.old_len,
                     actual,
                 });
             }
             let old_hash = hash_region(region, header.old_len).map_err(ApplyError::OldRead)?;
-            crate::error::check_old_hash(&old_hash, &header)?;
+            if let Err(e) = crate::error::check_old_hash(&old_hash, &header) {
+                return Err(if pick.any { lost(&mut patch) } else { e });
+            }
 
             // 3. Ordering pass in patch order: no cell may read a cell written before.
             patch
@@ -552,8 +725,10 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
                 return Err(ApplyError::NewHashMismatch);
             }
 
-            // From here on the region may change: record that first.
-            let cp = InPlaceCheckpoint {
+            // From here on the region may change: record that first, in both
+            // slots.
+            let mut cp = InPlaceCheckpoint {
+                sequence: 0,
                 header_hash,
                 next_segment: 0,
                 patch_offset: header_len,
@@ -562,7 +737,7 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
                 cell_len: 0,
                 cell_hash: [0; 32],
             };
-            journal.save(&cp).map_err(ApplyError::Sink)?;
+            ab.put_twice(&mut cp, &[]).map_err(ApplyError::Sink)?;
             if header.new_len > header.old_len {
                 region.set_len(header.new_len).map_err(partial)?;
             }
@@ -570,8 +745,13 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
         }
     };
 
+    // The slots read back are no longer needed: free them before the cell
+    // buffer is taken.
+    drop((slot_a, slot_b));
+    let mut scratch = Vec::with_capacity(cell as usize);
+
     // 5. Rewrite, cell by cell, in patch order (the guard stays on): stage the
-    // cell, write it, then record it done.
+    // cell in both journal slots, then write it over the image.
     patch
         .seek(SeekFrom::Start(cp.patch_offset))
         .map_err(ApplyError::PatchRead)?;
@@ -584,22 +764,20 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
             .run(head, &bytes, &mut patch, &old, CellSink(&mut scratch))
             .map_err(|e| old.explain(e, head.index))?;
         checks.verify(&mut patch, &hash, head.index)?;
-        journal.stage(&scratch).map_err(partial)?;
         cp.staged = true;
         cp.cell_offset = head.new_offset;
-        cp.cell_len = scratch.len() as u64;
-        cp.cell_hash = *blake3::hash(&scratch).as_bytes();
-        journal.save(&cp).map_err(partial)?;
+        ab.put_twice(&mut cp, &scratch).map_err(partial)?;
         region
             .write_at(head.new_offset, &scratch)
             .map_err(partial)?;
         region.sync().map_err(partial)?;
         old.mark_written(c);
         cp.staged = false;
+        cp.cell_offset = 0;
         cp.next_segment += 1;
         cp.patch_offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
-        journal.save(&cp).map_err(partial)?;
     }
+    let journal = ab.journal;
 
     // 6. Final length, durability, and one more look.
     if header.new_len < header.old_len {
@@ -619,6 +797,78 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
         already_applied: false,
         verdict,
     })
+}
+
+/// Walk the headers of the first `done` segments (in patch order) from patch
+/// offset `from`, calling `cell_at` with each one's new-image offset; returns
+/// the patch offset of segment `done`. Reads only segment headers.
+fn mark_done<P: Read + Seek>(
+    patch: &mut P,
+    header: &Header,
+    from: u64,
+    done: u32,
+    mut cell_at: impl FnMut(u64),
+) -> Result<u64, ApplyError> {
+    let mut offset = from;
+    for index in 0..done {
+        let (head, bytes) = segment_at(patch, offset, header, index)?;
+        cell_at(head.new_offset);
+        let check = if header.segment_has_check(index) {
+            fwdelta_format::CHECK_LEN
+        } else {
+            0 // a signed patch's checks are in its signature section
+        };
+        offset += (bytes.len() + head.payload_len as usize + check) as u64;
+    }
+    Ok(offset)
+}
+
+/// The error for an update that cannot go on: no usable journal record, and
+/// a region that is neither the old nor the new image. `lost` is the newest
+/// record whose fixed part survived (its cell did not), if any: it tells
+/// which cells were already new.
+fn lost_update<P: Read + Seek>(
+    patch: &mut P,
+    header: &Header,
+    header_len: u64,
+    header_hash: [u8; 32],
+    lost: Option<InPlaceCheckpoint>,
+) -> ApplyError {
+    let cell = header.cell_len().unwrap_or(1).max(1);
+    let mut state = vec![0u8; header.segment_count as usize];
+    let known = lost.filter(|l| l.header_hash == header_hash).and_then(|l| {
+        let done = l.next_segment.min(header.segment_count);
+        let mut mark = |c: u64| {
+            if let Some(s) = state.get_mut((c / cell) as usize) {
+                *s = 1;
+            }
+        };
+        mark_done(patch, header, header_len, done, &mut mark).ok()?;
+        if l.staged {
+            if let Some(s) = state.get_mut((l.cell_offset / cell) as usize) {
+                *s = 2;
+            }
+        }
+        Some(l)
+    });
+    let (reason, image) = match known {
+        Some(l) if l.staged => (
+            format!(
+                "both journal copies of cell {} are damaged while it was being written",
+                l.cell_offset / cell
+            ),
+            describe_cells(&state),
+        ),
+        Some(_) => (
+            "both copies of the in-place journal are damaged".to_string(),
+            describe_cells(&state),
+        ),
+        None => (
+            "both copies of the in-place journal are damaged or unreadable".to_string(),
+            "which of its cells are new is unknown".to_string(),
+        ),
+    };
+    ApplyError::UpdateLost(crate::error::UpdateLost { reason, image })
 }
 
 /// Read the header of segment `index` (in patch order) at patch offset

@@ -41,7 +41,7 @@ pub mod signature;
 pub mod split_block;
 pub mod varint;
 
-pub use checkpoint::{Checkpoint, InPlaceCheckpoint};
+pub use checkpoint::{pick_slot, Checkpoint, InPlaceCheckpoint, Slot, SlotPick};
 pub use error::FormatError;
 pub use header::{CodeRefs, Codec, Header, Layout};
 pub use memory::MemoryModel;

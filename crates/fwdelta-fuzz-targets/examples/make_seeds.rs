@@ -193,5 +193,8 @@ fn main() {
         "history",
         b"{\"event\":\"applied\"}\t0123456789abcdef\n{\"event\":\"x\"}\n",
     );
+    for (name, input) in fwdelta_fuzz_targets::journal_seeds() {
+        write("in_place_journal", &name, &input);
+    }
     println!("seeds written under {}", root.display());
 }

@@ -176,6 +176,286 @@ pub fn apply_in_place(data: &[u8]) {
     }
 }
 
+/// The in-place journal target's fixed update: an old image of three 4 KiB
+/// cells (the start of [`OLD`]), the new image (cell 1 changed, then the
+/// cells rotated), and a stored-codec in-place patch writing the cells in
+/// the order 2, 0, 1 from literals.
+pub struct JournalFixture {
+    /// The old image.
+    pub old: Vec<u8>,
+    /// The new image.
+    pub new: Vec<u8>,
+    /// The in-place patch from `old` to `new`.
+    pub patch: Vec<u8>,
+    /// Cells in the patch's order.
+    pub order: [u64; 3],
+}
+
+/// The fixture, built once (a few microseconds: three literal cells).
+pub fn journal_fixture() -> &'static JournalFixture {
+    static FIXTURE: std::sync::OnceLock<JournalFixture> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let old = OLD[..3 * 4096].to_vec();
+        let mut changed = old.clone();
+        changed[4096..8192]
+            .iter_mut()
+            .for_each(|b| *b = b.wrapping_add(1));
+        let new = [&changed[8192..], &changed[..8192]].concat();
+        let order = [2u64, 0, 1];
+        let streams: Vec<Vec<u8>> = order
+            .iter()
+            .map(|&c| {
+                let mut v = Vec::new();
+                Record {
+                    copy_len: 0,
+                    diff_len: 0,
+                    literal_len: 4096,
+                    seek: 0,
+                }
+                .encode_head(&mut v);
+                v.extend_from_slice(&new[c as usize * 4096..][..4096]);
+                v
+            })
+            .collect();
+        let header = Header {
+            flags: fwdelta_format::header::FLAG_IN_PLACE,
+            old_len: old.len() as u64,
+            old_check: fwdelta_format::check_of(&old),
+            new_len: new.len() as u64,
+            new_hash: *blake3::hash(&new).as_bytes(),
+            codec: Codec::Stored,
+            window_log: 10,
+            layout: Layout::Interleaved,
+            segment_count: 3,
+            apply_memory: MemoryModel::required_for(Codec::Stored, 10)
+                + MemoryModel::in_place_extra(12, 3),
+            cell_log: Some(12),
+            code_refs: None,
+            literal_filter: None,
+            release: None,
+        };
+        let patch = fwdelta_testkit::seal_patch(
+            &header,
+            order
+                .iter()
+                .zip(&streams)
+                .map(|(&c, s)| (c * 4096, 4096, 0, &s[..])),
+        );
+        JournalFixture {
+            old,
+            new,
+            patch,
+            order,
+        }
+    })
+}
+
+/// A journal in memory: two slots; with `writes_left`, the power goes (the
+/// write fails, nothing of it lands) once that many writes have been made.
+#[derive(Debug, Default, Clone)]
+pub struct MemJournal {
+    /// The two slots' bytes.
+    pub slots: [Vec<u8>; 2],
+    /// Writes (and clears) allowed before the power goes; `None`: never.
+    pub writes_left: Option<usize>,
+}
+
+impl MemJournal {
+    fn tick(&mut self) -> std::io::Result<()> {
+        match &mut self.writes_left {
+            Some(0) => Err(std::io::Error::other("power cut")),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl fwdelta_apply::Journal for MemJournal {
+    fn read_slot(&mut self, slot: usize, into: &mut Vec<u8>) -> std::io::Result<()> {
+        into.clear();
+        into.extend_from_slice(self.slots.get(slot).map_or(&[][..], |s| &s[..]));
+        Ok(())
+    }
+    fn write_slot(&mut self, slot: usize, record: &[u8], cell: &[u8]) -> std::io::Result<()> {
+        self.tick()?;
+        let s = self
+            .slots
+            .get_mut(slot)
+            .ok_or_else(|| std::io::Error::other("no such slot"))?;
+        *s = [record, cell].concat();
+        Ok(())
+    }
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.tick()?;
+        self.slots = Default::default();
+        Ok(())
+    }
+}
+
+/// One journal slot through the parsers: what decodes must re-encode to the
+/// same bytes, and a usable staged record's cell must match its hash.
+fn check_slot(bytes: &[u8]) {
+    use fwdelta_format::{InPlaceCheckpoint, Slot};
+    let fixed = &bytes[..bytes.len().min(InPlaceCheckpoint::LEN)];
+    let plain = InPlaceCheckpoint::decode(fixed);
+    match InPlaceCheckpoint::decode_slot(bytes) {
+        Ok(Slot::Usable(cp, cell)) => {
+            assert_eq!(plain, Ok(cp), "slot and fixed-part parsers disagree");
+            assert_eq!(cp.encode()[..], *fixed, "usable record does not re-encode");
+            assert_eq!(
+                cp.encode_for(cell),
+                cp.encode(),
+                "cell does not match its record"
+            );
+            assert_eq!(cell.len() as u64, cp.cell_len);
+            assert!(cp.staged || cell.is_empty(), "unstaged record with a cell");
+        }
+        Ok(Slot::CellLost(cp)) => {
+            assert_eq!(plain, Ok(cp), "slot and fixed-part parsers disagree");
+            assert_eq!(cp.encode()[..], *fixed, "intact record does not re-encode");
+        }
+        Err(_) => assert!(plain.is_err(), "fixed part accepted alone, slot refused"),
+    }
+}
+
+/// In-place journal and checkpoint parsers, the A/B choice, and a resume
+/// from them. Input: one byte `m`, a little-endian `u16` split, then the two
+/// slots' bytes (slot A is the first `split` bytes). The region starts as
+/// the [`journal_fixture`]'s old image with its first `m % 4` cells (in
+/// patch order) already new. Fails when a parser panics or disagrees with
+/// itself, the choice breaks an A/B rule (the newest usable record wins;
+/// the next write goes to the other slot with a higher sequence), or the
+/// resume accepts a wrong image, leaves a journal after success, or writes
+/// while reporting the update lost.
+pub fn in_place_journal(data: &[u8]) {
+    let _ = journal_resumes(data);
+}
+
+/// Run [`in_place_journal`] on `data`; whether the resume reached the new
+/// image (false for inputs too short to hold the header bytes).
+pub fn journal_resumes(data: &[u8]) -> bool {
+    use fwdelta_format::{pick_slot, InPlaceCheckpoint, Slot};
+    let [m, lo, hi, rest @ ..] = data else {
+        return false;
+    };
+    let split = usize::from(u16::from_le_bytes([*lo, *hi])).min(rest.len());
+    let slots = [&rest[..split], &rest[split..]];
+    slots.iter().for_each(|s| check_slot(s));
+
+    let pick = pick_slot(slots);
+    let decoded: Vec<_> = slots
+        .iter()
+        .map(|s| InPlaceCheckpoint::decode_slot(s).ok())
+        .collect();
+    let intact = decoded.iter().flatten().map(|d| match d {
+        Slot::Usable(cp, _) | Slot::CellLost(cp) => cp.sequence,
+    });
+    assert!(
+        intact.clone().all(|q| q < pick.next_sequence),
+        "next sequence is not the highest"
+    );
+    let usable = decoded.iter().enumerate().filter_map(|(i, d)| match d {
+        Some(Slot::Usable(cp, _)) => Some((i, cp.sequence)),
+        _ => None,
+    });
+    match pick.best {
+        Some((i, cp, _)) => {
+            assert!(
+                usable.clone().all(|(_, q)| q <= cp.sequence),
+                "not the newest"
+            );
+            assert_ne!(
+                pick.next_slot, i,
+                "the next write would overwrite the winner"
+            );
+        }
+        None => assert_eq!(usable.count(), 0, "a usable record was missed"),
+    }
+    assert_eq!(pick.any, slots.iter().any(|s| !s.is_empty()));
+
+    let fx = journal_fixture();
+    let mut image = fx.old.clone();
+    for &c in &fx.order[..usize::from(*m) % 4] {
+        let at = c as usize * 4096;
+        image[at..at + 4096].copy_from_slice(&fx.new[at..at + 4096]);
+    }
+    let region = fwdelta_apply::MemRegion::new(image.clone());
+    let mut journal = MemJournal {
+        slots: [slots[0].to_vec(), slots[1].to_vec()],
+        writes_left: None,
+    };
+    let result = fwdelta_apply::apply_in_place_with(
+        &region,
+        std::io::Cursor::new(&fx.patch),
+        opts(),
+        &mut journal,
+    );
+    let after = region.into_inner();
+    match result {
+        Ok(report) => {
+            check_success(&report.header, &after);
+            assert!(journal.slots.iter().all(|s| s.is_empty()), "journal left");
+            true
+        }
+        Err(fwdelta_apply::ApplyError::UpdateLost(_)) => {
+            assert!(after == image, "an update reported lost wrote the image");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Seeds for [`in_place_journal`]: the journal and region after a power cut
+/// at every journal write of the fixture's update (and damaged copies of
+/// some), as `(name, input)`.
+pub fn journal_seeds() -> Vec<(String, Vec<u8>)> {
+    let fx = journal_fixture();
+    let mut seeds = Vec::new();
+    for cut in 0.. {
+        let region = fwdelta_apply::MemRegion::new(fx.old.clone());
+        let mut journal = MemJournal {
+            writes_left: Some(cut),
+            ..MemJournal::default()
+        };
+        let r = fwdelta_apply::apply_in_place_with(
+            &region,
+            std::io::Cursor::new(&fx.patch),
+            opts(),
+            &mut journal,
+        );
+        let image = region.into_inner();
+        let done = fx
+            .order
+            .iter()
+            .take_while(|&&c| {
+                let at = c as usize * 4096;
+                image[at..at + 4096] == fx.new[at..at + 4096]
+            })
+            .count();
+        let input = |slots: &[Vec<u8>; 2]| {
+            let mut v = vec![done as u8];
+            v.extend_from_slice(&(slots[0].len() as u16).to_le_bytes());
+            v.extend_from_slice(&slots[0]);
+            v.extend_from_slice(&slots[1]);
+            v
+        };
+        seeds.push((format!("cut-{cut:02}"), input(&journal.slots)));
+        if let Some(i) = (0..2).find(|&i| journal.slots[i].len() > 20) {
+            let mut bad = journal.slots.clone();
+            let at = bad[i].len() / 2;
+            bad[i][at] ^= 0x20;
+            seeds.push((format!("cut-{cut:02}-flipped"), input(&bad)));
+        }
+        if r.is_ok() {
+            break;
+        }
+    }
+    seeds
+}
+
 /// A record as the structured target generates it.
 #[derive(Debug, Clone)]
 struct GenRecord {
@@ -516,11 +796,12 @@ fn compress_lzma2(stream: &[u8], window_log: u8) -> Vec<u8> {
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name, as `fuzz/` and the replay test know them.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("container", container),
     ("trust", trust),
     ("apply_pull", apply_pull),
     ("apply_push", apply_push),
     ("apply_structured", apply_structured),
     ("apply_in_place", apply_in_place),
+    ("in_place_journal", in_place_journal),
 ];

@@ -114,3 +114,28 @@ fn valid_seeds_still_apply() {
     }
     assert!(applied >= 40, "only {applied} valid seeds found");
 }
+
+/// The journal seeds are real power-cut states of the fixture's update, some
+/// with one slot damaged: every one must resume to the new image, and the
+/// journal target must also see refusals (noise, both slots damaged), or it
+/// is not testing the A/B choice.
+#[test]
+fn journal_seeds_resume_and_damage_is_survived() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/in_place_journal");
+    let mut resumed = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        assert!(
+            fwdelta_fuzz_targets::journal_resumes(&data),
+            "{}: did not reach the new image",
+            path.display()
+        );
+        resumed += 1;
+    }
+    assert!(resumed >= 10, "only {resumed} journal seeds");
+    // A half-written region (two cells new) with both slots noise: lost.
+    let mut noise = vec![2u8, 50, 0];
+    noise.extend(fwdelta_testkit::noise(5, 300));
+    assert!(!fwdelta_fuzz_targets::journal_resumes(&noise));
+}

@@ -56,6 +56,8 @@ mod exit {
     pub const DEVICE_STATE: u8 = 12;
     /// Another update of the same device, output or image is running.
     pub const BUSY: u8 = 13;
+    /// An in-place update cannot be finished: the image is neither version.
+    pub const UPDATE_LOST: u8 = 14;
 }
 
 #[derive(Parser)]
@@ -369,6 +371,7 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
                 ErrorClass::Downgrade => exit::DOWNGRADE,
                 ErrorClass::Expired => exit::EXPIRED,
                 ErrorClass::Replay => exit::REPLAY,
+                ErrorClass::UpdateLost => exit::UPDATE_LOST,
                 _ => exit::FAILURE,
             };
         }
