@@ -33,6 +33,7 @@ pub mod inspect;
 mod payload_decoder;
 mod predicted_old;
 pub mod resumable_file;
+pub mod side_file;
 pub mod sink;
 pub mod source;
 mod split_streams;
@@ -47,6 +48,7 @@ pub use in_place::{
 };
 pub use inspect::{inspect, inspect_each, PatchInfo, PatchSummary};
 pub use resumable_file::ResumableFile;
+pub use side_file::{SideFileError, TargetLock};
 pub use sink::{Sink, WriteSink};
 pub use source::{FileImage, OldImage};
 
