@@ -1,6 +1,6 @@
 //! The files an apply keeps beside its target (`.NAME.fwdelta-*`): a lock so
-//! that one update of a target runs at a time, and exclusive creation that
-//! never follows a link.
+//! that one update of a target runs at a time, exclusive creation that never
+//! follows a link, and a free-space check before the new image is written.
 //!
 //! Every side file is opened with `O_NOFOLLOW` and checked to be a regular
 //! file owned by this process's effective uid with one link; anything else at
@@ -42,6 +42,18 @@ pub enum SideFileError {
         path: PathBuf,
         /// What is wrong with it.
         why: String,
+    },
+    /// The target's filesystem has less free space than the new image needs.
+    #[error(
+        "not enough free space for the new image {target}: {needed} bytes to write, {available} available"
+    )]
+    NoSpace {
+        /// The target.
+        target: PathBuf,
+        /// Bytes still to write.
+        needed: u64,
+        /// Bytes free for unprivileged writers on the target's filesystem.
+        available: u64,
     },
     /// A system call on a side file failed.
     #[error("cannot {action} {path}: {error}")]
@@ -293,6 +305,48 @@ impl Drop for TargetLock {
         }
         let _ = &self.file;
     }
+}
+
+/// Bytes free for unprivileged writers on the filesystem holding `target`'s
+/// directory (`statvfs`: `f_bavail × f_frsize`). One system call.
+pub fn free_space(target: &Path) -> Result<u64, SideFileError> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+        SideFileError::io("inspect", dir)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path holds a NUL byte",
+        ))
+    })?;
+    // SAFETY: statvfs writes into a zeroed struct of the type it expects; the
+    // path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(SideFileError::io("inspect the filesystem of", dir)(
+            io::Error::last_os_error(),
+        ));
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Refuse ([`SideFileError::NoSpace`]) to write `needed` more bytes beside
+/// `target` if its filesystem has less free than that. A check, not a
+/// reservation: space another writer takes meanwhile still fails the write
+/// later (with an I/O error). One system call.
+pub fn ensure_free_space(target: &Path, needed: u64) -> Result<(), SideFileError> {
+    let available = free_space(target)?;
+    if available < needed {
+        return Err(SideFileError::NoSpace {
+            target: target.to_path_buf(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -39,9 +39,11 @@ mod exit {
     pub const LIMITS: u8 = 5;
     /// The patch needs a newer fwdelta (format version, flags, codec, layout).
     pub const UNSUPPORTED: u8 = 6;
-    // 7-12, 14 and 15 are reserved for other work.
+    // 7-12 and 14 are reserved for other work.
     /// Another update of the same output (or in-place image) is running.
     pub const BUSY: u8 = 13;
+    /// The output's filesystem has too little free space for the new image.
+    pub const NO_SPACE: u8 = 15;
 }
 
 #[derive(Parser)]
@@ -272,6 +274,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(s) = cause.downcast_ref::<SideFileError>() {
             return match s {
                 SideFileError::Busy { .. } => exit::BUSY,
+                SideFileError::NoSpace { .. } => exit::NO_SPACE,
                 _ => exit::FAILURE,
             };
         }
@@ -392,6 +395,9 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
     } else {
         None
     };
+    // Before a byte of the new image is written (or, on a resume, any more).
+    let kept = resumed.as_ref().map_or(0, |r| r.produced());
+    ensure_room(a, output, &mut patch, kept, opts)?;
     let applier = match resumed {
         Some(applier) => applier,
         None => {
@@ -412,6 +418,49 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", output.display()))?;
     drop(lock);
     report_apply(a, output, &report, start);
+    Ok(())
+}
+
+/// Refuse, before a byte of the new image is written, a patch whose new image
+/// does not fit in the output filesystem's free space (`kept` bytes of it are
+/// already there, on a resume). Reads the patch header (leaving `patch` where
+/// it was) and costs one `statvfs`. A header that does not parse, or that
+/// exceeds `--max-size`, is left for the applier to refuse with its own
+/// error.
+fn ensure_room(
+    a: &ApplyArgs,
+    output: &Path,
+    patch: &mut File,
+    kept: u64,
+    opts: ApplyOptions,
+) -> Result<()> {
+    use fwdelta_format::Header;
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; Header::MAX_LEN];
+    let mut got = 0;
+    while got < bytes.len() {
+        match patch.read_at(&mut bytes[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read patch {}", a.patch.display()))
+            }
+        }
+    }
+    let Some(header) = bytes
+        .get(..Header::PREFIX_LEN)
+        .and_then(|p| <[u8; Header::PREFIX_LEN]>::try_from(p).ok())
+        .and_then(|p| Header::parse_prefix(&p).ok())
+        .and_then(|len| bytes.get(..len))
+        .and_then(|h| Header::parse(h).ok())
+    else {
+        return Ok(());
+    };
+    if header.new_len > opts.max_new_len {
+        return Ok(());
+    }
+    fwdelta_apply::side_file::ensure_free_space(output, header.new_len.saturating_sub(kept))?;
     Ok(())
 }
 

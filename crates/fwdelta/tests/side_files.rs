@@ -1,7 +1,8 @@
 //! The files `apply` keeps beside its output (partial image, checkpoint, its
 //! temporary sibling, lock): two updates of one output never both write it,
-//! no side-file name is ever followed as a link, and a damaged partial output
-//! is caught when a resume starts.
+//! no side-file name is ever followed as a link, a new image that cannot fit
+//! is refused before anything is written, and a damaged partial output is
+//! caught when a resume starts.
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::process::{Command, Output, Stdio};
 
 const EXIT_FAILURE: i32 = 1;
 const EXIT_BUSY: i32 = 13;
+const EXIT_NO_SPACE: i32 = 15;
 
 fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_fwdelta")
@@ -313,6 +315,53 @@ fn apply_never_writes_through_a_link_at_a_side_file_name() {
     let o = p.apply_cmd(0, &["-q"]).output().unwrap();
     assert!(o.status.success(), "{}", describe(&o));
     assert!(fs::read(p.out()).unwrap() == p.news[0], "wrong image");
+}
+
+/// Hole 4: a patch whose header claims a new image larger than the output's
+/// filesystem can hold is refused (exit 15) before anything is written.
+#[test]
+fn apply_refuses_a_new_image_larger_than_the_free_space() {
+    use fwdelta_format::Header;
+    let p = Pair::new(&[]);
+    let patch = fs::read(&p.patches[0]).unwrap();
+    let prefix: [u8; Header::PREFIX_LEN] = patch[..Header::PREFIX_LEN].try_into().unwrap();
+    let n = Header::parse_prefix(&prefix).unwrap();
+    let mut h = Header::parse(&patch[..n]).unwrap();
+    h.new_len = fwdelta_format::MAX_IMAGE_LEN;
+    let mut forged = h.encode();
+    forged.extend_from_slice(&patch[n..]);
+    let forged_path = p.dir.path().join("forged.fwd");
+    fs::write(&forged_path, &forged).unwrap();
+
+    // The claim must exceed what this filesystem has free, or the test says
+    // nothing: make sure of it rather than skip.
+    let dir = std::ffi::CString::new(p.out_dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs into a zeroed struct of the right type.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(dir.as_ptr(), &mut st) }, 0);
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    assert!(
+        free < fwdelta_format::MAX_IMAGE_LEN,
+        "this filesystem has {free} bytes free, more than the largest image"
+    );
+
+    for extra in [&[][..], &["--resume"][..]] {
+        let o = run([
+            OsStr::new("apply"),
+            p.old.as_os_str(),
+            forged_path.as_os_str(),
+            OsStr::new("-o"),
+            p.out().as_os_str(),
+        ]
+        .into_iter()
+        .chain(extra.iter().map(OsStr::new)));
+        assert_error(&o, EXIT_NO_SPACE, &["not enough free space", "image.bin"]);
+        assert_eq!(
+            fs::read_dir(&p.out_dir).unwrap().count(),
+            0,
+            "something was written"
+        );
+    }
 }
 
 /// Hole 5: a resumed partial output damaged before the resume is detected at
