@@ -218,7 +218,7 @@ pub struct TargetLock {
     id: FileId,
     // Closing the descriptor releases the lock: it must outlive everything
     // done under the lock, so it is dropped last (after the unlink).
-    file: File,
+    _file: File,
 }
 
 impl TargetLock {
@@ -274,7 +274,7 @@ impl TargetLock {
                     target: target.to_path_buf(),
                     path,
                     id,
-                    file,
+                    _file: file,
                 });
             }
         }
@@ -303,7 +303,6 @@ impl Drop for TargetLock {
         if matches!(id_at(&self.path), Ok(Some(id)) if id == self.id) {
             let _ = fs::remove_file(&self.path);
         }
-        let _ = &self.file;
     }
 }
 
