@@ -518,8 +518,10 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     /// [`crate::inspect::read_patch_start`]); `checkpoint` the last one the
     /// sink persisted, and `produced`
     /// reads back the new-image bytes already written (the first
-    /// `checkpoint.new_offset` are hashed again, through a 16 KiB buffer). The
-    /// old image is verified again. Afterwards, feed the patch from
+    /// `checkpoint.new_offset` are hashed again, through a 16 KiB buffer, and
+    /// must match the checkpoint's `new_hash`, else
+    /// [`ApplyError::PartialOutputDamaged`]: start over). The old image is
+    /// verified again. Afterwards, feed the patch from
     /// `checkpoint.patch_offset` on; `sink` must append after those bytes.
     pub fn resume<R: Read>(
         old: &'o O,
@@ -593,6 +595,16 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ApplyError::Sink(e)),
             }
+        }
+        let kept = a
+            .out
+            .hash
+            .as_ref()
+            .map(|h| *h.clone().finalize().as_bytes());
+        if kept != Some(checkpoint.new_hash) {
+            return Err(ApplyError::PartialOutputDamaged {
+                len: checkpoint.new_offset,
+            });
         }
         a.out.produced = checkpoint.new_offset;
         a.header_hash = checkpoint.header_hash;
@@ -792,12 +804,20 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         self.chain = chain::next(&self.chain, hash.as_bytes());
         self.next_index += 1;
         self.next_part()?;
+        // A clone of the running hash, finalized: the bytes produced so far
+        // (about 2 KB copied per segment; the running hash goes on).
+        let new_hash = self
+            .out
+            .hash
+            .as_ref()
+            .map_or([0; HASH_LEN], |h| *h.clone().finalize().as_bytes());
         let checkpoint = Checkpoint {
             header_hash: self.header_hash,
             next_segment: self.next_index,
             patch_offset: self.received,
             new_offset: self.out.produced,
             chain: self.chain,
+            new_hash,
         };
         self.out
             .sink

@@ -53,13 +53,18 @@ pub(crate) fn sync_and_rename(out: BufWriter<File>, from: &Path, to: &Path) -> i
 }
 
 /// Replace the small file `path` with `bytes` durably: write a temporary
-/// sibling, fsync it, rename it over `path`, fsync the directory.
+/// sibling (`PATH.tmp`, created exclusively with `O_NOFOLLOW`, mode 0600),
+/// fsync it, rename it over `path`, fsync the directory. A symbolic link or
+/// another user's file at `PATH.tmp` is refused (an error of kind `Other`
+/// wrapping a [`crate::SideFileError`]).
 pub(crate) fn replace_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     {
-        let mut f = File::create(&tmp)?;
+        // Never through a link at the temporary name; a stale regular file
+        // of ours (a killed run's) is removed first.
+        let mut f = crate::side_file::create_exclusive(&tmp).map_err(io::Error::other)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

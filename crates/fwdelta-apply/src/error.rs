@@ -62,13 +62,21 @@ pub enum ApplyError {
         detail: String,
     },
     /// Every check passed but the output's hash differs from the header's.
-    /// With the old image verified first, the patch is damaged (in an
-    /// ordinary patch, most likely in its last segment, which has no check of
-    /// its own), or, after a resume, the partial output kept from before was.
-    #[error(
-        "patch is corrupt (or a resumed partial output was damaged): the image produced does not match the header's BLAKE3"
-    )]
+    /// With the old image verified first (and, on a resume, the kept partial
+    /// output against its checkpoint), the patch is damaged: in an ordinary
+    /// patch, most likely in its last segment, which has no check of its own.
+    #[error("patch is corrupt: the image produced does not match the header's BLAKE3")]
     NewHashMismatch,
+    /// On a resume, the partial output kept from before does not hash to
+    /// what its checkpoint recorded: the local copy was damaged, not the
+    /// patch. Start over.
+    #[error(
+        "partial output damaged: its first {len} bytes do not match their checkpoint's BLAKE3"
+    )]
+    PartialOutputDamaged {
+        /// Bytes the checkpoint covers.
+        len: u64,
+    },
     /// Bytes follow the last segment.
     #[error("patch is corrupt: unexpected data after its end")]
     TrailingData,
@@ -241,7 +249,9 @@ impl ApplyError {
             | Poisoned => ErrorClass::BadPatch,
             OldLength { .. } | OldHash { .. } | InterruptedUpdate(_) => ErrorClass::WrongOldImage,
             MemoryBudget { .. } | NewTooLarge { .. } => ErrorClass::Limits,
-            OldRead(_) | PatchRead(_) | Sink(_) | Decoder(_) => ErrorClass::Io,
+            OldRead(_) | PatchRead(_) | Sink(_) | Decoder(_) | PartialOutputDamaged { .. } => {
+                ErrorClass::Io
+            }
             Unsigned | NotAuthentic { .. } => ErrorClass::NotAuthentic,
             WrongProduct { .. } => ErrorClass::WrongProduct,
             Downgrade { .. } => ErrorClass::Downgrade,

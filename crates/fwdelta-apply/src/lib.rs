@@ -15,7 +15,9 @@
 //! * [`AtomicFile`] is a sink that writes beside the target and renames into
 //!   place only after everything verified; [`ResumableFile`] does the same and
 //!   also persists a [`fwdelta_format::Checkpoint`] after every segment, so
-//!   [`Applier::resume`] can continue after a power loss.
+//!   [`Applier::resume`] can continue after a power loss. It works under a
+//!   [`TargetLock`] (one update of a target at a time) and creates its side
+//!   files exclusively, never through a link ([`side_file`]).
 //!
 //! The old image is hashed and checked against the header before a single
 //! output byte is produced; every segment but the last is checked (bound to
@@ -33,6 +35,7 @@ pub mod inspect;
 mod payload_decoder;
 mod predicted_old;
 pub mod resumable_file;
+pub mod side_file;
 pub mod sink;
 pub mod source;
 mod split_streams;
@@ -48,6 +51,7 @@ pub use in_place::{
 };
 pub use inspect::{inspect, inspect_each, PatchInfo, PatchSummary};
 pub use resumable_file::ResumableFile;
+pub use side_file::{SideFileError, TargetLock};
 pub use sink::{Sink, WriteSink};
 pub use source::{FileImage, OldImage};
 pub use trust_policy::{TrustPolicy, Verdict};

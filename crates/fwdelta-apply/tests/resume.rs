@@ -153,12 +153,21 @@ fn resume_refuses_what_does_not_fit() {
     assert_ne!(same_header, patch);
     assert!(resume_from(&old, &same_header, &cp, before).is_err());
 
-    // damaged output from before the power loss: caught by the new-image hash
+    // damaged output from before the power loss: caught when the resume
+    // starts, by the checkpoint's hash of the kept bytes, not blamed on the
+    // patch
     let mut damaged = before.to_vec();
     damaged[10] ^= 1;
     assert!(matches!(
         resume_from(&old, &patch, &cp, &damaged),
-        Err(ApplyError::NewHashMismatch)
+        Err(ApplyError::PartialOutputDamaged { len }) if len == cp.new_offset
+    ));
+    // and a checkpoint whose hash is not that of the kept bytes, likewise
+    let mut other_hash = cp;
+    other_hash.new_hash[0] ^= 1;
+    assert!(matches!(
+        resume_from(&old, &patch, &other_hash, before),
+        Err(ApplyError::PartialOutputDamaged { .. })
     ));
 
     // output shorter than the checkpoint claims

@@ -5,8 +5,10 @@ use crate::error::FormatError;
 use crate::header::Header;
 use crate::{check_of, u32_at, u64_at, CHECK_LEN, HASH_LEN};
 
-/// Magic opening an encoded checkpoint (version 1 of the checkpoint record).
-pub const CHECKPOINT_MAGIC: [u8; 8] = *b"FWDRSM01";
+/// Magic opening an encoded checkpoint (version 2 of the checkpoint record:
+/// version 1, `FWDRSM01`, had no `new_hash` and is no longer read; a resume
+/// from one starts over).
+pub const CHECKPOINT_MAGIC: [u8; 8] = *b"FWDRSM02";
 
 /// Where an apply stood after its last durable segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,11 +23,17 @@ pub struct Checkpoint {
     pub new_offset: u64,
     /// Hash-chain state after the last applied segment (see [`crate::chain`]).
     pub chain: [u8; HASH_LEN],
+    /// BLAKE3 of the first `new_offset` new-image bytes: a resume checks the
+    /// kept partial output against it before continuing.
+    pub new_hash: [u8; HASH_LEN],
 }
 
+/// Offset of the check in an encoded checkpoint (the length it covers).
+const CHECKED: usize = 8 + HASH_LEN + 4 + 8 + 8 + HASH_LEN + HASH_LEN;
+
 impl Checkpoint {
-    /// Encoded length: magic, fields, 8-byte check.
-    pub const LEN: usize = 8 + HASH_LEN + 4 + 8 + 8 + HASH_LEN + CHECK_LEN;
+    /// Encoded length: magic, fields, 8-byte check (132 bytes).
+    pub const LEN: usize = CHECKED + CHECK_LEN;
 
     /// Serialise, with a check so a torn or stale write is detected.
     pub fn encode(&self) -> [u8; Self::LEN] {
@@ -36,8 +44,9 @@ impl Checkpoint {
         b[44..52].copy_from_slice(&self.patch_offset.to_le_bytes());
         b[52..60].copy_from_slice(&self.new_offset.to_le_bytes());
         b[60..92].copy_from_slice(&self.chain);
-        let check = check_of(&b[..92]);
-        b[92..].copy_from_slice(&check);
+        b[92..CHECKED].copy_from_slice(&self.new_hash);
+        let check = check_of(&b[..CHECKED]);
+        b[CHECKED..].copy_from_slice(&check);
         b
     }
 
@@ -54,19 +63,22 @@ impl Checkpoint {
         if b[..8] != CHECKPOINT_MAGIC {
             return Err(bad("not a checkpoint"));
         }
-        if check_of(&b[..92]) != b[92..] {
+        if check_of(&b[..CHECKED]) != b[CHECKED..] {
             return Err(bad("checkpoint check mismatch"));
         }
         let mut header_hash = [0u8; HASH_LEN];
         header_hash.copy_from_slice(&b[8..40]);
         let mut chain = [0u8; HASH_LEN];
         chain.copy_from_slice(&b[60..92]);
+        let mut new_hash = [0u8; HASH_LEN];
+        new_hash.copy_from_slice(&b[92..CHECKED]);
         Ok(Checkpoint {
             header_hash,
             next_segment: u32_at(b, 40),
             patch_offset: u64_at(b, 44),
             new_offset: u64_at(b, 52),
             chain,
+            new_hash,
         })
     }
 
@@ -105,6 +117,7 @@ mod tests {
             patch_offset: 12345,
             new_offset: 999_999,
             chain: [9; 32],
+            new_hash: [5; 32],
         };
         let b = c.encode();
         assert_eq!(Checkpoint::decode(&b), Ok(c));
@@ -114,6 +127,12 @@ mod tests {
             assert!(Checkpoint::decode(&d).is_err(), "flip at {i} accepted");
         }
         assert!(Checkpoint::decode(&b[..50]).is_err());
+        // A version-1 checkpoint (100 bytes, `FWDRSM01`) is not read.
+        let mut v1 = b[..100].to_vec();
+        v1[..8].copy_from_slice(b"FWDRSM01");
+        let check = check_of(&v1[..92]);
+        v1[92..].copy_from_slice(&check);
+        assert!(Checkpoint::decode(&v1).is_err());
     }
 }
 

@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fwdelta_apply::{
     Applier, ApplyError, ApplyOptions, AtomicFile, ErrorClass, FileImage, ResumableFile,
+    SideFileError, TargetLock,
 };
 use fwdelta_diff::{CodeMode, DiffError, Options};
 use fwdelta_format::reference_rewriter::Arch;
@@ -58,6 +59,8 @@ mod exit {
     pub const BUSY: u8 = 13;
     /// An in-place update cannot be finished: the image is neither version.
     pub const UPDATE_LOST: u8 = 14;
+    /// The output's filesystem has too little free space for the new image.
+    pub const NO_SPACE: u8 = 15;
 }
 
 #[derive(Parser)]
@@ -360,6 +363,13 @@ fn main() -> ExitCode {
 /// The exit code for `e`: its first cause that has one of its own.
 pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if let Some(s) = cause.downcast_ref::<SideFileError>() {
+            return match s {
+                SideFileError::Busy { .. } => exit::BUSY,
+                SideFileError::NoSpace { .. } => exit::NO_SPACE,
+                _ => exit::FAILURE,
+            };
+        }
         if let Some(a) = cause.downcast_ref::<ApplyError>() {
             return match a.class() {
                 ErrorClass::BadPatch => exit::BAD_PATCH,
@@ -530,19 +540,29 @@ fn run_apply(
         .with_context(|| format!("cannot open old image {}", a.old.display()))?;
     let mut patch =
         File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
-    refuse_overwrite(output, &[&a.old, &a.patch])?;
+    let inputs: [&Path; 2] = [&a.old, &a.patch];
+    refuse_overwrite(output, &inputs)?;
+    let side = ResumableFile::side_paths(output)
+        .with_context(|| format!("cannot name the files beside {}", output.display()))?;
+    for path in &side {
+        refuse_side_file_is_input(path, &inputs)?;
+    }
+    // Held until this function returns: every side file below is created,
+    // written and renamed under it, and dropped (removing the lock file) last.
+    let lock = TargetLock::acquire(output)?;
     let context = || format!("cannot apply {}", a.patch.display());
     let resumed = if resume {
-        resume_applier(a, output, &old, &mut patch, opts.clone())?
+        resume_applier(a, &lock, &old, &mut patch, opts.clone())?
     } else {
         None
     };
-    let (report, sink) = match resumed {
-        Some(applier) => applier.finish_from(&mut patch).with_context(context)?,
+    // Before a byte of the new image is written (or, on a resume, any more).
+    let kept = resumed.as_ref().map_or(0, |r| r.produced());
+    ensure_room(a, output, &mut patch, kept, &opts)?;
+    let applier = match resumed {
+        Some(applier) => applier,
         None => {
-            let sink = ResumableFile::create(output).with_context(|| {
-                format!("cannot create a partial file beside {}", output.display())
-            })?;
+            let sink = ResumableFile::create(&lock)?;
             // The new version of a file keeps the old one's permission bits.
             if let (Some(f), Ok(meta)) = (sink.file(), old.file().metadata()) {
                 if meta.is_file() {
@@ -552,18 +572,67 @@ fn run_apply(
                 }
             }
             Applier::new(&old, sink, opts)
-                .finish_from(&mut patch)
-                .with_context(context)?
         }
     };
+    let (report, sink) = applier.finish_from(&mut patch).with_context(context)?;
     sink.commit()
         .with_context(|| format!("cannot write {}", output.display()))?;
+    drop(lock);
     Ok(report)
 }
 
-/// `apply --in-place`: rewrite the old image file itself.
+/// Refuse, before a byte of the new image is written, a patch whose new image
+/// does not fit in the output filesystem's free space (`kept` bytes of it are
+/// already there, on a resume). Reads the patch header (leaving `patch` where
+/// it was) and costs one `statvfs`. A header that does not parse, or that
+/// exceeds `--max-size`, is left for the applier to refuse with its own
+/// error.
+fn ensure_room(
+    a: &ApplyArgs,
+    output: &Path,
+    patch: &mut File,
+    kept: u64,
+    opts: &ApplyOptions,
+) -> Result<()> {
+    use fwdelta_format::Header;
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; Header::MAX_LEN];
+    let mut got = 0;
+    while got < bytes.len() {
+        match patch.read_at(&mut bytes[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read patch {}", a.patch.display()))
+            }
+        }
+    }
+    let Some(header) = bytes
+        .get(..Header::PREFIX_LEN)
+        .and_then(|p| <[u8; Header::PREFIX_LEN]>::try_from(p).ok())
+        .and_then(|p| Header::parse_prefix(&p).ok())
+        .and_then(|len| bytes.get(..len))
+        .and_then(|h| Header::parse(h).ok())
+    else {
+        return Ok(());
+    };
+    if header.new_len > opts.max_new_len {
+        return Ok(());
+    }
+    fwdelta_apply::side_file::ensure_free_space(output, header.new_len.saturating_sub(kept))?;
+    Ok(())
+}
+
+/// `apply --in-place`: rewrite the old image file itself, under its lock.
 fn cmd_apply_in_place(a: &ApplyArgs, opts: ApplyOptions) -> Result<fwdelta_apply::ApplyReport> {
     refuse_overwrite(&a.old, &[&a.patch])?;
+    for suffix in [fwdelta_apply::side_file::LOCK, "fwdelta-inplace.tmp"] {
+        let side = fwdelta_apply::side_file::side_path(&a.old, suffix)
+            .with_context(|| format!("cannot name the files beside {}", a.old.display()))?;
+        refuse_side_file_is_input(&side, &[&a.old, &a.patch])?;
+    }
+    let lock = TargetLock::acquire(&a.old)?;
     let region = fwdelta_apply::FileRegion::open(&a.old)
         .with_context(|| format!("cannot open {} for in-place update", a.old.display()))?;
     let patch =
@@ -574,6 +643,8 @@ fn cmd_apply_in_place(a: &ApplyArgs, opts: ApplyOptions) -> Result<fwdelta_apply
         .with_context(|| format!("cannot place a journal beside {}", a.old.display()))?;
     let report = fwdelta_apply::apply_in_place_with(&region, patch, opts, &mut journal)
         .with_context(|| format!("cannot apply {} in place", a.patch.display()))?;
+    drop(journal);
+    drop(lock);
     if report.already_applied && !a.quiet {
         eprintln!("{}: already the new image; nothing to do", a.old.display());
     }
@@ -621,19 +692,18 @@ fn report_apply(a: &ApplyArgs, output: &Path, report: &fwdelta_apply::ApplyRepor
 }
 
 /// Set up an applier that continues from the checkpoint beside the output,
-/// with `patch` positioned at the checkpoint. `None` if there is no checkpoint
-/// or it belongs to another patch (then the apply starts over).
+/// with `patch` positioned at the checkpoint. `None` if there is no checkpoint,
+/// it belongs to another patch, or the partial output is missing, short or
+/// damaged (then the apply starts over, saying why on stderr).
 fn resume_applier<'o>(
     a: &ApplyArgs,
-    output: &Path,
+    lock: &TargetLock,
     old: &'o FileImage,
     patch: &mut File,
     opts: ApplyOptions,
 ) -> Result<Option<Applier<'o, FileImage, ResumableFile>>> {
     use std::io::{Seek, SeekFrom};
-    let Some(checkpoint) = ResumableFile::load_checkpoint(output)
-        .with_context(|| format!("cannot read the checkpoint beside {}", output.display()))?
-    else {
+    let Some(checkpoint) = ResumableFile::load_checkpoint(lock)? else {
         return Ok(None);
     };
     let header = match fwdelta_apply::inspect::read_patch_start(patch) {
@@ -647,13 +717,14 @@ fn resume_applier<'o>(
             return Err(e).with_context(|| format!("cannot read patch {}", a.patch.display()))
         }
     };
-    let (sink, produced) = match ResumableFile::reopen(output, &checkpoint) {
+    patch.seek(SeekFrom::Start(0))?;
+    let (sink, produced) = match ResumableFile::reopen(lock, &checkpoint) {
         Ok(pair) => pair,
-        Err(e) => {
+        Err(e @ SideFileError::Io { .. }) => {
             eprintln!("fwdelta: starting over: cannot reuse the partial output ({e})");
-            patch.seek(SeekFrom::Start(0))?;
             return Ok(None);
         }
+        Err(e) => return Err(e.into()),
     };
     match Applier::resume(old, sink, opts, &header, &checkpoint, produced) {
         Ok(applier) => {
@@ -667,7 +738,12 @@ fn resume_applier<'o>(
             detail,
         })) => {
             eprintln!("fwdelta: starting over: the checkpoint does not fit this patch ({detail})");
-            patch.seek(SeekFrom::Start(0))?;
+            Ok(None)
+        }
+        Err(ApplyError::PartialOutputDamaged { len }) => {
+            eprintln!(
+                "fwdelta: partial output damaged, starting over (its first {len} bytes do not match their checkpoint)"
+            );
             Ok(None)
         }
         Err(e) => Err(e).with_context(|| format!("cannot resume applying {}", a.patch.display())),
@@ -855,6 +931,28 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     f.commit()
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Refuse a side file (partial output, checkpoint, lock) whose name is one of
+/// the inputs (by device and inode, the name itself, not where a link at it
+/// points: links there are refused when the file is opened). One `lstat` per
+/// input.
+fn refuse_side_file_is_input(side: &Path, inputs: &[&Path]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(at) = std::fs::symlink_metadata(side) else {
+        return Ok(());
+    };
+    for input in inputs {
+        if let Ok(m) = std::fs::metadata(input) {
+            anyhow::ensure!(
+                m.dev() != at.dev() || m.ino() != at.ino(),
+                "{} is the same file as input {}; refusing to use it",
+                side.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Refuse an output path that is one of the inputs (by device and inode, so

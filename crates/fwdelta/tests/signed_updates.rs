@@ -98,6 +98,13 @@ where
     }
 }
 
+/// `fwdelta ARGS...` with any mix of `&str`, `String`, `Path` and `PathBuf`.
+macro_rules! fw {
+    ($($arg:expr),* $(,)?) => {
+        fwdelta([$(AsRef::<OsStr>::as_ref(&$arg)),*])
+    };
+}
+
 fn testdata(pair: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata")
@@ -203,7 +210,7 @@ impl Case {
     /// `fwdelta keygen -o NAME`, checked, and the secret key read back.
     fn keygen(&self, name: &str) -> Key {
         let base = self.path(name);
-        let run = fwdelta([OsStr::new("keygen"), "-o".as_ref(), base.as_os_str()]);
+        let run = fw!("keygen", "-o", base);
         run.assert_ok();
         let secret_file = self.path(&format!("{name}.key"));
         let public_file = self.path(&format!("{name}.pub"));
@@ -436,12 +443,7 @@ fn counter_of(dev: &Path) -> u64 {
 
 /// `fwdelta history --device DIR --json`, one object a line.
 fn history(dev: &Path) -> Vec<Value> {
-    let run = fwdelta([
-        OsStr::new("history"),
-        "--device".as_ref(),
-        dev.as_os_str(),
-        "--json".as_ref(),
-    ]);
+    let run = fw!("history", "--device", dev, "--json");
     run.assert_ok();
     run.stdout
         .lines()
@@ -454,7 +456,7 @@ fn history(dev: &Path) -> Vec<Value> {
 }
 
 fn device_cmd(cmd: &str, dev: &Path) -> Run {
-    fwdelta([OsStr::new(cmd), "--device".as_ref(), dev.as_os_str()])
+    fw!(cmd, "--device", dev)
 }
 
 /// Where a signed patch's parts are (docs/FORMAT.md, "Signed patches").
@@ -514,8 +516,14 @@ fn reseal_header(patch: &mut [u8]) {
     patch[hl - 8..hl].copy_from_slice(&check.as_bytes()[..8]);
 }
 
+/// Write `bytes` to a new file named after `name` (a fresh name each time:
+/// the history records refusals by patch file name, and a refusal equal to
+/// the last one is recorded once).
 fn write(case: &Case, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = case.path(name);
+    let n = case.outputs.get();
+    case.outputs.set(n + 1);
+    let p = case.path(&format!("{n}-{name}"));
+    assert!(!p.exists());
     fs::write(&p, bytes).unwrap();
     p
 }
@@ -539,7 +547,7 @@ fn keygen_makes_a_private_key_file_refuses_to_overwrite_and_never_prints_the_sec
 
     // A second keygen to the same name is refused and leaves both intact.
     let base = c.path("release");
-    let again = fwdelta([OsStr::new("keygen"), "-o".as_ref(), base.as_os_str()]);
+    let again = fw!("keygen", "-o", base);
     again.assert_error(EXIT_FAILURE);
     assert_eq!(fs::read(&k.secret_file).unwrap(), secret_text);
     assert_eq!(fs::read(&k.public_file).unwrap(), public_text);
@@ -552,7 +560,7 @@ fn keygen_makes_a_private_key_file_refuses_to_overwrite_and_never_prints_the_sec
     let lone = c.path("lone.pub");
     fs::write(&lone, b"not a key\n").unwrap();
     let base = c.path("lone");
-    fwdelta([OsStr::new("keygen"), "-o".as_ref(), base.as_os_str()]).assert_error(EXIT_FAILURE);
+    fw!("keygen", "-o", base).assert_error(EXIT_FAILURE);
     assert!(!c.path("lone.key").exists());
     assert_eq!(fs::read(&lone).unwrap(), b"not a key\n");
 
@@ -562,28 +570,19 @@ fn keygen_makes_a_private_key_file_refuses_to_overwrite_and_never_prints_the_sec
 
     // Nothing that uses the secret key prints it.
     let patch = c.signed("p.fwd", "2.0.0", 5, &[&k]);
-    let mut runs = vec![fwdelta([
-        OsStr::new("sign"),
-        patch.as_os_str(),
-        "--key".as_ref(),
-        k2.secret_file.as_os_str(),
-    ])];
+    let mut runs = vec![fw!("sign", patch, "--key", k2.secret_file)];
     let rot = c.path("rot");
-    runs.push(fwdelta([
-        OsStr::new("trust"),
-        "rotate".as_ref(),
-        "--new-key".as_ref(),
-        k2.secret_file.as_os_str(),
-        "--key".as_ref(),
-        k.secret_file.as_os_str(),
-        "-o".as_ref(),
-        rot.as_os_str(),
-    ]));
-    runs.push(fwdelta([
-        OsStr::new("info"),
-        patch.as_os_str(),
-        "--json".as_ref(),
-    ]));
+    runs.push(fw!(
+        "trust",
+        "rotate",
+        "--new-key",
+        k2.secret_file,
+        "--key",
+        k.secret_file,
+        "-o",
+        rot
+    ));
+    runs.push(fw!("info", patch, "--json"));
     for r in &runs {
         r.assert_ok();
         for secret in [&secret_hex, &hex(k2.signing.as_bytes())] {
@@ -627,7 +626,7 @@ fn signed_update_is_applied_recorded_and_raises_the_counter_only_when_confirmed(
     assert_eq!(s["security_counter"], DEVICE_COUNTER, "{s}");
     assert_eq!(s["version"], DEVICE_VERSION, "{s}");
     assert_eq!(s["pending"]["version"], "2.0.0", "{s}");
-    let text = fwdelta([OsStr::new("history"), "--device".as_ref(), dev.as_os_str()]);
+    let text = fw!("history", "--device", dev);
     text.assert_ok();
     assert!(
         text.stdout.contains("awaiting confirmation") && text.stdout.contains("applied"),
@@ -687,16 +686,10 @@ fn offline_signature_over_the_digest_is_attached_verified_and_applies() {
         &[],
     );
 
-    let printed = fwdelta([OsStr::new("digest"), patch.as_os_str()]);
+    let printed = fw!("digest", patch);
     printed.assert_ok();
     let digest_file = c.path("tosign.bin");
-    fwdelta([
-        OsStr::new("digest"),
-        patch.as_os_str(),
-        "-o".as_ref(),
-        digest_file.as_os_str(),
-    ])
-    .assert_ok();
+    fw!("digest", patch, "-o", digest_file).assert_ok();
     let digest = fs::read(&digest_file).unwrap();
     assert_eq!(digest.len(), 32, "digest -o writes the 32 raw bytes");
     assert_eq!(printed.stdout.trim(), hex(&digest));
@@ -713,14 +706,14 @@ fn offline_signature_over_the_digest_is_attached_verified_and_applies() {
     // the patch file is left as it was.
     let forged = c.path("forged.sig");
     fs::write(&forged, other.signing.sign(&digest).to_bytes()).unwrap();
-    let run = fwdelta([
-        OsStr::new("sign"),
-        patch.as_os_str(),
-        "--signature".as_ref(),
-        forged.as_os_str(),
-        "--public".as_ref(),
-        k.public_file.as_os_str(),
-    ]);
+    let run = fw!(
+        "sign",
+        patch,
+        "--signature",
+        forged,
+        "--public",
+        k.public_file
+    );
     assert_ne!(run.code, 0, "{}", run.describe());
     run.assert_error(run.code);
     assert_eq!(fs::read(&patch).unwrap(), unsigned, "patch changed");
@@ -729,14 +722,14 @@ fn offline_signature_over_the_digest_is_attached_verified_and_applies() {
     let mut other_digest = digest.clone();
     other_digest[0] ^= 1;
     fs::write(&wrong_msg, k.signing.sign(&other_digest).to_bytes()).unwrap();
-    let run = fwdelta([
-        OsStr::new("sign"),
-        patch.as_os_str(),
-        "--signature".as_ref(),
-        wrong_msg.as_os_str(),
-        "--public".as_ref(),
-        k.public_file.as_os_str(),
-    ]);
+    let run = fw!(
+        "sign",
+        patch,
+        "--signature",
+        wrong_msg,
+        "--public",
+        k.public_file
+    );
     assert_ne!(run.code, 0, "{}", run.describe());
     assert_eq!(fs::read(&patch).unwrap(), unsigned, "patch changed");
 
@@ -746,30 +739,30 @@ fn offline_signature_over_the_digest_is_attached_verified_and_applies() {
     let sig_hex = c.path("sig.hex");
     fs::write(&sig_hex, format!("{}\n", hex(&sig))).unwrap();
     let from_hex = c.path("from-hex.fwd");
-    fwdelta([
-        OsStr::new("sign"),
-        patch.as_os_str(),
-        "--signature".as_ref(),
-        sig_hex.as_os_str(),
-        "--public".as_ref(),
-        k.public_file.as_os_str(),
-        "-o".as_ref(),
-        from_hex.as_os_str(),
-    ])
+    fw!(
+        "sign",
+        patch,
+        "--signature",
+        sig_hex,
+        "--public",
+        k.public_file,
+        "-o",
+        from_hex
+    )
     .assert_ok();
     assert_eq!(fs::read(&patch).unwrap(), unsigned, "-o left PATCH alone");
 
     // And as 64 raw bytes, attached in place.
     let sig_raw = c.path("sig.raw");
     fs::write(&sig_raw, sig).unwrap();
-    fwdelta([
-        OsStr::new("sign"),
-        patch.as_os_str(),
-        "--signature".as_ref(),
-        sig_raw.as_os_str(),
-        "--public".as_ref(),
-        k.public_file.as_os_str(),
-    ])
+    fw!(
+        "sign",
+        patch,
+        "--signature",
+        sig_raw,
+        "--public",
+        k.public_file
+    )
     .assert_ok();
     let signed = fs::read(&patch).unwrap();
     assert_ne!(signed, unsigned);
@@ -777,7 +770,7 @@ fn offline_signature_over_the_digest_is_attached_verified_and_applies() {
     let entry = signature_entry(&signed, &k.id());
     assert_eq!(&signed[entry.start + 8..entry.end], &sig[..]);
     // Attaching changes no signed byte: the digest is the same.
-    let again = fwdelta([OsStr::new("digest"), patch.as_os_str()]);
+    let again = fw!("digest", patch);
     again.assert_ok();
     assert_eq!(again.stdout.trim(), hex(&digest));
 
@@ -1095,21 +1088,21 @@ fn a_device_with_threshold_two_needs_two_distinct_trusted_signatures() {
 
     // A threshold above the number of keys is refused at init.
     let bad_dir = c.path("dev3");
-    fwdelta([
-        OsStr::new("device"),
-        "init".as_ref(),
-        bad_dir.as_os_str(),
-        "--product".as_ref(),
-        PRODUCT.as_ref(),
-        "--version".as_ref(),
-        "1".as_ref(),
-        "--trust".as_ref(),
-        ka.public_file.as_os_str(),
-        "--trust".as_ref(),
-        kb.public_file.as_os_str(),
-        "--threshold".as_ref(),
-        "3".as_ref(),
-    ])
+    fw!(
+        "device",
+        "init",
+        bad_dir,
+        "--product",
+        PRODUCT,
+        "--version",
+        "1",
+        "--trust",
+        ka.public_file,
+        "--trust",
+        kb.public_file,
+        "--threshold",
+        "3"
+    )
     .assert_error(EXIT_FAILURE);
     assert!(!bad_dir.join("state.json").exists());
 }
@@ -1137,13 +1130,7 @@ fn rotate(c: &Case, name: &str, new_key: &Key, keys: &[&Key], retire: &[&Key]) -
 }
 
 fn trust_add(dev: &Path, statement: &Path) -> Run {
-    fwdelta([
-        OsStr::new("trust"),
-        "add".as_ref(),
-        "--device".as_ref(),
-        dev.as_os_str(),
-        statement.as_os_str(),
-    ])
+    fw!("trust", "add", "--device", dev, statement)
 }
 
 /// `trust add` of `statement` is refused: state unchanged, a
@@ -1314,7 +1301,7 @@ fn an_unusable_state_directory_refuses_every_update() {
         EXIT_DEVICE_STATE,
     );
     assert!(!state_file.exists(), "state.json recreated");
-    let history_run = fwdelta([OsStr::new("history"), "--device".as_ref(), dev.as_os_str()]);
+    let history_run = fw!("history", "--device", dev);
     history_run.assert_error(EXIT_DEVICE_STATE);
     fs::write(&state_file, &genuine).unwrap();
 
@@ -1427,21 +1414,13 @@ fn info_and_apply_trust_report_whether_signatures_verify() {
     let v = json(Some(&stranger));
     assert_eq!(v["signatures"][0]["verified"], false, "{v}");
     assert_eq!(v["trusted"], false);
-    let v = json(None);
-    assert!(v["signatures"][0]["verified"].is_null(), "{v}");
 
     // A damaged signature: reported as not verifying with the right key.
     let mut bad = fs::read(&patch).unwrap();
     let end = layout(&bad).section_end;
     bad[end - 1] ^= 1;
     let bad_path = write(&c, "bad.fwd", &bad);
-    let r = fwdelta([
-        OsStr::new("info"),
-        bad_path.as_os_str(),
-        "--trust".as_ref(),
-        k.public_file.as_os_str(),
-        "--json".as_ref(),
-    ]);
+    let r = fw!("info", bad_path, "--trust", k.public_file, "--json");
     r.assert_ok();
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["signatures"][0]["verified"], false, "{v}");
@@ -1449,15 +1428,7 @@ fn info_and_apply_trust_report_whether_signatures_verify() {
     // apply --trust, no device: the same verdicts, nothing written on refusal.
     let apply_trust = |key: &Key, p: &Path| {
         let out = c.fresh_output();
-        let r = fwdelta([
-            OsStr::new("apply"),
-            "--trust".as_ref(),
-            key.public_file.as_os_str(),
-            c.old.as_os_str(),
-            p.as_os_str(),
-            "-o".as_ref(),
-            out.as_os_str(),
-        ]);
+        let r = fw!("apply", "--trust", key.public_file, c.old, p, "-o", out);
         (r, out)
     };
     let (r, out) = apply_trust(&k, &patch);
@@ -1475,6 +1446,36 @@ fn info_and_apply_trust_report_whether_signatures_verify() {
     assert!(fs::read(&c.old).unwrap() == c.old_bytes);
 }
 
+/// Without `--trust` nothing is checked: `info` must not claim a signature
+/// fails to verify ("not checked", JSON `verified: null`, as `trusted` is).
+#[test]
+fn info_without_trust_says_signatures_are_not_checked() {
+    let c = Case::new();
+    let k = c.keygen("release");
+    let patch = c.signed("update.fwd", "2.0.0", 5, &[&k]);
+    let r = fw!("info", patch, "--json");
+    r.assert_ok();
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["trusted"].is_null(), "{v}");
+    assert_eq!(v["signatures"][0]["key_id"], k.id(), "{v}");
+    assert!(
+        v["signatures"][0]["verified"].is_null(),
+        "no key given, yet verified is {}",
+        v["signatures"][0]["verified"]
+    );
+    let r = fw!("info", patch);
+    r.assert_ok();
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("signature") && l.contains(&k.id()))
+        .unwrap_or_else(|| panic!("no signature line:\n{}", r.stdout));
+    assert!(
+        line.contains("not checked") && !line.contains("NOT verify"),
+        "{line}"
+    );
+}
+
 #[test]
 fn signed_in_place_patch_rewrites_the_image_and_a_forged_one_leaves_it_alone() {
     let c = Case::new();
@@ -1488,16 +1489,7 @@ fn signed_in_place_patch_rewrites_the_image_and_a_forged_one_leaves_it_alone() {
     let img = img_dir.join("slot.bin");
     fs::write(&img, &c.old_bytes).unwrap();
 
-    let apply_in_place = |p: &Path| {
-        fwdelta([
-            OsStr::new("apply"),
-            "--device".as_ref(),
-            dev.as_os_str(),
-            "--in-place".as_ref(),
-            img.as_os_str(),
-            p.as_os_str(),
-        ])
-    };
+    let apply_in_place = |p: &Path| fw!("apply", "--device", dev, "--in-place", img, p);
     let refused = |what: &str, p: &Path| {
         let state = fs::read(dev.join("state.json")).unwrap();
         let n = history(&dev).len();

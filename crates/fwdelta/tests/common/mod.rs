@@ -1,4 +1,6 @@
 //! Helpers shared by the CLI stress tests.
+// Each test crate uses some of them.
+#![allow(dead_code)]
 
 use std::fs;
 use std::path::Path;
@@ -21,4 +23,18 @@ pub fn hidden_files(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// [`hidden_files`] without empty lock files (`*.fwdelta-lock`): a process
+/// killed after renaming its output into place but before removing its lock
+/// file leaves that empty file, which the next update of the output takes
+/// over and removes.
+pub fn hidden_files_but_stale_locks(dir: &Path) -> Vec<String> {
+    hidden_files(dir)
+        .into_iter()
+        .filter(|n| {
+            !(n.ends_with(".fwdelta-lock")
+                && fs::symlink_metadata(dir.join(n)).is_ok_and(|m| m.is_file() && m.len() == 0))
+        })
+        .collect()
 }
