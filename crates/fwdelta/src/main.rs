@@ -773,8 +773,8 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
         .flat_map(|s| &s.signatures)
         .map(|s| {
             let verified = match &verdict {
+                _ if a.trust.is_empty() => None,
                 Ok(v) => Some(v.signed_by.contains(&s.key_id)),
-                Err(_) if a.trust.is_empty() => None,
                 Err(_) => Some(false),
             };
             serde_json::json!({ "key_id": s.key_id.to_string(), "verified": verified })
