@@ -84,7 +84,21 @@ pub fn append(path: &Path, entry: &Value) -> io::Result<()> {
 /// Whether two entries record the same event (all fields but the times
 /// and measurements equal).
 fn same_event(a: &Value, b: &Value) -> bool {
-    const VARYING: [&str; 4] = ["time", "duration_ms", "bytes_read", "bytes_written"];
+    const VARYING: [&str; 6] = [
+        "time",
+        "duration_ms",
+        "bytes_read",
+        "bytes_written",
+        "resumed",
+        "already_applied",
+    ];
+    // Only outcomes a rerun repeats are folded; every refusal is recorded.
+    if !matches!(
+        a["event"].as_str(),
+        Some("applied" | "confirmed" | "rolled-back")
+    ) {
+        return false;
+    }
     let strip = |v: &Value| {
         let mut v = v.clone();
         if let Some(o) = v.as_object_mut() {
@@ -156,9 +170,13 @@ mod tests {
     fn the_same_event_is_recorded_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.log");
-        append(&path, &json!({"event": "applied", "time": 1})).unwrap();
-        append(&path, &json!({"event": "applied", "time": 2})).unwrap();
+        append(&path, &json!({"event": "applied", "time": 1, "resumed": 0})).unwrap();
+        append(&path, &json!({"event": "applied", "time": 2, "resumed": 2})).unwrap();
         append(&path, &json!({"event": "confirmed", "time": 3})).unwrap();
         assert_eq!(read(&path).unwrap().entries.len(), 2);
+        // refusals are all recorded, even the same one twice
+        append(&path, &json!({"event": "refused", "reason": "x"})).unwrap();
+        append(&path, &json!({"event": "refused", "reason": "x"})).unwrap();
+        assert_eq!(read(&path).unwrap().entries.len(), 4);
     }
 }
