@@ -163,8 +163,11 @@ fn bench_pair(name: &str, dir: &Path, work: &Path, opts: &Options) -> Result<Row
         security_counter: 1,
         expires: 0,
     };
-    let signed =
-        fwdelta_diff::patch_signer::sign_for_release(&patch.bytes, Some(&release), &[key.clone()])?;
+    let signed = fwdelta_diff::patch_signer::sign_for_release(
+        &patch.bytes,
+        Some(&release),
+        std::slice::from_ref(&key),
+    )?;
     let patch_path = work.join(format!("{name}.fwd"));
     let out_path = work.join(format!("{name}.out"));
     let pub_path = work.join(format!("{name}.pub"));
