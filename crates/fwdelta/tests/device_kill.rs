@@ -230,7 +230,7 @@ fn sigkill_during_apply_device_always_ends_with_one_applied_update() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(fs::read(&out).unwrap() == s.new_bytes);
 
-    let mut rng = XorShift::new(0x5EED_0F_D1E5);
+    let mut rng = XorShift::new(0x005E_ED0F_D1E5);
     let mut tally = Tally::default();
     for r in 0..runs {
         fs::remove_file(&out).unwrap();
