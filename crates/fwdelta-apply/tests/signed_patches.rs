@@ -109,7 +109,7 @@ fn apply_ok(old: &[u8], patch: &[u8], p: TrustPolicy) -> Vec<u8> {
 fn an_honest_signed_patch_applies_in_any_split_and_reports_its_signer() {
     let (old, new, patch) = pair();
     let k = key(1);
-    let s = signed(&patch, 5, &[k.clone()]);
+    let s = signed(&patch, 5, std::slice::from_ref(&k));
     let (report, out) = apply(&old[..], &s[..], Vec::new(), opts(policy(&[&k]))).unwrap();
     assert_eq!(out, new);
     assert_eq!(
@@ -175,7 +175,7 @@ fn the_signed_form_moves_every_check_into_the_table_and_keeps_the_segments() {
 fn forged_damaged_and_transplanted_signatures_are_refused_before_any_read() {
     let (old, _, patch) = pair();
     let (k, evil) = (key(1), key(9));
-    let good = signed(&patch, 6, &[k.clone()]);
+    let good = signed(&patch, 6, std::slice::from_ref(&k));
     let parts = split(&good).unwrap();
     let section_at = parts.header_bytes.len();
     let sigs_at = section_at + parts.segments.len() * CHECK_LEN + 1;
@@ -194,7 +194,7 @@ fn forged_damaged_and_transplanted_signatures_are_refused_before_any_read() {
         "{e}"
     );
     // A valid signature by a key the device does not trust.
-    let e = refused_before_anything(&old, &signed(&patch, 6, &[evil.clone()]), p());
+    let e = refused_before_anything(&old, &signed(&patch, 6, std::slice::from_ref(&evil)), p());
     assert_eq!(e.class(), ErrorClass::NotAuthentic, "{e}");
     // Every byte of the signature entry flipped, one at a time (key id and
     // signature).
@@ -235,7 +235,7 @@ fn forged_damaged_and_transplanted_signatures_are_refused_before_any_read() {
     let other = signed(
         &diff(&old, &other_new, &Options::default()).unwrap().bytes,
         6,
-        &[k.clone()],
+        std::slice::from_ref(&k),
     );
     let other_parts = split(&other).unwrap();
     let mut transplanted = good[..sigs_at].to_vec();
@@ -266,7 +266,7 @@ fn forged_damaged_and_transplanted_signatures_are_refused_before_any_read() {
 fn foreign_older_expired_and_replayed_patches_are_refused_by_name() {
     let (old, _, patch) = pair();
     let k = key(1);
-    let good = signed(&patch, 6, &[k.clone()]);
+    let good = signed(&patch, 6, std::slice::from_ref(&k));
     let p = || policy(&[&k]);
 
     let mut other = p();
@@ -280,7 +280,7 @@ fn foreign_older_expired_and_replayed_patches_are_refused_by_name() {
         }
         e => panic!("{e}"),
     }
-    match refused_before_anything(&old, &signed(&patch, 4, &[k.clone()]), p()) {
+    match refused_before_anything(&old, &signed(&patch, 4, std::slice::from_ref(&k)), p()) {
         e @ ApplyError::Downgrade {
             patch: 4,
             device: 5,
@@ -292,10 +292,10 @@ fn foreign_older_expired_and_replayed_patches_are_refused_by_name() {
         e => panic!("{e}"),
     }
     // The same counter is not a downgrade.
-    apply_ok(&old, &signed(&patch, 5, &[k.clone()]), p());
+    apply_ok(&old, &signed(&patch, 5, std::slice::from_ref(&k)), p());
     let mut expiring = release(6);
     expiring.expires = 1_999_999_999;
-    let exp = sign_for_release(&patch, Some(&expiring), &[k.clone()]).unwrap();
+    let exp = sign_for_release(&patch, Some(&expiring), std::slice::from_ref(&k)).unwrap();
     assert!(matches!(
         refused_before_anything(&old, &exp, p()),
         ApplyError::Expired {
@@ -320,7 +320,11 @@ fn a_threshold_counts_distinct_trusted_keys() {
     let (a, b, c) = (key(1), key(2), key(3));
     let mut two = policy(&[&a, &b]);
     two.threshold = 2;
-    let e = refused_before_anything(&old, &signed(&patch, 6, &[a.clone()]), two.clone());
+    let e = refused_before_anything(
+        &old,
+        &signed(&patch, 6, std::slice::from_ref(&a)),
+        two.clone(),
+    );
     assert!(
         matches!(
             e,
@@ -343,7 +347,7 @@ fn a_threshold_counts_distinct_trusted_keys() {
         "{e}"
     );
     // The same signature entry twice counts once.
-    let once = signed(&patch, 6, &[a.clone()]);
+    let once = signed(&patch, 6, std::slice::from_ref(&a));
     let parts = split(&once).unwrap();
     let sigs_at = parts.header_bytes.len() + parts.segments.len() * CHECK_LEN;
     let mut dup = once[..sigs_at].to_vec();
@@ -363,7 +367,7 @@ fn a_threshold_counts_distinct_trusted_keys() {
 fn every_flip_of_a_signed_patch_is_refused() {
     let (old, new, patch) = pair();
     let k = key(1);
-    let good = signed(&patch, 6, &[k.clone()]);
+    let good = signed(&patch, 6, std::slice::from_ref(&k));
     for i in 0..good.len() {
         let mut bad = good.clone();
         bad[i] ^= 0x10;
@@ -383,7 +387,7 @@ fn every_flip_of_a_signed_patch_is_refused() {
 fn a_signed_patch_resumes_from_every_checkpoint() {
     let (old, new, patch) = pair();
     let k = key(1);
-    let good = signed(&patch, 6, &[k.clone()]);
+    let good = signed(&patch, 6, std::slice::from_ref(&k));
     // A sink that records its checkpoints.
     #[derive(Default)]
     struct Recorder(Vec<u8>, Vec<Checkpoint>);
@@ -393,7 +397,7 @@ fn a_signed_patch_resumes_from_every_checkpoint() {
             Ok(())
         }
         fn segment_done(&mut self, _: &SegmentHeader, cp: &Checkpoint) -> io::Result<()> {
-            self.1.push(cp.clone());
+            self.1.push(*cp);
             Ok(())
         }
     }
@@ -448,7 +452,7 @@ fn signed_in_place_patches_apply_and_forgeries_leave_the_image_alone() {
     )
     .unwrap()
     .bytes;
-    let good = signed(&plain, 6, &[k.clone()]);
+    let good = signed(&plain, 6, std::slice::from_ref(&k));
     let region = MemRegion::new(old.clone());
     let report = apply_in_place(&region, io::Cursor::new(&good), opts(policy(&[&k]))).unwrap();
     assert_eq!(region.into_inner(), new);
@@ -456,7 +460,7 @@ fn signed_in_place_patches_apply_and_forgeries_leave_the_image_alone() {
     for bad in [
         plain.clone(),
         signed(&plain, 6, &[key(9)]),
-        signed(&plain, 4, &[k.clone()]),
+        signed(&plain, 4, std::slice::from_ref(&k)),
     ] {
         let region = MemRegion::new(old.clone());
         let e = apply_in_place(&region, io::Cursor::new(&bad), opts(policy(&[&k]))).unwrap_err();
