@@ -71,6 +71,13 @@ TOOLS = [
          ["{FW}", "diff", "--level", "22", "{O}", "{N}", "-o", "{P}"],
          ["{FW}", "apply", "{O}", "{P}", "-o", "{R}"],
          "cargo build --release -p fwdelta", is_peer=False, color="#f1948a"),
+    # The default patch as a terminal takes it: bound to a product, version and security
+    # counter and signed (Ed25519) with a key made for the run; applied with that key trusted.
+    Tool("fwdelta-signed", "fwdelta", (),
+         ["{FW}", "diff", "{O}", "{N}", "-o", "{P}", "--product", "acme-t300",
+          "--version", "4.2.0", "--counter", "42", "--sign", "{K}"],
+         ["{FW}", "apply", "{O}", "{P}", "-o", "{R}", "--trust", "{KP}"],
+         "cargo build --release -p fwdelta", is_peer=False, color="#7b241c"),
     Tool("bsdiff", "bsdiff", ("bsdiff", "bspatch"),
          ["bsdiff", "{O}", "{N}", "{P}"],
          ["bspatch", "{O}", "{R}", "{P}"],
@@ -103,6 +110,7 @@ TOOLS = [
          "pip install detools", color="#e0b084"),
 ]
 BY_NAME = {t.name: t for t in TOOLS}
+DETACHED_SIGNATURE = 64  # bytes of one Ed25519 signature
 
 
 def xdelta_window(old_size: int) -> int:
@@ -396,6 +404,15 @@ def analyse(report: dict) -> None:
                     m["ratio_to_fwdelta"] = (m["wall_s"] / base) if base else None
         pr["fwdelta_over_best_peer"] = res.get("fwdelta", {}).get("ratio_to_best_peer")
         pr["fwdelta_max_over_best_peer"] = res.get("fwdelta-max", {}).get("ratio_to_best_peer")
+        pr["fwdelta_signed_over_best_peer"] = (res.get("fwdelta-signed", {})
+                                               .get("ratio_to_best_peer"))
+        # Like for like: the best peer's patch with a bare detached Ed25519 signature beside it
+        # (64 bytes; no product, version, counter or key id, so a lower bound on what a peer's
+        # signed update costs).
+        sb = ok.get("fwdelta-signed", {}).get("patch_bytes")
+        pr["fwdelta_signed_over_best_peer_plus_sig"] = (
+            sb / (pr["best_peer_bytes"] + DETACHED_SIGNATURE)
+            if sb and pr["best_peer_bytes"] else None)
         # The bar the issue sets: every peer run here and the reference's HDiffPatch figures.
         refs = pr.get("reference", {})
         bars = dict(peers, **refs)
@@ -428,6 +445,11 @@ def analyse(report: dict) -> None:
         "fwdelta_max_over_best_peer_geomean":
             gm.get("fwdelta-max", {}).get("size_ratio_to_best_peer"),
         "pairs": gm.get("fwdelta", {}).get("pairs", 0),
+        "fwdelta_signed_over_best_peer_geomean":
+            gm.get("fwdelta-signed", {}).get("size_ratio_to_best_peer"),
+        "fwdelta_signed_over_best_peer_plus_sig_geomean": geomean(
+            [pr["fwdelta_signed_over_best_peer_plus_sig"] for pr in report["pairs"]
+             if pr.get("fwdelta_signed_over_best_peer_plus_sig")]),
     }
 
 
@@ -480,6 +502,12 @@ def render_md(report: dict) -> str:
         if h["fwdelta_max_over_best_peer_geomean"]:
             s += f" (fwdelta-max: {h['fwdelta_max_over_best_peer_geomean']:.3f})"
         L.append(s + ". Below 1 means fwdelta's patch is smaller than every peer's.")
+        L.append("")
+    if h.get("fwdelta_signed_over_best_peer_geomean"):
+        L.append(f"**Signed (fwdelta-signed, what a terminal takes): "
+                 f"{h['fwdelta_signed_over_best_peer_geomean']:.3f}** of the best peer's unsigned "
+                 f"patch; {h['fwdelta_signed_over_best_peer_plus_sig_geomean']:.3f} of the best "
+                 f"peer's patch with a bare {DETACHED_SIGNATURE}-byte detached signature beside it.")
         L.append("")
     if h.get("fwdelta_over_best_incl_reference_geomean"):
         L.append(f"**Against the best of those peers and HDiffPatch's figures from the reference "
@@ -779,6 +807,8 @@ def main() -> int:
             # run a private copy, so a concurrent `cargo build` cannot swap it mid-run
             fw = work / "fwdelta"
             shutil.copy2(fw_src_ok, fw)
+            # the signing key of fwdelta-signed, made for this run only
+            subprocess.run([str(fw), "keygen", "-o", str(work / "bench"), "-q"], check=True)
 
     tool_entries = []
     for t in selected:
@@ -840,7 +870,8 @@ def main() -> int:
                 P.unlink(missing_ok=True)
                 R.unlink(missing_ok=True)
                 vals = {"O": str(old), "N": str(new), "P": str(P), "R": str(R),
-                        "B": str(xdelta_window(osz)), "FW": str(fw)}
+                        "B": str(xdelta_window(osz)), "FW": str(fw),
+                        "K": str(work / "bench.key"), "KP": str(work / "bench.pub")}
                 sub = lambda cmd: [a.format_map(vals) for a in cmd]  # noqa: E731
                 r: dict = {"status": "ok", "patch_bytes": None}
                 d = measure(sub(t.diff), work, "diff", args.timeout)
