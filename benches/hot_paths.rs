@@ -1,9 +1,12 @@
 //! Criterion benchmarks: suffix sorting, match finding (sort + scan), the
-//! reference rewriter, the diff model, segment encoding, apply.
+//! reference rewriter, the diff model, segment encoding, apply, and the
+//! signed-patch check a terminal makes before it reads its image.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fwdelta_apply::{apply, ApplyOptions};
+use fwdelta_apply::inspect::read_patch_start;
+use fwdelta_apply::{apply, ApplyOptions, TrustPolicy};
 use fwdelta_benches::{synthetic_pair, testdata};
+use fwdelta_diff::patch_signer::sign_for_release;
 use fwdelta_diff::suffix_array::SuffixArray;
 use fwdelta_diff::{address_mapper, diff, matcher, Options, Plan};
 use fwdelta_format::bit_coder::{BitDecoder, BitEncoder};
@@ -11,6 +14,7 @@ use fwdelta_format::diff_model::{DiffModel, OldContext};
 use fwdelta_format::head_model::HeadModel;
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};
 use fwdelta_format::reference_rewriter::{Arch, ReferenceRewriter};
+use fwdelta_format::Release;
 
 fn inputs() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
     let (old, new) = synthetic_pair(4 << 20);
@@ -212,6 +216,37 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    // What a forged or foreign patch costs a terminal: read the header and
+    // the signature section, hash them, verify the signature and check the
+    // release statement (no old-image read, no payload byte decoded).
+    let mut g = c.benchmark_group("trust_check");
+    let (old, new) = (&inputs[0].1, &inputs[0].2);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let release = Release {
+        product: "acme-t300".into(),
+        version: "4.2.0".into(),
+        security_counter: 42,
+        expires: 0,
+    };
+    let unsigned = diff(old, new, &opts).expect("diff").bytes;
+    let signed =
+        sign_for_release(&unsigned, Some(&release), std::slice::from_ref(&key)).expect("sign");
+    let mut policy = TrustPolicy::trusting(vec![key.verifying_key().to_bytes()]);
+    policy.product = Some("acme-t300".into());
+    policy.min_counter = 40;
+    g.bench_function("header_read_unsigned", |b| {
+        b.iter(|| read_patch_start(&mut &unsigned[..]).expect("read"))
+    });
+    g.bench_function("header_read_and_verify_signed", |b| {
+        b.iter(|| {
+            let (header, bytes, section, _) = read_patch_start(&mut &signed[..]).expect("read");
+            policy
+                .check(&header, &bytes, section.as_ref())
+                .expect("accepted")
+        })
+    });
     g.finish();
 }
 
