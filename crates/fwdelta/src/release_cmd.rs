@@ -311,9 +311,28 @@ struct Ctx<'a> {
     publics: Vec<[u8; 32]>,
     outdir: &'a Path,
     quiet: bool,
+    /// The progress bar (only on a terminal, without -q).
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Ctx<'_> {
+    /// Print a line on stderr (above the progress bar), unless -q.
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None if !self.quiet => eprintln!("{line}"),
+            None => {}
+        }
+    }
+
+    /// Count a finished job on the progress bar.
+    fn done(&self, job: &Job) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(describe(job));
+            bar.inc(1);
+        }
+    }
+
     /// Apply `patch` to `old` and check it gives the new image, carries this
     /// release's statement and is signed by every key of the release.
     fn verify(&self, old: &[u8], patch: &[u8]) -> Result<()> {
@@ -349,14 +368,10 @@ impl Ctx<'_> {
                         reused: true,
                     })
                 }
-                Err(e) => {
-                    if !self.quiet {
-                        eprintln!(
-                            "fwdelta: remaking {}: the existing file does not verify ({e:#})",
-                            path.display()
-                        );
-                    }
-                }
+                Err(e) => self.say(&format!(
+                    "fwdelta: remaking {}: the existing file does not verify ({e:#})",
+                    path.display()
+                )),
             }
         }
         let start = Instant::now();
@@ -448,6 +463,7 @@ pub fn cmd_release(a: &ReleaseArgs) -> Result<()> {
             .collect(),
         outdir: &a.output,
         quiet: a.quiet,
+        bar: progress_bar(a, jobs.len() as u64 + 1),
     };
     let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = a.threads {
@@ -463,6 +479,7 @@ pub fn cmd_release(a: &ReleaseArgs) -> Result<()> {
     };
     let full = pool.install(|| ctx.run(&full_job))?;
     write(&full_job, &full)?;
+    ctx.done(&full_job);
     let limit = plan.max_share * full.bytes.len() as f64;
     let outcomes: Vec<Outcome> = pool.install(|| {
         jobs.par_iter()
@@ -471,6 +488,7 @@ pub fn cmd_release(a: &ReleaseArgs) -> Result<()> {
                 if (o.bytes.len() as f64) <= limit {
                     write(job, &o)?;
                 }
+                ctx.done(job);
                 Ok(o)
             })
             .collect::<Result<Vec<_>>>()
@@ -529,8 +547,31 @@ pub fn cmd_release(a: &ReleaseArgs) -> Result<()> {
     }
     let manifest_path = a.output.join("manifest.json");
     write_atomically(&manifest_path, &bytes)?;
+    if let Some(bar) = &ctx.bar {
+        bar.finish_and_clear();
+    }
     report(a, &m, &full_job, &full, &jobs, &outcomes, limit, start);
     Ok(())
+}
+
+/// A bar counting finished patches, drawn on stderr only when it is a
+/// terminal and -q, --json were not given.
+fn progress_bar(a: &ReleaseArgs, jobs: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if a.quiet || a.json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(jobs),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:24}] {pos}/{len} verified; last: {wide_msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(250));
+    Some(bar)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -579,3 +579,29 @@ fn an_unsigned_release_has_no_signature_and_is_refused_under_trust() {
     f.apply("out", &old, "new2", &t).error(EXIT_NOT_AUTHENTIC);
     assert!(!f.path("new2").exists());
 }
+
+#[test]
+fn without_a_terminal_stderr_has_plain_lines_and_no_progress_bar() {
+    let f = Fixture::new("");
+    let run = fwdelta([
+        OsStr::new("release"),
+        f.path("release.toml").as_os_str(),
+        OsStr::new("-o"),
+        f.path("out").as_os_str(),
+    ])
+    .ok();
+    assert!(
+        !run.stderr.contains('\x1b') && !run.stderr.contains('\r'),
+        "terminal control codes on a pipe: {:?}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.is_empty(),
+        "stdout without --json: {}",
+        run.stdout
+    );
+    // One line per job and a summary.
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 9, "{}", run.stderr);
+    assert!(lines[8].contains("7 old image(s), 7 patch(es), 0 to the full image, signed"));
+}
