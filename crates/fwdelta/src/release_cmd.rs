@@ -280,6 +280,46 @@ fn parse_description(path: &Path) -> Result<Plan> {
     })
 }
 
+/// Hold an exclusive `flock` on the release directory itself (no lock file
+/// is left in it), so two releases never write one directory at once.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another fwdelta release is writing {} (it is locked)",
+            dir.display()
+        );
+    }
+    Ok(f)
+}
+
+/// Remove the temporary files a killed release left in `dir` (under its
+/// lock, so none is another run's): `.NAME.fwdelta-PID-N.tmp` for a NAME a
+/// release writes (`*.fwd`, `manifest.json`, `manifest.sig`).
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(target) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|n| n.rsplit_once(".fwdelta-"))
+            .map(|(t, _)| t)
+        else {
+            continue;
+        };
+        let ours =
+            target.ends_with(".fwd") || target == "manifest.json" || target == "manifest.sig";
+        if ours && e.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("cannot remove {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
@@ -417,6 +457,8 @@ pub fn cmd_release(a: &ReleaseArgs) -> Result<()> {
     let (new_hex, recipe_hex) = (hex(&new_hash), hex(&recipe));
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("cannot create {}", a.output.display()))?;
+    let _lock = lock_dir(&a.output)?;
+    remove_stale_temporaries(&a.output)?;
     // Old images, one job per distinct content.
     let mut jobs: Vec<Job> = Vec::new();
     let mut seen: BTreeMap<[u8; 32], (String, PathBuf)> = BTreeMap::new();

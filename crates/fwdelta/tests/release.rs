@@ -317,6 +317,8 @@ fn a_killed_release_rerun_ends_with_the_same_manifest() {
     let at = bad.len() - 5;
     bad[at] ^= 0x40;
     fs::write(dir.join(&patches[2]), &bad).unwrap();
+    // A temporary file a killed write left behind.
+    fs::write(dir.join(".manifest.json.fwdelta-4242-0.tmp"), b"{\"half").unwrap();
     let report = f.release("resumed");
     assert_same_dirs(&f.path("clean"), &dir);
     let remade: Vec<&str> = report["jobs"]
@@ -604,4 +606,55 @@ fn without_a_terminal_stderr_has_plain_lines_and_no_progress_bar() {
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(lines.len(), 9, "{}", run.stderr);
     assert!(lines[8].contains("7 old image(s), 7 patch(es), 0 to the full image, signed"));
+}
+
+#[test]
+fn a_release_killed_at_any_moment_and_rerun_equals_a_clean_one() {
+    let f = Fixture::new("");
+    f.release("clean");
+    // Kill a run after a varying delay (somewhere between the first job and
+    // the manifest), rerun, compare.
+    let mut interrupted = 0;
+    for (i, ms) in [30u64, 150, 400].into_iter().enumerate() {
+        let out = format!("killed-{i}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
+            .args([
+                OsStr::new("release"),
+                f.path("release.toml").as_os_str(),
+                OsStr::new("-o"),
+                f.path(&out).as_os_str(),
+                OsStr::new("-q"),
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if !status.success() {
+            interrupted += 1;
+        }
+        // A second run while nothing else holds the directory finishes it.
+        f.release(&out);
+        assert_same_dirs(&f.path("clean"), &f.path(&out));
+    }
+    assert!(interrupted > 0, "no run was killed before it finished");
+}
+
+#[test]
+fn two_releases_cannot_write_one_directory_at_once() {
+    use std::os::unix::io::AsRawFd;
+    let f = Fixture::new("");
+    fs::create_dir(f.path("out")).unwrap();
+    let held = fs::File::open(f.path("out")).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let run = fwdelta([
+        OsStr::new("release"),
+        f.path("release.toml").as_os_str(),
+        OsStr::new("-o"),
+        f.path("out").as_os_str(),
+    ])
+    .error(EXIT_FAILURE);
+    assert!(run.stderr.contains("is locked"), "{}", run.stderr);
+    assert!(files(&f.path("out")).is_empty());
 }
