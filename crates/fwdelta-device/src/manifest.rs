@@ -351,13 +351,13 @@ impl Manifest {
     /// The patch a terminal whose old image has BLAKE3 `old` should apply.
     pub fn pick(&self, old: &[u8; 32]) -> Pick<'_> {
         match (self.old_images.get(old), &self.full_image) {
-            (Some(e), _) if e.patch.is_some() => match &e.patch {
-                Some(p) => Pick::Delta(e, p),
-                None => Pick::Nothing,
+            (Some(e), full) => match (&e.patch, full) {
+                (Some(p), _) => Pick::Delta(e, p),
+                (None, Some(full)) => Pick::FullOverShare(e, full),
+                (None, None) => Pick::Nothing,
             },
-            (Some(e), Some(full)) => Pick::FullOverShare(e, full),
             (None, Some(full)) => Pick::FullNoEntry(full),
-            (_, None) => Pick::Nothing,
+            (None, None) => Pick::Nothing,
         }
     }
 }

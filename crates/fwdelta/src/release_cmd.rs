@@ -488,10 +488,9 @@ pub fn cmd_release(a: &ReleaseArgs) -> Result<()> {
             ),
         });
     }
-    let empty = tempfile::NamedTempFile::new().context("cannot create an empty old image")?;
     let full_job = Job {
         version: None,
-        old: input::Image::open(empty.path())?,
+        old: input::Image::empty(),
         old_hash: *blake3::hash(&[]).as_bytes(),
         file: format!("full-{}-{}.fwd", &new_hex[..24], &recipe_hex[..8]),
     };
