@@ -22,6 +22,7 @@
 //! state file is replaced atomically.
 
 pub mod history_log;
+pub mod manifest;
 pub mod safe_file;
 pub mod state_file;
 

@@ -12,6 +12,11 @@ pub struct Image {
 }
 
 impl Image {
+    /// The empty image (the old image of a full-image patch).
+    pub fn empty() -> Image {
+        Image { map: None }
+    }
+
     /// Map `path`. The file must not be modified while mapped; release
     /// pipelines diff build outputs that are no longer being written.
     pub fn open(path: &Path) -> Result<Image> {

@@ -7,6 +7,7 @@ mod bench;
 mod device_cmd;
 mod input;
 mod peak_memory;
+mod release_cmd;
 mod signing_cmd;
 mod size;
 
@@ -111,6 +112,12 @@ enum Cmd {
     /// Key rotation: make a statement, or add a key to a device by one.
     #[command(subcommand)]
     Trust(TrustCmd),
+    /// Make a release: a patch from every old image in the field, a
+    /// full-image fallback and a (signed) manifest terminals pick from.
+    #[command(after_help = "Example:\n  fwdelta release release.toml -o out/\n  \
+        fwdelta apply --manifest out/manifest.json --trust release.pub current.bin -o next.bin\n\n\
+        The description file is documented in docs/RELEASE.md.")]
+    Release(release_cmd::ReleaseArgs),
 }
 
 #[derive(Subcommand)]
@@ -275,12 +282,24 @@ struct DiffArgs {
     quiet: bool,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ApplyArgs {
     /// The current image (never modified, except with --in-place).
     old: PathBuf,
-    /// The patch.
-    patch: PathBuf,
+    /// The patch (not with --manifest).
+    #[arg(required_unless_present = "manifest")]
+    patch: Option<PathBuf>,
+    /// Pick the patch for OLD from a release manifest (`fwdelta release`):
+    /// by OLD's BLAKE3, its own patch, or the full image when the manifest
+    /// says so or has no entry for it. The patch file's BLAKE3 is checked
+    /// against the manifest first; with --trust or --device the manifest's
+    /// signature (manifest.sig beside it) must verify too.
+    #[arg(long, conflicts_with_all = ["patch", "in_place"])]
+    manifest: Option<PathBuf>,
+    /// Set for a full-image patch picked from a manifest: apply it to an
+    /// empty old image.
+    #[arg(skip)]
+    from_empty: Option<PathBuf>,
     /// Where to write the new image (replaced only after it verified).
     #[arg(short, long, required_unless_present = "in_place")]
     output: Option<PathBuf>,
@@ -350,6 +369,7 @@ fn main() -> ExitCode {
         Cmd::History(a) => device_cmd::cmd_history(&a),
         Cmd::Trust(TrustCmd::Add(a)) => device_cmd::cmd_trust_add(&a),
         Cmd::Trust(TrustCmd::Rotate(a)) => signing_cmd::cmd_rotate(&a),
+        Cmd::Release(a) => release_cmd::cmd_release(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -390,6 +410,18 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
             return match d {
                 D::Busy => exit::BUSY,
                 D::Unusable { .. } | D::Damaged(_) | D::PendingUpdate { .. } => exit::DEVICE_STATE,
+                _ => exit::FAILURE,
+            };
+        }
+        if let Some(m) = cause.downcast_ref::<fwdelta_device::manifest::ManifestError>() {
+            use fwdelta_device::manifest::ManifestError as M;
+            return match m {
+                M::Unsigned(_) | M::NotAuthentic { .. } | M::BadSignatureFile(_) => {
+                    exit::NOT_AUTHENTIC
+                }
+                M::PatchMismatch { .. } => exit::BAD_PATCH,
+                M::NoEntry(_) => exit::WRONG_OLD_IMAGE,
+                M::Unsupported(_) => exit::UNSUPPORTED,
                 _ => exit::FAILURE,
             };
         }
@@ -490,7 +522,40 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
     Ok(())
 }
 
+impl ApplyArgs {
+    /// The patch file (set by the time an apply runs).
+    fn patch(&self) -> &Path {
+        self.patch.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// The old image the patch is applied to.
+    fn old_image(&self) -> &Path {
+        self.from_empty.as_deref().unwrap_or(&self.old)
+    }
+}
+
 fn cmd_apply(a: &ApplyArgs) -> Result<()> {
+    if let Some(manifest) = &a.manifest {
+        let (keys, threshold) = match &a.device {
+            Some(dir) => release_cmd::device_keys(dir)?,
+            None => (release_cmd::trust_keys(&a.trust)?, 1),
+        };
+        if let Some(out) = &a.output {
+            refuse_overwrite(out, &[&a.old, manifest])?;
+        }
+        let (patch, full) =
+            release_cmd::pick_from_manifest(manifest, &a.old, &keys, threshold, a.quiet)?;
+        let empty = if full {
+            Some(tempfile::NamedTempFile::new().context("cannot create an empty old image")?)
+        } else {
+            None
+        };
+        let mut b = a.clone();
+        b.manifest = None;
+        b.patch = Some(patch);
+        b.from_empty = empty.as_ref().map(|e| e.path().to_path_buf());
+        return cmd_apply(&b);
+    }
     let mut opts = ApplyOptions {
         memory_limit: a.memory_limit,
         max_new_len: a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN),
@@ -512,7 +577,7 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
         Some(dir) => {
             let mode = if a.in_place { "in-place" } else { "file" };
             // A device always resumes an interrupted update of the same patch.
-            let report = device_cmd::apply_with_device(dir, &a.patch, opts, now, mode, |opts| {
+            let report = device_cmd::apply_with_device(dir, a.patch(), opts, now, mode, |opts| {
                 run_apply(a, opts, true)
             })?;
             (a.output.clone().unwrap_or_else(|| a.old.clone()), report)
@@ -536,11 +601,11 @@ fn run_apply(
     let Some(output) = a.output.as_deref() else {
         return cmd_apply_in_place(a, opts);
     };
-    let old = FileImage::open(&a.old)
+    let old = FileImage::open(a.old_image())
         .with_context(|| format!("cannot open old image {}", a.old.display()))?;
-    let mut patch =
-        File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
-    let inputs: [&Path; 2] = [&a.old, &a.patch];
+    let mut patch = File::open(a.patch())
+        .with_context(|| format!("cannot open patch {}", a.patch().display()))?;
+    let inputs: [&Path; 2] = [&a.old, a.patch()];
     refuse_overwrite(output, &inputs)?;
     let side = ResumableFile::side_paths(output)
         .with_context(|| format!("cannot name the files beside {}", output.display()))?;
@@ -550,7 +615,7 @@ fn run_apply(
     // Held until this function returns: every side file below is created,
     // written and renamed under it, and dropped (removing the lock file) last.
     let lock = TargetLock::acquire(output)?;
-    let context = || format!("cannot apply {}", a.patch.display());
+    let context = || format!("cannot apply {}", a.patch().display());
     let resumed = if resume {
         resume_applier(a, &lock, &old, &mut patch, opts.clone())?
     } else {
@@ -564,7 +629,12 @@ fn run_apply(
         None => {
             let sink = ResumableFile::create(&lock)?;
             // The new version of a file keeps the old one's permission bits.
-            if let (Some(f), Ok(meta)) = (sink.file(), old.file().metadata()) {
+            let meta = match &a.from_empty {
+                // A full image picked from a manifest: keep OLD's bits.
+                Some(_) => std::fs::metadata(&a.old),
+                None => old.file().metadata(),
+            };
+            if let (Some(f), Ok(meta)) = (sink.file(), meta) {
                 if meta.is_file() {
                     f.set_permissions(meta.permissions()).with_context(|| {
                         format!("cannot set permissions beside {}", output.display())
@@ -604,7 +674,7 @@ fn ensure_room(
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot read patch {}", a.patch.display()))
+                return Err(e).with_context(|| format!("cannot read patch {}", a.patch().display()))
             }
         }
     }
@@ -626,23 +696,23 @@ fn ensure_room(
 
 /// `apply --in-place`: rewrite the old image file itself, under its lock.
 fn cmd_apply_in_place(a: &ApplyArgs, opts: ApplyOptions) -> Result<fwdelta_apply::ApplyReport> {
-    refuse_overwrite(&a.old, &[&a.patch])?;
+    refuse_overwrite(&a.old, &[a.patch()])?;
     for suffix in [fwdelta_apply::side_file::LOCK, "fwdelta-inplace.tmp"] {
         let side = fwdelta_apply::side_file::side_path(&a.old, suffix)
             .with_context(|| format!("cannot name the files beside {}", a.old.display()))?;
-        refuse_side_file_is_input(&side, &[&a.old, &a.patch])?;
+        refuse_side_file_is_input(&side, &[&a.old, a.patch()])?;
     }
     let lock = TargetLock::acquire(&a.old)?;
     let region = fwdelta_apply::FileRegion::open(&a.old)
         .with_context(|| format!("cannot open {} for in-place update", a.old.display()))?;
-    let patch =
-        File::open(&a.patch).with_context(|| format!("cannot open patch {}", a.patch.display()))?;
+    let patch = File::open(a.patch())
+        .with_context(|| format!("cannot open patch {}", a.patch().display()))?;
     // Segment headers are read a byte at a time, four passes over the patch.
     let patch = BufReader::with_capacity(fwdelta_apply::BUFFER_LEN, patch);
     let mut journal = fwdelta_apply::FileJournal::beside(&a.old)
         .with_context(|| format!("cannot place a journal beside {}", a.old.display()))?;
     let report = fwdelta_apply::apply_in_place_with(&region, patch, opts, &mut journal)
-        .with_context(|| format!("cannot apply {} in place", a.patch.display()))?;
+        .with_context(|| format!("cannot apply {} in place", a.patch().display()))?;
     drop(journal);
     drop(lock);
     if report.already_applied && !a.quiet {
@@ -714,7 +784,7 @@ fn resume_applier<'o>(
             bytes
         }
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot read patch {}", a.patch.display()))
+            return Err(e).with_context(|| format!("cannot read patch {}", a.patch().display()))
         }
     };
     patch.seek(SeekFrom::Start(0))?;
@@ -730,7 +800,7 @@ fn resume_applier<'o>(
         Ok(applier) => {
             patch
                 .seek(SeekFrom::Start(checkpoint.patch_offset))
-                .with_context(|| format!("cannot read patch {}", a.patch.display()))?;
+                .with_context(|| format!("cannot read patch {}", a.patch().display()))?;
             Ok(Some(applier))
         }
         Err(ApplyError::Format(fwdelta_format::FormatError::BadField {
@@ -746,7 +816,7 @@ fn resume_applier<'o>(
             );
             Ok(None)
         }
-        Err(e) => Err(e).with_context(|| format!("cannot resume applying {}", a.patch.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot resume applying {}", a.patch().display())),
     }
 }
 
