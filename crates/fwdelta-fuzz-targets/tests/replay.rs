@@ -125,6 +125,15 @@ fn journal_seeds_resume_and_damage_is_survived() {
     let mut resumed = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        // The journals a power cut leaves (`cut-NN`, one slot damaged:
+        // `cut-NN-flipped`) must resume; the inputs the fuzzer added (named
+        // by their hash: any slot bytes, often both slots noise) only have
+        // to keep the target's rules, which `replay_committed_corpora`
+        // checks.
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("cut-") {
+            continue;
+        }
         let data = std::fs::read(&path).unwrap();
         assert!(
             fwdelta_fuzz_targets::journal_resumes(&data),
