@@ -70,7 +70,9 @@ pub fn find_ops(old: &[u8], new: &[u8]) -> Vec<Op> {
 }
 
 /// One edit script per switch margin in `margins`, in that order, from one
-/// suffix sort. Cost: as [`find_ops`], plus one scan per further margin.
+/// suffix sort. Cost: as [`find_ops`], plus one scan per further margin
+/// (whose searches mostly come from the first scan's memo: see
+/// [`match_scan::scan_margins`]).
 pub fn find_scripts(old: &[u8], new: &[u8], margins: &[usize]) -> Vec<Vec<Op>> {
     if new.is_empty() {
         return vec![Vec::new(); margins.len()];
@@ -81,9 +83,9 @@ pub fn find_scripts(old: &[u8], new: &[u8], margins: &[usize]) -> Vec<Vec<Op>> {
     let threads = rayon::current_num_threads().max(1);
     let chunk = (new.len().div_ceil(threads)).max(MIN_SCAN_CHUNK);
     let sa = SuffixArray::new(old);
-    margins
-        .iter()
-        .map(|&margin| ops_from(match_scan::scan(&sa, new, chunk, margin), new.len()))
+    match_scan::scan_margins(&sa, new, chunk, margins)
+        .into_iter()
+        .map(|found| ops_from(found, new.len()))
         .collect()
 }
 
