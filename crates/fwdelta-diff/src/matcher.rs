@@ -46,6 +46,12 @@ impl Op {
     }
 }
 
+/// Chunks the new image is scanned in (each at least [`MIN_SCAN_CHUNK`]),
+/// whatever the number of threads: chunk edges shape the matches, so a
+/// chunking that followed the thread count would make a patch depend on
+/// the machine that made it (it did: P7 at `-j 1` and `-j 2` differed).
+pub const SCAN_CHUNKS: usize = 2;
+
 /// Smallest chunk of the new image scanned by one task. Chunk edges cost a
 /// little match quality, so small inputs are scanned whole.
 const MIN_SCAN_CHUNK: usize = 1 << 20;
@@ -80,8 +86,7 @@ pub fn find_scripts(old: &[u8], new: &[u8], margins: &[usize]) -> Vec<Vec<Op>> {
     if old.is_empty() {
         return vec![vec![Op::literal(new.len() as u64)]; margins.len()];
     }
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = (new.len().div_ceil(threads)).max(MIN_SCAN_CHUNK);
+    let chunk = new.len().div_ceil(SCAN_CHUNKS).max(MIN_SCAN_CHUNK);
     let sa = SuffixArray::new(old);
     match_scan::scan_margins(&sa, new, chunk, margins)
         .into_iter()

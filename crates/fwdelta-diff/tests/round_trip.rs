@@ -1,7 +1,7 @@
 //! Generator → applier round trips over random and structured edits.
 
 use fwdelta_apply::{apply, ApplyOptions};
-use fwdelta_diff::{diff, Options, Plan};
+use fwdelta_diff::{diff, matcher, Options, Plan};
 use fwdelta_format::{Codec, Layout};
 use fwdelta_testkit::noise;
 use proptest::prelude::*;
@@ -789,4 +789,45 @@ fn literal_filter_makes_new_code_smaller_and_round_trips() {
     let p = diff(&old, &new, &Options::default()).unwrap();
     assert_eq!(p.report.literal_filter, None, "400 literal bytes");
     assert_applies(&old, &p.bytes, &new);
+}
+
+/// A patch depends on its inputs and options only, not on the machine: the
+/// same pair diffed on 1, 2 and 3 threads gives the same edit scripts and
+/// the same bytes. (The scan used to cut the new image into one chunk per
+/// thread, and chunk edges shape the matches: here 3 ops on one thread and
+/// 4 on two; P7 at `-j 1` and `-j 2` gave different patches.) The pair is
+/// large enough for the scan to cut it.
+#[test]
+fn the_patch_does_not_depend_on_the_thread_count() {
+    let old = codeish(41, 1_700_000);
+    let mut new = old.clone();
+    new.splice(300_000..300_000, noise(42, 5_000));
+    new.drain(900_000..904_000);
+    for at in (1_000..new.len()).step_by(7_919) {
+        new[at] ^= 0x24;
+    }
+    let opts = Options {
+        level: 3,
+        ..Options::default()
+    };
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let scripts = matcher::find_scripts(&old, &new, &matcher::SWITCH_MARGINS);
+                (scripts, diff(&old, &new, &opts).unwrap().bytes)
+            })
+    };
+    let (scripts, patch) = on(1);
+    assert_applies(&old, &patch, &new);
+    for threads in [2, 3] {
+        let (s, p) = on(threads);
+        assert!(
+            s == scripts,
+            "1 and {threads} threads found different edit scripts"
+        );
+        assert!(p == patch, "1 and {threads} threads made different patches");
+    }
 }
