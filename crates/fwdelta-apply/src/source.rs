@@ -57,7 +57,12 @@ impl FileImage {
     /// Open `path` read-only and record its length (for a block device, the
     /// device's size).
     pub fn open(path: &Path) -> io::Result<Self> {
-        let mut file = File::open(path)?;
+        Self::from_file(File::open(path)?)
+    }
+
+    /// An old image in `file`, already open (a regular file or a block
+    /// device, as for [`FileImage::open`]).
+    pub fn from_file(mut file: File) -> io::Result<Self> {
         let kind = file.metadata()?.file_type();
         let len = if kind.is_file() {
             file.metadata()?.len()

@@ -74,6 +74,17 @@ pub enum ManifestError {
         /// The file's BLAKE3.
         actual: String,
     },
+    /// A patch (as opened for applying) makes another image than the
+    /// manifest's new image: swapped after its bytes were checked.
+    #[error("{file} makes another image than the manifest's (new image BLAKE3 {actual}, the manifest says {expected}); refusing it")]
+    WrongNewImage {
+        /// The patch file's name.
+        file: String,
+        /// The manifest's new image BLAKE3.
+        expected: String,
+        /// The new image BLAKE3 the patch's header names.
+        actual: String,
+    },
 }
 
 /// One patch file of a release.

@@ -299,7 +299,12 @@ struct ApplyArgs {
     /// Set for a full-image patch picked from a manifest: apply it to an
     /// empty old image.
     #[arg(skip)]
-    from_empty: Option<PathBuf>,
+    from_empty: bool,
+    /// Set for a patch picked from a manifest: the new image the manifest
+    /// names, checked against the header of the patch as opened for
+    /// applying (the file might be swapped after its bytes were checked).
+    #[arg(skip)]
+    expect_new: Option<[u8; 32]>,
     /// Where to write the new image (replaced only after it verified).
     #[arg(short, long, required_unless_present = "in_place")]
     output: Option<PathBuf>,
@@ -419,7 +424,7 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
                 M::Unsigned(_) | M::NotAuthentic { .. } | M::BadSignatureFile(_) => {
                     exit::NOT_AUTHENTIC
                 }
-                M::PatchMismatch { .. } => exit::BAD_PATCH,
+                M::PatchMismatch { .. } | M::WrongNewImage { .. } => exit::BAD_PATCH,
                 M::NoEntry(_) => exit::WRONG_OLD_IMAGE,
                 M::Unsupported(_) => exit::UNSUPPORTED,
                 _ => exit::FAILURE,
@@ -528,10 +533,6 @@ impl ApplyArgs {
         self.patch.as_deref().unwrap_or(Path::new(""))
     }
 
-    /// The old image the patch is applied to.
-    fn old_image(&self) -> &Path {
-        self.from_empty.as_deref().unwrap_or(&self.old)
-    }
 }
 
 fn cmd_apply(a: &ApplyArgs) -> Result<()> {
@@ -541,20 +542,19 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
             None => (release_cmd::trust_keys(&a.trust)?, 1),
         };
         if let Some(out) = &a.output {
-            refuse_overwrite(out, &[&a.old, manifest])?;
+            refuse_overwrite(out, &[&a.old, manifest, &manifest.with_extension("sig")])?;
         }
-        let (patch, full) =
+        let (patch, full, new_blake3) =
             release_cmd::pick_from_manifest(manifest, &a.old, &keys, threshold, a.quiet)?;
-        let empty = if full {
-            Some(tempfile::NamedTempFile::new().context("cannot create an empty old image")?)
-        } else {
-            None
-        };
         let mut b = a.clone();
         b.manifest = None;
         b.patch = Some(patch);
-        b.from_empty = empty.as_ref().map(|e| e.path().to_path_buf());
+        b.from_empty = full;
+        b.expect_new = Some(new_blake3);
         return cmd_apply(&b);
+    }
+    if let (Some(dir), Some(out)) = (&a.device, &a.output) {
+        refuse_output_in_device(out, dir)?;
     }
     let mut opts = ApplyOptions {
         memory_limit: a.memory_limit,
@@ -601,10 +601,22 @@ fn run_apply(
     let Some(output) = a.output.as_deref() else {
         return cmd_apply_in_place(a, opts);
     };
-    let old = FileImage::open(a.old_image())
-        .with_context(|| format!("cannot open old image {}", a.old.display()))?;
+    let old = if a.from_empty {
+        // An unnamed empty file beside the output: nothing to leave behind.
+        let dir = output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        tempfile::tempfile_in(dir).and_then(FileImage::from_file)
+    } else {
+        FileImage::open(&a.old)
+    }
+    .with_context(|| format!("cannot open old image {}", a.old.display()))?;
     let mut patch = File::open(a.patch())
         .with_context(|| format!("cannot open patch {}", a.patch().display()))?;
+    if let Some(expected) = a.expect_new {
+        check_new_image(&mut patch, a.patch(), &expected)?;
+    }
     let inputs: [&Path; 2] = [&a.old, a.patch()];
     refuse_overwrite(output, &inputs)?;
     let side = ResumableFile::side_paths(output)
@@ -629,10 +641,10 @@ fn run_apply(
         None => {
             let sink = ResumableFile::create(&lock)?;
             // The new version of a file keeps the old one's permission bits.
-            let meta = match &a.from_empty {
+            let meta = match a.from_empty {
                 // A full image picked from a manifest: keep OLD's bits.
-                Some(_) => std::fs::metadata(&a.old),
-                None => old.file().metadata(),
+                true => std::fs::metadata(&a.old),
+                false => old.file().metadata(),
             };
             if let (Some(f), Ok(meta)) = (sink.file(), meta) {
                 if meta.is_file() {
@@ -1027,6 +1039,51 @@ fn refuse_side_file_is_input(side: &Path, inputs: &[&Path]) -> Result<()> {
 
 /// Refuse an output path that is one of the inputs (by device and inode, so
 /// links and different spellings are caught).
+/// Refuse a patch (`file`, opened for applying) whose header names another
+/// new image than `expected` (the manifest's). The header is read from the
+/// same open file the applier then reads, rewound, so a file swapped after
+/// the manifest check cannot slip through; the applier's final hash check
+/// then ties the output to that header.
+fn check_new_image(file: &mut File, path: &Path, expected: &[u8; 32]) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let name = || path.display().to_string();
+    let (header, ..) = fwdelta_apply::inspect::read_patch_start(file)
+        .with_context(|| format!("cannot apply {}", name()))?;
+    file.seek(SeekFrom::Start(0))
+        .with_context(|| format!("cannot read patch {}", name()))?;
+    if header.new_hash != *expected {
+        return Err(fwdelta_device::manifest::ManifestError::WrongNewImage {
+            file: name(),
+            expected: hex(expected),
+            actual: hex(&header.new_hash),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Refuse an output inside the device state directory `dir`: writing the
+/// new image over the state file or the history would destroy the record
+/// the update is about to go into.
+fn refuse_output_in_device(output: &Path, dir: &Path) -> Result<()> {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return Ok(()); // the device layer reports a missing directory
+    };
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Ok(parent) = std::fs::canonicalize(parent) {
+        anyhow::ensure!(
+            !parent.starts_with(&dir),
+            "output {} is inside the device state directory {}; refusing to write it",
+            output.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let Ok(out) = std::fs::metadata(output) else {

@@ -718,7 +718,7 @@ pub fn pick_from_manifest(
     trusted: &[[u8; 32]],
     threshold: usize,
     quiet: bool,
-) -> Result<(PathBuf, bool)> {
+) -> Result<(PathBuf, bool, [u8; 32])> {
     use fwdelta_device::manifest::{ManifestError, Pick};
     let read = |p: &Path| -> Result<Vec<u8>> {
         let meta = std::fs::metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -797,12 +797,22 @@ pub fn pick_from_manifest(
     let patch_bytes = {
         let f = std::fs::File::open(&path)
             .with_context(|| format!("cannot open patch {}", path.display()))?;
-        let mut h = blake3::Hasher::new();
-        h.update_reader(f)
-            .with_context(|| format!("cannot read patch {}", path.display()))?;
-        let len = std::fs::metadata(&path)
+        // Its kind and length first: a FIFO or a device at the patch's name
+        // must not hang or feed the hash forever.
+        let len = f
+            .metadata()
             .with_context(|| format!("cannot read patch {}", path.display()))?
             .len();
+        anyhow::ensure!(
+            f.metadata().is_ok_and(|m| m.is_file()),
+            "patch {} is not a regular file",
+            path.display()
+        );
+        let mut h = blake3::Hasher::new();
+        if len == pf.bytes {
+            h.update_reader(std::io::Read::take(f, len))
+                .with_context(|| format!("cannot read patch {}", path.display()))?;
+        }
         (len, *h.finalize().as_bytes())
     };
     if patch_bytes.0 != pf.bytes || patch_bytes.1 != pf.blake3 {
@@ -813,7 +823,7 @@ pub fn pick_from_manifest(
         })
         .with_context(ctx);
     }
-    Ok((path, full))
+    Ok((path, full, m.new_blake3))
 }
 
 /// Public keys of a device state directory (and its threshold), for
