@@ -8,6 +8,7 @@ mod device_cmd;
 mod input;
 mod peak_memory;
 mod release_cmd;
+mod release_plan;
 mod signing_cmd;
 mod size;
 
@@ -369,7 +370,10 @@ fn main() -> ExitCode {
         Cmd::History(a) => device_cmd::cmd_history(&a),
         Cmd::Trust(TrustCmd::Add(a)) => device_cmd::cmd_trust_add(&a),
         Cmd::Trust(TrustCmd::Rotate(a)) => signing_cmd::cmd_rotate(&a),
-        Cmd::Release(a) => release_cmd::cmd_release(&a),
+        Cmd::Release(a) => match &a.step {
+            Some(step) => release_plan::run(step),
+            None => release_cmd::cmd_release(&a),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
