@@ -117,7 +117,8 @@ enum Cmd {
     /// full-image fallback and a (signed) manifest terminals pick from.
     #[command(after_help = "Example:\n  fwdelta release release.toml -o out/\n  \
         fwdelta apply --manifest out/manifest.json --trust release.pub current.bin -o next.bin\n\n\
-        The description file is documented in docs/RELEASE.md.")]
+        For a distributed engine (Ray, Kubernetes): release plan, run-job, collect.\n\
+        The description file and the plan are documented in docs/RELEASE.md.")]
     Release(release_cmd::ReleaseArgs),
 }
 
