@@ -5,7 +5,8 @@
 //! the inputs' hashes, the output names `release` uses, and the memory and
 //! CPUs of each job; running the jobs in any order, one twice and one from
 //! stdin, then collecting gives a directory byte-identical to `fwdelta
-//! release`'s (with and without left-out deltas); a damaged output is
+//! release`'s (with and without left-out deltas); one job run four times
+//! at once leaves one file of the same bytes; a damaged output is
 //! remade by run-job and refused by collect; a missing output, an input
 //! changed after planning and a foreign key file are refused; the
 //! Kubernetes Job parses as YAML with one completion per job, the index
@@ -152,6 +153,38 @@ fn jobs_in_any_order_then_collect_equal_a_local_release() {
     assert!(child.wait().unwrap().success());
     collect(&f, "out").ok();
     assert_same_dirs(&f.path("ref"), &f.path("out"));
+}
+
+#[test]
+fn duplicated_jobs_running_at_once_leave_the_same_bytes() {
+    let f = Fixture::new("");
+    f.release("ref");
+    let jobs = plan(&f, &[]);
+    // Job 1 four times at once into one directory, as an engine that
+    // retried a job it wrongly thought dead would run it.
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_fwdelta"))
+                .args([OsStr::new("release"), OsStr::new("run-job")])
+                .arg(f.path("plan.jsonl"))
+                .args(["--job", "1", "-o"])
+                .arg(f.path("out"))
+                .arg("-q")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let name = jobs[1]["output"].as_str().unwrap();
+    let out = files(&f.path("out"));
+    assert_eq!(
+        out.keys().collect::<Vec<_>>(),
+        [name],
+        "one file, no temporaries"
+    );
+    assert!(out[name] == fs::read(f.path("ref").join(name)).unwrap());
 }
 
 #[test]
