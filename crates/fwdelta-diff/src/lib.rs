@@ -669,6 +669,77 @@ fn plan_code(arch: Arch, old: &[u8], new: &[u8], ops: &[Op]) -> Option<CodePlan>
     })
 }
 
+/// An estimate of the peak resident memory (bytes) of a process that
+/// makes the patch from `old` to a new image of `new_len` bytes with
+/// [`diff`] on `threads` worker threads, both images memory-mapped, signs
+/// it and applies it back once (`fwdelta release run-job`): what a
+/// scheduler should reserve for the job.
+///
+/// The model is an upper bound fitted to peak RSS measured with
+/// `/usr/bin/time -v` on the test pairs and the public corpus (22 KiB to
+/// 23 MiB images, 2 threads): measured peaks were 0.43 to 0.94 of the
+/// estimate, closest on full images and executables whose
+/// executable-aware patch wins, loosest on near-identical pairs, whose
+/// small patches need small compression windows (docs/RELEASE.md has the
+/// table). Its terms:
+/// - 12 MiB for the process itself;
+/// - per thread, one compression context: up to 24 MiB (LZMA2's match
+///   finder at the largest window), less on small images (8 bytes per new
+///   byte);
+/// - the old image's suffix array (4 bytes per old byte) and the mapped
+///   old image;
+/// - when executable-aware diffing will run (`code` names an instruction
+///   set, or `auto` detects one in `old`, as [`diff`] does), the predicted
+///   old image and its own match lists: 2 more bytes per old byte;
+/// - the mapped new image, the patch and the applied-back copy: 3 bytes
+///   per new byte.
+///
+/// Cost: with [`CodeMode::Auto`], the detector's pass over `old` per
+/// instruction set; otherwise none.
+pub fn estimated_peak_memory(old: &[u8], new_len: u64, code: CodeMode, threads: usize) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let aware = match code {
+        CodeMode::Off => false,
+        CodeMode::Arch(_) => true,
+        CodeMode::Auto => code_detector::detect(old).is_some(),
+    };
+    let old_len = old.len() as u64;
+    let per_old = if aware { 7 } else { 5 };
+    let context = (24 * MIB).min(new_len.saturating_mul(8));
+    (12 * MIB)
+        .saturating_add((threads.max(1) as u64).saturating_mul(context))
+        .saturating_add(old_len.saturating_mul(per_old))
+        .saturating_add(new_len.saturating_mul(3))
+}
+
+#[cfg(test)]
+mod estimate_tests {
+    use super::*;
+
+    #[test]
+    fn the_estimate_grows_with_the_images_threads_and_code() {
+        let old = vec![0u8; 1 << 20];
+        let plain = estimated_peak_memory(&old, 1 << 20, CodeMode::Off, 1);
+        assert_eq!(plain, (12 << 20) + (8 << 20) + (5 << 20) + (3 << 20));
+        assert!(estimated_peak_memory(&old, 1 << 20, CodeMode::Off, 2) > plain);
+        let aware = estimated_peak_memory(
+            &old,
+            1 << 20,
+            CodeMode::Arch(fwdelta_format::reference_rewriter::Arch::ALL[0]),
+            1,
+        );
+        assert_eq!(aware, plain + (2 << 20));
+        // Zeros are no code: auto detects nothing.
+        assert_eq!(
+            estimated_peak_memory(&old, 1 << 20, CodeMode::Auto, 1),
+            plain
+        );
+        // One compression context is at most 24 MiB.
+        let big = estimated_peak_memory(&[], 100 << 20, CodeMode::Off, 1);
+        assert_eq!(big, (12 << 20) + (24 << 20) + (300 << 20));
+    }
+}
+
 /// Make a patch turning `old` into `new`. One-shot form of
 /// [`Plan::build`] followed by [`Plan::encode`].
 pub fn diff(old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {

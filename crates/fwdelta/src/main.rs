@@ -8,6 +8,7 @@ mod device_cmd;
 mod input;
 mod peak_memory;
 mod release_cmd;
+mod release_plan;
 mod signing_cmd;
 mod size;
 
@@ -116,7 +117,8 @@ enum Cmd {
     /// full-image fallback and a (signed) manifest terminals pick from.
     #[command(after_help = "Example:\n  fwdelta release release.toml -o out/\n  \
         fwdelta apply --manifest out/manifest.json --trust release.pub current.bin -o next.bin\n\n\
-        The description file is documented in docs/RELEASE.md.")]
+        For a distributed engine (Ray, Kubernetes): release plan, run-job, collect.\n\
+        The description file and the plan are documented in docs/RELEASE.md.")]
     Release(release_cmd::ReleaseArgs),
 }
 
@@ -374,7 +376,10 @@ fn main() -> ExitCode {
         Cmd::History(a) => device_cmd::cmd_history(&a),
         Cmd::Trust(TrustCmd::Add(a)) => device_cmd::cmd_trust_add(&a),
         Cmd::Trust(TrustCmd::Rotate(a)) => signing_cmd::cmd_rotate(&a),
-        Cmd::Release(a) => release_cmd::cmd_release(&a),
+        Cmd::Release(a) => match &a.step {
+            Some(step) => release_plan::run(step),
+            None => release_cmd::cmd_release(&a),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

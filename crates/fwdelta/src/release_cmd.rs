@@ -29,13 +29,19 @@ use std::time::Instant;
 
 /// `fwdelta release`.
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ReleaseArgs {
+    /// A release cut into jobs for a distributed engine (plan, run-job,
+    /// collect); without one, the whole release on this machine.
+    #[command(subcommand)]
+    pub step: Option<crate::release_plan::Step>,
     /// The release description (TOML, see docs/RELEASE.md).
-    pub description: PathBuf,
+    #[arg(required = true)]
+    pub description: Option<PathBuf>,
     /// The release directory (created if missing; patches already in it
     /// that verify are reused).
-    #[arg(short, long)]
-    pub output: PathBuf,
+    #[arg(short, long, required = true)]
+    pub output: Option<PathBuf>,
     /// Worker threads for all jobs together (default: all cores).
     #[arg(long, short = 'j')]
     pub threads: Option<usize>,
@@ -111,15 +117,112 @@ struct DiffSpec {
 }
 
 /// The description, checked and with paths resolved.
-struct Plan {
-    release: Release,
-    new_image: PathBuf,
-    keys: Vec<SigningKey>,
-    old: Vec<(PathBuf, String)>,
-    max_share: f64,
-    options: Options,
+pub(crate) struct Plan {
+    pub(crate) release: Release,
+    pub(crate) new_image: PathBuf,
+    /// The secret key files, as resolved (in the description's order).
+    pub(crate) key_paths: Vec<PathBuf>,
+    pub(crate) keys: Vec<SigningKey>,
+    pub(crate) old: Vec<(PathBuf, String)>,
+    pub(crate) max_share: f64,
+    pub(crate) diff: DiffParams,
+    pub(crate) options: Options,
     /// Canonical text of everything besides the images that shapes a patch.
-    recipe: String,
+    pub(crate) recipe: String,
+}
+
+/// The generator options of a release, by their description names, with
+/// every default filled in: what a plan's jobs carry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DiffParams {
+    pub(crate) codec: String,
+    pub(crate) level: i32,
+    pub(crate) apply_memory: u64,
+    pub(crate) segment_size: u64,
+    pub(crate) align: u64,
+    pub(crate) arch: String,
+    pub(crate) layout: String,
+    pub(crate) literal_filter: bool,
+}
+
+impl DiffParams {
+    /// The generator's options; fails on an unknown codec, arch or layout.
+    pub(crate) fn options(&self) -> Result<Options> {
+        let codec =
+            crate::parse_codec(&self.codec).map_err(|e| anyhow::anyhow!("diff.codec: {e}"))?;
+        let code =
+            crate::parse_code_mode(&self.arch).map_err(|e| anyhow::anyhow!("diff.arch: {e}"))?;
+        let layout = match self.layout.as_str() {
+            "auto" => None,
+            "modelled" => Some(fwdelta_format::Layout::Modelled),
+            "split" => Some(fwdelta_format::Layout::Split),
+            "interleaved" => Some(fwdelta_format::Layout::Interleaved),
+            other => anyhow::bail!(
+                "diff.layout: {other:?}: expected auto, modelled, split or interleaved"
+            ),
+        };
+        Ok(Options {
+            codec,
+            level: self.level,
+            apply_memory: self.apply_memory,
+            segment_cost: self.segment_size,
+            in_place: None,
+            align: self.align.max(1),
+            code,
+            layout,
+            literal_filter: self.literal_filter,
+            ..Options::default()
+        })
+    }
+}
+
+/// Canonical text of everything besides the images that shapes a patch:
+/// hashed into every patch file's name (`<recipe8>`).
+pub(crate) fn recipe_text(release: &Release, d: &DiffParams, keys: &[SigningKey]) -> String {
+    let mut key_ids: Vec<String> = keys
+        .iter()
+        .map(|k| KeyId::of(k.verifying_key().as_bytes()).to_string())
+        .collect();
+    key_ids.sort();
+    format!(
+        "codec={} level={} apply_memory={} segment_size={} \
+         align={} arch={} layout={} literal_filter={} \
+         product={} version={} counter={} expires={} keys={} fwdelta={}",
+        d.codec,
+        d.level,
+        d.apply_memory,
+        d.segment_size,
+        d.align,
+        d.arch,
+        d.layout,
+        d.literal_filter,
+        release.product,
+        release.version,
+        release.security_counter,
+        release.expires,
+        key_ids.join(","),
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
+/// The 8 hex digits of the recipe that patch file names carry.
+pub(crate) fn recipe_hex(recipe: &str) -> String {
+    hex(&blake3::derive_key(
+        "fwdelta 2026-12 release recipe v1",
+        recipe.as_bytes(),
+    ))[..8]
+        .to_string()
+}
+
+/// A patch's file name in the release directory: from the old image's hash
+/// (`None`: the full image), the new image's and the recipe's.
+pub(crate) fn patch_file_name(old: Option<&[u8; 32]>, new: &[u8; 32], recipe8: &str) -> String {
+    let new_hex = hex(new);
+    match old {
+        Some(old) => format!("{}-{}-{recipe8}.fwd", &hex(old)[..24], &new_hex[..24]),
+        None => format!("full-{}-{recipe8}.fwd", &new_hex[..24]),
+    }
 }
 
 /// Default share of the full-image patch above which a delta is left out.
@@ -142,7 +245,9 @@ fn check_version(v: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn parse_description(path: &Path) -> Result<Plan> {
+/// Read and check a release description (TOML); paths resolve against its
+/// directory. Reads the key files; does not open the images.
+pub(crate) fn parse_description(path: &Path) -> Result<Plan> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let d: Description = toml::from_str(&text).map_err(|e| {
@@ -214,67 +319,33 @@ fn parse_description(path: &Path) -> Result<Plan> {
         old.extend(found);
     }
     let s = &d.diff;
-    let codec = crate::parse_codec(s.codec.as_deref().unwrap_or("lzma2"))
-        .map_err(|e| anyhow::anyhow!("{}: diff.codec: {e}", path.display()))?;
-    let arch_name = s.arch.as_deref().unwrap_or("auto");
-    let code = crate::parse_code_mode(arch_name)
-        .map_err(|e| anyhow::anyhow!("{}: diff.arch: {e}", path.display()))?;
-    let layout_name = s.layout.as_deref().unwrap_or("auto");
-    let layout = match layout_name {
-        "auto" => None,
-        "modelled" => Some(fwdelta_format::Layout::Modelled),
-        "split" => Some(fwdelta_format::Layout::Split),
-        "interleaved" => Some(fwdelta_format::Layout::Interleaved),
-        other => anyhow::bail!(
-            "{}: diff.layout: {other:?}: expected auto, modelled, split or interleaved",
-            path.display()
-        ),
-    };
-    let level = s.level.unwrap_or(19);
     let size = |v: &Option<SizeSpec>, what: &str, default: u64| -> Result<u64> {
         v.as_ref()
             .map_or(Ok(default), |v| v.bytes(what))
             .with_context(|| format!("{}", path.display()))
     };
-    let apply_memory = size(&s.apply_memory, "apply_memory", 4 << 20)?;
-    let segment_size = size(&s.segment_size, "segment_size", 1 << 20)?;
-    let align = size(&s.align, "align", 1)?.max(1);
-    let literal_filter = s.literal_filter.unwrap_or(true);
-    let options = Options {
-        codec,
-        level,
-        apply_memory,
-        segment_cost: segment_size,
-        in_place: None,
-        align,
-        code,
-        layout,
-        literal_filter,
-        ..Options::default()
+    let diff = DiffParams {
+        codec: s.codec.clone().unwrap_or_else(|| "lzma2".into()),
+        level: s.level.unwrap_or(19),
+        apply_memory: size(&s.apply_memory, "apply_memory", 4 << 20)?,
+        segment_size: size(&s.segment_size, "segment_size", 1 << 20)?,
+        align: size(&s.align, "align", 1)?.max(1),
+        arch: s.arch.clone().unwrap_or_else(|| "auto".into()),
+        layout: s.layout.clone().unwrap_or_else(|| "auto".into()),
+        literal_filter: s.literal_filter.unwrap_or(true),
     };
-    let mut key_ids: Vec<String> = keys
-        .iter()
-        .map(|k| KeyId::of(k.verifying_key().as_bytes()).to_string())
-        .collect();
-    key_ids.sort();
-    let recipe = format!(
-        "codec={} level={level} apply_memory={apply_memory} segment_size={segment_size} \
-         align={align} arch={arch_name} layout={layout_name} literal_filter={literal_filter} \
-         product={} version={} counter={} expires={} keys={} fwdelta={}",
-        codec.name(),
-        release.product,
-        release.version,
-        release.security_counter,
-        release.expires,
-        key_ids.join(","),
-        env!("CARGO_PKG_VERSION"),
-    );
+    let options = diff
+        .options()
+        .with_context(|| format!("{}", path.display()))?;
+    let recipe = recipe_text(&release, &diff, &keys);
     Ok(Plan {
         release,
         new_image: resolve(&d.new_image),
+        key_paths: d.keys.iter().map(|k| resolve(k)).collect(),
         keys,
         old,
         max_share,
+        diff,
         options,
         recipe,
     })
@@ -282,7 +353,7 @@ fn parse_description(path: &Path) -> Result<Plan> {
 
 /// Hold an exclusive `flock` on the release directory itself (no lock file
 /// is left in it), so two releases never write one directory at once.
-fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     use std::os::unix::io::AsRawFd;
     let f = std::fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
     // SAFETY: flock on a descriptor we own; no memory is involved.
@@ -329,12 +400,203 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// One patch to make: from `old` (empty for the full image) to the new image.
-struct Job {
+pub(crate) struct Job {
     /// `None` for the full-image patch.
-    version: Option<String>,
-    old: input::Image,
-    old_hash: [u8; 32],
-    file: String,
+    pub(crate) version: Option<String>,
+    /// The old image's path (`None` for the full image).
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) old: input::Image,
+    pub(crate) old_hash: [u8; 32],
+    pub(crate) file: String,
+}
+
+/// The jobs of a release, in plan order: the full image first, then one
+/// delta per distinct old image (the description's order). Maps and
+/// hashes every old image (one read of each); refuses one image under two
+/// versions.
+pub(crate) fn release_jobs(plan: &Plan, new_hash: &[u8; 32]) -> Result<Vec<Job>> {
+    let recipe8 = recipe_hex(&plan.recipe);
+    let mut jobs = vec![Job {
+        version: None,
+        path: None,
+        old: input::Image::empty(),
+        old_hash: *blake3::hash(&[]).as_bytes(),
+        file: patch_file_name(None, new_hash, &recipe8),
+    }];
+    let mut seen: BTreeMap<[u8; 32], (String, PathBuf)> = BTreeMap::new();
+    for (path, version) in &plan.old {
+        let old = input::Image::open(path)?;
+        let old_hash = *blake3::hash(&old).as_bytes();
+        if let Some((v, p)) = seen.get(&old_hash) {
+            anyhow::ensure!(
+                v == version,
+                "{} (version {version}) and {} (version {v}) are the same image; give it one version",
+                path.display(),
+                p.display()
+            );
+            continue;
+        }
+        seen.insert(old_hash, (version.clone(), path.clone()));
+        jobs.push(Job {
+            version: Some(version.clone()),
+            path: Some(path.clone()),
+            old,
+            old_hash,
+            file: patch_file_name(Some(&old_hash), new_hash, &recipe8),
+        });
+    }
+    Ok(jobs)
+}
+
+/// The check every patch passes before it is written or enters a
+/// manifest: applied back to its old image by the applier it gives exactly
+/// the new image, carries the release's statement and is signed by every
+/// key of the release. Costs one apply (the new image's length in memory).
+pub(crate) struct Verifier<'a> {
+    pub(crate) release: &'a Release,
+    pub(crate) new: &'a [u8],
+    pub(crate) publics: Vec<[u8; 32]>,
+}
+
+impl<'a> Verifier<'a> {
+    /// A verifier for `release`'s patches to `new`, signed by `keys`.
+    pub(crate) fn new(release: &'a Release, new: &'a [u8], keys: &[SigningKey]) -> Self {
+        Verifier {
+            release,
+            new,
+            publics: keys.iter().map(|k| k.verifying_key().to_bytes()).collect(),
+        }
+    }
+
+    /// Check `patch` from `old`; the error says what failed.
+    pub(crate) fn verify(&self, old: &[u8], patch: &[u8]) -> Result<()> {
+        let mut policy = TrustPolicy::trusting(self.publics.clone());
+        policy.threshold = self.publics.len();
+        let opts = ApplyOptions {
+            policy: Some(Arc::new(policy)),
+            ..ApplyOptions::default()
+        };
+        let (report, out) =
+            fwdelta_apply::apply(old, patch, Vec::with_capacity(self.new.len()), opts)
+                .context("applying it back failed")?;
+        anyhow::ensure!(
+            out == self.new,
+            "applying it back did not give the new image"
+        );
+        anyhow::ensure!(
+            report.header.release.as_ref() == Some(self.release),
+            "it carries another release statement"
+        );
+        Ok(())
+    }
+}
+
+/// Diff `old` to `new`, bind the patch to `release` and sign it with
+/// `keys`: the bytes `fwdelta diff --product ... --sign ...` would write.
+/// Returns them and the diff's seconds. Costs one diff (see
+/// `fwdelta_diff::estimated_peak_memory`); runs on the ambient rayon pool.
+pub(crate) fn make_patch(
+    old: &[u8],
+    new: &[u8],
+    options: &Options,
+    release: &Release,
+    keys: &[SigningKey],
+    file: &str,
+) -> Result<(Vec<u8>, f64)> {
+    let start = Instant::now();
+    let patch = fwdelta_diff::diff(old, new, options)
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("cannot diff for {file}"))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let bytes = fwdelta_diff::patch_signer::sign_for_release(&patch.bytes, Some(release), keys)
+        .with_context(|| format!("cannot sign {file}"))?;
+    Ok((bytes, seconds))
+}
+
+/// Whether a delta of `bytes` enters the manifest next to a full-image
+/// patch of `full_bytes` (at most `max_share` of it).
+pub(crate) fn within_share(max_share: f64, full_bytes: u64, bytes: u64) -> bool {
+    (bytes as f64) <= max_share * full_bytes as f64
+}
+
+/// One verified delta, as the manifest lists it.
+pub(crate) struct MadeDelta {
+    pub(crate) old_hash: [u8; 32],
+    pub(crate) version: String,
+    pub(crate) old_len: u64,
+    pub(crate) patch: PatchFile,
+}
+
+/// The patch file entry for `bytes` written as `file`.
+pub(crate) fn patch_entry(file: &str, bytes: &[u8]) -> PatchFile {
+    PatchFile {
+        file: file.to_string(),
+        bytes: bytes.len() as u64,
+        blake3: *blake3::hash(bytes).as_bytes(),
+    }
+}
+
+/// The release's manifest: the one implementation `release` and `release
+/// collect` share. Deltas over `max_share` of the full image are listed
+/// with no patch (their terminals take the full image).
+pub(crate) fn build_manifest(
+    release: &Release,
+    new: &[u8],
+    max_share: f64,
+    full: PatchFile,
+    deltas: Vec<MadeDelta>,
+) -> Manifest {
+    let mut old_images = BTreeMap::new();
+    for d in deltas {
+        let within = within_share(max_share, full.bytes, d.patch.bytes);
+        old_images.insert(
+            d.old_hash,
+            OldEntry {
+                version: d.version,
+                len: d.old_len,
+                patch: within.then_some(d.patch),
+            },
+        );
+    }
+    Manifest {
+        product: release.product.clone(),
+        version: release.version.clone(),
+        security_counter: release.security_counter,
+        expires: release.expires,
+        new_len: new.len() as u64,
+        new_blake3: *blake3::hash(new).as_bytes(),
+        full_image: Some(full),
+        max_share,
+        old_images,
+    }
+}
+
+/// Write `manifest.sig` (signed by `keys`; removed when there are none) and
+/// then `manifest.json` into `outdir`, each atomically.
+pub(crate) fn write_manifest(outdir: &Path, m: &Manifest, keys: &[SigningKey]) -> Result<()> {
+    let bytes = m.encode();
+    let sig_path = outdir.join("manifest.sig");
+    if keys.is_empty() {
+        match std::fs::remove_file(&sig_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e)
+                    .with_context(|| format!("cannot remove stale {}", sig_path.display()))
+            }
+            _ => {}
+        }
+    } else {
+        let message = manifest::signing_message(&bytes);
+        let mut sigs: Vec<ManifestSignature> = keys
+            .iter()
+            .map(|k| ManifestSignature {
+                key_id: KeyId::of(k.verifying_key().as_bytes()),
+                signature: k.sign(&message).to_bytes(),
+            })
+            .collect();
+        sigs.sort_by_key(|s| s.key_id);
+        write_atomically(&sig_path, manifest::encode_signatures(&sigs).as_bytes())?;
+    }
+    write_atomically(&outdir.join("manifest.json"), &bytes)
 }
 
 /// What became of one job.
@@ -348,7 +610,7 @@ struct Outcome {
 struct Ctx<'a> {
     plan: &'a Plan,
     new: &'a [u8],
-    publics: Vec<[u8; 32]>,
+    verifier: Verifier<'a>,
     outdir: &'a Path,
     quiet: bool,
     /// The progress bar (only on a terminal, without -q).
@@ -373,34 +635,11 @@ impl Ctx<'_> {
         }
     }
 
-    /// Apply `patch` to `old` and check it gives the new image, carries this
-    /// release's statement and is signed by every key of the release.
-    fn verify(&self, old: &[u8], patch: &[u8]) -> Result<()> {
-        let mut policy = TrustPolicy::trusting(self.publics.clone());
-        policy.threshold = self.publics.len();
-        let opts = ApplyOptions {
-            policy: Some(Arc::new(policy)),
-            ..ApplyOptions::default()
-        };
-        let (report, out) =
-            fwdelta_apply::apply(old, patch, Vec::with_capacity(self.new.len()), opts)
-                .context("applying it back failed")?;
-        anyhow::ensure!(
-            out == self.new,
-            "applying it back did not give the new image"
-        );
-        anyhow::ensure!(
-            report.header.release.as_ref() == Some(&self.plan.release),
-            "it carries another release statement"
-        );
-        Ok(())
-    }
-
     /// Reuse the patch at OUTDIR/`job.file` if it verifies; otherwise make it.
     fn run(&self, job: &Job) -> Result<Outcome> {
         let path = self.outdir.join(&job.file);
         if let Ok(bytes) = std::fs::read(&path) {
-            match self.verify(&job.old, &bytes) {
+            match self.verifier.verify(&job.old, &bytes) {
                 Ok(()) => {
                     return Ok(Outcome {
                         bytes,
@@ -414,18 +653,15 @@ impl Ctx<'_> {
                 )),
             }
         }
-        let start = Instant::now();
-        let patch = fwdelta_diff::diff(&job.old, self.new, &self.plan.options)
-            .map_err(anyhow::Error::new)
-            .with_context(|| format!("cannot diff for {}", job.file))?;
-        let diff_seconds = start.elapsed().as_secs_f64();
-        let bytes = fwdelta_diff::patch_signer::sign_for_release(
-            &patch.bytes,
-            Some(&self.plan.release),
+        let (bytes, diff_seconds) = make_patch(
+            &job.old,
+            self.new,
+            &self.plan.options,
+            &self.plan.release,
             &self.plan.keys,
-        )
-        .with_context(|| format!("cannot sign {}", job.file))?;
-        self.verify(&job.old, &bytes).with_context(|| {
+            &job.file,
+        )?;
+        self.verifier.verify(&job.old, &bytes).with_context(|| {
             format!(
                 "the patch {} made for {} failed its check",
                 job.file,
@@ -440,7 +676,8 @@ impl Ctx<'_> {
     }
 }
 
-fn describe(job: &Job) -> String {
+/// "old version V" or "the full image", for messages.
+pub(crate) fn describe(job: &Job) -> String {
     match &job.version {
         Some(v) => format!("old version {v}"),
         None => "the full image".to_string(),
@@ -450,59 +687,24 @@ fn describe(job: &Job) -> String {
 /// `fwdelta release`.
 pub fn cmd_release(a: &ReleaseArgs) -> Result<()> {
     let start = Instant::now();
-    let plan = parse_description(&a.description)?;
+    let (description, output) = match (&a.description, &a.output) {
+        (Some(d), Some(o)) => (d, o),
+        _ => anyhow::bail!("fwdelta release needs RELEASE.toml and -o OUTDIR"),
+    };
+    let plan = parse_description(description)?;
     let new = input::Image::open(&plan.new_image)?;
     let new_hash = *blake3::hash(&new).as_bytes();
-    let recipe = blake3::derive_key("fwdelta 2026-12 release recipe v1", plan.recipe.as_bytes());
-    let (new_hex, recipe_hex) = (hex(&new_hash), hex(&recipe));
-    std::fs::create_dir_all(&a.output)
-        .with_context(|| format!("cannot create {}", a.output.display()))?;
-    let _lock = lock_dir(&a.output)?;
-    remove_stale_temporaries(&a.output)?;
-    // Old images, one job per distinct content.
-    let mut jobs: Vec<Job> = Vec::new();
-    let mut seen: BTreeMap<[u8; 32], (String, PathBuf)> = BTreeMap::new();
-    for (path, version) in &plan.old {
-        let old = input::Image::open(path)?;
-        let old_hash = *blake3::hash(&old).as_bytes();
-        if let Some((v, p)) = seen.get(&old_hash) {
-            anyhow::ensure!(
-                v == version,
-                "{} (version {version}) and {} (version {v}) are the same image; give it one version",
-                path.display(),
-                p.display()
-            );
-            continue;
-        }
-        seen.insert(old_hash, (version.clone(), path.clone()));
-        let old_hex = hex(&old_hash);
-        jobs.push(Job {
-            version: Some(version.clone()),
-            old,
-            old_hash,
-            file: format!(
-                "{}-{}-{}.fwd",
-                &old_hex[..24],
-                &new_hex[..24],
-                &recipe_hex[..8]
-            ),
-        });
-    }
-    let full_job = Job {
-        version: None,
-        old: input::Image::empty(),
-        old_hash: *blake3::hash(&[]).as_bytes(),
-        file: format!("full-{}-{}.fwd", &new_hex[..24], &recipe_hex[..8]),
-    };
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create {}", output.display()))?;
+    let _lock = lock_dir(output)?;
+    remove_stale_temporaries(output)?;
+    let mut jobs = release_jobs(&plan, &new_hash)?;
+    let full_job = jobs.remove(0);
     let ctx = Ctx {
         plan: &plan,
         new: &new,
-        publics: plan
-            .keys
-            .iter()
-            .map(|k| k.verifying_key().to_bytes())
-            .collect(),
-        outdir: &a.output,
+        verifier: Verifier::new(&plan.release, &new, &plan.keys),
+        outdir: output,
         quiet: a.quiet,
         bar: progress_bar(a, jobs.len() as u64 + 1),
     };
@@ -514,19 +716,19 @@ pub fn cmd_release(a: &ReleaseArgs) -> Result<()> {
     let pool = pool.build().context("cannot start worker threads")?;
     let write = |job: &Job, o: &Outcome| -> Result<()> {
         if !o.reused {
-            write_atomically(&a.output.join(&job.file), &o.bytes)?;
+            write_atomically(&output.join(&job.file), &o.bytes)?;
         }
         Ok(())
     };
     let full = pool.install(|| ctx.run(&full_job))?;
     write(&full_job, &full)?;
     ctx.done(&full_job);
-    let limit = plan.max_share * full.bytes.len() as f64;
+    let full_bytes = full.bytes.len() as u64;
     let outcomes: Vec<Outcome> = pool.install(|| {
         jobs.par_iter()
             .map(|job| {
                 let o = ctx.run(job)?;
-                if (o.bytes.len() as f64) <= limit {
+                if within_share(plan.max_share, full_bytes, o.bytes.len() as u64) {
                     write(job, &o)?;
                 }
                 ctx.done(job);
@@ -534,64 +736,31 @@ pub fn cmd_release(a: &ReleaseArgs) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()
     })?;
-    // The manifest.
-    let patch_file = |job: &Job, o: &Outcome| PatchFile {
-        file: job.file.clone(),
-        bytes: o.bytes.len() as u64,
-        blake3: *blake3::hash(&o.bytes).as_bytes(),
-    };
-    let mut old_images = BTreeMap::new();
-    for (job, o) in jobs.iter().zip(&outcomes) {
-        let within = (o.bytes.len() as f64) <= limit;
-        old_images.insert(
-            job.old_hash,
-            OldEntry {
-                version: job.version.clone().unwrap_or_default(),
-                len: job.old.len() as u64,
-                patch: within.then(|| patch_file(job, o)),
-            },
-        );
-    }
-    let m = Manifest {
-        product: plan.release.product.clone(),
-        version: plan.release.version.clone(),
-        security_counter: plan.release.security_counter,
-        expires: plan.release.expires,
-        new_len: new.len() as u64,
-        new_blake3: new_hash,
-        full_image: Some(patch_file(&full_job, &full)),
-        max_share: plan.max_share,
-        old_images,
-    };
-    let bytes = m.encode();
-    let sig_path = a.output.join("manifest.sig");
-    if plan.keys.is_empty() {
-        match std::fs::remove_file(&sig_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e)
-                    .with_context(|| format!("cannot remove stale {}", sig_path.display()))
-            }
-            _ => {}
-        }
-    } else {
-        let message = manifest::signing_message(&bytes);
-        let mut sigs: Vec<ManifestSignature> = plan
-            .keys
-            .iter()
-            .map(|k| ManifestSignature {
-                key_id: KeyId::of(k.verifying_key().as_bytes()),
-                signature: k.sign(&message).to_bytes(),
-            })
-            .collect();
-        sigs.sort_by_key(|s| s.key_id);
-        write_atomically(&sig_path, manifest::encode_signatures(&sigs).as_bytes())?;
-    }
-    let manifest_path = a.output.join("manifest.json");
-    write_atomically(&manifest_path, &bytes)?;
+    let deltas = jobs
+        .iter()
+        .zip(&outcomes)
+        .map(|(job, o)| MadeDelta {
+            old_hash: job.old_hash,
+            version: job.version.clone().unwrap_or_default(),
+            old_len: job.old.len() as u64,
+            patch: patch_entry(&job.file, &o.bytes),
+        })
+        .collect();
+    let m = build_manifest(
+        &plan.release,
+        &new,
+        plan.max_share,
+        patch_entry(&full_job.file, &full.bytes),
+        deltas,
+    );
+    write_manifest(output, &m, &plan.keys)?;
     if let Some(bar) = &ctx.bar {
         bar.finish_and_clear();
     }
-    report(a, &m, &full_job, &full, &jobs, &outcomes, limit, start);
+    let limit = plan.max_share * full.bytes.len() as f64;
+    report(
+        a, output, &m, &full_job, &full, &jobs, &outcomes, limit, start,
+    );
     Ok(())
 }
 
@@ -618,6 +787,7 @@ fn progress_bar(a: &ReleaseArgs, jobs: u64) -> Option<indicatif::ProgressBar> {
 #[allow(clippy::too_many_arguments)]
 fn report(
     a: &ReleaseArgs,
+    output: &Path,
     m: &Manifest,
     full_job: &Job,
     full: &Outcome,
@@ -626,7 +796,7 @@ fn report(
     limit: f64,
     start: Instant,
 ) {
-    let signed = a.output.join("manifest.sig").exists();
+    let signed = output.join("manifest.sig").exists();
     if a.json {
         let v: Vec<serde_json::Value> = all_jobs(full_job, full, jobs, outcomes)
             .map(|(j, o)| {
@@ -645,7 +815,7 @@ fn report(
             })
             .collect();
         let out = serde_json::json!({
-            "manifest": a.output.join("manifest.json").display().to_string(),
+            "manifest": output.join("manifest.json").display().to_string(),
             "signed": signed,
             "product": m.product,
             "version": m.version,
@@ -687,7 +857,7 @@ fn report(
     }
     eprintln!(
         "{}: {} old image(s), {} patch(es), {fallback} to the full image, {}, {:.2}s",
-        a.output.join("manifest.json").display(),
+        output.join("manifest.json").display(),
         m.old_images.len(),
         m.old_images.len() - fallback,
         if signed {
