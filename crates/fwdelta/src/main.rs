@@ -537,10 +537,12 @@ impl ApplyArgs {
     fn patch(&self) -> &Path {
         self.patch.as_deref().unwrap_or(Path::new(""))
     }
-
 }
 
 fn cmd_apply(a: &ApplyArgs) -> Result<()> {
+    if let (Some(dir), Some(out)) = (&a.device, &a.output) {
+        refuse_output_in_device(out, dir)?;
+    }
     if let Some(manifest) = &a.manifest {
         let (keys, threshold) = match &a.device {
             Some(dir) => release_cmd::device_keys(dir)?,
@@ -558,9 +560,7 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
         b.expect_new = Some(new_blake3);
         return cmd_apply(&b);
     }
-    if let (Some(dir), Some(out)) = (&a.device, &a.output) {
-        refuse_output_in_device(out, dir)?;
-    }
+
     let mut opts = ApplyOptions {
         memory_limit: a.memory_limit,
         max_new_len: a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN),

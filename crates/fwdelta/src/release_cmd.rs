@@ -965,10 +965,17 @@ pub fn pick_from_manifest(
         .unwrap_or(Path::new("."));
     let path = dir.join(&pf.file);
     let patch_bytes = {
-        let f = std::fs::File::open(&path)
-            .with_context(|| format!("cannot open patch {}", path.display()))?;
         // Its kind and length first: a FIFO or a device at the patch's name
-        // must not hang or feed the hash forever.
+        // must not hang (opening a FIFO blocks without O_NONBLOCK) or feed
+        // the hash forever.
+        let f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+        }
+        .with_context(|| format!("cannot open patch {}", path.display()))?;
         let len = f
             .metadata()
             .with_context(|| format!("cannot read patch {}", path.display()))?

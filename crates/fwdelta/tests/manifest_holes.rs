@@ -1,0 +1,219 @@
+//! Holes an adversarial review found in `apply --manifest` (each test
+//! reproduced its hole before the fix): a patch that makes another image
+//! than the manifest's new image; `-o` naming the manifest's signature or a
+//! file of the device state; a named temp file for the full image's empty
+//! old image; a FIFO at a patch's name.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[path = "common/release_fixture.rs"]
+mod release_fixture;
+use release_fixture::*;
+
+const EXIT_FAILURE: i32 = 1;
+const EXIT_BAD_PATCH: i32 = 3;
+
+/// Point the (unsigned, so editable) manifest's entry for `old` at `file`
+/// in OUT, with that file's true length and BLAKE3.
+fn repoint(f: &Fixture, old: &Path, file: &str) {
+    let mut m = f.manifest("out");
+    let key = blake3::hash(&fs::read(old).unwrap()).to_hex().to_string();
+    let bytes = fs::read(f.path("out").join(file)).unwrap();
+    let entry = &mut m["old_images"][&key]["patch"];
+    entry["file"] = file.into();
+    entry["bytes"] = bytes.len().into();
+    entry["blake3"] = blake3::hash(&bytes).to_hex().to_string().into();
+    fs::write(
+        f.path("out/manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+}
+
+/// A manifest entry whose file is exactly the bytes it names, but whose
+/// patch makes another image (an older signed release of the same product:
+/// what a file swapped after the manifest check gives) is refused before
+/// any output; it used to install that image and exit 0.
+#[test]
+fn a_patch_making_another_image_than_the_manifests_is_refused() {
+    let f = Fixture::new("");
+    f.release("out");
+    let old = f.path("fleet/1.0.0.bin");
+    let other = f.path("other-new");
+    fs::write(&other, mutate(&new_image(), 3)).unwrap();
+    fwdelta([
+        OsStr::new("diff"),
+        old.as_os_str(),
+        other.as_os_str(),
+        OsStr::new("-o"),
+        f.path("out/older.fwd").as_os_str(),
+        OsStr::new("--product"),
+        OsStr::new("acme-t300"),
+        OsStr::new("--version"),
+        OsStr::new("1.9.0"),
+        OsStr::new("--counter"),
+        OsStr::new("7"),
+        OsStr::new("--sign"),
+        f.path("rel.key").as_os_str(),
+        OsStr::new("-q"),
+    ])
+    .ok();
+    repoint(&f, &old, "older.fwd");
+    let run = f.apply("out", &old, "new", &[]).error(EXIT_BAD_PATCH);
+    assert!(
+        run.stderr
+            .contains("makes another image than the manifest's"),
+        "{}",
+        run.stderr
+    );
+    assert!(!f.path("new").exists());
+}
+
+#[test]
+fn output_over_the_manifests_signature_is_refused() {
+    let f = Fixture::new("");
+    f.release("out");
+    let sig = fs::read(f.path("out/manifest.sig")).unwrap();
+    let run = f
+        .apply("out", &f.path("fleet/1.0.0.bin"), "out/manifest.sig", &[])
+        .error(EXIT_FAILURE);
+    assert!(run.stderr.contains("same file as input"), "{}", run.stderr);
+    assert_eq!(fs::read(f.path("out/manifest.sig")).unwrap(), sig);
+}
+
+#[test]
+fn output_inside_the_device_directory_is_refused() {
+    let f = Fixture::new("");
+    f.release("out");
+    let dev = f.path("dev");
+    fwdelta([
+        OsStr::new("device"),
+        OsStr::new("init"),
+        dev.as_os_str(),
+        OsStr::new("--product"),
+        OsStr::new("acme-t300"),
+        OsStr::new("--trust"),
+        f.path("rel.pub").as_os_str(),
+        OsStr::new("--version"),
+        OsStr::new("1.0.0"),
+        OsStr::new("--counter"),
+        OsStr::new("6"),
+    ])
+    .ok();
+    let before = files(&dev);
+    let old = f.path("fleet/1.0.0.bin");
+    for target in ["dev/state.json", "dev/history.log", "dev/new.bin"] {
+        let run = f
+            .apply(
+                "out",
+                &old,
+                target,
+                &[OsStr::new("--device"), dev.as_os_str()],
+            )
+            .error(EXIT_FAILURE);
+        assert!(
+            run.stderr.contains("inside the device state directory"),
+            "{target}: {}",
+            run.stderr
+        );
+        assert_eq!(files(&dev), before, "{target}: device state changed");
+    }
+    // Without --manifest too.
+    let patch = f.manifest("out")["full_image"]["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = fwdelta([
+        OsStr::new("apply"),
+        old.as_os_str(),
+        f.path("out").join(patch).as_os_str(),
+        OsStr::new("-o"),
+        f.path("dev/state.json").as_os_str(),
+        OsStr::new("--device"),
+        dev.as_os_str(),
+    ])
+    .error(EXIT_FAILURE);
+    assert!(run.stderr.contains("inside the device state directory"));
+    assert_eq!(files(&dev), before);
+}
+
+/// The full image's empty old image leaves nothing in TMPDIR and needs no
+/// writable TMPDIR.
+#[test]
+fn the_full_image_fallback_uses_no_named_temp_file() {
+    let f = Fixture::new("");
+    f.release("out");
+    let stranger = testdata("fw-x86-64/old");
+    let tmp = f.path("tmp");
+    fs::create_dir(&tmp).unwrap();
+    for (tmpdir, new) in [(tmp.clone(), "new"), (f.path("missing"), "new2")] {
+        let mut args: Vec<std::ffi::OsString> = vec!["apply".into(), "--manifest".into()];
+        args.push(f.path("out/manifest.json").into());
+        args.push(stranger.clone().into());
+        args.push("-o".into());
+        args.push(f.path(new).into());
+        let out = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
+            .args(&args)
+            .env("TMPDIR", &tmpdir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "TMPDIR={}: {}",
+            tmpdir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(fs::read(f.path(new)).unwrap(), new_image());
+    }
+    assert!(
+        files(&tmp).is_empty(),
+        "left in TMPDIR: {:?}",
+        files(&tmp).keys()
+    );
+}
+
+/// A FIFO at the patch's name is refused at once, not read forever.
+#[test]
+fn a_fifo_at_the_patch_name_is_refused_at_once() {
+    let f = Fixture::new("");
+    f.release("out");
+    let old = f.path("fleet/1.0.0.bin");
+    let key = blake3::hash(&fs::read(&old).unwrap()).to_hex().to_string();
+    let file = f.manifest("out")["old_images"][&key]["patch"]["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let at = f.path("out").join(&file);
+    fs::remove_file(&at).unwrap();
+    let made = Command::new("mkfifo").arg(&at).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
+        .args([
+            OsStr::new("apply"),
+            OsStr::new("--manifest"),
+            f.path("out/manifest.json").as_os_str(),
+            old.as_os_str(),
+            OsStr::new("-o"),
+            f.path("new").as_os_str(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("apply still running after 20 s: it reads the FIFO");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(EXIT_FAILURE));
+    assert!(!f.path("new").exists());
+}
