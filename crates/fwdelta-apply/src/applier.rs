@@ -1,15 +1,20 @@
 //! The push-mode applier: a state machine over the container's parts that
 //! consumes patch bytes in any split, decodes each segment as it streams, and
-//! writes the new image to a [`Sink`].
+//! writes the new image to a [`Sink`]. The framing (header, signature
+//! section, segment heads and checks) is the [`PatchReader`]'s; the payload
+//! goes to the layout's record source (`stream_source`, `split_source`),
+//! whose records the one [`RecordInterpreter`] applies.
 //!
-//! Memory: one payload decoder (LZMA2 or zstd) bounded by the header's window
-//! (refused if the header claims more than [`ApplyOptions::memory_limit`]), three 16 KiB buffers, and a
-//! header accumulator of at most 4 KiB (an executable-aware header, up to 68
-//! KiB, is refused from its first 8 bytes if it and the buffers exceed the
-//! limit). Passes: one over the old image to verify its hash, then random reads
-//! of the old bytes the records name; one pass over the patch.
+//! Memory: the layout's decoders (LZMA2 or zstd) bounded by the header's window
+//! (refused if the header claims more than [`ApplyOptions::memory_limit`]),
+//! the interpreter's two 16 KiB buffers and a 16 KiB decoded-stream window
+//! (plus a 16 KiB input buffer in pull mode), and a header accumulator of at
+//! most 4 KiB (an executable-aware header, up to 68 KiB, is refused from its
+//! first 8 bytes if it and the buffers exceed the limit). Passes: one over
+//! the old image to verify its hash, then random reads of the old bytes the
+//! records name; one pass over the patch.
 
-use crate::error::ApplyError;
+use crate::error::{ApplyError, PatchPart};
 use crate::patch_reader::{Limits, Mode, Part, PatchReader};
 use crate::payload_decoder::PayloadDecoder;
 use crate::predicted_old::Predictor;
@@ -30,8 +35,11 @@ use std::io::{self, Read};
 use std::sync::Arc;
 
 /// Limits an applier enforces on top of the patch's own checks, and the
-/// device's update policy.
+/// device's update policy. Start from [`ApplyOptions::default`] (no limits
+/// beyond the format's, no policy) and set what the device needs with the
+/// `with_*` methods (or by assigning the public fields).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ApplyOptions {
     /// Refuse patches whose header claims more applier memory than this.
     /// Default: no limit beyond the format's.
@@ -56,6 +64,31 @@ impl Default for ApplyOptions {
 }
 
 impl ApplyOptions {
+    /// The defaults: no limits beyond the format's, no policy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Refuse patches whose header claims more than `limit` bytes of
+    /// applier memory.
+    pub fn with_memory_limit(mut self, limit: u64) -> Self {
+        self.memory_limit = limit;
+        self
+    }
+
+    /// Refuse patches producing an image larger than `limit` bytes.
+    pub fn with_max_new_len(mut self, limit: u64) -> Self {
+        self.max_new_len = limit;
+        self
+    }
+
+    /// Check signatures and release rules against `policy` (or, with
+    /// `None`, verify nothing and only report them).
+    pub fn with_policy(mut self, policy: Option<Arc<TrustPolicy>>) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Check a patch against [`Self::policy`] (or, without one, just report
     /// its release statement and signers, verifying nothing).
     pub(crate) fn judge(
@@ -73,6 +106,7 @@ impl ApplyOptions {
 
 /// What a successful apply did.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ApplyReport {
     /// The verified patch header.
     pub header: Header,
@@ -297,7 +331,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             }
             Stage::Failed => return Err(ApplyError::Poisoned),
             Stage::Framing | Stage::Check(_) => self.reader.stage_name(),
-            Stage::Payload(seg) => format!("inside segment {}", seg.head.index),
+            Stage::Payload(seg) => PatchPart::Segment(seg.head.index),
         };
         Err(ApplyError::Truncated {
             stage,
@@ -421,9 +455,9 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         // guards that invariant where the hash is about to be trusted.
         let produced = self.interp.new.produced;
         if produced != header.new_len {
-            return Err(ApplyError::Format(FormatError::BadField {
-                field: "segments",
-                detail: format!("cover {produced} of {} new bytes", header.new_len),
+            return Err(ApplyError::Format(FormatError::SegmentsCover {
+                covered: produced,
+                new_len: header.new_len,
             }));
         }
         let produced_hash = self
@@ -631,7 +665,7 @@ impl SegmentRunner {
             let n = match patch.read(&mut self.in_buf[..want]) {
                 Ok(0) => {
                     return Err(ApplyError::Truncated {
-                        stage: format!("inside segment {}", seg.head.index),
+                        stage: PatchPart::Segment(seg.head.index),
                         offset: 0,
                     })
                 }

@@ -49,7 +49,7 @@ pub enum ApplyError {
     #[error("patch is truncated: it ends {stage} after {offset} bytes")]
     Truncated {
         /// Where it ended ("inside the header", "inside segment 3", ...).
-        stage: String,
+        stage: PatchPart,
         /// Patch bytes received.
         offset: u64,
     },
@@ -159,6 +159,38 @@ pub enum ApplyError {
     /// lost both copies of what it needed while the image was half written.
     #[error("{0}")]
     UpdateLost(UpdateLost),
+}
+
+/// Where in a patch something happened (a truncation, for one): its
+/// [`Display`](std::fmt::Display) is the phrase error messages use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PatchPart {
+    /// Inside the header.
+    Header,
+    /// Inside a signed patch's signature section.
+    SignatureSection,
+    /// Between segments, before this one.
+    BeforeSegment(u32),
+    /// Inside this segment's header.
+    SegmentHeader(u32),
+    /// Inside this segment's payload.
+    Segment(u32),
+    /// Inside this segment's stored check.
+    SegmentCheck(u32),
+}
+
+impl std::fmt::Display for PatchPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PatchPart::Header => write!(f, "inside the header"),
+            PatchPart::SignatureSection => write!(f, "inside the signature section"),
+            PatchPart::BeforeSegment(i) => write!(f, "before segment {i}"),
+            PatchPart::SegmentHeader(i) => write!(f, "inside the header of segment {i}"),
+            PatchPart::Segment(i) => write!(f, "inside segment {i}"),
+            PatchPart::SegmentCheck(i) => write!(f, "inside the check of segment {i}"),
+        }
+    }
 }
 
 /// An in-place update that cannot go on: both copies of the journal record

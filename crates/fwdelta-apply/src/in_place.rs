@@ -32,7 +32,7 @@
 //! slot always suffices: the newest usable record wins.
 
 use crate::applier::SegmentRunner;
-use crate::error::ApplyError;
+use crate::error::{ApplyError, PatchPart};
 use crate::inspect::inspect_each;
 use crate::patch_reader::{Limits, Mode, Part, PatchReader};
 use crate::record_interpreter::SegmentFault;
@@ -254,12 +254,9 @@ impl Sink for CellSink<'_> {
     }
 }
 
-fn read_exact<P: Read>(patch: &mut P, buf: &mut [u8], stage: &str) -> Result<(), ApplyError> {
+fn read_exact<P: Read>(patch: &mut P, buf: &mut [u8], stage: PatchPart) -> Result<(), ApplyError> {
     patch.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => ApplyError::Truncated {
-            stage: stage.into(),
-            offset: 0,
-        },
+        io::ErrorKind::UnexpectedEof => ApplyError::Truncated { stage, offset: 0 },
         _ => ApplyError::PatchRead(e),
     })
 }
@@ -1088,7 +1085,7 @@ impl Checks {
     ) -> Result<(), ApplyError> {
         let mut c = [0u8; fwdelta_format::CHECK_LEN];
         match self {
-            Checks::Inline => read_exact(patch, &mut c, "inside a segment check")?,
+            Checks::Inline => read_exact(patch, &mut c, PatchPart::SegmentCheck(index))?,
             Checks::Table(t) => c = t.get(index as usize).copied().unwrap_or_default(),
         }
         if fwdelta_format::truncate_check(hash) != c {

@@ -5,7 +5,7 @@
 //! it when the patch is applied), so only its framing is verified here; every
 //! segment of an in-place patch, which overwrites the old image, is checked.
 
-use crate::error::ApplyError;
+use crate::error::{ApplyError, PatchPart};
 use crate::patch_reader::{Limits, Part, PatchReader};
 use crate::record_interpreter::SegmentFault;
 use crate::BUFFER_LEN;
@@ -17,6 +17,7 @@ use std::io::{self, Read};
 
 /// The layout of a patch, as read by [`inspect`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PatchInfo {
     /// The validated header.
     pub header: Header,
@@ -34,6 +35,7 @@ pub struct PatchInfo {
 
 /// Summary of a patch, as read by [`inspect_each`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PatchSummary {
     /// The validated header.
     pub header: Header,
@@ -140,7 +142,7 @@ pub fn inspect_each<R: Read>(
                 &mut r,
                 &mut buf[..n],
                 &mut offset,
-                &format!("inside segment {index}"),
+                PatchPart::Segment(index),
             )?;
             reader.skipped(n as u64);
             check.update(&buf[..n]);
@@ -165,9 +167,9 @@ pub fn inspect_each<R: Read>(
         produced += seg.new_len;
     }
     if produced != new_len {
-        return Err(FormatError::BadField {
-            field: "segments",
-            detail: format!("cover {produced} of {new_len} new bytes"),
+        return Err(FormatError::SegmentsCover {
+            covered: produced,
+            new_len,
         }
         .into());
     }
@@ -196,14 +198,14 @@ fn read_part<R: Read>(
     r: &mut R,
     buf: &mut [u8],
     offset: &mut u64,
-    stage: &str,
+    stage: PatchPart,
 ) -> Result<(), ApplyError> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) => {
                 return Err(ApplyError::Truncated {
-                    stage: stage.to_string(),
+                    stage,
                     offset: *offset + got as u64,
                 })
             }

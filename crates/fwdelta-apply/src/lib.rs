@@ -47,7 +47,7 @@ pub mod trust_policy;
 pub use aligned_sink::{AlignedSink, BlockWriter};
 pub use applier::{apply, Applier, ApplyOptions, ApplyReport};
 pub use atomic_file::AtomicFile;
-pub use error::{ApplyError, ErrorClass, UpdateLost};
+pub use error::{ApplyError, ErrorClass, PatchPart, UpdateLost};
 pub use in_place::{
     apply_in_place, apply_in_place_with, FileJournal, FileRegion, Journal, MemRegion, NoJournal,
     Region,

@@ -15,7 +15,7 @@
 //! the header's memory claim counts and the limit bounds), both kept for the
 //! patch's lifetime; a segment head of at most 30 bytes.
 
-use crate::error::ApplyError;
+use crate::error::{ApplyError, PatchPart};
 use fwdelta_format::header::Header;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::signature::SignatureSection;
@@ -212,14 +212,14 @@ impl PatchReader {
     }
 
     /// Where in the patch the reader stands, as a truncation error names it.
-    pub(crate) fn stage_name(&self) -> String {
+    pub(crate) fn stage_name(&self) -> PatchPart {
         match self.stage {
-            Stage::Prefix | Stage::Header => "inside the header".into(),
-            Stage::Section => "inside the signature section".into(),
-            Stage::SegmentHead if self.acc.is_empty() => format!("before segment {}", self.index),
-            Stage::SegmentHead => format!("inside the header of segment {}", self.index),
-            Stage::Check => format!("inside the check of segment {}", self.index),
-            Stage::Idle => format!("inside segment {}", self.index),
+            Stage::Prefix | Stage::Header => PatchPart::Header,
+            Stage::Section => PatchPart::SignatureSection,
+            Stage::SegmentHead if self.acc.is_empty() => PatchPart::BeforeSegment(self.index),
+            Stage::SegmentHead => PatchPart::SegmentHeader(self.index),
+            Stage::Check => PatchPart::SegmentCheck(self.index),
+            Stage::Idle => PatchPart::Segment(self.index),
         }
     }
 

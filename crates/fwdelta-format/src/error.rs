@@ -5,6 +5,7 @@ use thiserror::Error;
 /// A reason a patch (or part of one) is refused. Every variant names the problem
 /// in one line, suitable for a terminal log or a CLI error message.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FormatError {
     /// The first four bytes are not [`crate::MAGIC`].
     #[error("not an fwdelta patch (bad magic bytes)")]
@@ -59,6 +60,15 @@ pub enum FormatError {
         field: &'static str,
         /// What is wrong with it.
         detail: String,
+    },
+    /// The segments do not produce the whole new image (worded as the
+    /// header's segment count being wrong, which it then is).
+    #[error("patch header field segments is invalid: cover {covered} of {new_len} new bytes")]
+    SegmentsCover {
+        /// New bytes the segments produce.
+        covered: u64,
+        /// The header's new length.
+        new_len: u64,
     },
     /// An unknown extension marked critical was found in the header.
     #[error("patch needs header extension {0:#06x}, which this build does not know")]
