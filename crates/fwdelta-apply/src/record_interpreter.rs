@@ -288,7 +288,7 @@ impl Cursor {
 pub(crate) struct OldReader<'o, O: ?Sized> {
     old: &'o O,
     predictor: Option<Box<Predictor>>,
-    /// `BUFFER_LEN` bytes and two of context.
+    /// `BUFFER_LEN` bytes.
     buf: Vec<u8>,
     /// The old-image range `buf[..held.1 - held.0]` holds.
     held: (u64, u64),
@@ -309,11 +309,13 @@ impl<'o, O: OldImage + ?Sized> OldReader<'o, O> {
         self.old.len()
     }
 
-    /// Old bytes at `pos`, at least one and at most `want` (at most
-    /// `BUFFER_LEN`; the caller checked the range is in the image), with a
-    /// byte of context either side when `context` is set. Reuses what the
-    /// buffer holds; otherwise reads `want` bytes (and the context).
+    /// Old bytes at `pos`, at least one and at most `want` (the caller
+    /// checked the range is in the image), with a byte of context either
+    /// side when `context` is set. Reuses what the buffer holds; otherwise
+    /// reads up to `want` bytes (and the context), as many as the buffer
+    /// takes.
     fn run(&mut self, pos: u64, want: usize, context: bool) -> Result<OldRun<'_>, ApplyError> {
+        let want = want.min(self.buf.len() - 2 * usize::from(context));
         let len = self.old.len();
         let lo = if context { pos.saturating_sub(1) } else { pos };
         let (hs, he) = self.held;
@@ -358,10 +360,10 @@ pub(crate) struct Buffers {
 }
 
 impl Buffers {
-    /// Allocates 32 KiB and two bytes.
+    /// Allocates 32 KiB.
     pub(crate) fn new() -> Buffers {
         Buffers {
-            old: vec![0; BUFFER_LEN + 2],
+            old: vec![0; BUFFER_LEN],
             new: vec![0; BUFFER_LEN],
         }
     }
