@@ -704,3 +704,39 @@ impl<'o, O: OldImage + ?Sized, S: Sink> RecordInterpreter<'o, O, S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the sequence of runs asked for, each is the image's
+        /// bytes at its offset, at least one and at most what was asked,
+        /// with the context bytes that were asked for.
+        #[test]
+        fn old_runs_are_the_images_bytes_with_their_context(
+            len in 1usize..40_000,
+            asks in proptest::collection::vec((0.0f64..1.0, 1usize..20_000, any::<bool>()), 1..40),
+        ) {
+            let old: Vec<u8> = (0..len).map(|i| (i * 31 + i / 251) as u8).collect();
+            let mut r = OldReader::new(&old[..], None, vec![0; BUFFER_LEN]);
+            for (at, want, context) in asks {
+                let pos = ((len - 1) as f64 * at) as usize;
+                let want = want.min(len - pos);
+                let run = r.run(pos as u64, want, context).unwrap();
+                prop_assert!(run.len >= 1 && run.len <= want);
+                prop_assert_eq!(run.pos, pos as u64);
+                prop_assert_eq!(run.run(), &old[pos..pos + run.len]);
+                if context {
+                    let before = pos.min(1);
+                    prop_assert_eq!(run.first, before);
+                    let end = (pos + run.len + 1).min(len);
+                    prop_assert_eq!(run.bytes, &old[pos - before..end]);
+                } else {
+                    prop_assert_eq!(run.bytes, run.run());
+                }
+            }
+        }
+    }
+}
