@@ -15,7 +15,7 @@
 //! records name; one pass over the patch.
 
 use crate::error::{ApplyError, PatchPart};
-use crate::patch_reader::{Limits, Mode, Part, PatchReader};
+use crate::patch_reader::{limits, start_from_slice, Mode, Part, PatchReader};
 use crate::payload_decoder::PayloadDecoder;
 use crate::predicted_old::Predictor;
 use crate::record_interpreter::{Buffers, NewWriter, RecordInterpreter, SegmentFault};
@@ -197,7 +197,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         };
         Applier {
             interp: RecordInterpreter::new(old, None, None, new, Buffers::new()),
-            reader: PatchReader::new(Limits::of(&opts, Mode::NewImage)),
+            reader: PatchReader::new(limits(&opts, Mode::NewImage)),
             opts,
             stage: Stage::Framing,
             accepted: false,
@@ -230,8 +230,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         mut produced: R,
     ) -> Result<Self, ApplyError> {
         let mut a = Applier::new(old, sink, opts);
-        a.reader =
-            PatchReader::start_from_slice(header_bytes, Limits::of(&a.opts, Mode::NewImage))?;
+        a.reader = start_from_slice(header_bytes, limits(&a.opts, Mode::NewImage))?;
         let start = a.reader.start().ok_or(ApplyError::Poisoned)?;
         checkpoint.validate_for(&start.header_bytes, &start.header)?;
         a.accept_start()?;

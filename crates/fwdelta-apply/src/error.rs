@@ -161,37 +161,7 @@ pub enum ApplyError {
     UpdateLost(UpdateLost),
 }
 
-/// Where in a patch something happened (a truncation, for one): its
-/// [`Display`](std::fmt::Display) is the phrase error messages use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PatchPart {
-    /// Inside the header.
-    Header,
-    /// Inside a signed patch's signature section.
-    SignatureSection,
-    /// Between segments, before this one.
-    BeforeSegment(u32),
-    /// Inside this segment's header.
-    SegmentHeader(u32),
-    /// Inside this segment's payload.
-    Segment(u32),
-    /// Inside this segment's stored check.
-    SegmentCheck(u32),
-}
-
-impl std::fmt::Display for PatchPart {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PatchPart::Header => write!(f, "inside the header"),
-            PatchPart::SignatureSection => write!(f, "inside the signature section"),
-            PatchPart::BeforeSegment(i) => write!(f, "before segment {i}"),
-            PatchPart::SegmentHeader(i) => write!(f, "inside the header of segment {i}"),
-            PatchPart::Segment(i) => write!(f, "inside segment {i}"),
-            PatchPart::SegmentCheck(i) => write!(f, "inside the check of segment {i}"),
-        }
-    }
-}
+pub use fwdelta_format::PatchPart;
 
 /// An in-place update that cannot go on: both copies of the journal record
 /// it needed are damaged and the image is neither the old nor the new
@@ -222,9 +192,20 @@ fn key_list(ids: &[KeyId]) -> String {
 
 // Causes are folded into each message (not exposed as `source`) so that a
 // chain printed with `{:#}` stays one line without repeating itself.
+// The framing reader's refusals that are the applier's own errors (its
+// limits, a cut patch) keep their ApplyError variants.
 impl From<FormatError> for ApplyError {
     fn from(e: FormatError) -> Self {
-        ApplyError::Format(e)
+        match e {
+            FormatError::MemoryBudget { needed, limit } => {
+                ApplyError::MemoryBudget { needed, limit }
+            }
+            FormatError::NewTooLarge { len, limit } => ApplyError::NewTooLarge { len, limit },
+            FormatError::WrongMode(why) => ApplyError::WrongMode(why),
+            FormatError::Truncated { stage, offset } => ApplyError::Truncated { stage, offset },
+            FormatError::ReaderMisuse => ApplyError::Poisoned,
+            e => ApplyError::Format(e),
+        }
     }
 }
 

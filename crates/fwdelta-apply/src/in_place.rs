@@ -34,7 +34,7 @@
 use crate::applier::SegmentRunner;
 use crate::error::{ApplyError, PatchPart};
 use crate::inspect::inspect_each;
-use crate::patch_reader::{Limits, Mode, Part, PatchReader};
+use crate::patch_reader::{limits, read_start, Mode, Part, PatchReader, ReadParts};
 use crate::record_interpreter::SegmentFault;
 use crate::sink::Sink;
 use crate::source::OldImage;
@@ -605,7 +605,7 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
         patch
             .seek(SeekFrom::Start(0))
             .map_err(ApplyError::PatchRead)?;
-        let mut reader = PatchReader::read_start(&mut patch, Limits::of(opts, Mode::InPlace))?;
+        let mut reader = read_start(&mut patch, limits(opts, Mode::InPlace))?;
         let start = reader.start().ok_or(ApplyError::Poisoned)?;
         let header = &start.header;
         let cell = header.cell_len().ok_or(ApplyError::WrongMode(

@@ -6,7 +6,7 @@
 //! segment of an in-place patch, which overwrites the old image, is checked.
 
 use crate::error::{ApplyError, PatchPart};
-use crate::patch_reader::{Limits, Part, PatchReader};
+use crate::patch_reader::{read_start, Limits, Part, ReadParts};
 use crate::record_interpreter::SegmentFault;
 use crate::BUFFER_LEN;
 use fwdelta_format::header::Header;
@@ -61,7 +61,7 @@ pub struct PatchSummary {
 pub fn read_patch_start<R: Read>(
     r: &mut R,
 ) -> Result<(Header, Vec<u8>, Option<SignatureSection>, u64), ApplyError> {
-    let start = PatchReader::read_start(r, Limits::none())?
+    let start = read_start(r, Limits::none())?
         .into_start()
         .ok_or(ApplyError::Poisoned)?;
     Ok((
@@ -101,7 +101,7 @@ pub fn inspect_each<R: Read>(
     mut r: R,
     mut on_segment: impl FnMut(&SegmentHeader, u64),
 ) -> Result<PatchSummary, ApplyError> {
-    let mut reader = PatchReader::read_start(&mut r, Limits::none())?;
+    let mut reader = read_start(&mut r, Limits::none())?;
     let start = reader.start().ok_or(ApplyError::Poisoned)?;
     let header_hash = start.header_hash;
     let (count, cell_len, new_len) = (
