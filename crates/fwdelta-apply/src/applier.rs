@@ -121,17 +121,21 @@ pub struct ApplyReport {
 
 /// The segment whose payload is being read.
 pub(crate) struct Segment {
-    head: SegmentHeader,
+    pub(crate) head: SegmentHeader,
     /// Payload bytes not yet consumed.
-    payload_left: u32,
+    pub(crate) payload_left: u32,
     /// The segment's hash so far (bound to the header and its index).
-    check: blake3::Hasher,
+    pub(crate) check: blake3::Hasher,
 }
 
 impl Segment {
     /// Segment `head`, whose header bytes are `head_bytes`, of the patch
     /// whose header hashes to `header_hash`.
-    fn new(head: SegmentHeader, head_bytes: &[u8], header_hash: &[u8; HASH_LEN]) -> Segment {
+    pub(crate) fn new(
+        head: SegmentHeader,
+        head_bytes: &[u8],
+        header_hash: &[u8; HASH_LEN],
+    ) -> Segment {
         let mut check = chain::segment_hasher(header_hash, head.index);
         check.update(head_bytes);
         Segment {
@@ -581,106 +585,6 @@ fn verify_old<O: OldImage + ?Sized>(
         pos += n as u64;
     }
     crate::error::check_old_hash(&hasher.finalize(), header)
-}
-
-/// Decodes whole segments one at a time from a reader: the building block of
-/// the in-place applier, which visits segments in its own order (and a
-/// different sink in each pass). Holds the interleaved source (a payload
-/// decoder, unless payloads are stored, and its 16 KiB window), the
-/// interpreter's two 16 KiB buffers between runs, and a 16 KiB input buffer.
-pub(crate) struct SegmentRunner {
-    source: StreamSource,
-    buffers: Option<Buffers>,
-    in_buf: Vec<u8>,
-    header_hash: [u8; HASH_LEN],
-}
-
-impl SegmentRunner {
-    /// A runner for the segments of the patch with `header`, whose bytes hash
-    /// to `header_hash` (segment checks bind to it).
-    pub(crate) fn new(
-        header: &Header,
-        header_hash: [u8; HASH_LEN],
-    ) -> Result<SegmentRunner, ApplyError> {
-        // The header parser refuses split in-place patches; this runner only
-        // knows the interleaved layout.
-        if header.layout != Layout::Interleaved {
-            return Err(ApplyError::Format(FormatError::BadField {
-                field: "layout",
-                detail: "in-place patches use the interleaved layout".into(),
-            }));
-        }
-        Ok(SegmentRunner {
-            source: StreamSource::new(PayloadDecoder::for_header(header)?),
-            buffers: Some(Buffers::new()),
-            in_buf: vec![0; BUFFER_LEN],
-            header_hash,
-        })
-    }
-
-    /// Decode segment `head` (encoded as `head_bytes`), whose payload is next
-    /// in `patch`, reading `old` and writing to `sink`. Returns the segment's
-    /// hash (bound to the patch header and the segment's index); the caller
-    /// checks it against the stored check. Validates the stream as the push
-    /// applier does.
-    pub(crate) fn run<O: OldImage + ?Sized, S: Sink, R: Read>(
-        &mut self,
-        head: SegmentHeader,
-        head_bytes: &[u8],
-        patch: &mut R,
-        old: &O,
-        sink: S,
-    ) -> Result<blake3::Hash, ApplyError> {
-        self.source.reset()?;
-        let mut seg = Segment::new(head, head_bytes, &self.header_hash);
-        let new = NewWriter {
-            sink,
-            // Segment output is checked by the caller (dry-run hash, final
-            // region hash); hashing it here too would be wasted.
-            hash: None,
-            produced: 0,
-        };
-        let buffers = self.buffers.take().unwrap_or_else(Buffers::new);
-        // The header refuses a predictor and a literal filter in in-place
-        // patches.
-        let mut interp = RecordInterpreter::new(old, None, None, new, buffers);
-        interp.start_segment(&head);
-        let result = self.pump(&mut seg, &mut interp, patch).and_then(|()| {
-            interp.finish_segment(self.source.frame_done(), self.source.partial_head())
-        });
-        self.buffers = Some(interp.into_buffers());
-        result?;
-        Ok(seg.check.finalize())
-    }
-
-    fn pump<O: OldImage + ?Sized, S: Sink, R: Read>(
-        &mut self,
-        seg: &mut Segment,
-        interp: &mut RecordInterpreter<'_, O, S>,
-        patch: &mut R,
-    ) -> Result<(), ApplyError> {
-        while seg.payload_left > 0 {
-            let want = (seg.payload_left as usize).min(self.in_buf.len());
-            let n = match patch.read(&mut self.in_buf[..want]) {
-                Ok(0) => {
-                    return Err(ApplyError::Truncated {
-                        stage: PatchPart::Segment(seg.head.index),
-                        offset: 0,
-                    })
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ApplyError::PatchRead(e)),
-            };
-            let chunk = &self.in_buf[..n];
-            seg.check.update(chunk);
-            let mut fed = self.source.fed(chunk, n == seg.payload_left as usize);
-            interp.run(&mut fed)?;
-            fed.done().map_err(|f| f.at(seg.head.index))?;
-            seg.payload_left -= n as u32;
-        }
-        Ok(())
-    }
 }
 
 impl<O: OldImage + ?Sized, S: Sink> Applier<'_, O, S> {

@@ -31,23 +31,127 @@
 //! the image is only written while both slots hold the cell, so one intact
 //! slot always suffices: the newest usable record wins.
 
-use crate::applier::SegmentRunner;
+use crate::applier::Segment;
 use crate::error::{ApplyError, PatchPart};
 use crate::inspect::inspect_each;
 use crate::patch_reader::{limits, read_start, Mode, Part, PatchReader, ReadParts};
+use crate::payload_decoder::PayloadDecoder;
 use crate::record_interpreter::SegmentFault;
+use crate::record_interpreter::{Buffers, NewWriter, RecordInterpreter};
 use crate::sink::Sink;
 use crate::source::OldImage;
+use crate::stream_source::StreamSource;
 use crate::trust_policy::Verdict;
 use crate::{ApplyOptions, ApplyReport, BUFFER_LEN};
 use fwdelta_format::header::Header;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::InPlaceCheckpoint;
+use fwdelta_format::{FormatError, Layout, HASH_LEN};
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+/// Decodes whole segments one at a time from a reader: the building block of
+/// the in-place applier, which visits segments in its own order (and a
+/// different sink in each pass). Holds the interleaved source (a payload
+/// decoder, unless payloads are stored, and its 16 KiB window), the
+/// interpreter's two 16 KiB buffers between runs, and a 16 KiB input buffer.
+pub(crate) struct SegmentRunner {
+    source: StreamSource,
+    buffers: Option<Buffers>,
+    in_buf: Vec<u8>,
+    header_hash: [u8; HASH_LEN],
+}
+
+impl SegmentRunner {
+    /// A runner for the segments of the patch with `header`, whose bytes hash
+    /// to `header_hash` (segment checks bind to it).
+    pub(crate) fn new(
+        header: &Header,
+        header_hash: [u8; HASH_LEN],
+    ) -> Result<SegmentRunner, ApplyError> {
+        // The header parser refuses split in-place patches; this runner only
+        // knows the interleaved layout.
+        if header.layout != Layout::Interleaved {
+            return Err(ApplyError::Format(FormatError::BadField {
+                field: "layout",
+                detail: "in-place patches use the interleaved layout".into(),
+            }));
+        }
+        Ok(SegmentRunner {
+            source: StreamSource::new(PayloadDecoder::for_header(header)?),
+            buffers: Some(Buffers::new()),
+            in_buf: vec![0; BUFFER_LEN],
+            header_hash,
+        })
+    }
+
+    /// Decode segment `head` (encoded as `head_bytes`), whose payload is next
+    /// in `patch`, reading `old` and writing to `sink`. Returns the segment's
+    /// hash (bound to the patch header and the segment's index); the caller
+    /// checks it against the stored check. Validates the stream as the push
+    /// applier does.
+    pub(crate) fn run<O: OldImage + ?Sized, S: Sink, R: Read>(
+        &mut self,
+        head: SegmentHeader,
+        head_bytes: &[u8],
+        patch: &mut R,
+        old: &O,
+        sink: S,
+    ) -> Result<blake3::Hash, ApplyError> {
+        self.source.reset()?;
+        let mut seg = Segment::new(head, head_bytes, &self.header_hash);
+        let new = NewWriter {
+            sink,
+            // Segment output is checked by the caller (dry-run hash, final
+            // region hash); hashing it here too would be wasted.
+            hash: None,
+            produced: 0,
+        };
+        let buffers = self.buffers.take().unwrap_or_else(Buffers::new);
+        // The header refuses a predictor and a literal filter in in-place
+        // patches.
+        let mut interp = RecordInterpreter::new(old, None, None, new, buffers);
+        interp.start_segment(&head);
+        let result = self.pump(&mut seg, &mut interp, patch).and_then(|()| {
+            interp.finish_segment(self.source.frame_done(), self.source.partial_head())
+        });
+        self.buffers = Some(interp.into_buffers());
+        result?;
+        Ok(seg.check.finalize())
+    }
+
+    fn pump<O: OldImage + ?Sized, S: Sink, R: Read>(
+        &mut self,
+        seg: &mut Segment,
+        interp: &mut RecordInterpreter<'_, O, S>,
+        patch: &mut R,
+    ) -> Result<(), ApplyError> {
+        while seg.payload_left > 0 {
+            let want = (seg.payload_left as usize).min(self.in_buf.len());
+            let n = match patch.read(&mut self.in_buf[..want]) {
+                Ok(0) => {
+                    return Err(ApplyError::Truncated {
+                        stage: PatchPart::Segment(seg.head.index),
+                        offset: 0,
+                    })
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ApplyError::PatchRead(e)),
+            };
+            let chunk = &self.in_buf[..n];
+            seg.check.update(chunk);
+            let mut fed = self.source.fed(chunk, n == seg.payload_left as usize);
+            interp.run(&mut fed)?;
+            fed.done().map_err(|f| f.at(seg.head.index))?;
+            seg.payload_left -= n as u32;
+        }
+        Ok(())
+    }
+}
 
 /// Storage that holds the old image and receives the new one in place.
 pub trait Region {
