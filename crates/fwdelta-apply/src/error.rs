@@ -49,7 +49,7 @@ pub enum ApplyError {
     #[error("patch is truncated: it ends {stage} after {offset} bytes")]
     Truncated {
         /// Where it ended ("inside the header", "inside segment 3", ...).
-        stage: String,
+        stage: PatchPart,
         /// Patch bytes received.
         offset: u64,
     },
@@ -161,6 +161,8 @@ pub enum ApplyError {
     UpdateLost(UpdateLost),
 }
 
+pub use fwdelta_format::PatchPart;
+
 /// An in-place update that cannot go on: both copies of the journal record
 /// it needed are damaged and the image is neither the old nor the new
 /// version. Nothing can repair it from here; the device must be reflashed.
@@ -190,9 +192,20 @@ fn key_list(ids: &[KeyId]) -> String {
 
 // Causes are folded into each message (not exposed as `source`) so that a
 // chain printed with `{:#}` stays one line without repeating itself.
+// The framing reader's refusals that are the applier's own errors (its
+// limits, a cut patch) keep their ApplyError variants.
 impl From<FormatError> for ApplyError {
     fn from(e: FormatError) -> Self {
-        ApplyError::Format(e)
+        match e {
+            FormatError::MemoryBudget { needed, limit } => {
+                ApplyError::MemoryBudget { needed, limit }
+            }
+            FormatError::NewTooLarge { len, limit } => ApplyError::NewTooLarge { len, limit },
+            FormatError::WrongMode(why) => ApplyError::WrongMode(why),
+            FormatError::Truncated { stage, offset } => ApplyError::Truncated { stage, offset },
+            FormatError::ReaderMisuse => ApplyError::Poisoned,
+            e => ApplyError::Format(e),
+        }
     }
 }
 

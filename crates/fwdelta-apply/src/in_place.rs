@@ -31,20 +31,127 @@
 //! the image is only written while both slots hold the cell, so one intact
 //! slot always suffices: the newest usable record wins.
 
-use crate::applier::SegmentRunner;
-use crate::error::ApplyError;
+use crate::applier::Segment;
+use crate::error::{ApplyError, PatchPart};
 use crate::inspect::inspect_each;
+use crate::patch_reader::{limits, read_start, Mode, Part, PatchReader, ReadParts};
+use crate::payload_decoder::PayloadDecoder;
+use crate::record_interpreter::SegmentFault;
+use crate::record_interpreter::{Buffers, NewWriter, RecordInterpreter};
 use crate::sink::Sink;
 use crate::source::OldImage;
+use crate::stream_source::StreamSource;
+use crate::trust_policy::Verdict;
 use crate::{ApplyOptions, ApplyReport, BUFFER_LEN};
 use fwdelta_format::header::Header;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::InPlaceCheckpoint;
+use fwdelta_format::{FormatError, Layout, HASH_LEN};
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+/// Decodes whole segments one at a time from a reader: the building block of
+/// the in-place applier, which visits segments in its own order (and a
+/// different sink in each pass). Holds the interleaved source (a payload
+/// decoder, unless payloads are stored, and its 16 KiB window), the
+/// interpreter's two 16 KiB buffers between runs, and a 16 KiB input buffer.
+pub(crate) struct SegmentRunner {
+    source: StreamSource,
+    buffers: Option<Buffers>,
+    in_buf: Vec<u8>,
+    header_hash: [u8; HASH_LEN],
+}
+
+impl SegmentRunner {
+    /// A runner for the segments of the patch with `header`, whose bytes hash
+    /// to `header_hash` (segment checks bind to it).
+    pub(crate) fn new(
+        header: &Header,
+        header_hash: [u8; HASH_LEN],
+    ) -> Result<SegmentRunner, ApplyError> {
+        // The header parser refuses split in-place patches; this runner only
+        // knows the interleaved layout.
+        if header.layout != Layout::Interleaved {
+            return Err(ApplyError::Format(FormatError::BadField {
+                field: "layout",
+                detail: "in-place patches use the interleaved layout".into(),
+            }));
+        }
+        Ok(SegmentRunner {
+            source: StreamSource::new(PayloadDecoder::for_header(header)?),
+            buffers: Some(Buffers::new()),
+            in_buf: vec![0; BUFFER_LEN],
+            header_hash,
+        })
+    }
+
+    /// Decode segment `head` (encoded as `head_bytes`), whose payload is next
+    /// in `patch`, reading `old` and writing to `sink`. Returns the segment's
+    /// hash (bound to the patch header and the segment's index); the caller
+    /// checks it against the stored check. Validates the stream as the push
+    /// applier does.
+    pub(crate) fn run<O: OldImage + ?Sized, S: Sink, R: Read>(
+        &mut self,
+        head: SegmentHeader,
+        head_bytes: &[u8],
+        patch: &mut R,
+        old: &O,
+        sink: S,
+    ) -> Result<blake3::Hash, ApplyError> {
+        self.source.reset()?;
+        let mut seg = Segment::new(head, head_bytes, &self.header_hash);
+        let new = NewWriter {
+            sink,
+            // Segment output is checked by the caller (dry-run hash, final
+            // region hash); hashing it here too would be wasted.
+            hash: None,
+            produced: 0,
+        };
+        let buffers = self.buffers.take().unwrap_or_else(Buffers::new);
+        // The header refuses a predictor and a literal filter in in-place
+        // patches.
+        let mut interp = RecordInterpreter::new(old, None, None, new, buffers);
+        interp.start_segment(&head);
+        let result = self.pump(&mut seg, &mut interp, patch).and_then(|()| {
+            interp.finish_segment(self.source.frame_done(), self.source.partial_head())
+        });
+        self.buffers = Some(interp.into_buffers());
+        result?;
+        Ok(seg.check.finalize())
+    }
+
+    fn pump<O: OldImage + ?Sized, S: Sink, R: Read>(
+        &mut self,
+        seg: &mut Segment,
+        interp: &mut RecordInterpreter<'_, O, S>,
+        patch: &mut R,
+    ) -> Result<(), ApplyError> {
+        while seg.payload_left > 0 {
+            let want = (seg.payload_left as usize).min(self.in_buf.len());
+            let n = match patch.read(&mut self.in_buf[..want]) {
+                Ok(0) => {
+                    return Err(ApplyError::Truncated {
+                        stage: PatchPart::Segment(seg.head.index),
+                        offset: 0,
+                    })
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ApplyError::PatchRead(e)),
+            };
+            let chunk = &self.in_buf[..n];
+            seg.check.update(chunk);
+            let mut fed = self.source.fed(chunk, n == seg.payload_left as usize);
+            interp.run(&mut fed)?;
+            fed.done().map_err(|f| f.at(seg.head.index))?;
+            seg.payload_left -= n as u32;
+        }
+        Ok(())
+    }
+}
 
 /// Storage that holds the old image and receives the new one in place.
 pub trait Region {
@@ -194,13 +301,11 @@ impl<'r, R: Region + ?Sized> OldView<'r, R> {
     /// if the guard tripped.
     fn explain(&self, err: ApplyError, index: u32) -> ApplyError {
         match self.violation.get() {
-            Some(c) => ApplyError::CorruptSegment {
-                index,
-                detail: format!(
-                    "cell {} reads old bytes of cell {c}, which an earlier segment overwrites",
-                    self.current.get()
-                ),
-            },
+            Some(c) => SegmentFault::ReadsRewrittenCell {
+                cell: self.current.get(),
+                reads: c,
+            }
+            .at(index),
             None => err,
         }
     }
@@ -253,12 +358,9 @@ impl Sink for CellSink<'_> {
     }
 }
 
-fn read_exact<P: Read>(patch: &mut P, buf: &mut [u8], stage: &str) -> Result<(), ApplyError> {
+fn read_exact<P: Read>(patch: &mut P, buf: &mut [u8], stage: PatchPart) -> Result<(), ApplyError> {
     patch.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => ApplyError::Truncated {
-            stage: stage.into(),
-            offset: 0,
-        },
+        io::ErrorKind::UnexpectedEof => ApplyError::Truncated { stage, offset: 0 },
         _ => ApplyError::PatchRead(e),
     })
 }
@@ -538,265 +640,421 @@ pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
 /// their varints end): give a buffered `patch` (a `BufReader` over a file).
 pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized>(
     region: &R,
-    mut patch: P,
+    patch: P,
     opts: ApplyOptions,
     journal: &mut J,
 ) -> Result<ApplyReport, ApplyError> {
-    // 1. The whole patch, with an index of where each cell's segment starts.
-    patch
-        .seek(SeekFrom::Start(0))
-        .map_err(ApplyError::PatchRead)?;
-    let (header, header_bytes, section, body_start) = crate::inspect::read_patch_start(&mut patch)?;
-    // Where segment 0 starts (after a signed patch's signature section).
-    let header_len = body_start;
-    let header_hash = fwdelta_format::chain::start(&header_bytes);
-    let cell = header.cell_len().ok_or(ApplyError::WrongMode(
-        "this patch is not an in-place patch: apply it to a new file",
-    ))?;
-    if header.apply_memory > opts.memory_limit {
-        return Err(ApplyError::MemoryBudget {
-            needed: header.apply_memory,
-            limit: opts.memory_limit,
-        });
-    }
-    if header.new_len > opts.max_new_len {
-        return Err(ApplyError::NewTooLarge {
-            len: header.new_len,
-            limit: opts.max_new_len,
-        });
-    }
-    // Signatures and release rules before anything else is read.
-    let verdict = opts.judge(&header, &header_bytes, section.as_ref())?;
-    let checks = Checks::of(section);
-    patch
-        .seek(SeekFrom::Start(0))
-        .map_err(ApplyError::PatchRead)?;
-    // Per cell: where its segment starts in the patch, and its position in
-    // patch order (which its check binds to), packed as `offset << 16 | index`
-    // (at most 2^16 cells; a patch over 2^48 bytes is refused).
-    let mut cells = vec![0u64; header.segment_count as usize];
-    let mut too_long = false;
-    let summary = inspect_each(&mut patch, |s, at| {
-        too_long |= at >> 48 != 0;
-        cells[(s.new_offset / cell) as usize] = at << 16 | u64::from(s.index);
-    })?;
-    if too_long {
-        return Err(ApplyError::Format(fwdelta_format::FormatError::BadField {
-            field: "segments",
-            detail: "an in-place patch larger than 2^48 bytes".into(),
-        }));
-    }
-
-    // The journal: both slots, judged; the newest usable record wins.
-    let (mut slot_a, mut slot_b) = (Vec::new(), Vec::new());
-    journal
-        .read_slot(0, &mut slot_a)
-        .map_err(ApplyError::Sink)?;
-    journal
-        .read_slot(1, &mut slot_b)
-        .map_err(ApplyError::Sink)?;
-    let pick = fwdelta_format::pick_slot([&slot_a, &slot_b]);
-    let resume = match pick.best {
-        Some((_, cp, staged)) if cp.header_hash == header_hash => Some((cp, staged)),
-        Some(_) => {
-            return Err(ApplyError::InterruptedUpdate(
-                "the image is in the middle of an in-place update by another patch; finish that one first",
-            ))
-        }
-        None => None,
-    };
-    let old = OldView::new(region, &header, cell);
-    let mut runner = SegmentRunner::new(&header, header_hash)?;
-    let partial = |e: io::Error| {
-        ApplyError::Sink(io::Error::new(
-            e.kind(),
-            format!("{e}; the image is partly rewritten"),
-        ))
-    };
-    let mut ab = AbWriter {
-        journal,
-        next_slot: pick.next_slot,
-        next_sequence: pick.next_sequence,
-    };
-    let misfit = || {
-        ApplyError::InterruptedUpdate(
-            "the in-place journal beside the image does not fit this patch; finish the update it belongs to first",
-        )
-    };
-
-    let mut cp = match resume {
-        Some((mut cp, staged)) => {
-            // Cells written before the interruption, for the guard.
-            if cp.next_segment > header.segment_count
-                || (cp.staged && cp.next_segment == header.segment_count)
-            {
-                return Err(misfit());
-            }
-            let offset = mark_done(&mut patch, &header, header_len, cp.next_segment, |c| {
-                old.mark_written(c / cell)
-            })?;
-            if offset != cp.patch_offset {
-                return Err(misfit());
-            }
-            if header.new_len > header.old_len {
-                region.set_len(header.new_len).map_err(partial)?;
-            }
-            if cp.staged {
-                let (head, bytes) = segment_at(&mut patch, offset, &header, cp.next_segment)?;
-                if head.new_offset != cp.cell_offset || head.new_len != staged.len() as u64 {
-                    return Err(misfit());
-                }
-                region.write_at(cp.cell_offset, staged).map_err(partial)?;
-                region.sync().map_err(partial)?;
-                old.mark_written(cp.cell_offset / cell);
-                cp.next_segment += 1;
-                cp.patch_offset +=
-                    (bytes.len() + head.payload_len as usize + checks.stored_len()) as u64;
-                cp.staged = false;
-                cp.cell_offset = 0;
-            }
-            cp
-        }
+    let mut run = InPlaceApply::open(region, patch, &opts, journal)?;
+    let slots = run.read_journal()?;
+    let pick = fwdelta_format::pick_slot([&slots[0], &slots[1]]);
+    run.ab.next_slot = pick.next_slot;
+    run.ab.next_sequence = pick.next_sequence;
+    let cp = match run.journal_resume(&pick)? {
+        Some((cp, staged)) => run.resume(cp, staged)?,
         None => {
-            // 2. The old image, unless the update already completed (a power
-            // loss after the last step but before the caller heard of it).
-            let actual = region.len().map_err(ApplyError::OldRead)?;
-            if actual == header.new_len
-                && (actual != header.old_len
-                    || header.old_check[..] != header.new_hash[..fwdelta_format::CHECK_LEN])
-            {
-                let now = hash_region(region, header.new_len).map_err(ApplyError::OldRead)?;
-                if *now.as_bytes() == header.new_hash {
-                    ab.journal.clear().map_err(ApplyError::Sink)?;
-                    return Ok(ApplyReport {
-                        header,
-                        patch_len: summary.patch_len,
-                        already_applied: true,
-                        verdict,
-                    });
-                }
+            if run.already_applied()? {
+                return run.report(true);
             }
-            // Neither version, and a journal that is there but unusable: the
-            // update was under way and cannot be finished.
-            let lost = |patch: &mut P| -> ApplyError {
-                lost_update(patch, &header, header_len, header_hash, pick.lost)
-            };
-            if actual != header.old_len {
-                if pick.any {
-                    return Err(lost(&mut patch));
-                }
-                return Err(ApplyError::OldLength {
-                    expected: header.old_len,
-                    actual,
-                });
-            }
-            let old_hash = hash_region(region, header.old_len).map_err(ApplyError::OldRead)?;
-            if let Err(e) = crate::error::check_old_hash(&old_hash, &header) {
-                return Err(if pick.any { lost(&mut patch) } else { e });
-            }
-
-            // 3. Ordering pass in patch order: no cell may read a cell written before.
-            patch
-                .seek(SeekFrom::Start(header_len))
-                .map_err(ApplyError::PatchRead)?;
-            for index in 0..header.segment_count {
-                let offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
-                let (head, bytes) = segment_at(&mut patch, offset, &header, index)?;
-                let c = head.new_offset / cell;
-                old.current.set(c);
-                let hash = runner
-                    .run(head, &bytes, &mut patch, &old, NullSink)
-                    .map_err(|e| old.explain(e, head.index))?;
-                checks.verify(&mut patch, &hash, head.index)?;
-                old.mark_written(c);
-            }
-            old.reset();
-
-            // 4. Dry run in image order: the new image's hash, nothing written.
-            let mut new_hash = blake3::Hasher::new();
-            for (c, &packed) in cells.iter().enumerate() {
-                let (offset, index) = (packed >> 16, (packed & 0xFFFF) as u32);
-                let (head, bytes) = segment_at(&mut patch, offset, &header, index)?;
-                old.current.set(c as u64);
-                let hash = runner.run(head, &bytes, &mut patch, &old, HashSink(&mut new_hash))?;
-                checks.verify(&mut patch, &hash, head.index)?;
-            }
-            if *new_hash.finalize().as_bytes() != header.new_hash {
-                return Err(ApplyError::NewHashMismatch);
-            }
-
-            // From here on the region may change: record that first, in both
-            // slots.
-            let mut cp = InPlaceCheckpoint {
-                sequence: 0,
-                header_hash,
-                next_segment: 0,
-                patch_offset: header_len,
-                staged: false,
-                cell_offset: 0,
-                cell_len: 0,
-                cell_hash: [0; 32],
-            };
-            ab.put_twice(&mut cp, &[]).map_err(ApplyError::Sink)?;
-            if header.new_len > header.old_len {
-                region.set_len(header.new_len).map_err(partial)?;
-            }
-            cp
+            run.verify_old(&pick)?;
+            run.ordering_pass()?;
+            run.dry_run()?;
+            run.first_record()?
         }
     };
-
     // The slots read back are no longer needed: free them before the cell
     // buffer is taken.
-    drop((slot_a, slot_b));
-    let mut scratch = Vec::with_capacity(cell as usize);
+    drop(slots);
+    run.rewrite(cp)?;
+    run.finish()?;
+    run.report(false)
+}
 
-    // 5. Rewrite, cell by cell, in patch order (the guard stays on): stage the
-    // cell in both journal slots, then write it over the image.
-    patch
-        .seek(SeekFrom::Start(cp.patch_offset))
-        .map_err(ApplyError::PatchRead)?;
-    while cp.next_segment < header.segment_count {
-        let (head, bytes) = segment_at(&mut patch, cp.patch_offset, &header, cp.next_segment)?;
-        let c = head.new_offset / cell;
-        old.current.set(c);
-        scratch.clear();
-        let hash = runner
-            .run(head, &bytes, &mut patch, &old, CellSink(&mut scratch))
-            .map_err(|e| old.explain(e, head.index))?;
-        checks.verify(&mut patch, &hash, head.index)?;
-        cp.staged = true;
-        cp.cell_offset = head.new_offset;
-        ab.put_twice(&mut cp, &scratch).map_err(partial)?;
-        region
-            .write_at(head.new_offset, &scratch)
-            .map_err(partial)?;
-        region.sync().map_err(partial)?;
-        old.mark_written(c);
-        cp.staged = false;
-        cp.cell_offset = 0;
-        cp.next_segment += 1;
-        cp.patch_offset = patch.stream_position().map_err(ApplyError::PatchRead)?;
-    }
-    let journal = ab.journal;
+/// The two journal slots as read back.
+type Slots = [Vec<u8>; 2];
 
-    // 6. Final length, durability, and one more look.
-    if header.new_len < header.old_len {
-        region.set_len(header.new_len).map_err(partial)?;
+/// One in-place apply, one method per step of the module documentation.
+/// Holds the patch's framing reader (header, section), the cell index (8
+/// bytes a cell), the guarded view of the region and the segment decoder.
+struct InPlaceApply<'a, R: ?Sized, P, J: ?Sized> {
+    region: &'a R,
+    patch: P,
+    /// The header and section; reads every segment head.
+    reader: PatchReader,
+    /// Where segment 0 starts (after a signed patch's signature section).
+    body_start: u64,
+    header_hash: [u8; 32],
+    cell: u64,
+    checks: Checks,
+    verdict: Verdict,
+    /// Per cell: where its segment starts in the patch, and its position in
+    /// patch order (which its check binds to), packed as `offset << 16 |
+    /// index` (at most 2^16 cells; a patch over 2^48 bytes is refused).
+    cells: Vec<u64>,
+    patch_len: u64,
+    ab: AbWriter<'a, J>,
+    old: OldView<'a, R>,
+    runner: SegmentRunner,
+}
+
+impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'a, R, P, J> {
+    /// Step 1: the header and section, within the limits and accepted by
+    /// the policy (before anything else is read), then the whole patch,
+    /// verified, with an index of where each cell's segment starts.
+    fn open(
+        region: &'a R,
+        mut patch: P,
+        opts: &ApplyOptions,
+        journal: &'a mut J,
+    ) -> Result<Self, ApplyError> {
+        patch
+            .seek(SeekFrom::Start(0))
+            .map_err(ApplyError::PatchRead)?;
+        let mut reader = read_start(&mut patch, limits(opts, Mode::InPlace))?;
+        let start = reader.start().ok_or(ApplyError::Poisoned)?;
+        let header = &start.header;
+        let cell = header.cell_len().ok_or(ApplyError::WrongMode(
+            "this patch is not an in-place patch: apply it to a new file",
+        ))?;
+        // Signatures and release rules before anything else is read.
+        let verdict = opts.judge(header, &start.header_bytes, start.section.as_ref())?;
+        let (body_start, header_hash) = (start.body_start, start.header_hash);
+        let old = OldView::new(region, header, cell);
+        let runner = SegmentRunner::new(header, header_hash)?;
+        let checks = Checks::of(reader.take_section());
+        patch
+            .seek(SeekFrom::Start(0))
+            .map_err(ApplyError::PatchRead)?;
+        let count = reader.start().map_or(0, |s| s.header.segment_count);
+        let mut cells = vec![0u64; count as usize];
+        let mut too_long = false;
+        let summary = inspect_each(&mut patch, |s, at| {
+            too_long |= at >> 48 != 0;
+            if let Some(slot) = cells.get_mut((s.new_offset / cell) as usize) {
+                *slot = at << 16 | u64::from(s.index);
+            }
+        })?;
+        if too_long {
+            return Err(ApplyError::Format(fwdelta_format::FormatError::BadField {
+                field: "segments",
+                detail: "an in-place patch larger than 2^48 bytes".into(),
+            }));
+        }
+        Ok(InPlaceApply {
+            region,
+            patch,
+            reader,
+            body_start,
+            header_hash,
+            cell,
+            checks,
+            verdict,
+            cells,
+            patch_len: summary.patch_len,
+            ab: AbWriter {
+                journal,
+                next_slot: 0,
+                next_sequence: 0,
+            },
+            old,
+            runner,
+        })
     }
-    region.sync().map_err(partial)?;
-    let final_hash = hash_region(region, header.new_len).map_err(partial)?;
-    if *final_hash.as_bytes() != header.new_hash {
-        return Err(partial(io::Error::other(
-            "the rewritten image does not verify",
-        )));
+
+    fn header(&self) -> Result<&Header, ApplyError> {
+        self.reader
+            .start()
+            .map(|s| &s.header)
+            .ok_or(ApplyError::Poisoned)
     }
-    journal.clear().map_err(ApplyError::Sink)?;
-    Ok(ApplyReport {
-        header,
-        patch_len: summary.patch_len,
-        already_applied: false,
-        verdict,
-    })
+
+    /// Both journal slots (to be judged: the newest usable record wins, and
+    /// the next record goes to the other slot).
+    fn read_journal(&mut self) -> Result<Slots, ApplyError> {
+        let mut slots: Slots = [Vec::new(), Vec::new()];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            self.ab
+                .journal
+                .read_slot(i, slot)
+                .map_err(ApplyError::Sink)?;
+        }
+        Ok(slots)
+    }
+
+    /// The journal's record of an interrupted apply of this patch, if any
+    /// (one of another patch is refused).
+    fn journal_resume<'s>(
+        &self,
+        pick: &fwdelta_format::SlotPick<'s>,
+    ) -> Result<Option<(InPlaceCheckpoint, &'s [u8])>, ApplyError> {
+        match pick.best {
+            Some((_, cp, staged)) if cp.header_hash == self.header_hash => Ok(Some((cp, staged))),
+            Some(_) => Err(ApplyError::InterruptedUpdate(
+                "the image is in the middle of an in-place update by another patch; finish that one first",
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Resume from journal record `cp`: mark the cells written before the
+    /// interruption (for the guard), and write the staged cell again.
+    fn resume(
+        &mut self,
+        mut cp: InPlaceCheckpoint,
+        staged: &[u8],
+    ) -> Result<InPlaceCheckpoint, ApplyError> {
+        let (count, old_len, new_len) = {
+            let h = self.header()?;
+            (h.segment_count, h.old_len, h.new_len)
+        };
+        if cp.next_segment > count || (cp.staged && cp.next_segment == count) {
+            return Err(misfit());
+        }
+        let cell = self.cell;
+        let old = &self.old;
+        let offset = mark_done(
+            &mut self.patch,
+            &mut self.reader,
+            self.body_start,
+            cp.next_segment,
+            |c| old.mark_written(c / cell),
+        )?;
+        if offset != cp.patch_offset {
+            return Err(misfit());
+        }
+        if new_len > old_len {
+            self.region.set_len(new_len).map_err(partial)?;
+        }
+        if cp.staged {
+            let (head, bytes) =
+                segment_at(&mut self.patch, &mut self.reader, offset, cp.next_segment)?;
+            if head.new_offset != cp.cell_offset || head.new_len != staged.len() as u64 {
+                return Err(misfit());
+            }
+            self.region
+                .write_at(cp.cell_offset, staged)
+                .map_err(partial)?;
+            self.region.sync().map_err(partial)?;
+            self.old.mark_written(cp.cell_offset / cell);
+            cp.next_segment += 1;
+            cp.patch_offset +=
+                (bytes.len() + head.payload_len as usize + self.checks.stored_len()) as u64;
+            cp.staged = false;
+            cp.cell_offset = 0;
+        }
+        Ok(cp)
+    }
+
+    /// Whether the update already completed (a power loss after the last
+    /// step but before the caller heard of it); then the journal is cleared.
+    fn already_applied(&mut self) -> Result<bool, ApplyError> {
+        let h = self.header()?;
+        let actual = self.region.len().map_err(ApplyError::OldRead)?;
+        if actual == h.new_len
+            && (actual != h.old_len || h.old_check[..] != h.new_hash[..fwdelta_format::CHECK_LEN])
+        {
+            let now = hash_region(self.region, h.new_len).map_err(ApplyError::OldRead)?;
+            if *now.as_bytes() == h.new_hash {
+                self.ab.journal.clear().map_err(ApplyError::Sink)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Step 2: the old image's length and hash. Neither version, with a
+    /// journal that is there but unusable: the update was under way and
+    /// cannot be finished.
+    fn verify_old(&mut self, pick: &fwdelta_format::SlotPick<'_>) -> Result<(), ApplyError> {
+        let (expected, actual) = (
+            self.header()?.old_len,
+            self.region.len().map_err(ApplyError::OldRead)?,
+        );
+        if actual != expected {
+            if pick.any {
+                return Err(self.lost(pick.lost));
+            }
+            return Err(ApplyError::OldLength { expected, actual });
+        }
+        let old_hash = hash_region(self.region, expected).map_err(ApplyError::OldRead)?;
+        if let Err(e) = crate::error::check_old_hash(&old_hash, self.header()?) {
+            return Err(if pick.any { self.lost(pick.lost) } else { e });
+        }
+        Ok(())
+    }
+
+    fn lost(&mut self, lost: Option<InPlaceCheckpoint>) -> ApplyError {
+        lost_update(
+            &mut self.patch,
+            &mut self.reader,
+            self.body_start,
+            self.header_hash,
+            lost,
+        )
+    }
+
+    /// Step 3: decode every cell in patch order, refusing the patch if any
+    /// reads old bytes of a cell written before it.
+    fn ordering_pass(&mut self) -> Result<(), ApplyError> {
+        self.patch
+            .seek(SeekFrom::Start(self.body_start))
+            .map_err(ApplyError::PatchRead)?;
+        for index in 0..self.header()?.segment_count {
+            let offset = self
+                .patch
+                .stream_position()
+                .map_err(ApplyError::PatchRead)?;
+            let (head, bytes) = segment_at(&mut self.patch, &mut self.reader, offset, index)?;
+            let c = head.new_offset / self.cell;
+            self.old.current.set(c);
+            let hash = self
+                .runner
+                .run(head, &bytes, &mut self.patch, &self.old, NullSink)
+                .map_err(|e| self.old.explain(e, head.index))?;
+            self.checks.verify(&mut self.patch, &hash, head.index)?;
+            self.old.mark_written(c);
+        }
+        self.old.reset();
+        Ok(())
+    }
+
+    /// Step 4: decode every cell in image order against the untouched
+    /// region; the new image's hash must match. Nothing is written.
+    fn dry_run(&mut self) -> Result<(), ApplyError> {
+        let mut new_hash = blake3::Hasher::new();
+        for c in 0..self.cells.len() {
+            let packed = self.cells[c];
+            let (offset, index) = (packed >> 16, (packed & 0xFFFF) as u32);
+            let (head, bytes) = segment_at(&mut self.patch, &mut self.reader, offset, index)?;
+            self.old.current.set(c as u64);
+            let hash = self.runner.run(
+                head,
+                &bytes,
+                &mut self.patch,
+                &self.old,
+                HashSink(&mut new_hash),
+            )?;
+            self.checks.verify(&mut self.patch, &hash, head.index)?;
+        }
+        if *new_hash.finalize().as_bytes() != self.header()?.new_hash {
+            return Err(ApplyError::NewHashMismatch);
+        }
+        Ok(())
+    }
+
+    /// From here on the region may change: record that first, in both
+    /// slots, then give the region its new length if it grows.
+    fn first_record(&mut self) -> Result<InPlaceCheckpoint, ApplyError> {
+        let mut cp = InPlaceCheckpoint {
+            sequence: 0,
+            header_hash: self.header_hash,
+            next_segment: 0,
+            patch_offset: self.body_start,
+            staged: false,
+            cell_offset: 0,
+            cell_len: 0,
+            cell_hash: [0; 32],
+        };
+        self.ab.put_twice(&mut cp, &[]).map_err(ApplyError::Sink)?;
+        let h = self.header()?;
+        if h.new_len > h.old_len {
+            self.region.set_len(h.new_len).map_err(partial)?;
+        }
+        Ok(cp)
+    }
+
+    /// Step 5: rewrite, cell by cell, in patch order (the guard stays on):
+    /// decode the cell into the scratch buffer (one cell), stage it in both
+    /// journal slots, then write it over the image.
+    fn rewrite(&mut self, mut cp: InPlaceCheckpoint) -> Result<(), ApplyError> {
+        let mut scratch = Vec::with_capacity(self.cell as usize);
+        self.patch
+            .seek(SeekFrom::Start(cp.patch_offset))
+            .map_err(ApplyError::PatchRead)?;
+        while cp.next_segment < self.header()?.segment_count {
+            let (head, bytes) = segment_at(
+                &mut self.patch,
+                &mut self.reader,
+                cp.patch_offset,
+                cp.next_segment,
+            )?;
+            let c = head.new_offset / self.cell;
+            self.old.current.set(c);
+            scratch.clear();
+            let hash = self
+                .runner
+                .run(
+                    head,
+                    &bytes,
+                    &mut self.patch,
+                    &self.old,
+                    CellSink(&mut scratch),
+                )
+                .map_err(|e| self.old.explain(e, head.index))?;
+            self.checks.verify(&mut self.patch, &hash, head.index)?;
+            cp.staged = true;
+            cp.cell_offset = head.new_offset;
+            self.ab.put_twice(&mut cp, &scratch).map_err(partial)?;
+            self.region
+                .write_at(head.new_offset, &scratch)
+                .map_err(partial)?;
+            self.region.sync().map_err(partial)?;
+            self.old.mark_written(c);
+            cp.staged = false;
+            cp.cell_offset = 0;
+            cp.next_segment += 1;
+            cp.patch_offset = self
+                .patch
+                .stream_position()
+                .map_err(ApplyError::PatchRead)?;
+        }
+        Ok(())
+    }
+
+    /// Step 6: final length, durability, one more look at the whole image,
+    /// and the journal cleared.
+    fn finish(&mut self) -> Result<(), ApplyError> {
+        let (old_len, new_len, new_hash) = {
+            let h = self.header()?;
+            (h.old_len, h.new_len, h.new_hash)
+        };
+        if new_len < old_len {
+            self.region.set_len(new_len).map_err(partial)?;
+        }
+        self.region.sync().map_err(partial)?;
+        let final_hash = hash_region(self.region, new_len).map_err(partial)?;
+        if *final_hash.as_bytes() != new_hash {
+            return Err(partial(io::Error::other(
+                "the rewritten image does not verify",
+            )));
+        }
+        self.ab.journal.clear().map_err(ApplyError::Sink)
+    }
+
+    /// What the apply did.
+    fn report(self, already_applied: bool) -> Result<ApplyReport, ApplyError> {
+        let start = self.reader.into_start().ok_or(ApplyError::Poisoned)?;
+        Ok(ApplyReport {
+            header: start.header,
+            patch_len: self.patch_len,
+            already_applied,
+            verdict: self.verdict,
+        })
+    }
+}
+
+/// An I/O error once the region may have changed: it says so.
+fn partial(e: io::Error) -> ApplyError {
+    ApplyError::Sink(io::Error::new(
+        e.kind(),
+        format!("{e}; the image is partly rewritten"),
+    ))
+}
+
+/// The journal holds a record of this patch that does not fit it.
+fn misfit() -> ApplyError {
+    ApplyError::InterruptedUpdate(
+        "the in-place journal beside the image does not fit this patch; finish the update it belongs to first",
+    )
 }
 
 /// Walk the headers of the first `done` segments (in patch order) from patch
@@ -804,15 +1062,16 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
 /// the patch offset of segment `done`. Reads only segment headers.
 fn mark_done<P: Read + Seek>(
     patch: &mut P,
-    header: &Header,
+    reader: &mut PatchReader,
     from: u64,
     done: u32,
     mut cell_at: impl FnMut(u64),
 ) -> Result<u64, ApplyError> {
     let mut offset = from;
     for index in 0..done {
-        let (head, bytes) = segment_at(patch, offset, header, index)?;
+        let (head, bytes) = segment_at(patch, reader, offset, index)?;
         cell_at(head.new_offset);
+        let header = &reader.start().ok_or(ApplyError::Poisoned)?.header;
         let check = if header.segment_has_check(index) {
             fwdelta_format::CHECK_LEN
         } else {
@@ -829,21 +1088,27 @@ fn mark_done<P: Read + Seek>(
 /// which cells were already new.
 fn lost_update<P: Read + Seek>(
     patch: &mut P,
-    header: &Header,
+    reader: &mut PatchReader,
     header_len: u64,
     header_hash: [u8; 32],
     lost: Option<InPlaceCheckpoint>,
 ) -> ApplyError {
-    let cell = header.cell_len().unwrap_or(1).max(1);
-    let mut state = vec![0u8; header.segment_count as usize];
+    let (cell, count) = match reader.start() {
+        Some(s) => (
+            s.header.cell_len().unwrap_or(1).max(1),
+            s.header.segment_count,
+        ),
+        None => return ApplyError::Poisoned,
+    };
+    let mut state = vec![0u8; count as usize];
     let known = lost.filter(|l| l.header_hash == header_hash).and_then(|l| {
-        let done = l.next_segment.min(header.segment_count);
+        let done = l.next_segment.min(count);
         let mut mark = |c: u64| {
             if let Some(s) = state.get_mut((c / cell) as usize) {
                 *s = 1;
             }
         };
-        mark_done(patch, header, header_len, done, &mut mark).ok()?;
+        mark_done(patch, reader, header_len, done, &mut mark).ok()?;
         if l.staged {
             if let Some(s) = state.get_mut((l.cell_offset / cell) as usize) {
                 *s = 2;
@@ -872,20 +1137,22 @@ fn lost_update<P: Read + Seek>(
 }
 
 /// Read the header of segment `index` (in patch order) at patch offset
-/// `offset`; it may name any cell. Returns it and its bytes.
+/// `offset` through `reader`; it may name any cell. Returns it and its bytes.
 fn segment_at<P: Read + Seek>(
     patch: &mut P,
+    reader: &mut PatchReader,
     offset: u64,
-    header: &Header,
     index: u32,
 ) -> Result<(SegmentHeader, Vec<u8>), ApplyError> {
     patch
         .seek(SeekFrom::Start(offset))
         .map_err(ApplyError::PatchRead)?;
-    let mut at = offset;
-    let b = crate::inspect::read_segment_head(patch, &mut at, header, index)?;
-    let (head, _) = SegmentHeader::parse_cell(&b, header, index)?;
-    Ok((head, b))
+    reader.set_offset(offset);
+    reader.expect_segment(index);
+    match reader.read_part(patch)? {
+        Part::Segment(head) => Ok((head, reader.segment_bytes().to_vec())),
+        _ => Err(ApplyError::Poisoned),
+    }
 }
 
 /// Where segment checks are: after each segment's payload, or (signed
@@ -922,14 +1189,11 @@ impl Checks {
     ) -> Result<(), ApplyError> {
         let mut c = [0u8; fwdelta_format::CHECK_LEN];
         match self {
-            Checks::Inline => read_exact(patch, &mut c, "inside a segment check")?,
+            Checks::Inline => read_exact(patch, &mut c, PatchPart::SegmentCheck(index))?,
             Checks::Table(t) => c = t.get(index as usize).copied().unwrap_or_default(),
         }
         if fwdelta_format::truncate_check(hash) != c {
-            return Err(ApplyError::CorruptSegment {
-                index,
-                detail: "segment check mismatch".into(),
-            });
+            return Err(SegmentFault::CheckMismatch.at(index));
         }
         Ok(())
     }

@@ -5,16 +5,19 @@
 //! it when the patch is applied), so only its framing is verified here; every
 //! segment of an in-place patch, which overwrites the old image, is checked.
 
-use crate::error::ApplyError;
+use crate::error::{ApplyError, PatchPart};
+use crate::patch_reader::{read_start, Limits, Part, ReadParts};
+use crate::record_interpreter::SegmentFault;
 use crate::BUFFER_LEN;
 use fwdelta_format::header::Header;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::signature::SignatureSection;
-use fwdelta_format::{chain, truncate_check, FormatError, CHECK_LEN};
+use fwdelta_format::{chain, truncate_check, FormatError};
 use std::io::{self, Read};
 
 /// The layout of a patch, as read by [`inspect`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PatchInfo {
     /// The validated header.
     pub header: Header,
@@ -32,6 +35,7 @@ pub struct PatchInfo {
 
 /// Summary of a patch, as read by [`inspect_each`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PatchSummary {
     /// The validated header.
     pub header: Header,
@@ -52,36 +56,20 @@ pub struct PatchSummary {
 /// signed patch's signature section; returns them with the number of bytes
 /// read (where segment 0 starts). What a resumed or in-place apply reads
 /// before it seeks into the body. Cost: a buffer of the header's length and
-/// the section's (both bounded by the header and the memory model).
+/// the section's (both bounded by the header and the memory model); `r` is
+/// read in pieces no longer than the part being read.
 pub fn read_patch_start<R: Read>(
     r: &mut R,
 ) -> Result<(Header, Vec<u8>, Option<SignatureSection>, u64), ApplyError> {
-    let mut offset = 0u64;
-    let mut prefix = [0u8; Header::PREFIX_LEN];
-    read_part(r, &mut prefix, &mut offset, "inside the header")?;
-    let header_len = Header::parse_prefix(&prefix)?;
-    let mut hbuf = vec![0u8; header_len];
-    hbuf[..Header::PREFIX_LEN].copy_from_slice(&prefix);
-    read_part(
-        r,
-        &mut hbuf[Header::PREFIX_LEN..],
-        &mut offset,
-        "inside the header",
-    )?;
-    let header = Header::parse(&hbuf)?;
-    let section = if header.is_signed() {
-        let stage = "inside the signature section";
-        let mut sbuf = vec![0u8; SignatureSection::fixed_len(&header)];
-        read_part(r, &mut sbuf, &mut offset, stage)?;
-        let count = sbuf[sbuf.len() - 1];
-        let fixed = sbuf.len();
-        sbuf.resize(fixed + SignatureSection::signatures_len(count)?, 0);
-        read_part(r, &mut sbuf[fixed..], &mut offset, stage)?;
-        Some(SignatureSection::parse(&header, &sbuf)?)
-    } else {
-        None
-    };
-    Ok((header, hbuf, section, offset))
+    let start = read_start(r, Limits::none())?
+        .into_start()
+        .ok_or(ApplyError::Poisoned)?;
+    Ok((
+        start.header,
+        start.header_bytes,
+        start.section,
+        start.body_start,
+    ))
 }
 
 /// Read a whole patch from `r`, validating its structure and every checksum
@@ -113,81 +101,75 @@ pub fn inspect_each<R: Read>(
     mut r: R,
     mut on_segment: impl FnMut(&SegmentHeader, u64),
 ) -> Result<PatchSummary, ApplyError> {
-    let (header, hbuf, section, mut offset) = read_patch_start(&mut r)?;
-    let header_len = hbuf.len();
-    let body_start = offset;
-    let header_hash = chain::start(&hbuf);
-
+    let mut reader = read_start(&mut r, Limits::none())?;
+    let start = reader.start().ok_or(ApplyError::Poisoned)?;
+    let header_hash = start.header_hash;
+    let (count, cell_len, new_len) = (
+        start.header.segment_count,
+        start.header.cell_len(),
+        start.header.new_len,
+    );
     let mut produced = 0u64;
     // In-place patches: one bit per cell (at most 8 KiB; the count was checked).
-    let mut cells_seen = header
-        .cell_log
-        .map(|_| vec![0u8; (header.segment_count as usize).div_ceil(8)]);
+    let mut cells_seen = cell_len.map(|_| vec![0u8; (count as usize).div_ceil(8)]);
     let mut buf = vec![0u8; BUFFER_LEN];
-    for index in 0..header.segment_count {
-        let at = offset;
-        let b = read_segment_head(&mut r, &mut offset, &header, index)?;
-        let seg = match &mut cells_seen {
-            None => SegmentHeader::parse(&b, &header, index, produced)?,
-            Some(seen) => {
-                let (seg, cell) = SegmentHeader::parse_cell(&b, &header, index)?;
-                let (byte, bit) = ((cell / 8) as usize, 1u8 << (cell % 8));
-                if seen[byte] & bit != 0 {
-                    return Err(FormatError::BadSegment {
-                        index,
-                        detail: format!("cell {cell} comes twice"),
-                    }
-                    .into());
-                }
-                seen[byte] |= bit;
-                seg
-            }
+    for index in 0..count {
+        let at = reader.offset();
+        reader.expect_segment(index);
+        let Part::Segment(seg) = reader.read_part(&mut r)? else {
+            return Err(ApplyError::Poisoned);
         };
+        if let Some(seen) = &mut cells_seen {
+            let cell = seg.new_offset / cell_len.unwrap_or(1).max(1);
+            let (byte, bit) = ((cell / 8) as usize, 1u8 << (cell % 8));
+            if seen[byte] & bit != 0 {
+                return Err(FormatError::BadSegment {
+                    index,
+                    detail: format!("cell {cell} comes twice"),
+                }
+                .into());
+            }
+            seen[byte] |= bit;
+        }
         on_segment(&seg, at);
         let mut check = chain::segment_hasher(&header_hash, index);
-        check.update(&b);
+        check.update(reader.segment_bytes());
         let mut left = seg.payload_len as usize;
         while left > 0 {
             let n = left.min(buf.len());
+            let mut offset = reader.offset();
             read_part(
                 &mut r,
                 &mut buf[..n],
                 &mut offset,
-                &format!("inside segment {index}"),
+                PatchPart::Segment(index),
             )?;
+            reader.skipped(n as u64);
             check.update(&buf[..n]);
             left -= n;
         }
         // The last segment of an ordinary unsigned patch has no check: only
         // applying it (the new image's hash) verifies its bytes.
-        if let Some(section) = &section {
-            if section.checks[index as usize] != truncate_check(&check.finalize()) {
-                return Err(ApplyError::CorruptSegment {
-                    index,
-                    detail: "segment check mismatch (signed table)".into(),
-                });
+        let start = reader.start().ok_or(ApplyError::Poisoned)?;
+        if let Some(section) = &start.section {
+            if section.checks.get(index as usize) != Some(&truncate_check(&check.finalize())) {
+                return Err(SegmentFault::SignedCheckMismatch.at(index));
             }
-        } else if header.segment_has_check(index) {
-            let mut c = [0u8; CHECK_LEN];
-            read_part(
-                &mut r,
-                &mut c,
-                &mut offset,
-                &format!("inside the check of segment {index}"),
-            )?;
+        } else if start.header.segment_has_check(index) {
+            reader.expect_check();
+            let Part::Check(c) = reader.read_part(&mut r)? else {
+                return Err(ApplyError::Poisoned);
+            };
             if truncate_check(&check.finalize()) != c {
-                return Err(ApplyError::CorruptSegment {
-                    index,
-                    detail: "segment check mismatch".into(),
-                });
+                return Err(SegmentFault::CheckMismatch.at(index));
             }
         }
         produced += seg.new_len;
     }
-    if produced != header.new_len {
-        return Err(FormatError::BadField {
-            field: "segments",
-            detail: format!("cover {produced} of {} new bytes", header.new_len),
+    if produced != new_len {
+        return Err(FormatError::SegmentsCover {
+            covered: produced,
+            new_len,
         }
         .into());
     }
@@ -200,52 +182,30 @@ pub fn inspect_each<R: Read>(
             Err(e) => return Err(ApplyError::PatchRead(e)),
         }
     }
+    let patch_len = reader.offset();
+    let start = reader.into_start().ok_or(ApplyError::Poisoned)?;
     Ok(PatchSummary {
-        header,
-        header_len: header_len as u64,
-        body_start,
-        patch_len: offset,
-        section,
-        header_bytes: hbuf,
+        header_len: start.header_bytes.len() as u64,
+        body_start: start.body_start,
+        patch_len,
+        header: start.header,
+        section: start.section,
+        header_bytes: start.header_bytes,
     })
-}
-
-/// Read a segment header, byte by byte until its varints end (at most
-/// [`SegmentHeader::MAX_LEN`] bytes), advancing `offset`.
-pub(crate) fn read_segment_head<R: Read>(
-    r: &mut R,
-    offset: &mut u64,
-    header: &Header,
-    index: u32,
-) -> Result<Vec<u8>, ApplyError> {
-    let mut b = Vec::with_capacity(SegmentHeader::MAX_LEN);
-    let (before, inside) = (
-        format!("before segment {index}"),
-        format!("inside the header of segment {index}"),
-    );
-    loop {
-        let stage = if b.is_empty() { &before } else { &inside };
-        let mut one = [0u8; 1];
-        read_part(r, &mut one, offset, stage)?;
-        b.push(one[0]);
-        if SegmentHeader::complete_len(&b, header, index)?.is_some() {
-            return Ok(b);
-        }
-    }
 }
 
 fn read_part<R: Read>(
     r: &mut R,
     buf: &mut [u8],
     offset: &mut u64,
-    stage: &str,
+    stage: PatchPart,
 ) -> Result<(), ApplyError> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) => {
                 return Err(ApplyError::Truncated {
-                    stage: stage.to_string(),
+                    stage,
                     offset: *offset + got as u64,
                 })
             }

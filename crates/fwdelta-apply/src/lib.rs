@@ -32,19 +32,22 @@ pub mod atomic_file;
 mod error;
 pub mod in_place;
 pub mod inspect;
+mod patch_reader;
 mod payload_decoder;
 mod predicted_old;
+mod record_interpreter;
 pub mod resumable_file;
 pub mod side_file;
 pub mod sink;
 pub mod source;
-mod split_streams;
+mod split_source;
+mod stream_source;
 pub mod trust_policy;
 
 pub use aligned_sink::{AlignedSink, BlockWriter};
 pub use applier::{apply, Applier, ApplyOptions, ApplyReport};
 pub use atomic_file::AtomicFile;
-pub use error::{ApplyError, ErrorClass, UpdateLost};
+pub use error::{ApplyError, ErrorClass, PatchPart, UpdateLost};
 pub use in_place::{
     apply_in_place, apply_in_place_with, FileJournal, FileRegion, Journal, MemRegion, NoJournal,
     Region,

@@ -257,26 +257,17 @@ fn memory_budget_is_enforced_from_the_header_alone() {
         data: &old,
         reads: Cell::new(0),
     };
-    let opts = ApplyOptions {
-        memory_limit: header.apply_memory - 1,
-        ..ApplyOptions::default()
-    };
+    let opts = ApplyOptions::default().with_memory_limit(header.apply_memory - 1);
     let mut a = Applier::new(&counted, Vec::new(), opts);
     let err = a.feed(&patch[..info.header_len as usize]).unwrap_err();
     assert!(matches!(err, ApplyError::MemoryBudget { .. }), "{err}");
     assert_eq!(err.class(), ErrorClass::Limits);
     assert_eq!(counted.reads.get(), 0, "old image read despite refusal");
 
-    let opts = ApplyOptions {
-        memory_limit: header.apply_memory,
-        ..ApplyOptions::default()
-    };
+    let opts = ApplyOptions::default().with_memory_limit(header.apply_memory);
     apply(&old[..], &patch[..], Vec::new(), opts).unwrap();
 
-    let opts = ApplyOptions {
-        max_new_len: header.new_len - 1,
-        ..ApplyOptions::default()
-    };
+    let opts = ApplyOptions::default().with_max_new_len(header.new_len - 1);
     let err = apply(&old[..], &patch[..], Vec::new(), opts).unwrap_err();
     assert!(matches!(err, ApplyError::NewTooLarge { .. }), "{err}");
 }
@@ -313,19 +304,13 @@ fn a_large_header_is_refused_before_it_is_buffered() {
     header.apply_memory = 1 << 21;
     let bytes = header.encode();
     assert!(bytes.len() > 16_000, "header is {} bytes", bytes.len());
-    let opts = ApplyOptions {
-        memory_limit: 64 << 10,
-        ..ApplyOptions::default()
-    };
+    let opts = ApplyOptions::default().with_memory_limit(64 << 10);
     let mut a = Applier::new(&old[..], Vec::new(), opts);
     let err = a.feed(&bytes[..Header::PREFIX_LEN]).unwrap_err();
     assert!(matches!(err, ApplyError::MemoryBudget { .. }), "{err}");
     // With room for it, the same header is read (and then refused for its
     // claim only once whole: here the claim of 2 MiB is over this limit).
-    let opts = ApplyOptions {
-        memory_limit: 1 << 20,
-        ..ApplyOptions::default()
-    };
+    let opts = ApplyOptions::default().with_memory_limit(1 << 20);
     let mut a = Applier::new(&old[..], Vec::new(), opts);
     a.feed(&bytes[..Header::PREFIX_LEN]).unwrap();
     let err = a.feed(&bytes[Header::PREFIX_LEN..]).unwrap_err();

@@ -63,10 +63,7 @@ fn policy(keys: &[&SigningKey]) -> TrustPolicy {
 }
 
 fn opts(p: TrustPolicy) -> ApplyOptions {
-    ApplyOptions {
-        policy: Some(Arc::new(p)),
-        ..ApplyOptions::default()
-    }
+    ApplyOptions::default().with_policy(Some(Arc::new(p)))
 }
 
 /// An old image that counts its reads, and a sink that counts its bytes.

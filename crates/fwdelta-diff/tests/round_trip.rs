@@ -81,10 +81,7 @@ fn split_layout_with_many_blocks_round_trips() {
         assert_eq!(patch.report.layout, layout);
         let header = fwdelta_apply::inspect(&patch.bytes[..]).unwrap().header;
         assert_eq!(header.layout, layout);
-        let limit = ApplyOptions {
-            memory_limit: header.apply_memory,
-            ..ApplyOptions::default()
-        };
+        let limit = ApplyOptions::default().with_memory_limit(header.apply_memory);
         assert!(
             header.apply_memory <= budget,
             "claims {}",
@@ -375,10 +372,7 @@ fn small_segments_and_tiny_budget_still_round_trip() {
             "claims {}",
             header.apply_memory
         );
-        let limit = ApplyOptions {
-            memory_limit: budget,
-            ..ApplyOptions::default()
-        };
+        let limit = ApplyOptions::default().with_memory_limit(budget);
         let (_, out) = apply(&old[..], &patch.bytes[..], Vec::new(), limit).unwrap();
         assert_eq!(out, new);
     }

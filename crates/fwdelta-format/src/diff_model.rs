@@ -140,6 +140,9 @@ impl DiffModel {
 
     /// Code one difference byte: encode `byte` (encoder) or decode and
     /// return it (decoder; `byte` is ignored), then learn from it.
+    /// Inlined: it runs once per difference byte, in the applier's and the
+    /// generator's innermost loops.
+    #[inline]
     pub fn code<C: BitIo>(&mut self, io: &mut C, old: OldContext, byte: u8) -> u8 {
         let q = old.pos & 3;
         let o = u64::from(old.cur);

@@ -5,6 +5,7 @@ use thiserror::Error;
 /// A reason a patch (or part of one) is refused. Every variant names the problem
 /// in one line, suitable for a terminal log or a CLI error message.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FormatError {
     /// The first four bytes are not [`crate::MAGIC`].
     #[error("not an fwdelta patch (bad magic bytes)")]
@@ -60,6 +61,15 @@ pub enum FormatError {
         /// What is wrong with it.
         detail: String,
     },
+    /// The segments do not produce the whole new image (worded as the
+    /// header's segment count being wrong, which it then is).
+    #[error("patch header field segments is invalid: cover {covered} of {new_len} new bytes")]
+    SegmentsCover {
+        /// New bytes the segments produce.
+        covered: u64,
+        /// The header's new length.
+        new_len: u64,
+    },
     /// An unknown extension marked critical was found in the header.
     #[error("patch needs header extension {0:#06x}, which this build does not know")]
     UnknownCriticalExtension(u16),
@@ -83,6 +93,38 @@ pub enum FormatError {
     /// A key rotation statement is malformed.
     #[error("key rotation statement is malformed: {0}")]
     BadRotation(&'static str),
+    /// The patch needs more applier memory than the reader's limit (an
+    /// applier reports it as its own `MemoryBudget` error).
+    #[error("patch needs {needed} bytes of applier memory but the limit is {limit}")]
+    MemoryBudget {
+        /// Bytes the patch header claims.
+        needed: u64,
+        /// Bytes the applier may use.
+        limit: u64,
+    },
+    /// The patch produces a larger image than the reader's limit.
+    #[error("patch produces a {len}-byte image but the limit is {limit} bytes")]
+    NewTooLarge {
+        /// Declared new length.
+        len: u64,
+        /// Configured limit.
+        limit: u64,
+    },
+    /// The patch is for the other apply mode (in-place vs. to a new file).
+    #[error("{0}")]
+    WrongMode(&'static str),
+    /// The patch ended early.
+    #[error("patch is truncated: it ends {stage} after {offset} bytes")]
+    Truncated {
+        /// Where it ended.
+        stage: crate::patch_reader::PatchPart,
+        /// Patch bytes received.
+        offset: u64,
+    },
+    /// A [`crate::patch_reader::PatchReader`] was driven out of order (a
+    /// bug in its caller, never caused by a patch's bytes).
+    #[error("patch reader used out of order")]
+    ReaderMisuse,
     /// A record in a segment's stream is inconsistent with the images.
     #[error("malformed record: {0}")]
     BadRecord(String),

@@ -1,9 +1,11 @@
 //! The fwdelta patch container, version 7 (specified in `docs/FORMAT.md`).
 //!
 //! This crate only describes and validates bytes; it never performs I/O and never
-//! allocates from a size read out of a patch. It is shared by the generator
-//! (`fwdelta-diff`), which writes containers, and the applier (`fwdelta-apply`),
-//! which parses them incrementally in bounded memory.
+//! allocates from a size read out of a patch before that size is bounded (by
+//! the format's maxima and, in [`PatchReader`], by the applier's limits). It is
+//! shared by the generator (`fwdelta-diff`), which writes containers, and the
+//! applier (`fwdelta-apply`), which parses them incrementally in bounded memory
+//! through [`PatchReader`], a sans-I/O reader of the framing.
 //!
 //! Layout of a patch:
 //!
@@ -33,6 +35,7 @@ pub mod literal_filter;
 pub mod memory;
 mod mixing;
 pub mod patch_parts;
+pub mod patch_reader;
 pub mod record;
 pub mod reference_rewriter;
 pub mod release;
@@ -45,6 +48,7 @@ pub use checkpoint::{pick_slot, Checkpoint, InPlaceCheckpoint, Slot, SlotPick};
 pub use error::FormatError;
 pub use header::{CodeRefs, Codec, Header, Layout};
 pub use memory::MemoryModel;
+pub use patch_reader::{Limits, Mode, Part, PatchPart, PatchReader, PatchStart};
 pub use record::Record;
 pub use release::Release;
 pub use segment::SegmentHeader;

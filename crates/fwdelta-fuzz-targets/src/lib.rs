@@ -24,11 +24,9 @@ pub static OLD: &[u8] = include_bytes!("../../../testdata/fw-cortex-m4/old");
 const MAX_NEW: u64 = 1 << 20;
 
 fn opts() -> ApplyOptions {
-    ApplyOptions {
-        memory_limit: 8 << 20,
-        max_new_len: MAX_NEW,
-        policy: None,
-    }
+    ApplyOptions::default()
+        .with_memory_limit(8 << 20)
+        .with_max_new_len(MAX_NEW)
 }
 
 /// Seed of the Ed25519 key the `trust` target and its signed seeds trust.

@@ -56,11 +56,9 @@ fn structured_target_accepts_and_refuses() {
 #[test]
 fn valid_seeds_still_apply() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
-    let opts = fwdelta_apply::ApplyOptions {
-        memory_limit: 8 << 20,
-        max_new_len: 1 << 24,
-        policy: None,
-    };
+    let opts = fwdelta_apply::ApplyOptions::default()
+        .with_memory_limit(8 << 20)
+        .with_max_new_len(1 << 24);
     let mut applied = 0;
     for target in ["apply_pull", "apply_push", "apply_in_place"] {
         for entry in std::fs::read_dir(root.join(target)).unwrap() {

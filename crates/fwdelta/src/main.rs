@@ -561,11 +561,9 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
         return cmd_apply(&b);
     }
 
-    let mut opts = ApplyOptions {
-        memory_limit: a.memory_limit,
-        max_new_len: a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN),
-        policy: None,
-    };
+    let mut opts = ApplyOptions::default()
+        .with_memory_limit(a.memory_limit)
+        .with_max_new_len(a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN));
     let now = a.now.unwrap_or_else(fwdelta_device::unix_now);
     if !a.trust.is_empty() {
         let keys = a

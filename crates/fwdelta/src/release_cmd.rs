@@ -472,10 +472,7 @@ impl<'a> Verifier<'a> {
     pub(crate) fn verify(&self, old: &[u8], patch: &[u8]) -> Result<()> {
         let mut policy = TrustPolicy::trusting(self.publics.clone());
         policy.threshold = self.publics.len();
-        let opts = ApplyOptions {
-            policy: Some(Arc::new(policy)),
-            ..ApplyOptions::default()
-        };
+        let opts = ApplyOptions::default().with_policy(Some(Arc::new(policy)));
         let (report, out) =
             fwdelta_apply::apply(old, patch, Vec::with_capacity(self.new.len()), opts)
                 .context("applying it back failed")?;

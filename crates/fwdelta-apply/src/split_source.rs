@@ -1,27 +1,26 @@
-//! The split-streams reader (layouts 2 and 3): decodes a segment's three
-//! streams — record heads, diff bytes, literal bytes — block by block and
-//! hands the record interpreter the same bytes the interleaved layout would,
-//! so all layouts share one validation path. In layout 3 the record heads
+//! The split layouts (2 and 3) as a [`RecordSource`]: a segment's payload
+//! is a run of blocks, each holding three streams — record heads, diff
+//! bytes, literal bytes — which this source decodes block by block and hands
+//! to the record interpreter in record order. In layout 3 the record heads
 //! come from the head model (`fwdelta_format::head_model`) and the diff bytes
 //! from the diff model (`fwdelta_format::diff_model`), decoded as each record
-//! needs them, the diffs with the old bytes under them as context.
+//! needs them, with the old bytes the interpreter read for the record as
+//! their context (the same read the new bytes are made from: no old byte is
+//! read or copied twice).
 //!
 //! Memory: three payload decoders (windows as
 //! `MemoryModel::split_window_logs` derives them from the header's; in layout
-//! 3 the head model instead of the heads decoder, the diff model with a
-//! history of the diff window instead of the diff decoder, and a 16 KiB read
-//! of old bytes for its context), one block
+//! 3 the head model instead of the heads decoder, and the diff model with a
+//! history of the diff window instead of the diff decoder), one block
 //! buffer of at most `MAX_BLOCK_BUFFER` (64 KiB) for a block's compressed
 //! heads and diffs, and three 16 KiB decoded-byte windows, as
 //! `MemoryModel::required_for_layout` counts them. The literal chunk, usually
 //! the largest, streams through without being held. Passes: one over the
-//! payload; layout 3 reads the old bytes under each run of diffs once, with
-//! a byte either side, for the model's context, and the interpreter applies
-//! the diffs to that same read (`Output::read_base_kept`).
+//! payload.
 
-use crate::applier::{Output, Rec, Segment};
 use crate::error::ApplyError;
 use crate::payload_decoder::PayloadDecoder;
+use crate::record_interpreter::{Head, OldRun, RecordInterpreter, RecordSource, SegmentFault};
 use crate::sink::Sink;
 use crate::source::OldImage;
 use crate::BUFFER_LEN;
@@ -96,10 +95,10 @@ struct Stream {
 impl Stream {
     /// Decode from `input` into the free end of the window (compacting it
     /// first). Returns the input bytes consumed and the bytes decoded.
-    fn decode(&mut self, input: &[u8], which: usize) -> Result<(usize, usize), String> {
+    fn decode(&mut self, input: &[u8], which: usize) -> Result<(usize, usize), SegmentFault> {
         if self.ended {
             if !input.is_empty() {
-                return Err(format!("data after the end of the {} stream", NAMES[which]));
+                return Err(SegmentFault::AfterStream(NAMES[which]));
             }
             return Ok((0, 0));
         }
@@ -109,14 +108,19 @@ impl Stream {
             self.out.start = 0;
         }
         let Some(dec) = self.dec.as_mut() else {
-            return Err(format!("the {} stream has no decoder", NAMES[which]));
+            return Err(SegmentFault::Decode(format!(
+                "the {} stream has no decoder",
+                NAMES[which]
+            )));
         };
-        let step = dec.run(input, &mut self.out.buf[self.out.end..])?;
+        let step = dec
+            .run(input, &mut self.out.buf[self.out.end..])
+            .map_err(SegmentFault::Decode)?;
         self.out.end += step.written;
         if step.done {
             self.ended = true;
             if step.read < input.len() {
-                return Err(format!("data after the end of the {} stream", NAMES[which]));
+                return Err(SegmentFault::AfterStream(NAMES[which]));
             }
         }
         Ok((step.read, step.written))
@@ -138,6 +142,11 @@ pub(crate) struct SplitStreams {
     used: [usize; 2],
     /// Layout 3: the diff model and its work.
     modelled: Option<Box<Modelled>>,
+    /// The payload may end here (between blocks, every stream that began
+    /// has ended).
+    frame_done: bool,
+    /// The segment being decoded (errors name it).
+    index: u32,
 }
 
 /// The models of a layout-3 patch and the decoders of the current block's
@@ -213,11 +222,13 @@ impl SplitStreams {
                     records: Records::First,
                 })
             }),
+            frame_done: false,
+            index: 0,
         })
     }
 
-    /// Ready for the next segment's payload.
-    pub(crate) fn reset(&mut self) -> Result<(), ApplyError> {
+    /// Ready for the payload of segment `index`.
+    pub(crate) fn reset(&mut self, index: u32) -> Result<(), ApplyError> {
         for s in &mut self.streams {
             if let Some(dec) = s.dec.as_mut() {
                 dec.reset()?;
@@ -235,34 +246,42 @@ impl SplitStreams {
             m.model.reset();
             m.heads.reset();
         }
+        self.frame_done = false;
+        self.index = index;
         Ok(())
     }
 
-    /// Consume payload bytes `data` of segment `seg`, whose `payload_left`
-    /// still counts them. Sets `seg.frame_done` when the payload may end here
-    /// (between blocks, every stream that began has ended).
+    /// Whether the payload may end here: between blocks, every stream that
+    /// began has ended.
+    pub(crate) fn frame_done(&self) -> bool {
+        self.frame_done
+    }
+
+    /// Consume payload bytes `data`, of which the payload has `payload_left`
+    /// (counting them), running the block's records through `interp` as
+    /// far as the bytes received allow.
     pub(crate) fn feed<O: OldImage + ?Sized, S: Sink>(
         &mut self,
         data: &[u8],
-        out: &mut Output<'_, O, S>,
-        seg: &mut Segment,
+        payload_left: u32,
+        interp: &mut RecordInterpreter<'_, O, S>,
     ) -> Result<(), ApplyError> {
         let mut at = 0;
         while at < data.len() {
             match self.part {
                 Part::BlockHead => {
                     if self.head_acc.is_empty() {
-                        self.left_at_block = u64::from(seg.payload_left) - at as u64;
-                        seg.frame_done = false;
+                        self.left_at_block = u64::from(payload_left) - at as u64;
+                        self.frame_done = false;
                     }
                     self.head_acc.push(data[at]);
                     at += 1;
                     let parsed = BlockHeader::parse(&self.head_acc, self.left_at_block)
-                        .map_err(|e| seg.corrupt(e.to_string()))?;
+                        .map_err(|e| SegmentFault::Format(e).at(self.index))?;
                     if let Some((block, _)) = parsed {
-                        self.start_block(block, seg)?;
+                        self.start_block(block).map_err(|f| f.at(self.index))?;
                         if block.buffered_len() == 0 {
-                            self.after_buffer(out, seg)?;
+                            self.after_buffer(interp)?;
                         }
                     }
                 }
@@ -271,17 +290,21 @@ impl SplitStreams {
                     self.buf.extend_from_slice(&data[at..at + take]);
                     at += take;
                     if self.buf.len() == self.block.buffered_len() {
-                        self.after_buffer(out, seg)?;
+                        self.after_buffer(interp)?;
                     }
                 }
                 Part::Literals { left } => {
                     let take = (left.min((data.len() - at) as u64)) as usize;
-                    self.pump(out, seg, &data[at..at + take])?;
+                    interp.run(&mut Fed {
+                        s: self,
+                        lits: &data[at..at + take],
+                    })?;
                     at += take;
                     let left = left - take as u64;
                     self.part = Part::Literals { left };
                     if left == 0 {
-                        self.end_block(seg)?;
+                        self.end_block(interp.at_head())
+                            .map_err(|f| f.at(self.index))?;
                     }
                 }
             }
@@ -289,14 +312,12 @@ impl SplitStreams {
         Ok(())
     }
 
-    fn start_block(&mut self, block: BlockHeader, seg: &Segment) -> Result<(), ApplyError> {
+    fn start_block(&mut self, block: BlockHeader) -> Result<(), SegmentFault> {
         for (s, len) in block.lens().into_iter().enumerate() {
             // The models' chunks have no end to wait for.
             if len > 0 && self.streams[s].dec.is_some() {
                 if self.streams[s].ended {
-                    return Err(
-                        seg.corrupt(format!("data after the end of the {} stream", NAMES[s]))
-                    );
+                    return Err(SegmentFault::AfterStream(NAMES[s]));
                 }
                 self.streams[s].started = true;
             }
@@ -313,8 +334,7 @@ impl SplitStreams {
     /// go without literals.
     fn after_buffer<O: OldImage + ?Sized, S: Sink>(
         &mut self,
-        out: &mut Output<'_, O, S>,
-        seg: &mut Segment,
+        interp: &mut RecordInterpreter<'_, O, S>,
     ) -> Result<(), ApplyError> {
         self.part = Part::Literals {
             left: self.block.lits_len,
@@ -326,131 +346,35 @@ impl SplitStreams {
             m.bits = BitDecoder::start(&self.buf[h..]);
             m.used = false;
         }
-        self.pump(out, seg, &[])?;
+        interp.run(&mut Fed { s: self, lits: &[] })?;
         if self.block.lits_len == 0 {
-            self.end_block(seg)?;
+            self.end_block(interp.at_head())
+                .map_err(|f| f.at(self.index))?;
         }
         Ok(())
     }
 
-    /// Run the block's records with `lits` as the next literal-chunk bytes,
-    /// until the records need literals not yet received or the block's
-    /// records are done. Consumes all of `lits`.
-    fn pump<O: OldImage + ?Sized, S: Sink>(
-        &mut self,
-        out: &mut Output<'_, O, S>,
-        seg: &mut Segment,
-        mut lits: &[u8],
-    ) -> Result<(), ApplyError> {
-        loop {
-            match seg.rec {
-                Rec::Head => match self.next_head(seg)? {
-                    Some(n) => out.consume(seg, self.streams[HEADS].out.take(n))?,
-                    None => {
-                        // The block's records are done: what is left of
-                        // its literal chunk must decode to nothing.
-                        while !lits.is_empty() {
-                            let (read, written) = self.streams[LITS]
-                                .decode(lits, LITS)
-                                .map_err(|e| seg.corrupt(e))?;
-                            if written > 0 {
-                                return Err(
-                                    seg.corrupt("literal bytes no record of the block uses")
-                                );
-                            }
-                            if read == 0 {
-                                return Err(seg.corrupt("decoder made no progress"));
-                            }
-                            lits = &lits[read..];
-                        }
-                        return Ok(());
-                    }
-                },
-                Rec::Diff { left, .. } => {
-                    if self.streams[DIFFS].out.is_empty() {
-                        self.fill_diffs(out, seg, left)?;
-                    }
-                    let n = usize::try_from(left).unwrap_or(usize::MAX);
-                    out.consume(seg, self.streams[DIFFS].out.take(n))?;
-                }
-                Rec::Literal { left, .. } => {
-                    if self.streams[LITS].out.is_empty() {
-                        // Decode even without input: the decoder may hold
-                        // output back from an earlier call.
-                        let (read, written) = self.streams[LITS]
-                            .decode(lits, LITS)
-                            .map_err(|e| seg.corrupt(e))?;
-                        lits = &lits[read..];
-                        if read == 0 && written == 0 {
-                            if lits.is_empty() {
-                                return Ok(());
-                            }
-                            return Err(seg.corrupt("decoder made no progress"));
-                        }
-                        continue;
-                    }
-                    let n = usize::try_from(left).unwrap_or(usize::MAX);
-                    out.consume(seg, self.streams[LITS].out.take(n))?;
-                }
-            }
-        }
-    }
-
-    /// Decode diff bytes into the (empty) diff window for a record with
-    /// `left` still to come at the old cursor: from the block's diffs chunk
-    /// with the codec, or in layout 3 the next run of at most 16 KiB with
-    /// the diff model.
-    fn fill_diffs<O: OldImage + ?Sized, S: Sink>(
-        &mut self,
-        out: &mut Output<'_, O, S>,
-        seg: &Segment,
-        left: u64,
-    ) -> Result<(), ApplyError> {
+    /// Decode diff bytes into the (empty) diff window from the block's
+    /// diffs chunk (layout 2).
+    fn fill_diffs(&mut self) -> Result<(), SegmentFault> {
         let h = self.block.heads_len as usize;
-        let Some(m) = self.modelled.as_deref_mut() else {
-            while self.streams[DIFFS].out.is_empty() {
-                let input = &self.buf[h + self.used[1]..];
-                let (read, written) = self.streams[DIFFS]
-                    .decode(input, DIFFS)
-                    .map_err(|e| seg.corrupt(e))?;
-                self.used[1] += read;
-                if read == 0 && written == 0 {
-                    return Err(seg.corrupt("a record needs diff bytes its block does not have"));
-                }
+        while self.streams[DIFFS].out.is_empty() {
+            let input = &self.buf[h + self.used[1]..];
+            let (read, written) = self.streams[DIFFS].decode(input, DIFFS)?;
+            self.used[1] += read;
+            if read == 0 && written == 0 {
+                return Err(SegmentFault::MissingDiffs);
             }
-            return Ok(());
-        };
-        let chunk = &self.buf[h..];
-        if chunk.is_empty() {
-            return Err(seg.corrupt("a record needs diff bytes its block does not have"));
-        }
-        let n = left.min(BUFFER_LEN as u64) as usize;
-        // The record's old range was checked against the old image.
-        let pos = seg.old_pos;
-        let from = pos.saturating_sub(1);
-        let to = (pos + n as u64 + 1).min(out.old_len());
-        let around = out.read_base_kept(from, (to - from) as usize)?;
-        let w = &mut self.streams[DIFFS].out;
-        w.start = 0;
-        w.end = n;
-        let first = (pos - from) as usize;
-        for (j, slot) in w.buf[..n].iter_mut().enumerate() {
-            let ctx = OldContext::at(around, first + j, pos + j as u64);
-            *slot = m.model.code(&mut m.bits.io(chunk), ctx, 0);
-        }
-        m.used = true;
-        if m.bits.read() > chunk.len() + 3 {
-            return Err(seg.corrupt("a record needs diff bytes its block does not have"));
         }
         Ok(())
     }
 
     /// Length of the next whole record head at the front of the heads
     /// window, decoding more as needed; `None` when the block has no more.
-    fn next_head(&mut self, seg: &Segment) -> Result<Option<usize>, ApplyError> {
+    fn next_head_len(&mut self) -> Result<Option<usize>, SegmentFault> {
         if let Some(m) = self.modelled.as_deref_mut() {
             return next_modelled_head(m, &self.buf, &self.block, &mut self.streams[HEADS].out)
-                .map_err(|e| seg.corrupt(e));
+                .map_err(SegmentFault::Heads);
         }
         loop {
             let avail = self.streams[HEADS].out.avail();
@@ -458,80 +382,162 @@ impl SplitStreams {
                 match Record::parse_head(avail) {
                     Ok(Some((_, n))) => return Ok(Some(n)),
                     Ok(None) => {}
-                    Err(e) => return Err(seg.corrupt(e.to_string())),
+                    Err(e) => return Err(SegmentFault::Format(e)),
                 }
             }
             let input = &self.buf[self.used[0]..self.block.heads_len as usize];
-            let (read, written) = self.streams[HEADS]
-                .decode(input, HEADS)
-                .map_err(|e| seg.corrupt(e))?;
+            let (read, written) = self.streams[HEADS].decode(input, HEADS)?;
             self.used[0] += read;
             if read == 0 && written == 0 {
                 return if !input.is_empty() {
-                    Err(seg.corrupt("decoder made no progress"))
+                    Err(SegmentFault::NoProgress)
                 } else if self.streams[HEADS].out.is_empty() {
                     Ok(None)
                 } else {
-                    Err(seg.corrupt("block ends inside a record head"))
+                    Err(SegmentFault::CutHead)
                 };
             }
         }
     }
 
-    /// The block's literal chunk is in (and [`Self::pump`] has run its
-    /// records as far as they go): its records must be done, and its chunks
-    /// used up without leaving decoded bytes.
-    fn end_block(&mut self, seg: &mut Segment) -> Result<(), ApplyError> {
-        if seg.rec != Rec::Head {
-            return Err(seg.corrupt("a record needs literal bytes its block does not have"));
+    /// The block's literal chunk is in (and the interpreter has run its
+    /// records as far as they go): its records must be done (`at_head`),
+    /// and its chunks used up without leaving decoded bytes.
+    fn end_block(&mut self, at_head: bool) -> Result<(), SegmentFault> {
+        if !at_head {
+            return Err(SegmentFault::MissingLiterals);
         }
-        // pump returned at the end of the heads; the diffs and literals
-        // must be used up, including anything a decoder still holds.
+        // The interpreter stopped at the end of the heads; the diffs and
+        // literals must be used up, including anything a decoder still holds.
         let h = self.block.heads_len as usize;
         if let Some(m) = self.modelled.as_deref() {
-            // next_head returned None: the heads chunk's records ended (or
-            // it is empty), and the decoder must have reached its end.
+            // next_head_len returned None: the heads chunk's records ended
+            // (or it is empty), and the decoder must have reached its end.
             if h > 0 && (m.records != Records::Done || m.head_bits.read() < h) {
-                return Err(seg.corrupt("record-head bytes after the block's last record"));
+                return Err(SegmentFault::HeadsAfterLast);
             }
             let len = self.block.diffs_len as usize;
             // A chunk the model wrote ends within three bytes of where the
             // decoder stopped reading.
             let unused = if m.used { m.bits.read() < len } else { len > 0 };
             if unused || !self.streams[DIFFS].out.is_empty() {
-                return Err(seg.corrupt("diff bytes no record of the block uses"));
+                return Err(SegmentFault::UnusedDiffs);
             }
         } else {
             loop {
                 let input = &self.buf[h + self.used[1]..];
-                let (read, written) = self.streams[DIFFS]
-                    .decode(input, DIFFS)
-                    .map_err(|e| seg.corrupt(e))?;
+                let (read, written) = self.streams[DIFFS].decode(input, DIFFS)?;
                 self.used[1] += read;
                 if written > 0 || !self.streams[DIFFS].out.is_empty() {
-                    return Err(seg.corrupt("diff bytes no record of the block uses"));
+                    return Err(SegmentFault::UnusedDiffs);
                 }
                 if read == 0 {
                     if !input.is_empty() {
-                        return Err(seg.corrupt("decoder made no progress"));
+                        return Err(SegmentFault::NoProgress);
                     }
                     break;
                 }
             }
         }
-        let (_, written) = self.streams[LITS]
-            .decode(&[], LITS)
-            .map_err(|e| seg.corrupt(e))?;
+        let (_, written) = self.streams[LITS].decode(&[], LITS)?;
         if written > 0 || !self.streams[LITS].out.is_empty() {
-            return Err(seg.corrupt("literal bytes no record of the block uses"));
+            return Err(SegmentFault::UnusedLiterals);
         }
         self.part = Part::BlockHead;
-        seg.frame_done = self.streams.iter().all(|s| s.ended || !s.started);
+        self.frame_done = self.streams.iter().all(|s| s.ended || !s.started);
         Ok(())
     }
 }
 
-/// [`SplitStreams::next_head`] in layout 3: the head model decodes the flag
+/// The split source with the next bytes of the block's literal chunk to
+/// draw on (the glue between the bytes that arrived and the interpreter).
+struct Fed<'s, 'i> {
+    s: &'s mut SplitStreams,
+    lits: &'i [u8],
+}
+
+impl RecordSource for Fed<'_, '_> {
+    fn diff_context(&self) -> bool {
+        self.s.modelled.is_some()
+    }
+
+    fn next_head(&mut self) -> Result<Head, SegmentFault> {
+        match self.s.next_head_len()? {
+            Some(n) => {
+                let bytes = self.s.streams[HEADS].out.take(n);
+                match Record::parse_head(bytes).map_err(SegmentFault::Format)? {
+                    Some((rec, _)) => Ok(Head::Record(rec)),
+                    None => Err(SegmentFault::CutHead),
+                }
+            }
+            None => {
+                // The block's records are done: what is left of its
+                // literal chunk must decode to nothing.
+                while !self.lits.is_empty() {
+                    let (read, written) = self.s.streams[LITS].decode(self.lits, LITS)?;
+                    if written > 0 {
+                        return Err(SegmentFault::UnusedLiterals);
+                    }
+                    if read == 0 {
+                        return Err(SegmentFault::NoProgress);
+                    }
+                    self.lits = &self.lits[read..];
+                }
+                Ok(Head::Nothing)
+            }
+        }
+    }
+
+    fn diffs(&mut self, old: &OldRun<'_>, new: &mut [u8]) -> Result<usize, SegmentFault> {
+        let n = old.len.min(new.len());
+        let h = self.s.block.heads_len as usize;
+        let Some(m) = self.s.modelled.as_deref_mut() else {
+            if self.s.streams[DIFFS].out.is_empty() {
+                self.s.fill_diffs()?;
+            }
+            let d = self.s.streams[DIFFS].out.take(n);
+            for ((o, d), out) in old.run().iter().zip(d).zip(&mut new[..d.len()]) {
+                *out = o.wrapping_add(*d);
+            }
+            return Ok(d.len());
+        };
+        // Layout 3: the diff model decodes each byte with the old bytes
+        // around it as context.
+        let chunk = &self.s.buf[h..];
+        if chunk.is_empty() {
+            return Err(SegmentFault::MissingDiffs);
+        }
+        let io = &mut m.bits.io(chunk);
+        for (j, out) in new[..n].iter_mut().enumerate() {
+            let i = old.first + j;
+            let ctx = OldContext::at(old.bytes, i, old.pos + j as u64);
+            *out = ctx.cur.wrapping_add(m.model.code(io, ctx, 0));
+        }
+        m.used = true;
+        if m.bits.read() > chunk.len() + 3 {
+            return Err(SegmentFault::MissingDiffs);
+        }
+        Ok(n)
+    }
+
+    fn literals(&mut self, max: usize) -> Result<&[u8], SegmentFault> {
+        while self.s.streams[LITS].out.is_empty() {
+            // Decode even without input: the decoder may hold output back
+            // from an earlier call.
+            let (read, written) = self.s.streams[LITS].decode(self.lits, LITS)?;
+            self.lits = &self.lits[read..];
+            if read == 0 && written == 0 {
+                if self.lits.is_empty() {
+                    return Ok(&[]);
+                }
+                return Err(SegmentFault::NoProgress);
+            }
+        }
+        Ok(self.s.streams[LITS].out.take(max))
+    }
+}
+
+/// [`SplitStreams::next_head_len`] in layout 3: the head model decodes the flag
 /// before the block's next record and, if one follows, its head into the
 /// (empty) heads window. A block with an empty heads chunk has no records;
 /// one whose chunk is not empty has at least one.
@@ -540,7 +546,7 @@ fn next_modelled_head(
     buf: &[u8],
     block: &BlockHeader,
     window: &mut Window,
-) -> Result<Option<usize>, String> {
+) -> Result<Option<usize>, &'static str> {
     let chunk = &buf[..block.heads_len as usize];
     if chunk.is_empty() || m.records == Records::Done {
         return Ok(None);
@@ -549,7 +555,7 @@ fn next_modelled_head(
     let io = &mut m.head_bits.io(chunk);
     if !m.heads.code_more(io, first, false) {
         if first {
-            return Err("a record-head chunk without records".into());
+            return Err("a record-head chunk without records");
         }
         m.records = Records::Done;
         return Ok(None);
@@ -563,7 +569,7 @@ fn next_modelled_head(
         .decode_head(io, head)
         .ok_or("a record head longer than any valid one")?;
     if m.head_bits.read() > chunk.len() + 3 {
-        return Err("a record head past the end of its chunk".into());
+        return Err("a record head past the end of its chunk");
     }
     window.start = 0;
     window.end = n;
