@@ -237,6 +237,21 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         a.reader = start_from_slice(header_bytes, limits(&a.opts, Mode::NewImage))?;
         let start = a.reader.start().ok_or(ApplyError::Poisoned)?;
         checkpoint.validate_for(&start.header_bytes, &start.header)?;
+        // A checkpoint is integrity-checked, not signed: its patch offset
+        // must lie in the body (not in a signed patch's signature section,
+        // whose bytes would be decoded as segment data) and leave room to
+        // count the rest of the patch without overflow.
+        if checkpoint.patch_offset < start.body_start || checkpoint.patch_offset > MAX_PATCH_OFFSET
+        {
+            return Err(fwdelta_format::FormatError::BadField {
+                field: "checkpoint",
+                detail: format!(
+                    "patch offset {} is outside the patch body (from {})",
+                    checkpoint.patch_offset, start.body_start
+                ),
+            }
+            .into());
+        }
         a.accept_start()?;
 
         let mut hashed = 0u64;
@@ -542,9 +557,14 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 return Err(ApplyError::Poisoned);
             };
             let start = self.reader.start().ok_or(ApplyError::Poisoned)?;
-            if let Some(section) = &start.section {
+            // Keyed on the header's signed flag, not on the section being
+            // there: a signed segment without its signed check is refused.
+            if start.header.is_signed() {
                 let hash = seg.check.finalize();
-                let expected = section.checks.get(seg.head.index as usize);
+                let expected = start
+                    .section
+                    .as_ref()
+                    .and_then(|s| s.checks.get(seg.head.index as usize));
                 if expected != Some(&truncate_check(&hash)) {
                     return Err(SegmentFault::SignedCheckMismatch.at(seg.head.index));
                 }
@@ -560,6 +580,10 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         Ok(())
     }
 }
+
+/// Largest patch offset a resume checkpoint may name (2^62: far past any
+/// real patch, far enough from `u64::MAX` that counting on cannot overflow).
+const MAX_PATCH_OFFSET: u64 = 1 << 62;
 
 /// Check the old image's length and BLAKE3 against the header: one pass,
 /// through the 16 KiB buffer `buf`.

@@ -151,8 +151,12 @@ pub fn inspect_each<R: Read>(
         // The last segment of an ordinary unsigned patch has no check: only
         // applying it (the new image's hash) verifies its bytes.
         let start = reader.start().ok_or(ApplyError::Poisoned)?;
-        if let Some(section) = &start.section {
-            if section.checks.get(index as usize) != Some(&truncate_check(&check.finalize())) {
+        if start.header.is_signed() {
+            let expected = start
+                .section
+                .as_ref()
+                .and_then(|s| s.checks.get(index as usize));
+            if expected != Some(&truncate_check(&check.finalize())) {
                 return Err(SegmentFault::SignedCheckMismatch.at(index));
             }
         } else if start.header.segment_has_check(index) {

@@ -434,6 +434,58 @@ fn a_signed_patch_resumes_from_every_checkpoint() {
     }
 }
 
+/// A checkpoint is an integrity record, not a signed one: whoever can write
+/// the device's storage can forge it. One whose patch offset points inside
+/// the signature section (where section bytes would be decoded as segment
+/// data) or so far on that feeding the rest would overflow the count is
+/// refused at resume, before the old image is read again or a byte written.
+#[test]
+fn a_resume_refuses_a_checkpoint_outside_the_patch_body() {
+    let (old, _new, patch) = pair();
+    let k = key(1);
+    let good = signed(&patch, 6, std::slice::from_ref(&k));
+    #[derive(Default)]
+    struct Recorder(Vec<u8>, Vec<Checkpoint>);
+    impl Sink for Recorder {
+        fn write(&mut self, data: &[u8]) -> io::Result<()> {
+            self.0.extend_from_slice(data);
+            Ok(())
+        }
+        fn segment_done(&mut self, _: &SegmentHeader, cp: &Checkpoint) -> io::Result<()> {
+            self.1.push(*cp);
+            Ok(())
+        }
+    }
+    let (_, rec) = apply(
+        &old[..],
+        &good[..],
+        Recorder::default(),
+        opts(policy(&[&k])),
+    )
+    .unwrap();
+    let (_, header_bytes, _, body_start) =
+        fwdelta_apply::inspect::read_patch_start(&mut &good[..]).unwrap();
+    let first = rec.1[0];
+    for offset in [header_bytes.len() as u64 + 1, body_start - 1, u64::MAX - 8] {
+        let mut cp = first;
+        cp.patch_offset = offset;
+        let produced = &rec.0[..cp.new_offset as usize];
+        let reads = Counted(&old, Cell::new(0));
+        let err = Applier::resume(
+            &reads,
+            Vec::new(),
+            opts(policy(&[&k])),
+            &good,
+            &cp,
+            produced,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("checkpoint at patch offset {offset} accepted"));
+        assert_eq!(err.class(), ErrorClass::BadPatch, "{offset}: {err}");
+        assert_eq!(reads.1.get(), 0, "{offset}: old image read");
+    }
+}
+
 #[test]
 fn signed_in_place_patches_apply_and_forgeries_leave_the_image_alone() {
     let old = testdata("fw-cortex-m4/old");
