@@ -289,8 +289,15 @@ impl PatchReader {
 
     /// Hand the reader the next patch bytes, at most [`Self::wanted`].
     pub fn push(&mut self, bytes: &[u8]) -> Result<Part, FormatError> {
-        self.filling = None;
+        // Padding an unfinished `unfilled` left is not patch bytes.
+        if let Some(have) = self.filling.take() {
+            self.acc.truncate(have);
+        }
         let n = bytes.len().min(self.wanted());
+        // Exactly the part's length: the buffer must not grow past what
+        // the memory claim counts by doubling on small pushes.
+        self.acc
+            .reserve_exact(self.want.saturating_sub(self.acc.len()));
         self.acc.extend_from_slice(&bytes[..n]);
         self.offset += n as u64;
         if self.want == 0 || self.acc.len() < self.want {
@@ -345,6 +352,9 @@ impl PatchReader {
                 }
                 start.section = Some(SignatureSection::parse(header, &self.acc)?);
                 start.body_start = self.offset;
+                // The section's bytes are parsed into their own table: do
+                // not keep their buffer for the rest of the apply.
+                self.acc = Vec::new();
                 self.idle();
                 Ok(Part::Start)
             }
@@ -410,6 +420,7 @@ impl PatchReader {
     /// caller.
     pub fn unfilled(&mut self) -> &mut [u8] {
         let have = self.acc.len();
+        self.acc.reserve_exact(self.want.saturating_sub(have));
         self.acc.resize(self.want.max(have), 0);
         self.filling = Some(have);
         &mut self.acc[have..]
