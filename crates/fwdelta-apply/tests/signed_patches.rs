@@ -380,24 +380,26 @@ fn every_flip_of_a_signed_patch_is_refused() {
     }
 }
 
-#[test]
-fn a_signed_patch_resumes_from_every_checkpoint() {
+/// A sink that keeps its bytes and records its checkpoints.
+#[derive(Default)]
+struct Recorder(Vec<u8>, Vec<Checkpoint>);
+impl Sink for Recorder {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+    fn segment_done(&mut self, _: &SegmentHeader, cp: &Checkpoint) -> io::Result<()> {
+        self.1.push(*cp);
+        Ok(())
+    }
+}
+
+/// The bundled pair, its key, its patch signed at counter 6, and that patch
+/// applied into a [`Recorder`].
+fn signed_and_recorded() -> (Vec<u8>, Vec<u8>, SigningKey, Vec<u8>, Recorder) {
     let (old, new, patch) = pair();
     let k = key(1);
     let good = signed(&patch, 6, std::slice::from_ref(&k));
-    // A sink that records its checkpoints.
-    #[derive(Default)]
-    struct Recorder(Vec<u8>, Vec<Checkpoint>);
-    impl Sink for Recorder {
-        fn write(&mut self, data: &[u8]) -> io::Result<()> {
-            self.0.extend_from_slice(data);
-            Ok(())
-        }
-        fn segment_done(&mut self, _: &SegmentHeader, cp: &Checkpoint) -> io::Result<()> {
-            self.1.push(*cp);
-            Ok(())
-        }
-    }
     let (_, rec) = apply(
         &old[..],
         &good[..],
@@ -405,6 +407,12 @@ fn a_signed_patch_resumes_from_every_checkpoint() {
         opts(policy(&[&k])),
     )
     .unwrap();
+    (old, new, k, good, rec)
+}
+
+#[test]
+fn a_signed_patch_resumes_from_every_checkpoint() {
+    let (old, new, k, good, rec) = signed_and_recorded();
     assert!(rec.1.len() >= 3);
     for cp in &rec.1 {
         let produced = &rec.0[..cp.new_offset as usize];
@@ -441,28 +449,7 @@ fn a_signed_patch_resumes_from_every_checkpoint() {
 /// refused at resume, before the old image is read again or a byte written.
 #[test]
 fn a_resume_refuses_a_checkpoint_outside_the_patch_body() {
-    let (old, _new, patch) = pair();
-    let k = key(1);
-    let good = signed(&patch, 6, std::slice::from_ref(&k));
-    #[derive(Default)]
-    struct Recorder(Vec<u8>, Vec<Checkpoint>);
-    impl Sink for Recorder {
-        fn write(&mut self, data: &[u8]) -> io::Result<()> {
-            self.0.extend_from_slice(data);
-            Ok(())
-        }
-        fn segment_done(&mut self, _: &SegmentHeader, cp: &Checkpoint) -> io::Result<()> {
-            self.1.push(*cp);
-            Ok(())
-        }
-    }
-    let (_, rec) = apply(
-        &old[..],
-        &good[..],
-        Recorder::default(),
-        opts(policy(&[&k])),
-    )
-    .unwrap();
+    let (old, _new, k, good, rec) = signed_and_recorded();
     let (_, header_bytes, _, body_start) =
         fwdelta_apply::inspect::read_patch_start(&mut &good[..]).unwrap();
     let first = rec.1[0];

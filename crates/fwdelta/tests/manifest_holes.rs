@@ -90,20 +90,7 @@ fn output_inside_the_device_directory_is_refused() {
     let f = Fixture::new("");
     f.release("out");
     let dev = f.path("dev");
-    fwdelta([
-        OsStr::new("device"),
-        OsStr::new("init"),
-        dev.as_os_str(),
-        OsStr::new("--product"),
-        OsStr::new("acme-t300"),
-        OsStr::new("--trust"),
-        f.path("rel.pub").as_os_str(),
-        OsStr::new("--version"),
-        OsStr::new("1.0.0"),
-        OsStr::new("--counter"),
-        OsStr::new("6"),
-    ])
-    .ok();
+    f.device_init(&dev, "1.0.0", 6);
     let before = files(&dev);
     let old = f.path("fleet/1.0.0.bin");
     for target in ["dev/state.json", "dev/history.log", "dev/new.bin"] {

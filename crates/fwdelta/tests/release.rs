@@ -332,20 +332,7 @@ fn a_signed_manifest_verifies_with_its_key_only() {
     assert_eq!(fs::read(f.path("new")).unwrap(), new_image());
     // A device that trusts the key takes it, and records the update.
     let dev = f.path("device");
-    fwdelta([
-        OsStr::new("device"),
-        OsStr::new("init"),
-        dev.as_os_str(),
-        OsStr::new("--product"),
-        OsStr::new("acme-t300"),
-        OsStr::new("--version"),
-        OsStr::new("1.1.0"),
-        OsStr::new("--counter"),
-        OsStr::new("3"),
-        OsStr::new("--trust"),
-        f.path("rel.pub").as_os_str(),
-    ])
-    .ok();
+    f.device_init(&dev, "1.1.0", 3);
     f.apply(
         "out",
         &old,

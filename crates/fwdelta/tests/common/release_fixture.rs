@@ -177,6 +177,25 @@ impl Fixture {
         fwdelta(args)
     }
 
+    /// `fwdelta device init DIR` for an acme-t300 trusting `rel.pub`, at
+    /// `version` and security `counter`.
+    pub fn device_init(&self, dir: &Path, version: &str, counter: u64) {
+        fwdelta([
+            OsStr::new("device"),
+            OsStr::new("init"),
+            dir.as_os_str(),
+            OsStr::new("--product"),
+            OsStr::new("acme-t300"),
+            OsStr::new("--version"),
+            OsStr::new(version),
+            OsStr::new("--counter"),
+            OsStr::new(&counter.to_string()),
+            OsStr::new("--trust"),
+            self.path("rel.pub").as_os_str(),
+        ])
+        .ok();
+    }
+
     pub fn manifest(&self, out: &str) -> Value {
         serde_json::from_slice(&fs::read(self.path(out).join("manifest.json")).unwrap()).unwrap()
     }
