@@ -692,7 +692,10 @@ fn plan_code(arch: Arch, old: &[u8], new: &[u8], ops: &[Op]) -> Option<CodePlan>
 ///   set, or `auto` detects one in `old`, as [`diff`] does), the predicted
 ///   old image and its own match lists: 2 more bytes per old byte;
 /// - the mapped new image, the patch and the applied-back copy: 3 bytes
-///   per new byte.
+///   per new byte;
+/// - the match scan's memo of searches (see
+///   [`match_scan::scan_margins`]): at most 2.125 bytes per new byte,
+///   counted as 2.25.
 ///
 /// Cost: with [`CodeMode::Auto`], the detector's pass over `old` per
 /// instruction set; otherwise none.
@@ -710,6 +713,7 @@ pub fn estimated_peak_memory(old: &[u8], new_len: u64, code: CodeMode, threads: 
         .saturating_add((threads.max(1) as u64).saturating_mul(context))
         .saturating_add(old_len.saturating_mul(per_old))
         .saturating_add(new_len.saturating_mul(3))
+        .saturating_add(new_len.saturating_mul(9) / 4)
 }
 
 #[cfg(test)]
@@ -720,7 +724,10 @@ mod estimate_tests {
     fn the_estimate_grows_with_the_images_threads_and_code() {
         let old = vec![0u8; 1 << 20];
         let plain = estimated_peak_memory(&old, 1 << 20, CodeMode::Off, 1);
-        assert_eq!(plain, (12 << 20) + (8 << 20) + (5 << 20) + (3 << 20));
+        assert_eq!(
+            plain,
+            (12 << 20) + (8 << 20) + (5 << 20) + (3 << 20) + (9 << 20) / 4
+        );
         assert!(estimated_peak_memory(&old, 1 << 20, CodeMode::Off, 2) > plain);
         let aware = estimated_peak_memory(
             &old,
@@ -736,7 +743,7 @@ mod estimate_tests {
         );
         // One compression context is at most 24 MiB.
         let big = estimated_peak_memory(&[], 100 << 20, CodeMode::Off, 1);
-        assert_eq!(big, (12 << 20) + (24 << 20) + (300 << 20));
+        assert_eq!(big, (12 << 20) + (24 << 20) + (300 << 20) + (225 << 20));
     }
 }
 
