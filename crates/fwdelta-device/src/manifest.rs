@@ -168,6 +168,19 @@ fn str_of<'v>(v: &'v Value, what: &str) -> Result<&'v str, ManifestError> {
         .ok_or_else(|| malformed(format!("{what} is not a string")))
 }
 
+/// A product id or version string: as a patch's release statement allows
+/// them (1 to 64 bytes; product: ASCII letters, digits, `. _ -`; version:
+/// printable ASCII), so no control character reaches a terminal or a log.
+fn name_of<'v>(v: &'v Value, what: &str, ok: fn(u8) -> bool) -> Result<&'v str, ManifestError> {
+    let s = str_of(v, what)?;
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(ok) {
+        return Err(malformed(format!(
+            "{what} is not 1 to 64 allowed characters (product ids: ASCII letters, digits, . _ -; versions: printable ASCII)"
+        )));
+    }
+    Ok(s)
+}
+
 fn object_of<'v>(v: &'v Value, what: &str) -> Result<&'v Map<String, Value>, ManifestError> {
     v.as_object()
         .ok_or_else(|| malformed(format!("{what} is not an object")))
@@ -332,7 +345,12 @@ impl Manifest {
             old_images.insert(
                 hash,
                 OldEntry {
-                    version: str_of(eo.get("version").unwrap_or(&Value::Null), &what)?.to_string(),
+                    version: name_of(
+                        eo.get("version").unwrap_or(&Value::Null),
+                        &format!("{what}.version"),
+                        fwdelta_format::release::is_version_byte,
+                    )?
+                    .to_string(),
                     len: u64_of(
                         eo.get("len").unwrap_or(&Value::Null),
                         &format!("{what}.len"),
@@ -342,8 +360,18 @@ impl Manifest {
             );
         }
         Ok(Manifest {
-            product: str_of(get("product"), "product")?.to_string(),
-            version: str_of(get("version"), "version")?.to_string(),
+            product: name_of(
+                get("product"),
+                "product",
+                fwdelta_format::release::is_product_byte,
+            )?
+            .to_string(),
+            version: name_of(
+                get("version"),
+                "version",
+                fwdelta_format::release::is_version_byte,
+            )?
+            .to_string(),
             security_counter: u64_of(get("security_counter"), "security_counter")?,
             expires: u64_of(get("expires"), "expires")?,
             new_len: u64_of(new.get("len").unwrap_or(&Value::Null), "new_image.len")?,

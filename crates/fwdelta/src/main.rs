@@ -384,10 +384,22 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fwdelta: error: {e:#}");
+            eprintln!("fwdelta: error: {}", one_line(&format!("{e:#}")));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// `text` with every control character (newlines, escape sequences) shown
+/// as `\u{..}`: an error is one line, and text from a patch, a manifest, a
+/// description file or a file name must not drive the terminal.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_unicode().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// The exit code for `e`: its first cause that has one of its own.

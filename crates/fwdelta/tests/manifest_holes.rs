@@ -204,3 +204,53 @@ fn a_fifo_at_the_patch_name_is_refused_at_once() {
     assert_eq!(status.code(), Some(EXIT_FAILURE));
     assert!(!f.path("new").exists());
 }
+
+/// Control characters in a manifest (an old image's version, the release's)
+/// never reach the terminal: the manifest is refused as malformed, in one
+/// line. Before, `"\u001b[2J\nfwdelta: all good"` was printed raw.
+#[test]
+fn control_characters_in_a_manifest_are_refused_in_one_line() {
+    let f = Fixture::new("");
+    f.release("out");
+    let old = f.path("fleet/1.0.0.bin");
+    let key = blake3::hash(&fs::read(&old).unwrap()).to_hex().to_string();
+    let good = f.manifest("out");
+    for which in ["entry", "release"] {
+        let mut m = good.clone();
+        let evil = "\u{1b}[2J\nfwdelta: all good";
+        match which {
+            "entry" => m["old_images"][&key]["version"] = evil.into(),
+            _ => m["version"] = evil.into(),
+        }
+        fs::write(
+            f.path("out/manifest.json"),
+            serde_json::to_vec_pretty(&m).unwrap(),
+        )
+        .unwrap();
+        let run = f.apply("out", &old, "new", &[]).error(EXIT_FAILURE);
+        assert!(!run.stderr.contains('\u{1b}'), "{which}: {:?}", run.stderr);
+        assert!(
+            run.stderr.contains("malformed manifest"),
+            "{which}: {}",
+            run.stderr
+        );
+        assert!(!f.path("new").exists());
+    }
+}
+
+/// An error naming untrusted text (here a description file's unknown key
+/// with an escape sequence and a newline in it) is still one line, with
+/// the control characters shown escaped.
+#[test]
+fn an_error_quoting_control_characters_stays_one_line() {
+    let f = Fixture::new("\"evil\\u001b[2J\\nkey\" = 1\n");
+    let run = fwdelta([
+        OsStr::new("release"),
+        f.path("release.toml").as_os_str(),
+        OsStr::new("-o"),
+        f.path("out").as_os_str(),
+    ])
+    .error(EXIT_FAILURE);
+    assert!(!run.stderr.contains('\u{1b}'), "{:?}", run.stderr);
+    assert!(run.stderr.contains("evil\\u{1b}"), "{:?}", run.stderr);
+}
