@@ -904,7 +904,16 @@ pub fn pick_from_manifest(
         if !sig.exists() {
             return Err(ManifestError::Unsigned(sig.display().to_string())).with_context(ctx);
         }
-        manifest::verify(&bytes, &read(&sig)?, trusted, threshold).with_context(ctx)?;
+        // A signature file that cannot be read as one (a directory, a
+        // FIFO, over the cap) is a bad signature file: not authentic.
+        let sig_bytes = read(&sig).map_err(|e| {
+            anyhow::Error::new(ManifestError::BadSignatureFile(
+                "not a readable regular file of at most the manifest cap",
+            ))
+            .context(format!("{e:#}"))
+        });
+        manifest::verify(&bytes, &sig_bytes.with_context(ctx)?, trusted, threshold)
+            .with_context(ctx)?;
     }
     let m = Manifest::parse(&bytes).with_context(ctx)?;
     let old_hash = {

@@ -254,3 +254,23 @@ fn an_error_quoting_control_characters_stays_one_line() {
     assert!(!run.stderr.contains('\u{1b}'), "{:?}", run.stderr);
     assert!(run.stderr.contains("evil\\u{1b}"), "{:?}", run.stderr);
 }
+
+/// A signature file that is a directory is a bad signature: exit 7 (not
+/// authentic), like every other damaged signature file, not exit 1.
+#[test]
+fn a_signature_file_that_is_a_directory_is_not_authentic() {
+    let f = Fixture::new("");
+    f.release("out");
+    fs::remove_file(f.path("out/manifest.sig")).unwrap();
+    fs::create_dir(f.path("out/manifest.sig")).unwrap();
+    let run = f
+        .apply(
+            "out",
+            &f.path("fleet/1.0.0.bin"),
+            "new",
+            &[OsStr::new("--trust"), f.path("rel.pub").as_os_str()],
+        )
+        .error(7);
+    assert!(run.stderr.contains("signature"), "{}", run.stderr);
+    assert!(!f.path("new").exists());
+}
