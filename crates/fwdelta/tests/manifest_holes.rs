@@ -244,13 +244,7 @@ fn control_characters_in_a_manifest_are_refused_in_one_line() {
 #[test]
 fn an_error_quoting_control_characters_stays_one_line() {
     let f = Fixture::new("\"evil\\u001b[2J\\nkey\" = 1\n");
-    let run = fwdelta([
-        OsStr::new("release"),
-        f.path("release.toml").as_os_str(),
-        OsStr::new("-o"),
-        f.path("out").as_os_str(),
-    ])
-    .error(EXIT_FAILURE);
+    let run = f.release_run("out").error(EXIT_FAILURE);
     assert!(!run.stderr.contains('\u{1b}'), "{:?}", run.stderr);
     assert!(run.stderr.contains("evil\\u{1b}"), "{:?}", run.stderr);
 }

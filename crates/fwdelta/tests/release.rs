@@ -279,13 +279,7 @@ fn a_tampered_manifest_or_swapped_patch_is_refused_before_any_output() {
 #[test]
 fn an_unknown_key_in_the_description_is_a_one_line_error() {
     let f = Fixture::new("[diff]\nlevle = 3\n");
-    let run = fwdelta([
-        OsStr::new("release"),
-        f.path("release.toml").as_os_str(),
-        OsStr::new("-o"),
-        f.path("out").as_os_str(),
-    ])
-    .error(EXIT_FAILURE);
+    let run = f.release_run("out").error(EXIT_FAILURE);
     assert!(
         run.stderr
             .contains("release.toml:8:1: unknown field `levle`"),
@@ -294,13 +288,7 @@ fn an_unknown_key_in_the_description_is_a_one_line_error() {
     );
     assert!(!f.path("out").join("manifest.json").exists());
     let f = Fixture::new("colour = \"red\"\n");
-    let run = fwdelta([
-        OsStr::new("release"),
-        f.path("release.toml").as_os_str(),
-        OsStr::new("-o"),
-        f.path("out").as_os_str(),
-    ])
-    .error(EXIT_FAILURE);
+    let run = f.release_run("out").error(EXIT_FAILURE);
     assert!(
         run.stderr.contains("unknown field `colour`"),
         "{}",
@@ -374,13 +362,7 @@ fn an_unsigned_release_has_no_signature_and_is_refused_under_trust() {
 #[test]
 fn without_a_terminal_stderr_has_plain_lines_and_no_progress_bar() {
     let f = Fixture::new("");
-    let run = fwdelta([
-        OsStr::new("release"),
-        f.path("release.toml").as_os_str(),
-        OsStr::new("-o"),
-        f.path("out").as_os_str(),
-    ])
-    .ok();
+    let run = f.release_run("out").ok();
     assert!(
         !run.stderr.contains('\x1b') && !run.stderr.contains('\r'),
         "terminal control codes on a pipe: {:?}",
@@ -437,13 +419,7 @@ fn two_releases_cannot_write_one_directory_at_once() {
     let held = fs::File::open(f.path("out")).unwrap();
     // SAFETY: flock on a descriptor this test owns.
     assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let run = fwdelta([
-        OsStr::new("release"),
-        f.path("release.toml").as_os_str(),
-        OsStr::new("-o"),
-        f.path("out").as_os_str(),
-    ])
-    .error(EXIT_FAILURE);
+    let run = f.release_run("out").error(EXIT_FAILURE);
     assert!(run.stderr.contains("is locked"), "{}", run.stderr);
     assert!(files(&f.path("out")).is_empty());
 }

@@ -149,6 +149,16 @@ impl Fixture {
         v
     }
 
+    /// `fwdelta release release.toml -o OUT`, as it ran.
+    pub fn release_run(&self, out: &str) -> Run {
+        fwdelta([
+            OsStr::new("release"),
+            self.path("release.toml").as_os_str(),
+            OsStr::new("-o"),
+            self.path(out).as_os_str(),
+        ])
+    }
+
     /// `fwdelta release release.toml -o OUT --json`; the parsed report.
     pub fn release(&self, out: &str) -> Value {
         let run = fwdelta([
