@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::hidden_files;
+use common::{hidden_files, kill_runs_or, stress_pair};
 use fwdelta_testkit::XorShift;
 use serde_json::Value;
 use std::fs;
@@ -26,13 +26,6 @@ const NEW_COUNTER: u64 = 5;
 
 fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_fwdelta")
-}
-
-fn runs() -> usize {
-    std::env::var("FWDELTA_KILL_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100)
 }
 
 fn run(args: &[&std::ffi::OsStr]) -> Output {
@@ -53,26 +46,16 @@ fn ok(args: &[&std::ffi::OsStr]) -> Output {
 /// A 2 MiB old image and a new one with scattered edits and an insertion,
 /// so the patch has many segments and the apply many checkpoints.
 fn make_pair(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut rng = XorShift::new(0xD1B5_4A32_D192_ED03);
-    let old: Vec<u8> = (0..2 << 20)
-        .map(|i| {
-            if i % 3 == 0 {
-                rng.next_u64() as u8
-            } else {
-                (i >> 9) as u8
-            }
-        })
-        .collect();
-    let mut new = old.clone();
-    for _ in 0..30_000 {
-        let at = (rng.next_u64() % new.len() as u64) as usize;
-        new[at] = rng.next_u64() as u8;
-    }
-    new.splice(4096..4096, fwdelta_testkit::noise(17, 9000));
-    let (o, n) = (dir.join("old.bin"), dir.join("new.bin"));
-    fs::write(&o, old).unwrap();
-    fs::write(&n, new).unwrap();
-    (o, n)
+    let insert = fwdelta_testkit::noise(17, 9000);
+    stress_pair(
+        dir,
+        ("old.bin", "new.bin"),
+        2 << 20,
+        0xD1B5_4A32_D192_ED03,
+        30_000,
+        4096,
+        insert,
+    )
 }
 
 fn listing(dir: &Path) -> Vec<String> {
@@ -164,7 +147,7 @@ struct Tally {
 
 #[test]
 fn sigkill_during_apply_device_always_ends_with_one_applied_update() {
-    let runs = runs();
+    let runs = kill_runs_or(100);
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = make_pair(dir.path());
     let key = dir.path().join("release");

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{hidden_files_but_stale_locks, kill_runs};
+use common::{hidden_files_but_stale_locks, kill_runs, stress_pair};
 use fwdelta_testkit::XorShift;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,26 +24,16 @@ fn exe() -> &'static str {
 /// An 8 MiB old image and a new one with scattered edits, so the patch has
 /// many segments and the apply many checkpoints.
 fn make_pair(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D);
-    let old: Vec<u8> = (0..8 << 20)
-        .map(|i| {
-            if i % 3 == 0 {
-                rng.next_u64() as u8
-            } else {
-                (i >> 9) as u8
-            }
-        })
-        .collect();
-    let mut new = old.clone();
-    for _ in 0..20_000 {
-        let at = (rng.next_u64() % new.len() as u64) as usize;
-        new[at] = rng.next_u64() as u8;
-    }
-    new.splice(1000..1000, (0..5000u32).map(|i| i as u8));
-    let (o, n) = (dir.join("old"), dir.join("new"));
-    fs::write(&o, old).unwrap();
-    fs::write(&n, new).unwrap();
-    (o, n)
+    let insert = (0..5000u32).map(|i| i as u8).collect();
+    stress_pair(
+        dir,
+        ("old", "new"),
+        8 << 20,
+        0x2545_F491_4F6C_DD1D,
+        20_000,
+        1000,
+        insert,
+    )
 }
 
 /// Kill statistics of one stress run.
