@@ -888,14 +888,20 @@ pub fn pick_from_manifest(
 ) -> Result<(PathBuf, bool, [u8; 32])> {
     use fwdelta_device::manifest::{ManifestError, Pick};
     let read = |p: &Path| -> Result<Vec<u8>> {
-        let meta = std::fs::metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
-        anyhow::ensure!(
-            meta.is_file() && meta.len() <= manifest::MAX_MANIFEST_LEN,
-            "{} is not a regular file of at most {} bytes",
-            p.display(),
-            manifest::MAX_MANIFEST_LEN
-        );
-        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        let cap = manifest::MAX_MANIFEST_LEN;
+        let too_big = || {
+            anyhow::anyhow!(
+                "{} is not a regular file of at most {cap} bytes",
+                p.display()
+            )
+        };
+        let f = open_regular(p)?.ok_or_else(too_big)?;
+        // The cap holds for what is read, not for a length seen before.
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, cap + 1), &mut bytes)
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        anyhow::ensure!(bytes.len() as u64 <= cap, too_big());
+        Ok(bytes)
     };
     let bytes = read(manifest_path)?;
     let ctx = || format!("refusing manifest {}", manifest_path.display());
@@ -972,25 +978,14 @@ pub fn pick_from_manifest(
     let path = dir.join(&pf.file);
     let patch_bytes = {
         // Its kind and length first: a FIFO or a device at the patch's name
-        // must not hang (opening a FIFO blocks without O_NONBLOCK) or feed
-        // the hash forever.
-        let f = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&path)
-        }
-        .with_context(|| format!("cannot open patch {}", path.display()))?;
+        // must not hang or feed the hash forever.
+        let f = open_regular(&path)
+            .with_context(|| format!("cannot open patch {}", path.display()))?
+            .ok_or_else(|| anyhow::anyhow!("patch {} is not a regular file", path.display()))?;
         let len = f
             .metadata()
             .with_context(|| format!("cannot read patch {}", path.display()))?
             .len();
-        anyhow::ensure!(
-            f.metadata().is_ok_and(|m| m.is_file()),
-            "patch {} is not a regular file",
-            path.display()
-        );
         let mut h = blake3::Hasher::new();
         if len == pf.bytes {
             h.update_reader(std::io::Read::take(f, len))
@@ -1007,6 +1002,21 @@ pub fn pick_from_manifest(
         .with_context(ctx);
     }
     Ok((path, full, m.new_blake3))
+}
+
+/// Open `path` for reading without blocking on a FIFO (`O_NONBLOCK`):
+/// `None` when it is not a regular file (a FIFO, a device, a directory).
+fn open_regular(path: &Path) -> Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let meta = f
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(meta.is_file().then_some(f))
 }
 
 /// Public keys of a device state directory (and its threshold), for
