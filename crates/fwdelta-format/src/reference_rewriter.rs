@@ -139,6 +139,23 @@ fn half(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
+/// Whether a variable-length pattern (Thumb-2, x86-64) can start at
+/// `window[i]`: a one-byte test that is true wherever [`recognise`] could
+/// match, so the scan calls it only there.
+#[inline]
+fn may_start(arch: Arch, window: &[u8], i: usize) -> bool {
+    match arch {
+        // BL / B.W and LDR.W literal: the first halfword's high byte is
+        // 0xF0..=0xF7 or 0xF8.
+        Arch::Thumb2 => matches!(window.get(i + 1), Some(0xF0..=0xF8)),
+        Arch::X86_64 => matches!(
+            window[i],
+            0xE8 | 0xE9 | 0x0F | 0xFF | 0x8B | 0x8D | 0x89 | 0x40..=0x4F
+        ),
+        Arch::Aarch64 | Arch::Arm32 => true,
+    }
+}
+
 /// Recognise a reference at the start of `b` (which holds at least the
 /// pattern's bytes when one can match; shorter slices simply match less).
 fn recognise(arch: Arch, b: &[u8]) -> Option<Ref> {
@@ -409,14 +426,12 @@ fn retarget(r: Ref, np: i64, nt: i64, b: &mut [u8]) -> bool {
 
 /// Reads of the old image through an instruction set and an address map.
 ///
-/// Cost: the map (16 bytes per run) and a scratch buffer of one byte per
-/// position of the largest range rewritten (x86-64 and Thumb-2 only).
+/// Cost: the map (16 bytes per run); nothing allocated per rewrite.
 #[derive(Debug, Clone)]
 pub struct ReferenceRewriter {
     arch: Arch,
     map: AddressMap,
     image_len: u64,
-    pattern_len: Vec<u8>,
 }
 
 impl ReferenceRewriter {
@@ -426,7 +441,6 @@ impl ReferenceRewriter {
             arch,
             map,
             image_len,
-            pattern_len: Vec::new(),
         }
     }
 
@@ -447,7 +461,8 @@ impl ReferenceRewriter {
     /// may be rewritten too and are not meaningful. The result in `from..to` is
     /// the same whatever the window, so a streaming applier and the generator
     /// (which rewrites the whole image at once) agree. Cost: one pass over the
-    /// range, no allocation beyond the scratch buffer.
+    /// range (a one-byte test per position for x86-64 and Thumb-2), two
+    /// address-map lookups per recognised reference, no allocation.
     pub fn rewrite(&mut self, window: &mut [u8], window_start: u64, from: u64, to: u64) {
         let window_end = window_start + window.len() as u64;
         let align = self.arch.align();
@@ -476,46 +491,60 @@ impl ReferenceRewriter {
             }
             return;
         }
+        // Variable-length patterns: a pattern at `p` is rewritten only if no
+        // pattern recognised at an earlier position (from `scan_lo`, in the
+        // bytes as they were before any rewrite) reaches past `p`. Patterns
+        // are at most `MAX_PATTERN` long, so the furthest end seen so far
+        // decides it, and a rewrite (which changes only its own bytes) is
+        // held back until the scan is `MAX_PATTERN` bytes past its start:
+        // every recognition reads the original bytes.
         let arch = self.arch;
-        let count = ((hi - scan_lo).div_ceil(align)) as usize;
-        self.pattern_len.clear();
-        self.pattern_len.reserve(count);
+        let mut pending: Option<(u64, Ref)> = None;
+        let mut reach_end = 0u64;
         let mut q = scan_lo;
         while q < hi {
-            let bytes = &window[local(q)..local(end)];
-            self.pattern_len
-                .push(recognise(arch, bytes).map_or(0, |r| r.len as u8));
-            q += align;
-        }
-        let mut p = lo;
-        while p < hi {
-            let i = ((p - scan_lo) / align) as usize;
-            if self.pattern_len[i] != 0 {
-                let back = ((MAX_PATTERN - 1) / align) as usize;
-                let overlapped = (i.saturating_sub(back)..i)
-                    .any(|j| scan_lo + j as u64 * align + u64::from(self.pattern_len[j]) > p);
-                if !overlapped {
-                    self.rewrite_one(window, local(p), p);
+            if let Some((p, r)) = pending {
+                if q >= p + r.len {
+                    self.retarget_at(window, local(p), p, r);
+                    pending = None;
                 }
             }
-            p += align;
+            let i = local(q);
+            if may_start(arch, window, i) {
+                if let Some(r) = recognise(arch, &window[i..local(end)]) {
+                    if q >= lo && reach_end <= q {
+                        // Every earlier pattern ends by `q`: nothing pending.
+                        debug_assert!(pending.is_none());
+                        pending = Some((q, r));
+                    }
+                    reach_end = reach_end.max(q + r.len);
+                }
+            }
+            q += align;
+        }
+        if let Some((p, r)) = pending {
+            self.retarget_at(window, local(p), p, r);
         }
     }
 
     /// Rewrite a whole old image in place (what the generator diffs against).
-    /// Cost: one pass; one scratch byte per position for x86-64 and Thumb-2.
+    /// Cost: one pass, no allocation.
     pub fn rewrite_image(&mut self, image: &mut [u8]) {
         let len = image.len() as u64;
         self.rewrite(image, 0, 0, len);
-        self.pattern_len = Vec::new();
     }
 
     /// Rewrite the reference at window index `at` (old offset `p`), if there is one
     /// whose target lies in the image and whose new value fits.
     fn rewrite_one(&self, window: &mut [u8], at: usize, p: u64) {
-        let Some(r) = recognise(self.arch, &window[at..]) else {
-            return;
-        };
+        if let Some(r) = recognise(self.arch, &window[at..]) {
+            self.retarget_at(window, at, p, r);
+        }
+    }
+
+    /// Rewrite reference `r`, recognised at window index `at` (old offset
+    /// `p`), if its target lies in the image and its new value fits.
+    fn retarget_at(&self, window: &mut [u8], at: usize, p: u64, r: Ref) {
         let b = &mut window[at..at + r.len as usize];
         let t = target_of(r, p, b);
         if t < 0 || t as u64 >= self.image_len {
@@ -666,6 +695,86 @@ mod tests {
             prop_oneof![any::<u8>(), proptest::sample::select(ops), Just(0u8)],
             0..3000,
         )
+    }
+
+    /// The rewrite as first specified, kept as the oracle of the faster scan:
+    /// every position's pattern recognised first (in the bytes before any
+    /// rewrite), then each one not overlapped by an earlier one rewritten.
+    fn rewrite_oracle(rw: &ReferenceRewriter, window: &mut [u8], ws: u64, from: u64, to: u64) {
+        let align = rw.arch.align();
+        let reach = match rw.arch {
+            Arch::Aarch64 => 4,
+            Arch::Arm32 => 0,
+            _ => MAX_PATTERN - 1,
+        };
+        let lo = from.saturating_sub(reach) / align * align;
+        let scan_lo = lo.saturating_sub(reach) / align * align;
+        let hi = to.min(rw.image_len);
+        if lo >= hi || scan_lo < ws {
+            return;
+        }
+        let end = (ws + window.len() as u64).min(rw.image_len);
+        let local = |pos: u64| (pos - ws) as usize;
+        if align == 4 {
+            let mut p = lo;
+            while p < hi && p + 4 <= end {
+                rw.rewrite_one(window, local(p), p);
+                p += 4;
+            }
+            return;
+        }
+        let mut lens = Vec::new();
+        let mut q = scan_lo;
+        while q < hi {
+            lens.push(recognise(rw.arch, &window[local(q)..local(end)]).map_or(0, |r| r.len));
+            q += align;
+        }
+        let mut p = lo;
+        while p < hi {
+            let i = ((p - scan_lo) / align) as usize;
+            let back = ((MAX_PATTERN - 1) / align) as usize;
+            let overlapped =
+                (i.saturating_sub(back)..i).any(|j| scan_lo + j as u64 * align + lens[j] > p);
+            if lens[i] != 0 && !overlapped {
+                rw.rewrite_one(window, local(p), p);
+            }
+            p += align;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn the_scan_rewrites_what_the_oracle_does(
+            arch_i in 0usize..4,
+            code in arb_code(Arch::X86_64),
+            shifts in proptest::collection::vec((1u64..400, -300i64..300), 0..8),
+            from in 0usize..3000,
+            span in 0usize..3000,
+        ) {
+            let arch = Arch::ALL[arch_i];
+            let mut code = code;
+            if arch != Arch::X86_64 {
+                for (i, b) in code.iter_mut().enumerate() {
+                    if i % 5 == 1 { *b = [0x94, 0xEB, 0xF0, 0xF8][arch_i % 4]; }
+                }
+            }
+            let len = code.len() as u64;
+            let mut runs = vec![(0u64, 0i64)];
+            let mut at = 0;
+            for (g, s) in shifts { at += g; if at < len { runs.push((at, s)); } }
+            let map = AddressMap::from_runs(&runs, len.max(1)).unwrap();
+            let from = (from as u64).min(len);
+            let to = (from + span as u64).min(len);
+            let ws = from.saturating_sub(CONTEXT);
+            let we = (to + CONTEXT).min(len);
+            let mut rw = ReferenceRewriter::new(arch, map, len);
+            let mut fast = code[ws as usize..we as usize].to_vec();
+            let mut slow = fast.clone();
+            rw.rewrite(&mut fast, ws, from, to);
+            rewrite_oracle(&rw, &mut slow, ws, from, to);
+            prop_assert_eq!(fast, slow);
+        }
     }
 
     /// Predict `code` whole, then in windows cut at `cuts` (each read with
