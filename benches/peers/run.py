@@ -78,6 +78,12 @@ TOOLS = [
           "--version", "4.2.0", "--counter", "42", "--sign", "{K}"],
          ["{FW}", "apply", "{O}", "{P}", "-o", "{R}", "--trust", "{KP}"],
          "cargo build --release -p fwdelta", is_peer=False, color="#7b241c"),
+    # The layout a release engineer picks when apply time matters more than bytes
+    # (`--layout split`: LZMA2 streams, no diff model).
+    Tool("fwdelta-split", "fwdelta", (),
+         ["{FW}", "diff", "--layout", "split", "{O}", "{N}", "-o", "{P}"],
+         ["{FW}", "apply", "{O}", "{P}", "-o", "{R}"],
+         "cargo build --release -p fwdelta", is_peer=False, color="#e6b0aa"),
     Tool("bsdiff", "bsdiff", ("bsdiff", "bspatch"),
          ["bsdiff", "{O}", "{N}", "{P}"],
          ["bspatch", "{O}", "{R}", "{P}"],
@@ -103,6 +109,20 @@ TOOLS = [
           "--algorithm", "hdiffpatch", "{O}", "{N}", "{P}"],
          ["detools", "apply_patch", "{O}", "{P}", "{R}"],
          "pip install detools", color="#a0522d"),
+    # HDiffPatch with the reference's commands, when hdiffz and hpatchz are on PATH. They are
+    # not packaged: build them from HDiffPatch's public source outside this repository.
+    Tool("hdiffpatch-lzma2", "hdiffpatch", ("hdiffz", "hpatchz"),
+         ["hdiffz", "-m-6", "-SD", "-c-lzma2-9-16m", "-d", "-f", "-p-2", "{O}", "{N}", "{P}"],
+         ["hpatchz", "-s-4m", "-f", "{O}", "{P}", "{R}"],
+         "not packaged: build hdiffz and hpatchz from HDiffPatch's public source "
+         "(github.com/sisong/HDiffPatch) outside the repository and put them on PATH",
+         color="#17becf"),
+    Tool("hdiffpatch-zstd", "hdiffpatch", ("hdiffz", "hpatchz"),
+         ["hdiffz", "-m-6", "-SD", "-c-zstd-21-24", "-d", "-f", "-p-2", "{O}", "{N}", "{P}"],
+         ["hpatchz", "-s-4m", "-f", "{O}", "{P}", "{R}"],
+         "not packaged: build hdiffz and hpatchz from HDiffPatch's public source "
+         "(github.com/sisong/HDiffPatch) outside the repository and put them on PATH",
+         color="#9edae5"),
     Tool("detools-bsdiff", "detools", ("detools",),
          ["detools", "create_patch", "--compression", "lzma", "--algorithm", "bsdiff",
           "{O}", "{N}", "{P}"],
@@ -128,6 +148,7 @@ def tool_version(tool: Tool, fw: Path | None) -> str:
         "zstd": ["zstd", "-V"],
         "detools": ["detools", "--version"],
         "bsdiff": ["dpkg-query", "-W", "-f", "${Version}", "bsdiff"],
+        "hdiffpatch": ["hdiffz", "-v"],
     }
     cmd = probes.get(tool.family)
     if not cmd:

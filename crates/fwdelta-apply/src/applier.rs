@@ -187,6 +187,13 @@ pub struct Applier<'o, O: OldImage + ?Sized, S: Sink> {
     next_index: u32,
     /// The layout's record source.
     body: Body,
+    /// Segment-parallel workers ([`Applier::for_segment`]): the index of the
+    /// one segment this applier decodes; it is done once that segment is
+    /// verified (the new image's hash is its caller's to check).
+    only_segment: Option<u32>,
+    /// Hash of the last segment verified (its check's source; a parallel
+    /// caller chains them in order).
+    last_segment_hash: Option<[u8; HASH_LEN]>,
 }
 
 impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
@@ -210,7 +217,67 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             received: 0,
             next_index: 0,
             body: Body::Empty,
+            only_segment: None,
+            last_segment_hash: None,
         }
+    }
+
+    /// A worker of a segment-parallel apply (`crate::parallel_apply`): decodes
+    /// segment `index` only, which starts at `patch_offset` and produces new
+    /// bytes from `new_offset`, writing them to `sink`. `start_bytes` is the
+    /// patch's start (header and section) that its caller has already
+    /// accepted: judged by the policy, limits checked, old image verified.
+    /// Nothing of that is repeated; the segment's own checks are, and the
+    /// new image's hash is left to the caller (`hash` off). Allocates the
+    /// layout's decoders, as an ordinary apply does.
+    pub(crate) fn for_segment(
+        old: &'o O,
+        sink: S,
+        opts: ApplyOptions,
+        start_bytes: &[u8],
+        index: u32,
+        new_offset: u64,
+        patch_offset: u64,
+    ) -> Result<Self, ApplyError> {
+        let mut a = Applier::new(old, sink, opts);
+        a.interp.new.hash = None;
+        a.reader = start_from_slice(start_bytes, limits(&a.opts, Mode::NewImage))?;
+        let start = a.reader.start().ok_or(ApplyError::Poisoned)?;
+        if patch_offset < start.body_start || index >= start.header.segment_count {
+            return Err(ApplyError::Poisoned);
+        }
+        a.chain = start.header_hash;
+        a.configure_body()?;
+        a.accepted = true;
+        a.only_segment = Some(index);
+        a.interp.new.produced = new_offset;
+        a.received = patch_offset;
+        a.next_index = index;
+        a.reader.resume_at(new_offset, patch_offset);
+        a.next_part()?;
+        Ok(a)
+    }
+
+    /// The hash of the last segment this applier verified.
+    pub(crate) fn last_segment_hash(&self) -> Option<[u8; HASH_LEN]> {
+        self.last_segment_hash
+    }
+
+    /// Check the start of a patch (header and section, `start_bytes`) as an
+    /// ordinary apply does before its first segment: limits, the policy,
+    /// then the old image's length and BLAKE3 (one pass over `old`).
+    /// Returns the verdict and the reader holding the parsed start.
+    /// Allocates no decoder.
+    pub(crate) fn accept_start_only(
+        old: &'o O,
+        sink: S,
+        opts: ApplyOptions,
+        start_bytes: &[u8],
+    ) -> Result<(Verdict, PatchReader), ApplyError> {
+        let mut a = Applier::new(old, sink, opts);
+        a.reader = start_from_slice(start_bytes, limits(&a.opts, Mode::NewImage))?;
+        a.judge_and_verify()?;
+        Ok((a.verdict, a.reader))
     }
 
     /// Continue an apply that was interrupted after a durable segment.
@@ -425,6 +492,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         head: &SegmentHeader,
         hash: &blake3::Hash,
     ) -> Result<(), ApplyError> {
+        self.last_segment_hash = Some(*hash.as_bytes());
         self.chain = chain::next(&self.chain, hash.as_bytes());
         self.next_index += 1;
         self.next_part()?;
@@ -455,6 +523,10 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     /// After the header or a segment: expect the next segment, or, after the
     /// last one, check that the segments produced the new image.
     fn next_part(&mut self) -> Result<(), ApplyError> {
+        if self.only_segment.is_some_and(|i| self.next_index > i) {
+            self.stage = Stage::Done;
+            return Ok(());
+        }
         let count = self.reader.start().map_or(0, |s| s.header.segment_count);
         if self.next_index < count {
             self.stage = Stage::Framing;
@@ -495,13 +567,31 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     /// against the policy (signatures, product, counter, expiry, replay),
     /// then verify the old image and create the decoders.
     fn accept_start(&mut self) -> Result<(), ApplyError> {
+        self.judge_and_verify()?;
+        self.configure_body()?;
+        self.accepted = true;
+        Ok(())
+    }
+
+    /// The policy's verdict on the start, then the old image's check.
+    fn judge_and_verify(&mut self) -> Result<(), ApplyError> {
         let start = self.reader.start().ok_or(ApplyError::Poisoned)?;
         self.verdict =
             self.opts
                 .judge(&start.header, &start.header_bytes, start.section.as_ref())?;
         self.chain = start.header_hash;
+        verify_old(
+            self.interp.old_image(),
+            self.interp.scratch(),
+            &start.header,
+        )
+    }
+
+    /// Set up the predictor, the literal filter and the layout's decoders
+    /// for the accepted header.
+    fn configure_body(&mut self) -> Result<(), ApplyError> {
+        let start = self.reader.start().ok_or(ApplyError::Poisoned)?;
         let header = &start.header;
-        verify_old(self.interp.old_image(), self.interp.scratch(), header)?;
         let predictor = header
             .code_refs
             .as_ref()
@@ -514,7 +604,6 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             }
             Layout::Split | Layout::Modelled => Body::Split(Box::new(SplitStreams::new(header)?)),
         };
-        self.accepted = true;
         Ok(())
     }
 

@@ -12,6 +12,9 @@
 //!   read by offset, a flash partition); [`Sink`] receives the new image.
 //! * [`apply_in_place`] rewrites a [`Region`] holding the old image into the
 //!   new one (single-slot flash), proving the result before overwriting.
+//! * [`apply_parallel`] decodes several segments of a patch file at once
+//!   (more cores, more memory), checkpointing in order as the streaming
+//!   applier does.
 //! * [`AtomicFile`] is a sink that writes beside the target and renames into
 //!   place only after everything verified; [`ResumableFile`] does the same and
 //!   also persists a [`fwdelta_format::Checkpoint`] after every segment, so
@@ -32,6 +35,7 @@ pub mod atomic_file;
 mod error;
 pub mod in_place;
 pub mod inspect;
+pub mod parallel_apply;
 mod patch_reader;
 mod payload_decoder;
 mod predicted_old;
@@ -53,6 +57,7 @@ pub use in_place::{
     Region,
 };
 pub use inspect::{inspect, inspect_each, PatchInfo, PatchSummary};
+pub use parallel_apply::{apply_parallel, parallel_threads};
 pub use resumable_file::ResumableFile;
 pub use side_file::{SideFileError, TargetLock};
 pub use sink::{Sink, WriteSink};

@@ -328,6 +328,12 @@ struct ApplyArgs {
     /// starts from the beginning.
     #[arg(long)]
     resume: bool,
+    /// Decode up to N segments at once (default: all cores), each with its
+    /// own decoders: N times the patch's apply memory, within --memory-limit
+    /// (fewer threads if it holds fewer). Checkpoints are still taken in
+    /// segment order. 1: the streaming applier, one segment after another.
+    #[arg(short = 'j', long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// Print nothing on success.
     #[arg(short, long)]
     quiet: bool,
@@ -654,7 +660,7 @@ fn run_apply(
     let applier = match resumed {
         Some(applier) => applier,
         None => {
-            let sink = ResumableFile::create(&lock)?;
+            let mut sink = ResumableFile::create(&lock)?;
             // The new version of a file keeps the old one's permission bits.
             let meta = match a.from_empty {
                 // A full image picked from a manifest: keep OLD's bits.
@@ -668,6 +674,22 @@ fn run_apply(
                     })?;
                 }
             }
+            let threads = apply_threads(a, &mut patch, &opts)?;
+            if threads > 1 {
+                let out = sink
+                    .file()
+                    .ok_or_else(|| anyhow::anyhow!("the partial file is closed"))?
+                    .try_clone()
+                    .with_context(|| format!("cannot write beside {}", output.display()))?;
+                let report =
+                    fwdelta_apply::apply_parallel(&old, &patch, &out, &mut sink, opts, threads)
+                        .with_context(context)?;
+                drop(out);
+                sink.commit()
+                    .with_context(|| format!("cannot write {}", output.display()))?;
+                drop(lock);
+                return Ok(report);
+            }
             Applier::new(&old, sink, opts)
         }
     };
@@ -676,6 +698,47 @@ fn run_apply(
         .with_context(|| format!("cannot write {}", output.display()))?;
     drop(lock);
     Ok(report)
+}
+
+/// How many segments of `patch` to decode at once: `-j` (default: the
+/// machine's cores), as many as the patch has segments and `opts`'
+/// memory limit holds decoders for, and 1 unless the patch is a regular
+/// file (the parallel applier reads it by offset). Reads the header; a
+/// header that does not parse gives 1 (the streaming applier refuses it).
+fn apply_threads(a: &ApplyArgs, patch: &mut File, opts: &ApplyOptions) -> Result<usize> {
+    let wanted = match a.threads {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    if wanted <= 1 || !patch.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok(1);
+    }
+    Ok(read_header_at_start(a, patch)?
+        .map_or(1, |h| fwdelta_apply::parallel_threads(&h, opts, wanted)))
+}
+
+/// The header at the start of `patch` (read by offset), if it parses.
+fn read_header_at_start(a: &ApplyArgs, patch: &File) -> Result<Option<fwdelta_format::Header>> {
+    use fwdelta_format::Header;
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; Header::MAX_LEN];
+    let mut got = 0;
+    while got < bytes.len() {
+        match patch.read_at(&mut bytes[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read patch {}", a.patch().display()))
+            }
+        }
+    }
+    Ok(bytes
+        .get(..Header::PREFIX_LEN)
+        .and_then(|p| <[u8; Header::PREFIX_LEN]>::try_from(p).ok())
+        .and_then(|p| Header::parse_prefix(&p).ok())
+        .and_then(|len| bytes.get(..len))
+        .and_then(|h| Header::parse(h).ok()))
 }
 
 /// Refuse, before a byte of the new image is written, a patch whose new image
@@ -691,27 +754,7 @@ fn ensure_room(
     kept: u64,
     opts: &ApplyOptions,
 ) -> Result<()> {
-    use fwdelta_format::Header;
-    use std::os::unix::fs::FileExt;
-    let mut bytes = vec![0u8; Header::MAX_LEN];
-    let mut got = 0;
-    while got < bytes.len() {
-        match patch.read_at(&mut bytes[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot read patch {}", a.patch().display()))
-            }
-        }
-    }
-    let Some(header) = bytes
-        .get(..Header::PREFIX_LEN)
-        .and_then(|p| <[u8; Header::PREFIX_LEN]>::try_from(p).ok())
-        .and_then(|p| Header::parse_prefix(&p).ok())
-        .and_then(|len| bytes.get(..len))
-        .and_then(|h| Header::parse(h).ok())
-    else {
+    let Some(header) = read_header_at_start(a, patch)? else {
         return Ok(());
     };
     if header.new_len > opts.max_new_len {

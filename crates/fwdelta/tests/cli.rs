@@ -1089,3 +1089,79 @@ fn apply_memory_option_sets_window_and_round_trips() {
         &["memory"],
     );
 }
+
+/// `apply -j N` decodes several segments at once: whatever N, and whatever
+/// the memory limit lets it run, the same image and nothing left beside it;
+/// a damaged last segment (which has no check of its own) is refused with
+/// exit 3 and no output.
+#[test]
+fn apply_threads_give_the_same_image_and_the_same_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        testdata("fw-x86-64").join("old"),
+        testdata("fw-x86-64").join("new"),
+    );
+    let patch = dir.path().join("p.fwd");
+    fwdelta([
+        OsStr::new("diff"),
+        old.as_os_str(),
+        new.as_os_str(),
+        OsStr::new("-o"),
+        patch.as_os_str(),
+        OsStr::new("--segment-size"),
+        OsStr::new("300"),
+        OsStr::new("-q"),
+    ])
+    .assert_ok();
+    let bytes = fs::read(&patch).unwrap();
+    let header = fwdelta_format::Header::parse(&bytes[..header_len(&bytes)]).unwrap();
+    assert!(
+        header.segment_count >= 3,
+        "{} segments",
+        header.segment_count
+    );
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("image.bin");
+    let just_under_two = (2 * header.apply_memory - 1).to_string();
+    for extra in [
+        vec!["-j", "1"],
+        vec!["-j", "2"],
+        vec!["-j", "16"],
+        vec!["-j", "4", "--memory-limit", just_under_two.as_str()],
+    ] {
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("apply"),
+            old.as_os_str(),
+            patch.as_os_str(),
+            OsStr::new("-o"),
+            out.as_os_str(),
+            OsStr::new("-q"),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        fwdelta(&args).assert_ok();
+        assert_eq!(
+            fs::read(&out).unwrap(),
+            fs::read(&new).unwrap(),
+            "{extra:?}"
+        );
+        assert_eq!(listing(&out_dir), ["image.bin"], "{extra:?}");
+        fs::remove_file(&out).unwrap();
+    }
+    let mut bad = bytes.clone();
+    let last = bad.len() - 2;
+    bad[last] ^= 0x40;
+    fs::write(&patch, &bad).unwrap();
+    let run = fwdelta([
+        OsStr::new("apply"),
+        old.as_os_str(),
+        patch.as_os_str(),
+        OsStr::new("-o"),
+        out.as_os_str(),
+        OsStr::new("-j"),
+        OsStr::new("4"),
+    ]);
+    assert_eq!(run.code, EXIT_BAD_PATCH, "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(listing(&out_dir).is_empty(), "{:?}", listing(&out_dir));
+}

@@ -1,0 +1,281 @@
+//! Segment-parallel apply (`apply_parallel`) held to the streaming applier:
+//! the same image and the same checkpoints, in order, at every thread count;
+//! refused (in the same class) wherever the streaming applier refuses a
+//! damaged, cut or foreign patch; resumable from its checkpoints; and never
+//! given more decoders than the memory limit holds.
+
+use ed25519_dalek::SigningKey;
+use fwdelta_apply::{
+    apply_parallel, parallel_threads, Applier, ApplyError, ApplyOptions, Sink, TrustPolicy,
+};
+use fwdelta_diff::patch_signer::sign_for_release;
+use fwdelta_diff::{diff, Options};
+use fwdelta_format::{Checkpoint, Header, Release, SegmentHeader};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+
+/// Records checkpoints; fails the `fail_at`-th one (a kill after it).
+#[derive(Default)]
+struct Recorder {
+    checkpoints: Vec<Checkpoint>,
+    out: Vec<u8>,
+    fail_at: Option<usize>,
+}
+
+impl Sink for Recorder {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.out.extend_from_slice(data);
+        Ok(())
+    }
+    fn segment_done(&mut self, seg: &SegmentHeader, cp: &Checkpoint) -> io::Result<()> {
+        assert_eq!(cp.new_offset, seg.new_offset + seg.new_len);
+        if self.fail_at == Some(self.checkpoints.len()) {
+            return Err(io::Error::other("power cut"));
+        }
+        self.checkpoints.push(*cp);
+        Ok(())
+    }
+}
+
+fn testdata(path: &str) -> Vec<u8> {
+    let p = format!("{}/../../testdata/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// A bundled firmware pair and a patch of many small segments.
+fn pair(name: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let old = testdata(&format!("{name}/old"));
+    let new = testdata(&format!("{name}/new"));
+    let opts = Options {
+        segment_cost: 400,
+        level: 6,
+        ..Options::default()
+    };
+    let patch = diff(&old, &new, &opts).unwrap().bytes;
+    let header =
+        Header::parse(&patch[..Header::parse_prefix(patch[..8].try_into().unwrap()).unwrap()])
+            .unwrap();
+    assert!(
+        header.segment_count >= 3,
+        "{name}: {} segments",
+        header.segment_count
+    );
+    (old, new, patch)
+}
+
+fn file_with(bytes: &[u8]) -> File {
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(bytes).unwrap();
+    f
+}
+
+fn read_all(mut f: &File) -> Vec<u8> {
+    let mut v = Vec::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut v).unwrap();
+    v
+}
+
+fn parallel(
+    old: &[u8],
+    patch: &[u8],
+    opts: ApplyOptions,
+    threads: usize,
+    rec: &mut Recorder,
+) -> Result<Vec<u8>, ApplyError> {
+    let pf = file_with(patch);
+    let out = tempfile::tempfile().unwrap();
+    apply_parallel(old, &pf, &out, rec, opts, threads)?;
+    Ok(read_all(&out))
+}
+
+fn streaming(old: &[u8], patch: &[u8], opts: ApplyOptions) -> Result<Recorder, ApplyError> {
+    let mut a = Applier::new(old, Recorder::default(), opts);
+    a.feed(patch)?;
+    Ok(a.finish()?.1)
+}
+
+#[test]
+fn same_image_and_checkpoints_as_the_streaming_applier() {
+    for name in ["fw-x86-64", "fw-cortex-m4"] {
+        let (old, new, patch) = pair(name);
+        let reference = streaming(&old, &patch, ApplyOptions::default()).unwrap();
+        assert_eq!(reference.out, new);
+        for threads in [1, 2, 3, 8] {
+            let mut rec = Recorder::default();
+            let out = parallel(&old, &patch, ApplyOptions::default(), threads, &mut rec).unwrap();
+            assert_eq!(out, new, "{name}, {threads} threads");
+            assert_eq!(rec.checkpoints, reference.checkpoints, "{name}, {threads}");
+            assert!(rec.out.is_empty(), "the sink's write is never called");
+        }
+    }
+}
+
+#[test]
+fn refuses_every_damage_the_streaming_applier_refuses() {
+    let (old, new, patch) = pair("fw-x86-64");
+    let mut refused = 0;
+    for at in 0..patch.len() {
+        let mut bad = patch.clone();
+        bad[at] ^= 0x10;
+        let want = streaming(&old, &bad, ApplyOptions::default());
+        let got = parallel(
+            &old,
+            &bad,
+            ApplyOptions::default(),
+            2,
+            &mut Recorder::default(),
+        );
+        match (want, got) {
+            (Ok(r), Ok(out)) => {
+                assert_eq!((r.out, out), (new.clone(), new.clone()), "flip at {at}")
+            }
+            (Err(w), Err(g)) => {
+                assert_eq!(w.class(), g.class(), "flip at {at}: {w} / {g}");
+                refused += 1;
+            }
+            (w, g) => panic!(
+                "flip at {at}: streaming {:?}, parallel {:?}",
+                w.err(),
+                g.err()
+            ),
+        }
+    }
+    assert!(
+        refused > patch.len() * 9 / 10,
+        "{refused} of {}",
+        patch.len()
+    );
+    for cut in 0..patch.len() {
+        let got = parallel(
+            &old,
+            &patch[..cut],
+            ApplyOptions::default(),
+            2,
+            &mut Recorder::default(),
+        );
+        assert!(got.is_err(), "cut at {cut} applied");
+    }
+    let mut long = patch.clone();
+    long.push(0);
+    assert!(matches!(
+        parallel(
+            &old,
+            &long,
+            ApplyOptions::default(),
+            2,
+            &mut Recorder::default()
+        ),
+        Err(ApplyError::TrailingData)
+    ));
+    let mut other_old = old.clone();
+    other_old[100] ^= 1;
+    let err = parallel(
+        &other_old,
+        &patch,
+        ApplyOptions::default(),
+        2,
+        &mut Recorder::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.class(),
+        fwdelta_apply::ErrorClass::WrongOldImage,
+        "{err}"
+    );
+}
+
+#[test]
+fn resumes_from_its_checkpoints() {
+    let (old, new, patch) = pair("fw-cortex-m4");
+    let all = streaming(&old, &patch, ApplyOptions::default())
+        .unwrap()
+        .checkpoints;
+    assert!(all.len() >= 3);
+    // A cut before the first checkpoint: nothing recorded, an error.
+    let mut rec = Recorder {
+        fail_at: Some(0),
+        ..Recorder::default()
+    };
+    assert!(parallel(&old, &patch, ApplyOptions::default(), 2, &mut rec).is_err());
+    assert!(rec.checkpoints.is_empty());
+    // The last checkpoint is given after the new image verified: a cut
+    // after any earlier one leaves something to resume.
+    for (k, want) in all.iter().enumerate().take(all.len() - 1) {
+        let mut rec = Recorder {
+            fail_at: Some(k + 1),
+            ..Recorder::default()
+        };
+        let pf = file_with(&patch);
+        let out = tempfile::tempfile().unwrap();
+        let err =
+            apply_parallel(&old[..], &pf, &out, &mut rec, ApplyOptions::default(), 2).unwrap_err();
+        assert!(matches!(err, ApplyError::Sink(_)), "{err}");
+        let cp = *rec.checkpoints.last().unwrap();
+        assert_eq!(cp, *want);
+        // What a kill leaves: the partial file, possibly with bytes past the
+        // checkpoint (a segment decoded ahead), cut back on resume.
+        let kept = read_all(&out)[..cp.new_offset as usize].to_vec();
+        let a = Applier::resume(
+            &old[..],
+            Vec::new(),
+            ApplyOptions::default(),
+            &patch,
+            &cp,
+            &kept[..],
+        )
+        .unwrap();
+        let (_, rest) = a.finish_from(&patch[cp.patch_offset as usize..]).unwrap();
+        assert_eq!([kept, rest].concat(), new, "resumed after checkpoint {k}");
+    }
+}
+
+#[test]
+fn signed_patches_pass_the_policy_once_and_forgeries_fail_it() {
+    let (old, new, patch) = pair("fw-cortex-m4");
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let release = Release {
+        product: "acme-t300".into(),
+        version: "2.6".into(),
+        security_counter: 6,
+        expires: 0,
+    };
+    let signed = sign_for_release(&patch, Some(&release), std::slice::from_ref(&key)).unwrap();
+    let mut policy = TrustPolicy::trusting(vec![key.verifying_key().to_bytes()]);
+    policy.product = Some("acme-t300".into());
+    policy.min_counter = 5;
+    let opts = ApplyOptions::default().with_policy(Some(Arc::new(policy)));
+    let out = parallel(&old, &signed, opts.clone(), 2, &mut Recorder::default()).unwrap();
+    assert_eq!(out, new);
+    // Unsigned, or signed by another key: refused before a segment is decoded.
+    let other =
+        sign_for_release(&patch, Some(&release), &[SigningKey::from_bytes(&[8; 32])]).unwrap();
+    for bad in [&patch, &other] {
+        let mut rec = Recorder::default();
+        let err = parallel(&old, bad, opts.clone(), 2, &mut rec).unwrap_err();
+        assert_eq!(
+            err.class(),
+            fwdelta_apply::ErrorClass::NotAuthentic,
+            "{err}"
+        );
+        assert!(rec.checkpoints.is_empty());
+    }
+}
+
+#[test]
+fn decoders_at_once_stay_within_the_memory_limit() {
+    let (_, _, patch) = pair("fw-x86-64");
+    let len = Header::parse_prefix(patch[..8].try_into().unwrap()).unwrap();
+    let header = Header::parse(&patch[..len]).unwrap();
+    let each = header.apply_memory;
+    let with = |limit| ApplyOptions::default().with_memory_limit(limit);
+    assert_eq!(parallel_threads(&header, &with(each * 8), 4), 4);
+    assert_eq!(parallel_threads(&header, &with(each * 2 + each / 2), 4), 2);
+    assert_eq!(parallel_threads(&header, &with(each * 2 - 1), 4), 1);
+    assert_eq!(
+        parallel_threads(&header, &with(each * 100), 1000),
+        header.segment_count as usize
+    );
+    assert_eq!(parallel_threads(&header, &with(each * 100), 1), 1);
+}
