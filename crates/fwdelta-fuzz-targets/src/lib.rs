@@ -133,6 +133,54 @@ pub fn apply_pull(data: &[u8]) {
     }
 }
 
+/// The checkpoints a segment-parallel apply hands its sink: in order, each
+/// one segment further; its `write` is never called.
+struct CheckpointOrder(u32);
+
+impl fwdelta_apply::Sink for CheckpointOrder {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<()> {
+        panic!("the parallel applier wrote through the sink");
+    }
+    fn segment_done(&mut self, seg: &SegmentHeader, cp: &Checkpoint) -> std::io::Result<()> {
+        assert_eq!(seg.index, self.0, "checkpoint out of order");
+        assert_eq!(
+            cp.next_segment,
+            self.0 + 1,
+            "checkpoint names the wrong segment"
+        );
+        assert_eq!(cp.new_offset, seg.new_offset + seg.new_len);
+        self.0 += 1;
+        Ok(())
+    }
+}
+
+/// The segment-parallel applier (two threads, the patch and the output as
+/// files) on `data`, compared with pull mode: both accept with the same
+/// image, or both refuse in the same class.
+pub fn apply_parallel(data: &[u8]) {
+    use std::io::{Read, Seek, Write};
+    let mut patch = tempfile::tempfile().expect("temporary patch file");
+    patch.write_all(data).expect("write the patch file");
+    let mut out = tempfile::tempfile().expect("temporary output file");
+    let par = fwdelta_apply::apply_parallel(OLD, &patch, &out, &mut CheckpointOrder(0), opts(), 2);
+    let pull = apply(OLD, data, Vec::new(), opts());
+    match (par, pull) {
+        (Ok(report), Ok((_, image))) => {
+            let mut got = Vec::new();
+            out.rewind().expect("rewind the output");
+            out.read_to_end(&mut got).expect("read the output");
+            check_success(&report.header, &got);
+            assert!(got == image, "parallel and pull produced different images");
+        }
+        (Err(p), Err(q)) => assert_eq!(p.class(), q.class(), "parallel {p} vs pull {q}"),
+        (par, pull) => panic!(
+            "parallel {:?} vs pull {:?}",
+            par.map(|_| ()),
+            pull.map(|_| ())
+        ),
+    }
+}
+
 /// Push-mode apply of `data[1..]` in chunks sized from `data[0]`, compared with
 /// pull mode: both must accept with the same output or both refuse.
 pub fn apply_push(data: &[u8]) {
@@ -794,11 +842,12 @@ fn compress_lzma2(stream: &[u8], window_log: u8) -> Vec<u8> {
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name, as `fuzz/` and the replay test know them.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("container", container),
     ("trust", trust),
     ("apply_pull", apply_pull),
     ("apply_push", apply_push),
+    ("apply_parallel", apply_parallel),
     ("apply_structured", apply_structured),
     ("apply_in_place", apply_in_place),
     ("in_place_journal", in_place_journal),
