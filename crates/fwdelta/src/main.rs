@@ -630,7 +630,7 @@ fn run_apply(
             .unwrap_or(Path::new("."));
         tempfile::tempfile_in(dir).and_then(FileImage::from_file)
     } else {
-        FileImage::open(&a.old)
+        open_old_image(&a.old)
     }
     .with_context(|| format!("cannot open old image {}", a.old.display()))?;
     let mut patch = File::open(a.patch())
@@ -698,6 +698,19 @@ fn run_apply(
         .with_context(|| format!("cannot write {}", output.display()))?;
     drop(lock);
     Ok(report)
+}
+
+/// Open an old image for reading by offset: a regular file or a block
+/// device, nothing else. `O_NONBLOCK`, so that a FIFO at the path is refused
+/// instead of blocking the open until a writer comes (reads of files and
+/// block devices ignore the flag).
+pub(crate) fn open_old_image(path: &Path) -> std::io::Result<FileImage> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .and_then(FileImage::from_file)
 }
 
 /// How many segments of `patch` to decode at once: `-j` (default: the

@@ -923,11 +923,22 @@ pub fn pick_from_manifest(
     }
     let m = Manifest::parse(&bytes).with_context(ctx)?;
     let old_hash = {
-        let mut h = blake3::Hasher::new();
-        let f = std::fs::File::open(old)
+        use fwdelta_apply::OldImage;
+        // A regular file or a block device, read to its length: a FIFO or
+        // a character device (endless) is refused, not read.
+        let image = crate::open_old_image(old)
             .with_context(|| format!("cannot open old image {}", old.display()))?;
-        h.update_reader(f)
-            .with_context(|| format!("cannot read old image {}", old.display()))?;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pos = 0u64;
+        while pos < image.len() {
+            let n = (image.len() - pos).min(buf.len() as u64) as usize;
+            image
+                .read_at(pos, &mut buf[..n])
+                .with_context(|| format!("cannot read old image {}", old.display()))?;
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
         *h.finalize().as_bytes()
     };
     let short = &hex(&old_hash)[..16];

@@ -1165,3 +1165,59 @@ fn apply_threads_give_the_same_image_and_the_same_refusals() {
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     assert!(listing(&out_dir).is_empty(), "{:?}", listing(&out_dir));
 }
+
+/// An old image that is a FIFO (nothing ever writes to it) is refused at
+/// once with one line, exit 1, and nothing written: `apply` used to block
+/// forever in `open(2)` waiting for a writer.
+#[test]
+fn apply_refuses_a_fifo_as_the_old_image_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("old.fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(status.success());
+    let pair = testdata("fw-cortex-m4");
+    let patch = dir.path().join("p.fwd");
+    fwdelta([
+        OsStr::new("diff"),
+        pair.join("old").as_os_str(),
+        pair.join("new").as_os_str(),
+        OsStr::new("-o"),
+        patch.as_os_str(),
+        OsStr::new("-q"),
+    ])
+    .assert_ok();
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
+        .args([
+            OsStr::new("apply"),
+            fifo.as_os_str(),
+            patch.as_os_str(),
+            OsStr::new("-o"),
+        ])
+        .arg(out_dir.join("image.bin"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("apply still blocked on the FIFO after 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let run = Run {
+        code: out.status.code().expect("killed by a signal"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    run.assert_error(
+        EXIT_FAILURE,
+        &["old image", "not a regular file or block device"],
+    );
+    assert!(listing(&out_dir).is_empty(), "{:?}", listing(&out_dir));
+}

@@ -268,3 +268,58 @@ fn a_signature_file_that_is_a_directory_is_not_authentic() {
     assert!(run.stderr.contains("signature"), "{}", run.stderr);
     assert!(!f.path("new").exists());
 }
+
+/// An old image that is a FIFO or an endless character device is refused at
+/// once, before the manifest picks a patch: it used to be hashed by reading
+/// it to its end (forever, for `/dev/zero`; blocked, for a FIFO).
+#[test]
+fn an_old_image_that_is_not_a_file_is_refused_at_once() {
+    let f = Fixture::new("");
+    f.release("out");
+    let fifo = f.path("old.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    for old in [fifo.as_path(), Path::new("/dev/zero")] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
+            .args([
+                OsStr::new("apply"),
+                OsStr::new("--manifest"),
+                f.path("out/manifest.json").as_os_str(),
+                old.as_os_str(),
+                OsStr::new("-o"),
+                f.path("new").as_os_str(),
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                child.kill().unwrap();
+                let _ = child.wait();
+                panic!(
+                    "apply --manifest still running after 20 s on {}",
+                    old.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(
+            status.code(),
+            Some(EXIT_FAILURE),
+            "{}: {stderr}",
+            old.display()
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("not a regular file or block device"),
+            "{stderr}"
+        );
+        assert!(!f.path("new").exists());
+    }
+}
