@@ -89,6 +89,17 @@ pub enum FetchError {
         /// Where it pointed.
         to: String,
     },
+    /// The file changed on the server during the download (its `ETag`
+    /// differs from the first answer's): what was applied must be dropped.
+    #[error("{url}: the file changed on the server during the download (ETag {was} became {now})")]
+    Changed {
+        /// The URL.
+        url: String,
+        /// The first answer's ETag.
+        was: String,
+        /// This answer's.
+        now: String,
+    },
     /// The server's file is not the one the manifest names (another length,
     /// or its ETag changed past the allowed restarts).
     #[error("{url}: the server's file is not the one the manifest names: {what}")]
