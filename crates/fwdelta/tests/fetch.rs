@@ -827,3 +827,97 @@ fn sigkill_at_random_moments_always_ends_exact_on_rerun() {
         );
     }
 }
+
+/// The download figures of the benchmark: bytes that crossed the link per
+/// update, for the delta and the full image, on a clean link, with cuts
+/// (resumed in the run), and killed half way and rerun (resumed from the
+/// checkpoint). Printed as a Markdown table by
+/// `cargo test -p fwdelta --test fetch bandwidth -- --nocapture`.
+#[test]
+fn bandwidth_per_update_delta_resumed_and_full_image() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let rel = Rel::new(1024 << 10, 29);
+    let server = rel.nginx("www", None, "");
+    let m: Value =
+        serde_json::from_slice(&fs::read(rel.path("www/manifest.json")).unwrap()).unwrap();
+    let full_len = m["full_image"]["bytes"].as_u64().unwrap();
+    let cut = 100u64 << 10;
+    let mut rows = Vec::new();
+    let mut row = |name: &str, full: bool, cut_every: u64, kill: bool| {
+        let link = Link::start(
+            server.port,
+            LinkSpec {
+                rate: 4_000_000,
+                cut_every,
+                seed: 31,
+                ..LinkSpec::clean()
+            },
+        );
+        let dev = format!("dev-bw-{}", rows.len());
+        rel.device(&dev, "rel.pub");
+        let _ = fs::remove_file(rel.path("out.bin"));
+        let u = url(link.port, "manifest.json");
+        let mut extra = vec![
+            "--allow-http",
+            "-q",
+            "--retry-delay-ms",
+            "10",
+            "--retries",
+            "30",
+        ];
+        if full {
+            extra.push("--full-image");
+        }
+        let patch = if full { full_len } else { rel.delta_len };
+        if kill {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
+                .args(rel.fetch_args(&dev, &u, "out.bin", &extra))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            while link.stats.forwarded.load(Relaxed) < patch / 2 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        rel.fetch(&dev, &u, "out.bin", &extra).ok();
+        assert_eq!(
+            fs::read(rel.path("out.bin")).unwrap(),
+            rel.new_image(),
+            "{name}"
+        );
+        let wire = link.stats.forwarded.load(Relaxed);
+        rows.push((name.to_string(), patch, wire, link.stats.cuts.load(Relaxed)));
+    };
+    row("delta, clean link", false, 0, false);
+    row("delta, cut every ~100 KiB, resumed", false, cut, false);
+    row("delta, SIGKILL half way, rerun resumes", false, 0, true);
+    row("full image, clean link", true, 0, false);
+    row("full image, cut every ~100 KiB, resumed", true, cut, false);
+    eprintln!("| update | patch bytes | bytes over the link | / patch | / full image | cuts |");
+    eprintln!("|---|---:|---:|---:|---:|---:|");
+    for (name, patch, wire, cuts) in &rows {
+        eprintln!(
+            "| {name} | {patch} | {wire} | {:.4} | {:.4} | {cuts} |",
+            *wire as f64 / *patch as f64,
+            *wire as f64 / full_len as f64
+        );
+    }
+    eprintln!(
+        "| delta or full image, cut every ~100 KiB, no resume | | never completes: every try is cut before the end | | | |"
+    );
+    for (name, patch, wire, _) in &rows {
+        assert!(
+            *wire as f64 <= 1.10 * *patch as f64,
+            "{name}: {wire} for {patch}"
+        );
+        assert!(
+            *wire >= *patch,
+            "{name}: fewer bytes than the patch crossed the link"
+        );
+    }
+    // The delta is the point: it costs less than the full image even resumed.
+    assert!(rows[1].2 < rows[3].2 && rows[2].2 < rows[3].2);
+}
