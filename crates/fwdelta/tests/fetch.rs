@@ -612,7 +612,7 @@ fn an_unreachable_server_gives_up_after_its_retries() {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
+    let out = Command::new(net::openssl_bin())
         .current_dir(dir)
         .args(args)
         .output()

@@ -18,15 +18,35 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The `nginx` binary, installed with apt-get when missing.
+/// The `nginx` binary, installed with apt-get (`nginx-light`) when missing.
 pub fn nginx_bin() -> PathBuf {
-    let found = |p: &str| Path::new(p).is_file().then(|| PathBuf::from(p));
-    if let Some(p) = found("/usr/sbin/nginx").or_else(|| found("/usr/bin/nginx")) {
+    let bin = apt_installed(&["/usr/sbin/nginx", "/usr/bin/nginx"], "nginx-light");
+    // The package's own service is not ours: stop it if apt started it.
+    if INSTALLED_NGINX.load(Ordering::Relaxed) {
+        let _ = Command::new(&bin).args(["-s", "stop"]).output();
+        INSTALLED_NGINX.store(false, Ordering::Relaxed);
+    }
+    bin
+}
+
+/// The `openssl` command (test certificates), installed when missing.
+pub fn openssl_bin() -> PathBuf {
+    apt_installed(&["/usr/bin/openssl"], "openssl")
+}
+
+static INSTALLED_NGINX: AtomicBool = AtomicBool::new(false);
+
+/// The first of `paths` that exists, after `apt-get install -y PACKAGE`
+/// (and `apt-get update` if that fails) when none does. Panics with apt's
+/// output if it still does not exist: a missing tool fails the test.
+fn apt_installed(paths: &[&str], package: &str) -> PathBuf {
+    let found = || paths.iter().map(PathBuf::from).find(|p| p.is_file());
+    if let Some(p) = found() {
         return p;
     }
     static INSTALL: Mutex<()> = Mutex::new(());
     let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = found("/usr/sbin/nginx") {
+    if let Some(p) = found() {
         return p;
     }
     let apt = |args: &[&str]| {
@@ -35,31 +55,23 @@ pub fn nginx_bin() -> PathBuf {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
             .output()
+            .unwrap_or_else(|e| panic!("the tests need {package} and apt-get cannot run: {e}"))
     };
     let mut log = String::new();
-    for (i, args) in [
-        &["install", "-y", "--no-install-recommends", "nginx-light"][..],
-        &["update"][..],
-        &["install", "-y", "--no-install-recommends", "nginx-light"][..],
-    ]
-    .iter()
-    .enumerate()
-    {
-        match apt(args) {
-            Ok(o) => {
-                log.push_str(&String::from_utf8_lossy(&o.stdout));
-                log.push_str(&String::from_utf8_lossy(&o.stderr));
-                if o.status.success() && i != 1 {
-                    break;
-                }
-            }
-            Err(e) => panic!("the fetch tests need nginx and apt-get cannot run: {e}"),
+    let install = ["install", "-y", "--no-install-recommends", package];
+    for args in [&install[..], &["update"][..], &install[..]] {
+        let o = apt(args);
+        log.push_str(&String::from_utf8_lossy(&o.stdout));
+        log.push_str(&String::from_utf8_lossy(&o.stderr));
+        if args[0] == "install" && o.status.success() {
+            break;
         }
     }
-    // The package's own service is not ours: stop it if it was started.
-    let _ = Command::new("nginx").args(["-s", "stop"]).output();
-    found("/usr/sbin/nginx").unwrap_or_else(|| {
-        panic!("the fetch tests need nginx; `apt-get install nginx-light` failed:\n{log}")
+    if package == "nginx-light" {
+        INSTALLED_NGINX.store(true, Ordering::Relaxed);
+    }
+    found().unwrap_or_else(|| {
+        panic!("the tests need {package}; `apt-get install {package}` failed:\n{log}")
     })
 }
 
