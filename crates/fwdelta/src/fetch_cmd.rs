@@ -298,6 +298,9 @@ impl Retry {
             return Err(anyhow::Error::new(e).context("giving up: the deadline is reached"));
         }
         if !quiet {
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprint!("\r\x1b[K"); // over a progress line
+            }
             eprintln!(
                 "fwdelta: {}; retrying in {:.1}s",
                 crate::one_line(&e.to_string()),
@@ -316,6 +319,46 @@ impl Retry {
     fn check_deadline(&self) -> Result<()> {
         anyhow::ensure!(Instant::now() < self.deadline, FetchFailed::Deadline);
         Ok(())
+    }
+}
+
+/// A one-line progress display, redrawn at most five times a second, only
+/// when stderr is a terminal (and neither `-q` nor `--json` was given).
+struct Progress<'n> {
+    on: bool,
+    name: &'n str,
+    last: Option<Instant>,
+}
+
+impl<'n> Progress<'n> {
+    fn new(a: &FetchArgs, name: &'n str) -> Progress<'n> {
+        Progress {
+            on: !a.quiet && !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            name,
+            last: None,
+        }
+    }
+
+    fn show(&mut self, done: u64, total: u64, resumes: u32) {
+        if !self.on
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let pct = 100.0 * done as f64 / total.max(1) as f64;
+        eprint!(
+            "\r\x1b[K{}: {done} of {total} bytes ({pct:.0}%), {resumes} resumes",
+            crate::one_line(self.name)
+        );
+    }
+
+    fn clear(&self) {
+        if self.on && self.last.is_some() {
+            eprint!("\r\x1b[K");
+        }
     }
 }
 
@@ -825,6 +868,7 @@ fn stream(
         }
     };
     let mut buf = vec![0u8; 16 << 10];
+    let mut progress = Progress::new(a, &c.file.file);
     let outcome: Result<()> = (|| {
         loop {
             retry.check_deadline()?;
@@ -858,6 +902,7 @@ fn stream(
                     }
                     offset += n as u64;
                     retry.progress();
+                    progress.show(offset, total, tally.resumes);
                 }
                 Err(e) => {
                     current = None;
@@ -867,6 +912,7 @@ fn stream(
             }
         }
     })();
+    progress.clear();
     drop(current);
     if let Err(e) = outcome {
         // A network failure keeps what is applied (to its last
