@@ -286,7 +286,7 @@ fn a_patch_over_a_bad_link_ends_exact_within_110_percent() {
 /// A damaged patch (its header, or a byte in its body) and a foreign one
 /// (another release's patch under the delta's name) are refused with exit
 /// 3; nothing is left beside the output; each try is in the history; after
-/// three failed tries of the delta the fourth run fetches the full image.
+/// three failed tries of the delta the next run fetches the full image.
 #[test]
 fn damaged_or_foreign_patches_are_refused_then_the_full_image_is_used() {
     let rel = Rel::new(200 << 10, 3);
@@ -326,18 +326,40 @@ fn damaged_or_foreign_patches_are_refused_then_the_full_image_is_used() {
         run.stderr
     );
     rel.nothing_written("out.bin");
+    // Another release's patch, cut or padded to the manifest's length: its
+    // header names another new image, refused before the partial file exists.
+    let other = Rel::new(100 << 10, 3);
+    let mut foreign = fs::read(other.path("www").join(&other.delta)).unwrap();
+    foreign.resize(good.len(), 0);
+    fs::write(www.join(&rel.delta), &foreign).unwrap();
+    // (--delta-tries 9: the three failures so far would pick the full image)
+    let run = rel
+        .fetch(
+            "dev",
+            &u,
+            "out.bin",
+            &["--allow-http", "--delta-tries", "9"],
+        )
+        .error(EXIT_BAD_PATCH);
+    assert!(
+        run.stderr
+            .contains("makes another image than the manifest's"),
+        "{}",
+        run.stderr
+    );
+    rel.nothing_written("out.bin");
     let h = rel.history("dev");
     let tries: Vec<&Value> = h
         .iter()
         .filter(|e| e["patch_file"] == rel.delta.as_str())
         .collect();
-    assert_eq!(tries.len(), 3, "{h:?}");
+    assert_eq!(tries.len(), 4, "{h:?}");
     for (i, e) in tries.iter().enumerate() {
         assert_eq!(e["event"], "refused");
         assert_eq!(e["exit_code"], EXIT_BAD_PATCH);
         assert_eq!(e["try"], i + 1);
     }
-    // Three failed tries: the full image now.
+    // Three failed tries (four here): the full image now.
     let run = rel
         .fetch("dev", &u, "out.bin", &["--allow-http", "--json"])
         .ok();
@@ -606,9 +628,36 @@ fn an_unreachable_server_gives_up_after_its_retries() {
         run.stderr
     );
     assert!(start.elapsed() < Duration::from_secs(20));
+    // The deadline ends it before the retries would.
+    let start = Instant::now();
+    let run = rel
+        .fetch(
+            "dev",
+            &url(port, "manifest.json"),
+            "out.bin",
+            &[
+                "--allow-http",
+                "--retries",
+                "100",
+                "--retry-delay-ms",
+                "300",
+                "--deadline",
+                "2",
+            ],
+        )
+        .error(EXIT_NETWORK);
+    assert!(
+        run.stderr.contains("the deadline is reached"),
+        "{}",
+        run.stderr
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
     let h = rel.history("dev");
-    assert_eq!(h.last().unwrap()["event"], "fetch-failed");
-    assert_eq!(h.last().unwrap()["exit_code"], EXIT_NETWORK);
+    let last: Vec<&Value> = h.iter().rev().take(2).collect();
+    for e in last {
+        assert_eq!(e["event"], "fetch-failed");
+        assert_eq!(e["exit_code"], EXIT_NETWORK);
+    }
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
