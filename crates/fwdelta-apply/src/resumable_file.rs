@@ -179,6 +179,16 @@ impl ResumableFile {
         ))
     }
 
+    /// Stop here but keep the partial file and its last checkpoint for a
+    /// later [`Self::reopen`] (a download that broke for longer than its
+    /// caller waits): unlike a drop, nothing is removed. Bytes written after
+    /// the checkpoint are flushed but not synced; the reopen cuts them off.
+    pub fn suspend(mut self) {
+        if let Some(mut out) = self.out.take() {
+            let _ = out.flush();
+        }
+    }
+
     /// The partial file, e.g. to set its permissions.
     pub fn file(&self) -> Option<&File> {
         self.out.as_ref().map(|w| w.get_ref())
@@ -310,5 +320,23 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), b"after");
         drop(lock);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A suspended sink leaves its partial file (and a checkpoint, had one
+    /// been written) for a later reopen; a dropped one removes it.
+    #[test]
+    fn suspend_keeps_the_partial_file_and_drop_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("image.bin");
+        let lock = TargetLock::acquire(&target).unwrap();
+        let partial = ResumableFile::partial_path(&target).unwrap();
+        let mut sink = ResumableFile::create(&lock).unwrap();
+        Sink::write(&mut sink, b"kept").unwrap();
+        sink.suspend();
+        assert_eq!(fs::read(&partial).unwrap(), b"kept");
+        let sink = ResumableFile::create(&lock).unwrap();
+        drop(sink);
+        assert!(!partial.exists());
+        assert!(!target.exists());
     }
 }

@@ -7,6 +7,8 @@
 //!                   awaiting confirmation (replaced whole, with a check)
 //! DIR/history.log   append-only update record, one checked line an entry
 //! DIR/.lock         flock'd for as long as a command uses the directory
+//! DIR/server-ca.pem the update server's pinned TLS authority (optional;
+//!                   `fwdelta device pin-server`)
 //! ```
 //!
 //! The security counter is raised only by [`DeviceDir::confirm`], after the
@@ -104,6 +106,9 @@ pub struct DeviceDir {
 const STATE: &str = "state.json";
 const HISTORY: &str = "history.log";
 const LOCK: &str = ".lock";
+const SERVER_CA: &str = "server-ca.pem";
+/// Largest pinned authority file accepted (PEM text).
+pub const MAX_SERVER_CA_LEN: usize = 64 << 10;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
@@ -278,6 +283,37 @@ impl DeviceDir {
         });
         self.save(s)?;
         Ok(attempts)
+    }
+
+    /// The pinned TLS authority of the update server (PEM text), if one was
+    /// pinned. Reads one small file (at most [`MAX_SERVER_CA_LEN`] bytes;
+    /// a larger one counts as damaged).
+    pub fn server_ca(&self) -> Result<Option<Vec<u8>>, DeviceError> {
+        match safe_file::read(&self.dir.join(SERVER_CA)) {
+            Ok(b) if b.len() <= MAX_SERVER_CA_LEN => Ok(Some(b)),
+            Ok(_) => Err(DeviceError::Damaged(format!(
+                "{SERVER_CA} is over {MAX_SERVER_CA_LEN} bytes"
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DeviceError::Damaged(format!(
+                "{SERVER_CA} cannot be read: {e}"
+            ))),
+        }
+    }
+
+    /// Pin `pem` (the caller has checked it holds certificates) as the
+    /// update server's TLS authority, replacing any earlier pin atomically,
+    /// and record it in the history with its BLAKE3.
+    pub fn pin_server_ca(&mut self, pem: &[u8], now: u64) -> Result<(), DeviceError> {
+        if pem.len() > MAX_SERVER_CA_LEN {
+            return Err(DeviceError::Init("the authority file is too large"));
+        }
+        self.log(&json!({
+            "time": now, "event": "server-pinned",
+            "server_ca_blake3": blake3::hash(pem).to_hex().to_string(),
+        }))?;
+        safe_file::replace(&self.dir.join(SERVER_CA), pem)?;
+        Ok(())
     }
 
     /// Record a refused or failed update (the state is not changed).

@@ -37,6 +37,44 @@ pub struct InitArgs {
     pub threshold: usize,
 }
 
+/// `fwdelta device pin-server`.
+#[derive(Args)]
+pub struct PinServerArgs {
+    /// The device state directory.
+    pub dir: PathBuf,
+    /// The update server's TLS authority: a PEM certificate file (its CA,
+    /// or its own self-signed certificate).
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// The time (Unix seconds) to record instead of the clock's (tests).
+    #[arg(long, hide = true)]
+    pub now: Option<u64>,
+}
+
+/// `fwdelta device pin-server DIR --ca FILE`.
+pub fn cmd_pin_server(a: &PinServerArgs) -> Result<()> {
+    let pem = std::fs::read(&a.ca).with_context(|| format!("cannot read {}", a.ca.display()))?;
+    anyhow::ensure!(
+        pem.len() <= fwdelta_device::MAX_SERVER_CA_LEN,
+        "{} is over {} bytes",
+        a.ca.display(),
+        fwdelta_device::MAX_SERVER_CA_LEN
+    );
+    let certs = crate::fetch_cmd::parse_pem_certificates(&pem)
+        .with_context(|| format!("cannot pin {}", a.ca.display()))?;
+    fwdelta_fetch::pinned_tls(&certs)
+        .with_context(|| format!("cannot pin {}: not a usable authority", a.ca.display()))?;
+    let mut dev = open(&a.dir)?;
+    dev.pin_server_ca(&pem, a.now.unwrap_or_else(unix_now))?;
+    eprintln!(
+        "{}: server authority pinned ({} certificate(s), BLAKE3 {})",
+        a.dir.display(),
+        certs.len(),
+        &blake3::hash(&pem).to_hex()[..16]
+    );
+    Ok(())
+}
+
 /// `fwdelta confirm` / `fwdelta rollback`.
 #[derive(Args)]
 pub struct DeviceArgs {
@@ -206,6 +244,15 @@ fn describe(e: &Value) -> String {
             }
         ),
         "refused" => format!("{time} refused    {} ({})", s("new_version"), s("reason")),
+        "fetch-failed" => format!(
+            "{time} fetch failed {} (try {}, {} bytes downloaded, {} resumes: {})",
+            s("patch_file"),
+            e["try"],
+            e["bytes_downloaded"],
+            e["resumes"],
+            s("reason")
+        ),
+        "server-pinned" => format!("{time} server authority pinned ({})", s("server_ca_blake3")),
         "confirmed" => format!("{time} confirmed  {}", s("new_version")),
         "rolled-back" => format!("{time} rolled back {}", s("abandoned_version")),
         other => format!("{time} {other} {e}"),

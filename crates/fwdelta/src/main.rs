@@ -5,6 +5,7 @@
 
 mod bench;
 mod device_cmd;
+mod fetch_cmd;
 mod input;
 mod peak_memory;
 mod release_cmd;
@@ -63,6 +64,19 @@ mod exit {
     pub const UPDATE_LOST: u8 = 14;
     /// The output's filesystem has too little free space for the new image.
     pub const NO_SPACE: u8 = 15;
+    /// `fetch`: the server could not be reached, or the download broke,
+    /// stalled or ran out of time, after every retry.
+    pub const NETWORK: u8 = 16;
+    /// `fetch`: the server broke HTTP or its own word (a malformed head, a
+    /// Content-Range that is not the range asked for, more bytes than
+    /// announced, no length, a redirect loop, a redirect to another host).
+    pub const SERVER: u8 = 17;
+    /// `fetch`: the channel is not trusted (the TLS certificate does not
+    /// chain to the pinned authority, plain HTTP not allowed, no pin).
+    pub const CHANNEL: u8 = 18;
+    /// The manifest is malformed (not JSON of the documented form) or over
+    /// its size cap.
+    pub const BAD_MANIFEST: u8 = 19;
 }
 
 #[derive(Parser)]
@@ -110,6 +124,14 @@ enum Cmd {
     Rollback(device_cmd::DeviceArgs),
     /// Print the device's update history.
     History(device_cmd::HistoryArgs),
+    /// Update from a server: read the release manifest at URL, verify it,
+    /// stream the patch for OLD over HTTP(S) into the applier, resuming
+    /// after cuts, and write the verified new image to -o.
+    #[command(after_help = "Examples:\n  \
+        fwdelta device pin-server /var/lib/fwdelta --ca server-ca.pem\n  \
+        fwdelta fetch --device /var/lib/fwdelta https://updates.example/acme/manifest.json current.bin -o next.bin\n  \
+        fwdelta fetch --trust release.pub --allow-http http://127.0.0.1:8080/manifest.json current.bin -o next.bin")]
+    Fetch(fetch_cmd::FetchArgs),
     /// Key rotation: make a statement, or add a key to a device by one.
     #[command(subcommand)]
     Trust(TrustCmd),
@@ -130,6 +152,9 @@ enum DeviceCmd {
         --trust release.pub --version 4.1 --counter 6"
     )]
     Init(device_cmd::InitArgs),
+    /// Pin the update server's TLS authority (a PEM certificate: its CA, or
+    /// its own self-signed certificate); `fetch` trusts no other.
+    PinServer(device_cmd::PinServerArgs),
 }
 
 #[derive(Subcommand)]
@@ -377,6 +402,8 @@ fn main() -> ExitCode {
         Cmd::Sign(a) => signing_cmd::cmd_sign(&a),
         Cmd::Digest(a) => signing_cmd::cmd_digest(&a),
         Cmd::Device(DeviceCmd::Init(a)) => device_cmd::cmd_init(&a),
+        Cmd::Device(DeviceCmd::PinServer(a)) => device_cmd::cmd_pin_server(&a),
+        Cmd::Fetch(a) => fetch_cmd::cmd_fetch(&a),
         Cmd::Confirm(a) => device_cmd::cmd_confirm(&a),
         Cmd::Rollback(a) => device_cmd::cmd_rollback(&a),
         Cmd::History(a) => device_cmd::cmd_history(&a),
@@ -450,8 +477,24 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
                 M::PatchMismatch { .. } | M::WrongNewImage { .. } => exit::BAD_PATCH,
                 M::NoEntry(_) => exit::WRONG_OLD_IMAGE,
                 M::Unsupported(_) => exit::UNSUPPORTED,
+                M::Malformed(_) => exit::BAD_MANIFEST,
                 _ => exit::FAILURE,
             };
+        }
+        if let Some(f) = cause.downcast_ref::<fwdelta_fetch::FetchError>() {
+            use fwdelta_fetch::FetchError as F;
+            return match f {
+                F::PinMismatch { .. } | F::PlainHttpRefused { .. } | F::NoPin { .. } => {
+                    exit::CHANNEL
+                }
+                F::Misbehaved { .. } | F::ForeignHost { .. } => exit::SERVER,
+                F::NotTheManifests { .. } | F::Changed { .. } => exit::BAD_PATCH,
+                F::BadUrl { .. } => exit::FAILURE,
+                _ => exit::NETWORK,
+            };
+        }
+        if cause.downcast_ref::<fetch_cmd::FetchFailed>().is_some() {
+            return exit::NETWORK;
         }
         if let Some(fwdelta_diff::patch_signer::SignError::Patch(_)) =
             cause.downcast_ref::<fwdelta_diff::patch_signer::SignError>()

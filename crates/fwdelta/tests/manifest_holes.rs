@@ -15,6 +15,8 @@ mod release_fixture;
 use release_fixture::*;
 
 const EXIT_FAILURE: i32 = 1;
+/// The manifest is malformed (README's exit code table).
+const EXIT_BAD_MANIFEST: i32 = 19;
 const EXIT_BAD_PATCH: i32 = 3;
 
 /// Point the (unsigned, so editable) manifest's entry for `old` at `file`
@@ -227,7 +229,7 @@ fn control_characters_in_a_manifest_are_refused_in_one_line() {
             serde_json::to_vec_pretty(&m).unwrap(),
         )
         .unwrap();
-        let run = f.apply("out", &old, "new", &[]).error(EXIT_FAILURE);
+        let run = f.apply("out", &old, "new", &[]).error(EXIT_BAD_MANIFEST);
         assert!(!run.stderr.contains('\u{1b}'), "{which}: {:?}", run.stderr);
         assert!(
             run.stderr.contains("malformed manifest"),
