@@ -279,3 +279,47 @@ fn decoders_at_once_stay_within_the_memory_limit() {
     );
     assert_eq!(parallel_threads(&header, &with(each * 100), 1), 1);
 }
+
+/// REVIEW (hole): the streaming applier hands the sink the last segment's
+/// checkpoint only after the new image's hash matched (the last segment of
+/// an unsigned patch has no check: `Sink::segment_done` promises "the last
+/// segment ... verified by the new image's hash"). apply_parallel gives it
+/// first (parallel_apply.rs: segment_done in the in-order loop, the
+/// `header.new_hash` comparison only after the scope), so a damaged last
+/// segment that still decodes gets a checkpoint claiming the whole image
+/// (next_segment == segment_count) before NewHashMismatch: a sink that
+/// commits on its last checkpoint (an A/B slot switch) commits a wrong image,
+/// and a power cut in between leaves a checkpoint of unverified bytes.
+#[test]
+fn review_no_checkpoint_for_an_unverified_last_segment() {
+    let (old, _, patch) = pair("fw-x86-64");
+    let info = fwdelta_apply::inspect(&patch[..]).unwrap();
+    let count = info.header.segment_count;
+    let last_at = patch.len() - info.segments.last().unwrap().payload_len as usize;
+    let mut tried = 0;
+    for at in last_at..patch.len() {
+        let mut bad = patch.clone();
+        bad[at] ^= 0x10;
+        // Only damage that decodes and is caught by the new image's hash.
+        if !matches!(
+            streaming(&old, &bad, ApplyOptions::default()),
+            Err(ApplyError::NewHashMismatch)
+        ) {
+            continue;
+        }
+        tried += 1;
+        let mut rec = Recorder::default();
+        let err = parallel(&old, &bad, ApplyOptions::default(), 2, &mut rec).unwrap_err();
+        assert!(matches!(err, ApplyError::NewHashMismatch), "{err}");
+        let last = rec.checkpoints.last().map(|c| c.next_segment);
+        assert!(
+            last < Some(count),
+            "flip at {at}: the sink was given the final checkpoint (segment {count} of {count}) \
+             of an image that then failed its hash"
+        );
+    }
+    assert!(
+        tried > 0,
+        "no flip in the last segment decoded to a wrong image"
+    );
+}
