@@ -279,3 +279,186 @@ fn decoders_at_once_stay_within_the_memory_limit() {
     );
     assert_eq!(parallel_threads(&header, &with(each * 100), 1), 1);
 }
+
+/// REVIEW (hole): the streaming applier hands the sink the last segment's
+/// checkpoint only after the new image's hash matched (the last segment of
+/// an unsigned patch has no check: `Sink::segment_done` promises "the last
+/// segment ... verified by the new image's hash"). apply_parallel gives it
+/// first (parallel_apply.rs: segment_done in the in-order loop, the
+/// `header.new_hash` comparison only after the scope), so a damaged last
+/// segment that still decodes gets a checkpoint claiming the whole image
+/// (next_segment == segment_count) before NewHashMismatch: a sink that
+/// commits on its last checkpoint (an A/B slot switch) commits a wrong image,
+/// and a power cut in between leaves a checkpoint of unverified bytes.
+#[test]
+fn review_no_checkpoint_for_an_unverified_last_segment() {
+    let (old, _, patch) = pair("fw-x86-64");
+    let info = fwdelta_apply::inspect(&patch[..]).unwrap();
+    let count = info.header.segment_count;
+    let last_at = patch.len() - info.segments.last().unwrap().payload_len as usize;
+    let mut tried = 0;
+    for at in last_at..patch.len() {
+        let mut bad = patch.clone();
+        bad[at] ^= 0x10;
+        // Only damage that decodes and is caught by the new image's hash.
+        if !matches!(
+            streaming(&old, &bad, ApplyOptions::default()),
+            Err(ApplyError::NewHashMismatch)
+        ) {
+            continue;
+        }
+        tried += 1;
+        let mut rec = Recorder::default();
+        let err = parallel(&old, &bad, ApplyOptions::default(), 2, &mut rec).unwrap_err();
+        assert!(matches!(err, ApplyError::NewHashMismatch), "{err}");
+        let last = rec.checkpoints.last().map(|c| c.next_segment);
+        assert!(
+            last < Some(count),
+            "flip at {at}: the sink was given the final checkpoint (segment {count} of {count}) \
+             of an image that then failed its hash"
+        );
+    }
+    assert!(
+        tried > 0,
+        "no flip in the last segment decoded to a wrong image"
+    );
+}
+
+/// REVIEW (coverage): degenerate patches through apply_parallel give what
+/// the streaming applier gives: an empty new image (0 segments), an empty
+/// old image, an in-place patch (refused: wrong mode), at 1 and 4 threads.
+#[test]
+fn review_degenerate_patches_match_streaming() {
+    let (old, new, _) = pair("fw-cortex-m4");
+    let opts = Options {
+        segment_cost: 400,
+        level: 3,
+        ..Options::default()
+    };
+    let in_place = Options {
+        in_place: Some(12),
+        ..opts.clone()
+    };
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        (
+            "empty new",
+            old.clone(),
+            diff(&old, &[], &opts).unwrap().bytes,
+        ),
+        (
+            "empty old",
+            Vec::new(),
+            diff(&[], &new, &opts).unwrap().bytes,
+        ),
+        (
+            "empty both",
+            Vec::new(),
+            diff(&[], &[], &opts).unwrap().bytes,
+        ),
+        (
+            "in place",
+            old.clone(),
+            diff(&old, &new, &in_place).unwrap().bytes,
+        ),
+    ];
+    for (what, old, patch) in cases {
+        let want = streaming(&old, &patch, ApplyOptions::default());
+        for threads in [1, 4] {
+            let mut rec = Recorder::default();
+            let got = parallel(&old, &patch, ApplyOptions::default(), threads, &mut rec);
+            match (&want, got) {
+                (Ok(r), Ok(out)) => {
+                    assert_eq!(r.out, out, "{what}, {threads}");
+                    assert_eq!(r.checkpoints, rec.checkpoints, "{what}, {threads}");
+                }
+                (Err(w), Err(g)) => assert_eq!(w.class(), g.class(), "{what}: {w} / {g}"),
+                (w, g) => panic!(
+                    "{what}, {threads}: streaming {:?}, parallel {:?}",
+                    w.as_ref().err(),
+                    g.err()
+                ),
+            }
+        }
+    }
+}
+
+/// REVIEW (hole, low): apply_parallel's doc says the error is "the one the
+/// streaming applier would give for the first failing segment", but the walk
+/// (inspect_each, all checks) runs before any segment is decoded, so a patch
+/// whose segment 1 fails to decode (its check intact: an unsigned check is
+/// no secret) and whose segment 3 has a damaged check is reported at segment
+/// 3 by the parallel applier and at segment 1 by the streaming one.
+#[test]
+fn review_error_names_the_first_failing_segment() {
+    use fwdelta_format::{chain::seal_patch, check_of, Codec, Layout, Record};
+    let old = vec![7u8; 16];
+    let new: Vec<u8> = (0..5u8).collect();
+    let lit = |b: u8, copy: u64| {
+        let mut p = Vec::new();
+        Record {
+            copy_len: copy,
+            diff_len: 0,
+            literal_len: 1,
+            seek: 0,
+        }
+        .encode_head(&mut p);
+        p.push(b);
+        p
+    };
+    // Segment 1 copies 100 old bytes into a 1-byte segment: a decode fault.
+    let payloads: Vec<Vec<u8>> = (0..5u8)
+        .map(|i| lit(i, if i == 1 { 100 } else { 0 }))
+        .collect();
+    let mut header = Header {
+        flags: 0,
+        old_len: old.len() as u64,
+        old_check: check_of(&old),
+        new_len: new.len() as u64,
+        new_hash: *blake3::hash(&new).as_bytes(),
+        codec: Codec::Stored,
+        window_log: 10,
+        layout: Layout::Interleaved,
+        segment_count: 5,
+        apply_memory: 0,
+        cell_log: None,
+        code_refs: None,
+        literal_filter: None,
+        release: None,
+    };
+    header.apply_memory = header.memory_floor();
+    let mut patch = seal_patch(
+        &header,
+        payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64, 1u64, 0u64, &p[..])),
+    );
+    // Segment 3's stored check ends where segment 4 starts.
+    let mut at4 = None;
+    fwdelta_apply::inspect_each(&patch[..], |s, at| {
+        if s.index == 4 {
+            at4 = Some(at)
+        }
+    })
+    .unwrap();
+    patch[at4.unwrap() as usize - 1] ^= 1;
+    let want = streaming(&old, &patch, ApplyOptions::default())
+        .err()
+        .unwrap();
+    let got = parallel(
+        &old,
+        &patch,
+        ApplyOptions::default(),
+        2,
+        &mut Recorder::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(want, ApplyError::CorruptSegment { index: 1, .. }),
+        "streaming: {want}"
+    );
+    assert!(
+        matches!(got, ApplyError::CorruptSegment { index: 1, .. }),
+        "streaming: {want}; parallel: {got}"
+    );
+}
