@@ -501,6 +501,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 .judge(&start.header, &start.header_bytes, start.section.as_ref())?;
         self.chain = start.header_hash;
         let header = &start.header;
+        crate::payload_decoder::check_codec_built(header.codec)?;
         verify_old(self.interp.old_image(), self.interp.scratch(), header)?;
         let predictor = header
             .code_refs

@@ -98,6 +98,10 @@ pub enum ApplyError {
     /// The patch is for the other apply mode (in-place vs. to a new file).
     #[error("{0}")]
     WrongMode(&'static str),
+    /// The patch's payload codec was left out of this build (its cargo
+    /// feature, `lzma` or `zstd`, is off).
+    #[error("patch uses the {0} codec, which this applier was built without")]
+    UnsupportedCodec(&'static str),
     /// The decoder could not be created or configured (typically out of memory).
     #[error("cannot set up the decoder: {0}")]
     Decoder(String),
@@ -253,7 +257,7 @@ impl ApplyError {
                 | FormatError::UnknownLayout(_)
                 | FormatError::UnknownCriticalExtension(_),
             ) => ErrorClass::Unsupported,
-            WrongMode(_) => ErrorClass::Unsupported,
+            WrongMode(_) | UnsupportedCodec(_) => ErrorClass::Unsupported,
             Format(_)
             | Truncated { .. }
             | CorruptSegment { .. }

@@ -26,6 +26,8 @@
 //! [`ApplyError`]; output already handed to the sink must then be discarded
 //! (the [`AtomicFile`] sink does that by itself).
 
+extern crate alloc;
+
 pub mod aligned_sink;
 mod applier;
 pub mod atomic_file;
