@@ -26,19 +26,41 @@
 //! [`ApplyError`]; output already handed to the sink must then be discarded
 //! (the [`AtomicFile`] sink does that by itself).
 
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
+
 extern crate alloc;
 
+/// What std's prelude would give every module (the core is `no_std`).
+mod prelude {
+    #[allow(unused_imports)]
+    pub(crate) use alloc::{
+        borrow::ToOwned,
+        boxed::Box,
+        format,
+        string::{String, ToString},
+        vec,
+        vec::Vec,
+    };
+}
+
+#[cfg(feature = "std")]
 pub mod aligned_sink;
 mod applier;
+#[cfg(feature = "std")]
 pub mod atomic_file;
 mod error;
+#[cfg(feature = "std")]
 pub mod in_place;
+#[cfg(feature = "std")]
 pub mod inspect;
+mod io_error;
 mod patch_reader;
 mod payload_decoder;
 mod predicted_old;
 mod record_interpreter;
+#[cfg(feature = "std")]
 pub mod resumable_file;
+#[cfg(feature = "std")]
 pub mod side_file;
 pub mod sink;
 pub mod source;
@@ -46,19 +68,32 @@ mod split_source;
 mod stream_source;
 pub mod trust_policy;
 
+#[cfg(feature = "std")]
 pub use aligned_sink::{AlignedSink, BlockWriter};
-pub use applier::{apply, Applier, ApplyOptions, ApplyReport};
+#[cfg(feature = "std")]
+pub use applier::apply;
+pub use applier::{Applier, ApplyOptions, ApplyReport};
+#[cfg(feature = "std")]
 pub use atomic_file::AtomicFile;
 pub use error::{ApplyError, ErrorClass, PatchPart, UpdateLost};
+#[cfg(feature = "std")]
 pub use in_place::{
     apply_in_place, apply_in_place_with, FileJournal, FileRegion, Journal, MemRegion, NoJournal,
     Region,
 };
+#[cfg(feature = "std")]
 pub use inspect::{inspect, inspect_each, PatchInfo, PatchSummary};
+pub use io_error::IoError;
+#[cfg(feature = "std")]
 pub use resumable_file::ResumableFile;
+#[cfg(feature = "std")]
 pub use side_file::{SideFileError, TargetLock};
-pub use sink::{Sink, WriteSink};
-pub use source::{FileImage, OldImage};
+pub use sink::Sink;
+#[cfg(feature = "std")]
+pub use sink::WriteSink;
+#[cfg(feature = "std")]
+pub use source::FileImage;
+pub use source::OldImage;
 pub use trust_policy::{TrustPolicy, Verdict};
 
 /// Size of each of the applier's fixed working buffers.

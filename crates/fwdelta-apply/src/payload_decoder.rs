@@ -10,6 +10,8 @@
 //! is accepted, before the old image is read.
 
 use crate::error::ApplyError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 #[cfg(feature = "lzma")]
 use alloc::alloc::{alloc, dealloc, Layout};
 #[cfg(any(feature = "lzma", feature = "zstd"))]

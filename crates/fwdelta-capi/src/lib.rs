@@ -23,9 +23,8 @@ use arena::{Arena, Enter};
 use core::ffi::{c_char, c_int, c_void};
 use core::fmt::Write as _;
 use core::ptr;
-use fwdelta_apply::{Applier, ApplyError, ApplyOptions, ErrorClass, OldImage, Sink};
+use fwdelta_apply::{Applier, ApplyError, ApplyOptions, ErrorClass, IoError, OldImage, Sink};
 use fwdelta_format::{Checkpoint, MemoryModel, SegmentHeader, MAX_IMAGE_LEN};
-use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Success.
@@ -108,20 +107,19 @@ pub struct fwd_io {
 /// The old image, read through `read_old`.
 struct CallbackImage(fwd_io);
 
-fn callback_failed(what: &str, rc: c_int) -> io::Error {
-    io::Error::other(format!("{what} callback returned {rc}"))
-}
-
 impl OldImage for CallbackImage {
     fn len(&self) -> u64 {
         self.0.old_len
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let f = self.0.read_old.ok_or(io::ErrorKind::Unsupported)?;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let f = self
+            .0
+            .read_old
+            .ok_or(IoError::new("no read_old callback"))?;
         // SAFETY: the caller's callback, with a live buffer of `buf.len()`.
         match unsafe { f(self.0.ctx, offset, buf.as_mut_ptr(), buf.len()) } {
             0 => Ok(()),
-            rc => Err(callback_failed("read_old", rc)),
+            rc => Err(IoError::code("the read_old callback", rc)),
         }
     }
 }
@@ -130,19 +128,22 @@ impl OldImage for CallbackImage {
 struct CallbackSink(fwd_io);
 
 impl Sink for CallbackSink {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        let f = self.0.write_new.ok_or(io::ErrorKind::Unsupported)?;
+    fn write(&mut self, data: &[u8]) -> Result<(), IoError> {
+        let f = self
+            .0
+            .write_new
+            .ok_or(IoError::new("no write_new callback"))?;
         // SAFETY: the caller's callback, with a live slice.
         match unsafe { f(self.0.ctx, data.as_ptr(), data.len()) } {
             0 => Ok(()),
-            rc => Err(callback_failed("write_new", rc)),
+            rc => Err(IoError::code("the write_new callback", rc)),
         }
     }
     fn segment_done(
         &mut self,
         _segment: &SegmentHeader,
         checkpoint: &Checkpoint,
-    ) -> io::Result<()> {
+    ) -> Result<(), IoError> {
         let Some(f) = self.0.persist else {
             return Ok(());
         };
@@ -150,27 +151,7 @@ impl Sink for CallbackSink {
         // SAFETY: the caller's callback, with a live array.
         match unsafe { f(self.0.ctx, bytes.as_ptr(), bytes.len()) } {
             0 => Ok(()),
-            rc => Err(callback_failed("persist", rc)),
-        }
-    }
-}
-
-/// The new bytes written before a cut, read back through `read_new`.
-struct ReadBack {
-    io: fwd_io,
-    at: u64,
-}
-
-impl io::Read for ReadBack {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let f = self.io.read_new.ok_or(io::ErrorKind::Unsupported)?;
-        // SAFETY: the caller's callback, with a live buffer.
-        match unsafe { f(self.io.ctx, self.at, buf.as_mut_ptr(), buf.len()) } {
-            0 => {
-                self.at += buf.len() as u64;
-                Ok(buf.len())
-            }
-            rc => Err(callback_failed("read_new", rc)),
+            rc => Err(IoError::code("the persist callback", rc)),
         }
     }
 }
@@ -397,9 +378,21 @@ pub unsafe extern "C" fn fwd_applier_resume(
             Ok(cp) => cp,
             Err(e) => return app.fail(&ApplyError::from(e)),
         };
-        let back = ReadBack { io: app.io, at: 0 };
+        let (io, mut at) = (app.io, 0u64);
+        let read_back = |buf: &mut [u8]| {
+            let f = io.read_new.ok_or(IoError::new("no read_new callback"))?;
+            // SAFETY: the caller's callback, with a live buffer.
+            match unsafe { f(io.ctx, at, buf.as_mut_ptr(), buf.len()) } {
+                0 => {
+                    at += buf.len() as u64;
+                    Ok(buf.len())
+                }
+                rc => Err(IoError::code("the read_new callback", rc)),
+            }
+        };
         let sink = CallbackSink(app.io);
-        match Applier::resume(app.old(), sink, app.opts.clone(), start, &cp, back) {
+        let opts = app.opts.clone();
+        match Applier::resume_with(app.old(), sink, opts, start, &cp, read_back) {
             Ok(run) => {
                 app.claim = run.header().map_or(0, |h| h.apply_memory);
                 app.state = State::Running(Box::new(run));

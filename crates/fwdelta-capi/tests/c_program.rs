@@ -38,31 +38,34 @@ fn staticlib() -> PathBuf {
     lib
 }
 
-/// Compile the C program once (per test binary) with `cc`.
+/// Compile the C program against `lib`, as `name`.
+fn compile(lib: &Path, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi");
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    let exe = dir.join(format!("{name}-{}", std::process::id()));
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-g"])
+        .arg("-I")
+        .arg(manifest.join("include"))
+        .arg(manifest.join("tests/c/apply_test.c"))
+        .arg(lib)
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe)
+        .output()
+        .expect("cannot run cc (install a C compiler: apt-get install build-essential)");
+    assert!(
+        out.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// The C program, compiled once (per test binary) against this build.
 fn program() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi");
-        std::fs::create_dir_all(&dir).expect("scratch directory");
-        let exe = dir.join(format!("apply_test-{}", std::process::id()));
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("cc")
-            .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-g"])
-            .arg("-I")
-            .arg(manifest.join("include"))
-            .arg(manifest.join("tests/c/apply_test.c"))
-            .arg(staticlib())
-            .args(["-lpthread", "-ldl", "-lm", "-o"])
-            .arg(&exe)
-            .output()
-            .expect("cannot run cc (install a C compiler: apt-get install build-essential)");
-        assert!(
-            out.status.success(),
-            "cc failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        exe
-    })
+    BUILT.get_or_init(|| compile(&staticlib(), "apply_test"))
 }
 
 struct Case {
@@ -102,13 +105,26 @@ impl Case {
         chunk: usize,
         extra: &[String],
     ) -> Output {
+        self.run_with(program(), wrapper, mode, arena, chunk, extra)
+    }
+
+    /// [`Case::run`] with the program `exe`.
+    fn run_with(
+        &self,
+        exe: &Path,
+        wrapper: &[&str],
+        mode: &str,
+        arena: u64,
+        chunk: usize,
+        extra: &[String],
+    ) -> Output {
         let mut cmd = match wrapper.split_first() {
             Some((w, rest)) => {
                 let mut c = Command::new(w);
-                c.args(rest).arg(program());
+                c.args(rest).arg(exe);
                 c
             }
-            None => Command::new(program()),
+            None => Command::new(exe),
         };
         cmd.arg(mode)
             .arg(self.path("old"))
@@ -361,5 +377,50 @@ fn c_program_is_clean_under_valgrind() {
     assert!(out.status.success(), "{}", text(&out));
     let cut = (case.patch_len / 2).to_string();
     let out = case.run(&vg, "resume", 5 << 20, 1000, &[cut]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// The library built without the zstd feature (into `target/no-std`, as
+/// the no_std build test does) refuses a zstd patch from its header with
+/// FWD_ERR_UNSUPPORTED (6), and still applies an LZMA2 one.
+#[test]
+fn c_library_without_zstd_refuses_zstd_patches_as_unsupported() {
+    let target = repo().join("target/no-std");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(repo())
+        .args([
+            "build",
+            "-p",
+            "fwdelta-capi",
+            "--no-default-features",
+            "--features",
+            "lzma",
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exe = compile(
+        &target.join("debug/libfwdelta_capi.a"),
+        "apply_test_lzma_only",
+    );
+
+    let zstd = Case::new("fw-x86-64", &opts(Codec::Zstd, None, 4 << 20));
+    let out = zstd.run_with(&exe, &[], "apply", 5 << 20, 4096, &[]);
+    assert_eq!(out.status.code(), Some(106), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("zstd codec"),
+        "{}",
+        text(&out)
+    );
+
+    let lzma = Case::new("fw-x86-64", &opts(Codec::Lzma2, None, 4 << 20));
+    let out = lzma.run_with(&exe, &[], "apply", 5 << 20, 4096, &[]);
     assert!(out.status.success(), "{}", text(&out));
 }
