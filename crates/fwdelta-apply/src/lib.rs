@@ -1,7 +1,14 @@
 //! Terminal-side fwdelta applier.
 //!
 //! Small and generator-free: it depends on the container crate, the `liblzma`
-//! and `zstd` decoders and `blake3` only. Memory is bounded by the patch's declared decoder window
+//! and `zstd` decoders and `blake3` only.
+//!
+//! Features: `std` (default) adds the file and OS adapters ([`FileImage`],
+//! [`AtomicFile`], [`ResumableFile`], side files and locks, in-place files
+//! and journals, [`inspect()`], pull-mode [`apply`]); without it the crate is
+//! `#![no_std]` + `alloc` (push-mode [`Applier`], [`OldImage`], [`Sink`],
+//! [`IoError`]). `lzma` and `zstd` (default) are the payload codecs; a patch
+//! whose codec is left out is refused with [`ApplyError::UnsupportedCodec`]. Memory is bounded by the patch's declared decoder window
 //! plus fixed 16 KiB buffers, whatever the image sizes (see
 //! [`fwdelta_format::MemoryModel`]).
 //!

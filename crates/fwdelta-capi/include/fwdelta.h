@@ -49,6 +49,12 @@
 #define FWD_ERR_UNSUPPORTED 6
 
 /*
+ In place: the journal lost both copies of what it needed while the
+ image was half written; the image is neither version (reflash it).
+ */
+#define FWD_ERR_UPDATE_LOST 14
+
+/*
  On a resume: the new-image bytes read back do not match the checkpoint.
  Start over with [`fwd_applier_new`] and feed the patch from its start.
  */
@@ -121,6 +127,69 @@ typedef struct {
    */
   int (*read_new)(void *ctx, uint64_t offset, uint8_t *buf, size_t len);
 } fwd_io;
+
+/*
+ The caller's storage for an in-place update. Each callback returns 0 on
+ success; anything else fails the apply with `FWD_ERR_IO` (the journal
+ lets a later call finish it).
+ */
+typedef struct {
+  /*
+   Passed to every callback.
+   */
+  void *ctx;
+  /*
+   The patch's length in bytes.
+   */
+  uint64_t patch_len;
+  /*
+   Fill `buf[0..len]` with the patch's bytes at `offset` (inside
+   `0..patch_len`; the patch is read twice: verified whole, then applied).
+   */
+  int (*read_patch)(void *ctx, uint64_t offset, uint8_t *buf, size_t len);
+  /*
+   Store the region's current length (the image's) in `*len`.
+   */
+  int (*region_len)(void *ctx, uint64_t *len);
+  /*
+   Fill `buf[0..len]` from the region at `offset`.
+   */
+  int (*region_read)(void *ctx, uint64_t offset, uint8_t *buf, size_t len);
+  /*
+   Write `data[0..len]` to the region at `offset`.
+   */
+  int (*region_write)(void *ctx, uint64_t offset, const uint8_t *data, size_t len);
+  /*
+   Make the region `len` bytes long (a fixed partition may ignore it if
+   `len` fits).
+   */
+  int (*region_set_len)(void *ctx, uint64_t len);
+  /*
+   Make everything written to the region durable.
+   */
+  int (*region_sync)(void *ctx);
+  /*
+   Journal slot `slot` (0 or 1): store its length in `*len` and, if it
+   is at most `cap`, its bytes in `buf[0..len]` (`buf` is null when
+   `cap` is 0). An empty or absent slot has length 0.
+   */
+  int (*slot_read)(void *ctx, int slot, uint8_t *buf, size_t cap, size_t *len);
+  /*
+   Durably replace slot `slot` with `record[0..record_len]` followed by
+   `cell[0..cell_len]`. A power loss part-way may damage that slot,
+   never the other.
+   */
+  int (*slot_write)(void *ctx,
+                    int slot,
+                    const uint8_t *record,
+                    size_t record_len,
+                    const uint8_t *cell,
+                    size_t cell_len);
+  /*
+   Empty both slots (the update finished).
+   */
+  int (*slot_clear)(void *ctx);
+} fwd_in_place_io;
 
 #ifdef __cplusplus
 extern "C" {
@@ -243,6 +312,32 @@ int fwd_checkpoint_offsets(const uint8_t *checkpoint,
  A static, NUL-terminated name for an `FWD_*` code.
  */
 const char *fwd_strerror(int code);
+
+/*
+ Rewrite the region holding the old image into the new image, in place,
+ from the in-place patch the callbacks read (made with `fwdelta diff
+ --in-place`). Verifies the patch, the old image and a dry run of the
+ result before the first write; journals every cell in the two slots, so
+ after a power loss calling it again (same patch, same slots) finishes
+ the update; an image that already is the new one is success. All
+ allocation comes from `arena[0..arena_len]` (see `fwd_applier_new`);
+ `max_new_len` as there. On failure, a one-line reason is written to
+ `message[0..message_len]` (NUL-terminated; may be null).
+
+ Returns `FWD_OK`, or the codes of `fwd_applier_feed`, or
+ `FWD_ERR_UPDATE_LOST` when both journal copies needed are gone while the
+ image is half written (reflash).
+
+ # Safety
+ `io` valid; `arena` writable for `arena_len` bytes; `message` writable
+ for `message_len` bytes or null.
+ */
+int fwd_apply_in_place(const fwd_in_place_io *io,
+                       void *arena,
+                       size_t arena_len,
+                       uint64_t max_new_len,
+                       uint8_t *message,
+                       size_t message_len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -11,6 +11,8 @@
 //! its old image is read. Panics never cross the interface
 //! ([`FWD_ERR_INTERNAL`]).
 //!
+//! In-place updates (single-slot flash): [`in_place::fwd_apply_in_place`].
+//!
 //! Signatures and release rules are not checked through this interface
 //! (no trust policy is passed): a device that needs them must verify the
 //! patch before feeding it, or use the Rust API.
@@ -18,6 +20,7 @@
 #![allow(non_camel_case_types)]
 
 pub mod arena;
+pub mod in_place;
 
 use arena::{Arena, Enter};
 use core::ffi::{c_char, c_int, c_void};
@@ -25,6 +28,7 @@ use core::fmt::Write as _;
 use core::ptr;
 use fwdelta_apply::{Applier, ApplyError, ApplyOptions, ErrorClass, IoError, OldImage, Sink};
 use fwdelta_format::{Checkpoint, MemoryModel, SegmentHeader, MAX_IMAGE_LEN};
+pub use in_place::fwd_in_place_io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Success.
@@ -46,6 +50,9 @@ pub const FWD_ERR_LIMITS: c_int = 5;
 /// The patch uses a format version, flag, layout or codec this build does
 /// not read (e.g. a codec compiled out).
 pub const FWD_ERR_UNSUPPORTED: c_int = 6;
+/// In place: the journal lost both copies of what it needed while the
+/// image was half written; the image is neither version (reflash it).
+pub const FWD_ERR_UPDATE_LOST: c_int = 14;
 /// On a resume: the new-image bytes read back do not match the checkpoint.
 /// Start over with [`fwd_applier_new`] and feed the patch from its start.
 pub const FWD_ERR_PARTIAL_DAMAGED: c_int = 16;
@@ -71,7 +78,7 @@ pub const FWD_CHECKPOINT_LEN: usize = 132;
 const _: () = assert!(FWD_CHECKPOINT_LEN == Checkpoint::LEN);
 
 /// Length of the detail message buffer (NUL included).
-const MESSAGE_LEN: usize = 256;
+pub(crate) const MESSAGE_LEN: usize = 256;
 
 /// The caller's I/O callbacks. Each returns 0 on success; anything else
 /// fails the apply with [`FWD_ERR_IO`].
@@ -214,7 +221,7 @@ impl core::fmt::Write for Fixed<'_> {
     }
 }
 
-fn set_message(buf: &mut [u8; MESSAGE_LEN], args: core::fmt::Arguments<'_>) {
+pub(crate) fn set_message(buf: &mut [u8; MESSAGE_LEN], args: core::fmt::Arguments<'_>) {
     let mut w = Fixed { buf, len: 0 };
     let _ = w.write_fmt(args);
     let end = w.len;
@@ -222,7 +229,7 @@ fn set_message(buf: &mut [u8; MESSAGE_LEN], args: core::fmt::Arguments<'_>) {
 }
 
 /// The C code of an applier error.
-fn code_of(e: &ApplyError) -> c_int {
+pub(crate) fn code_of(e: &ApplyError) -> c_int {
     if matches!(e, ApplyError::PartialOutputDamaged { .. }) {
         return FWD_ERR_PARTIAL_DAMAGED;
     }
@@ -231,6 +238,7 @@ fn code_of(e: &ApplyError) -> c_int {
         ErrorClass::Unsupported => FWD_ERR_UNSUPPORTED,
         ErrorClass::WrongOldImage => FWD_ERR_WRONG_OLD,
         ErrorClass::Limits => FWD_ERR_LIMITS,
+        ErrorClass::UpdateLost => FWD_ERR_UPDATE_LOST,
         _ => FWD_ERR_IO,
     }
 }
@@ -575,6 +583,7 @@ pub extern "C" fn fwd_strerror(code: c_int) -> *const c_char {
         FWD_ERR_UNSUPPORTED => {
             c"the patch uses a version, layout or codec this build does not read"
         }
+        FWD_ERR_UPDATE_LOST => c"the in-place update cannot go on: the image is neither version",
         FWD_ERR_PARTIAL_DAMAGED => {
             c"the partial new image does not match its checkpoint: start over"
         }

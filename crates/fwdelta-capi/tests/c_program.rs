@@ -350,8 +350,61 @@ fn c_program_refuses_bad_input_cleanly() {
     );
 }
 
-/// One ordinary apply and one resumed apply under Valgrind's memcheck: no
-/// invalid access, no uninitialised read, no leak.
+/// In-place patches through `fwd_apply_in_place`: applied whole, and with a
+/// power loss at region writes from the first to the last, after which a
+/// second call with the same region and journal slots finishes the update.
+#[test]
+fn c_program_applies_in_place_patches_and_finishes_after_a_cut() {
+    for pair in ["fw-x86-64", "edge-block-moved"] {
+        let o = Options {
+            in_place: Some(12),
+            ..Options::default()
+        };
+        let case = Case::new(pair, &o);
+        let out = case.run(&[], "inplace", 5 << 20, 0, &[]);
+        assert!(out.status.success(), "{pair}: {}", text(&out));
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let writes: u32 = s
+            .split("writes_before_cut=")
+            .nth(1)
+            .and_then(|w| w.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{pair}: {s}"));
+        assert!(writes >= 4, "{pair}: only {writes} region writes");
+        for cut in [1, 2, writes / 3, writes / 2, writes - 1, writes] {
+            let out = case.run(&[], "inplace", 5 << 20, cut as usize, &[]);
+            assert!(
+                out.status.success(),
+                "{pair} cut at write {cut}: {}",
+                text(&out)
+            );
+            // The cut really stopped the first call (FWD_ERR_IO).
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("first=1 "),
+                "{pair} cut at write {cut}: {}",
+                text(&out)
+            );
+        }
+    }
+    // An ordinary patch is refused by the in-place entry point (6), and an
+    // in-place one for another image (4), the region untouched.
+    let ordinary = Case::new("fw-x86-64", &opts(Codec::Lzma2, None, 4 << 20));
+    let out = ordinary.run(&[], "inplace", 5 << 20, 0, &[]);
+    assert_eq!(out.status.code(), Some(106), "{}", text(&out));
+    let other = Case::new(
+        "fw-cortex-m4",
+        &Options {
+            in_place: Some(12),
+            ..Options::default()
+        },
+    );
+    std::fs::copy(repo().join("testdata/fw-x86-64/old"), other.path("old")).unwrap();
+    let out = other.run(&[], "inplace", 5 << 20, 0, &[]);
+    assert_eq!(out.status.code(), Some(104), "{}", text(&out));
+}
+
+/// One ordinary apply, one resumed apply and one in-place apply cut by a
+/// power loss under Valgrind's memcheck: no invalid access, no
+/// uninitialised read, no leak.
 #[test]
 fn c_program_is_clean_under_valgrind() {
     if Command::new("valgrind").arg("--version").output().is_err() {
@@ -377,6 +430,15 @@ fn c_program_is_clean_under_valgrind() {
     assert!(out.status.success(), "{}", text(&out));
     let cut = (case.patch_len / 2).to_string();
     let out = case.run(&vg, "resume", 5 << 20, 1000, &[cut]);
+    assert!(out.status.success(), "{}", text(&out));
+    let in_place = Case::new(
+        "fw-cortex-m4",
+        &Options {
+            in_place: Some(12),
+            ..Options::default()
+        },
+    );
+    let out = in_place.run(&vg, "inplace", 5 << 20, 3, &[]);
     assert!(out.status.success(), "{}", text(&out));
 }
 

@@ -3,6 +3,7 @@
  *
  *   apply_test apply  OLD PATCH EXPECTED ARENA_LEN CHUNK
  *   apply_test resume OLD PATCH EXPECTED ARENA_LEN CHUNK CUT [damage]
+ *   apply_test inplace OLD PATCH EXPECTED ARENA_LEN CUT_WRITES
  *
  * "apply" feeds the whole patch in CHUNK-byte pieces. "resume" feeds the
  * first CUT bytes, then drops the applier as a power loss would: the new
@@ -11,6 +12,10 @@
  * resumes from that checkpoint (or starts over if none was persisted).
  * With "damage", a byte the checkpoint covers is flipped first, so the
  * resume must refuse with FWD_ERR_PARTIAL_DAMAGED.
+ * "inplace" rewrites a region holding OLD into the new image with
+ * fwd_apply_in_place, journaling in two in-memory slots; with CUT_WRITES > 0
+ * the power fails at that region write (it and every later callback fail),
+ * and a second call with the same region and slots must finish the update.
  *
  * Exit: 0 and "ok ..." when the output equals EXPECTED; 100 + code when
  * the API refused (the message on stdout); 1 for anything else wrong. */
@@ -100,6 +105,158 @@ static int read_new(void *ctx, uint64_t offset, uint8_t *buf, size_t len) {
     return 0;
 }
 
+/* In place: one region (the flash slot) and two journal slots. */
+typedef struct {
+    bytes patch;
+    uint8_t *region;
+    size_t region_len, region_cap;
+    uint8_t *slot[2];
+    size_t slot_len[2];
+    unsigned writes, cut_at;
+    int dead;
+} flash;
+
+static int read_patch(void *ctx, uint64_t offset, uint8_t *buf, size_t len) {
+    flash *f = ctx;
+    if (f->dead || offset > f->patch.len || len > f->patch.len - offset) {
+        return -1;
+    }
+    memcpy(buf, f->patch.data + offset, len);
+    return 0;
+}
+
+static int region_len(void *ctx, uint64_t *len) {
+    flash *f = ctx;
+    *len = f->region_len;
+    return f->dead ? -1 : 0;
+}
+
+static int region_read(void *ctx, uint64_t offset, uint8_t *buf, size_t len) {
+    flash *f = ctx;
+    if (f->dead || offset > f->region_len || len > f->region_len - offset) {
+        return -1;
+    }
+    memcpy(buf, f->region + offset, len);
+    return 0;
+}
+
+static int region_write(void *ctx, uint64_t offset, const uint8_t *data, size_t len) {
+    flash *f = ctx;
+    f->writes++;
+    if (f->cut_at && f->writes == f->cut_at) {
+        f->dead = 1; /* power loss */
+    }
+    if (f->dead || offset > f->region_cap || len > f->region_cap - offset) {
+        return -1;
+    }
+    memcpy(f->region + offset, data, len);
+    if (offset + len > f->region_len) {
+        f->region_len = (size_t)(offset + len);
+    }
+    return 0;
+}
+
+static int region_set_len(void *ctx, uint64_t len) {
+    flash *f = ctx;
+    if (f->dead || len > f->region_cap) {
+        return -1;
+    }
+    f->region_len = (size_t)len;
+    return 0;
+}
+
+static int region_sync(void *ctx) {
+    return ((flash *)ctx)->dead ? -1 : 0;
+}
+
+static int slot_read(void *ctx, int slot, uint8_t *buf, size_t cap, size_t *len) {
+    flash *f = ctx;
+    if (f->dead || slot < 0 || slot > 1) {
+        return -1;
+    }
+    *len = f->slot_len[slot];
+    if (buf && cap >= f->slot_len[slot]) {
+        memcpy(buf, f->slot[slot], f->slot_len[slot]);
+    }
+    return 0;
+}
+
+static int slot_write(void *ctx, int slot, const uint8_t *record, size_t record_len,
+                      const uint8_t *cell, size_t cell_len) {
+    flash *f = ctx;
+    if (f->dead || slot < 0 || slot > 1) {
+        return -1;
+    }
+    uint8_t *p = realloc(f->slot[slot], record_len + cell_len + 1);
+    if (!p) {
+        return -2;
+    }
+    memcpy(p, record, record_len);
+    if (cell_len) {
+        memcpy(p + record_len, cell, cell_len);
+    }
+    f->slot[slot] = p;
+    f->slot_len[slot] = record_len + cell_len;
+    return 0;
+}
+
+static int slot_clear(void *ctx) {
+    flash *f = ctx;
+    if (f->dead) {
+        return -1;
+    }
+    f->slot_len[0] = f->slot_len[1] = 0;
+    return 0;
+}
+
+static int in_place(bytes old, bytes patch, bytes expected, size_t arena_len, unsigned cut_at) {
+    flash f;
+    memset(&f, 0, sizeof f);
+    f.patch = patch;
+    f.region_cap = (old.len > expected.len ? old.len : expected.len) + 1;
+    f.region = malloc(f.region_cap);
+    void *arena = malloc(arena_len);
+    if (!f.region || !arena) {
+        return 1;
+    }
+    memcpy(f.region, old.data, old.len);
+    f.region_len = old.len;
+    f.cut_at = cut_at;
+    fwd_in_place_io io = {&f, patch.len, read_patch, region_len, region_read, region_write,
+                          region_set_len, region_sync, slot_read, slot_write, slot_clear};
+    char msg[256];
+    int first = fwd_apply_in_place(&io, arena, arena_len, 0, (uint8_t *)msg, sizeof msg);
+    if (first != FWD_OK && !f.dead) {
+        printf("in-place: %s (code %d): %s\n", fwd_strerror(first), first, msg);
+        return 100 + first;
+    }
+    unsigned writes = f.writes;
+    int rc = first;
+    if (f.dead) {
+        f.dead = 0; /* power back: the same call again finishes the update */
+        f.cut_at = 0;
+        rc = fwd_apply_in_place(&io, arena, arena_len, 0, (uint8_t *)msg, sizeof msg);
+        if (rc != FWD_OK) {
+            printf("in-place after the cut: %s (code %d): %s\n", fwd_strerror(rc), rc, msg);
+            return 100 + rc;
+        }
+    }
+    if (f.region_len != expected.len || memcmp(f.region, expected.data, expected.len) != 0) {
+        printf("wrong new image in place: %zu bytes, expected %zu\n", f.region_len, expected.len);
+        return 1;
+    }
+    if (f.slot_len[0] || f.slot_len[1]) {
+        printf("journal not cleared\n");
+        return 1;
+    }
+    printf("ok in-place first=%d writes_before_cut=%u\n", first, writes);
+    free(f.region);
+    free(f.slot[0]);
+    free(f.slot[1]);
+    free(arena);
+    return 0;
+}
+
 static int refused(int rc, fwd_applier *a, const char *what) {
     printf("%s: %s (code %d): %s\n", what, fwd_strerror(rc), rc,
            a ? fwd_applier_message(a) : "");
@@ -132,6 +289,13 @@ int main(int argc, char **argv) {
     bytes expected = read_file(argv[4]);
     size_t arena_len = strtoull(argv[5], NULL, 10);
     size_t chunk = strtoull(argv[6], NULL, 10);
+    if (strcmp(mode, "inplace") == 0) {
+        int rc = in_place(d.old, patch, expected, arena_len, (unsigned)chunk);
+        free((void *)d.old.data);
+        free((void *)patch.data);
+        free((void *)expected.data);
+        return rc;
+    }
     if (chunk == 0) {
         chunk = 1;
     }
