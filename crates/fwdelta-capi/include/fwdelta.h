@@ -49,6 +49,22 @@
 #define FWD_ERR_UNSUPPORTED 6
 
 /*
+ The patch is not authentic: unsigned, or not signed by enough of the
+ keys given to [`fwd_applier_trust`] (damaged, forged, unknown signer).
+ */
+#define FWD_ERR_NOT_AUTHENTIC 7
+
+/*
+ The patch is for another product than [`fwd_applier_trust`]'s.
+ */
+#define FWD_ERR_WRONG_PRODUCT 8
+
+/*
+ The patch's security counter is below [`fwd_applier_trust`]'s.
+ */
+#define FWD_ERR_DOWNGRADE 9
+
+/*
  In place: the journal lost both copies of what it needed while the
  image was half written; the image is neither version (reflash it).
  */
@@ -215,6 +231,28 @@ int fwd_applier_new(const fwd_io *io,
                     size_t arena_len,
                     uint64_t max_new_len,
                     fwd_applier **out);
+
+/*
+ Check the patch against a device policy before anything else is read:
+ at least `threshold` (0 counts as 1) of the `key_count` trusted Ed25519
+ public keys at `keys` (32 bytes each) must have signed it
+ ([`FWD_ERR_NOT_AUTHENTIC`]; an unsigned patch too, when `key_count` > 0),
+ its product must be `product` (NUL-terminated; null: any;
+ [`FWD_ERR_WRONG_PRODUCT`]) and its security counter at least
+ `min_counter` ([`FWD_ERR_DOWNGRADE`]). Call it on a fresh applier,
+ before [`fwd_applier_resume`] or the first feed. Expiry and replay are
+ not checked through C.
+
+ # Safety
+ `a` from [`fwd_applier_new`]; `keys` valid for `32 * key_count` bytes;
+ `product` null or a NUL-terminated string.
+ */
+int fwd_applier_trust(fwd_applier *a,
+                      const uint8_t *keys,
+                      size_t key_count,
+                      size_t threshold,
+                      const char *product,
+                      uint64_t min_counter);
 
 /*
  Continue an apply cut after a persisted checkpoint, instead of feeding

@@ -13,9 +13,9 @@
 //!
 //! In-place updates (single-slot flash): [`in_place::fwd_apply_in_place`].
 //!
-//! Signatures and release rules are not checked through this interface
-//! (no trust policy is passed): a device that needs them must verify the
-//! patch before feeding it, or use the Rust API.
+//! Signatures and release rules: [`fwd_applier_trust`] (trusted Ed25519
+//! keys, threshold, product, security counter) before the first feed;
+//! without it signatures are not checked.
 
 #![allow(non_camel_case_types)]
 
@@ -26,10 +26,13 @@ use arena::{Arena, Enter};
 use core::ffi::{c_char, c_int, c_void};
 use core::fmt::Write as _;
 use core::ptr;
-use fwdelta_apply::{Applier, ApplyError, ApplyOptions, ErrorClass, IoError, OldImage, Sink};
+use fwdelta_apply::{
+    Applier, ApplyError, ApplyOptions, ErrorClass, IoError, OldImage, Sink, TrustPolicy,
+};
 use fwdelta_format::{Checkpoint, MemoryModel, SegmentHeader, MAX_IMAGE_LEN};
 pub use in_place::fwd_in_place_io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 /// Success.
 pub const FWD_OK: c_int = 0;
@@ -50,6 +53,13 @@ pub const FWD_ERR_LIMITS: c_int = 5;
 /// The patch uses a format version, flag, layout or codec this build does
 /// not read (e.g. a codec compiled out).
 pub const FWD_ERR_UNSUPPORTED: c_int = 6;
+/// The patch is not authentic: unsigned, or not signed by enough of the
+/// keys given to [`fwd_applier_trust`] (damaged, forged, unknown signer).
+pub const FWD_ERR_NOT_AUTHENTIC: c_int = 7;
+/// The patch is for another product than [`fwd_applier_trust`]'s.
+pub const FWD_ERR_WRONG_PRODUCT: c_int = 8;
+/// The patch's security counter is below [`fwd_applier_trust`]'s.
+pub const FWD_ERR_DOWNGRADE: c_int = 9;
 /// In place: the journal lost both copies of what it needed while the
 /// image was half written; the image is neither version (reflash it).
 pub const FWD_ERR_UPDATE_LOST: c_int = 14;
@@ -239,6 +249,9 @@ pub(crate) fn code_of(e: &ApplyError) -> c_int {
         ErrorClass::WrongOldImage => FWD_ERR_WRONG_OLD,
         ErrorClass::Limits => FWD_ERR_LIMITS,
         ErrorClass::UpdateLost => FWD_ERR_UPDATE_LOST,
+        ErrorClass::NotAuthentic => FWD_ERR_NOT_AUTHENTIC,
+        ErrorClass::WrongProduct => FWD_ERR_WRONG_PRODUCT,
+        ErrorClass::Downgrade => FWD_ERR_DOWNGRADE,
         _ => FWD_ERR_IO,
     }
 }
@@ -342,6 +355,70 @@ pub unsafe extern "C" fn fwd_applier_new(
         }
         Err(_) => FWD_ERR_INTERNAL,
     }
+}
+
+/// Check the patch against a device policy before anything else is read:
+/// at least `threshold` (0 counts as 1) of the `key_count` trusted Ed25519
+/// public keys at `keys` (32 bytes each) must have signed it
+/// ([`FWD_ERR_NOT_AUTHENTIC`]; an unsigned patch too, when `key_count` > 0),
+/// its product must be `product` (NUL-terminated; null: any;
+/// [`FWD_ERR_WRONG_PRODUCT`]) and its security counter at least
+/// `min_counter` ([`FWD_ERR_DOWNGRADE`]). Call it on a fresh applier,
+/// before [`fwd_applier_resume`] or the first feed. Expiry and replay are
+/// not checked through C.
+///
+/// # Safety
+/// `a` from [`fwd_applier_new`]; `keys` valid for `32 * key_count` bytes;
+/// `product` null or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn fwd_applier_trust(
+    a: *mut fwd_applier,
+    keys: *const u8,
+    key_count: usize,
+    threshold: usize,
+    product: *const c_char,
+    min_counter: u64,
+) -> c_int {
+    with_applier(a, |app| {
+        if !matches!(app.state, State::Idle) {
+            return app.refuse("trust must be set on a fresh applier");
+        }
+        if keys.is_null() && key_count > 0 {
+            return app.refuse("null keys");
+        }
+        let Some(len) = key_count.checked_mul(32) else {
+            return app.refuse("too many keys");
+        };
+        let raw = match len {
+            0 => &[][..],
+            // SAFETY: the caller's buffer of 32 * key_count bytes.
+            _ => unsafe { core::slice::from_raw_parts(keys, len) },
+        };
+        let keys = raw
+            .chunks_exact(32)
+            .map(|k| {
+                let mut key = [0u8; 32];
+                key.copy_from_slice(k);
+                key
+            })
+            .collect();
+        let mut policy = TrustPolicy::trusting(keys);
+        policy.threshold = match key_count {
+            0 => 0,
+            _ => threshold.clamp(1, key_count),
+        };
+        if !product.is_null() {
+            // SAFETY: a NUL-terminated string, by contract.
+            let name = unsafe { core::ffi::CStr::from_ptr(product) };
+            match name.to_str() {
+                Ok(n) => policy.product = Some(n.to_owned()),
+                Err(_) => return app.refuse("product is not UTF-8"),
+            }
+        }
+        policy.min_counter = min_counter;
+        app.opts = app.opts.clone().with_policy(Some(Arc::new(policy)));
+        FWD_OK
+    })
 }
 
 /// Continue an apply cut after a persisted checkpoint, instead of feeding
@@ -583,6 +660,9 @@ pub extern "C" fn fwd_strerror(code: c_int) -> *const c_char {
         FWD_ERR_UNSUPPORTED => {
             c"the patch uses a version, layout or codec this build does not read"
         }
+        FWD_ERR_NOT_AUTHENTIC => c"the patch is not signed by enough trusted keys",
+        FWD_ERR_WRONG_PRODUCT => c"the patch is for another product",
+        FWD_ERR_DOWNGRADE => c"downgrade: the patch's security counter is below the device's",
         FWD_ERR_UPDATE_LOST => c"the in-place update cannot go on: the image is neither version",
         FWD_ERR_PARTIAL_DAMAGED => {
             c"the partial new image does not match its checkpoint: start over"

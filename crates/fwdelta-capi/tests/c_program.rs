@@ -486,3 +486,71 @@ fn c_library_without_zstd_refuses_zstd_patches_as_unsupported() {
     let out = lzma.run_with(&exe, &[], "apply", 5 << 20, 4096, &[]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// Signed patches through `fwd_applier_trust`: the committed signed test
+/// vector applies with its key and product (fed whole, and again after a
+/// cut: one segment, so it starts over with the policy set again); a key that did not sign it (7), an unsigned patch (7), another
+/// product (8) and a higher security counter (9) are refused, before a byte
+/// of the new image is written.
+#[test]
+fn c_program_checks_signatures_and_release_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = fwdelta_format::key_file::parse_public_key(
+        &std::fs::read(repo().join("testdata/signed/release.pub")).unwrap(),
+    )
+    .expect("release.pub");
+    let key_path = dir.path().join("key.bin");
+    std::fs::write(&key_path, key).unwrap();
+    let mut wrong = key;
+    wrong[0] ^= 1;
+    let wrong_path = dir.path().join("wrong.bin");
+    std::fs::write(&wrong_path, wrong).unwrap();
+
+    let signed = Case::new("fw-cortex-m4", &opts(Codec::Lzma2, None, 4 << 20));
+    std::fs::copy(
+        repo().join("testdata/signed/fw-cortex-m4.fwd"),
+        signed.path("patch"),
+    )
+    .unwrap();
+    let run =
+        |case: &Case, mode: &str, key: &Path, product: &str, counter: u64, extra: &[String]| {
+            let mut cmd = Command::new(program());
+            cmd.arg(mode)
+                .arg(case.path("old"))
+                .arg(case.path("patch"))
+                .arg(case.path("new"))
+                .arg((5u64 << 20).to_string())
+                .arg("500")
+                .args(extra)
+                .env("FWD_TEST_KEY", key)
+                .env("FWD_TEST_PRODUCT", product)
+                .env("FWD_TEST_MIN_COUNTER", counter.to_string());
+            cmd.output().expect("run apply_test")
+        };
+    let out = run(&signed, "apply", &key_path, "acme-t300", 5, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(
+        &signed,
+        "resume",
+        &key_path,
+        "acme-t300",
+        5,
+        &["900".into()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let unsigned = Case::new("fw-cortex-m4", &opts(Codec::Lzma2, None, 4 << 20));
+    for (case, key, product, counter, code) in [
+        (&signed, &wrong_path, "acme-t300", 5, 107),
+        (&signed, &key_path, "acme-t900", 5, 108),
+        (&signed, &key_path, "acme-t300", 6, 109),
+        (&unsigned, &key_path, "acme-t300", 0, 107),
+    ] {
+        let out = run(case, "apply", key, product, counter, &[]);
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("written=0\n"),
+            "{}",
+            text(&out)
+        );
+    }
+}

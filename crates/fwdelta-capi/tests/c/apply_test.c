@@ -17,6 +17,10 @@
  * the power fails at that region write (it and every later callback fail),
  * and a second call with the same region and slots must finish the update.
  *
+ * Environment: FWD_TEST_KEY (a file of one 32-byte Ed25519 public key),
+ * FWD_TEST_PRODUCT and FWD_TEST_MIN_COUNTER, when set, go to
+ * fwd_applier_trust before anything is fed.
+ *
  * Exit: 0 and "ok ..." when the output equals EXPECTED; 100 + code when
  * the API refused (the message on stdout); 1 for anything else wrong. */
 
@@ -257,10 +261,34 @@ static int in_place(bytes old, bytes patch, bytes expected, size_t arena_len, un
     return 0;
 }
 
+static device *the_device; /* for refused(): what was written */
+
 static int refused(int rc, fwd_applier *a, const char *what) {
-    printf("%s: %s (code %d): %s\n", what, fwd_strerror(rc), rc,
-           a ? fwd_applier_message(a) : "");
+    printf("%s: %s (code %d): %s; written=%zu\n", what, fwd_strerror(rc), rc,
+           a ? fwd_applier_message(a) : "", the_device ? the_device->out_len : 0);
     return 100 + rc;
+}
+
+/* The device policy from the environment (see the top). */
+static int set_trust(fwd_applier *a) {
+    const char *key_path = getenv("FWD_TEST_KEY");
+    const char *product = getenv("FWD_TEST_PRODUCT");
+    const char *counter = getenv("FWD_TEST_MIN_COUNTER");
+    if (!key_path && !product && !counter) {
+        return FWD_OK;
+    }
+    bytes key = {NULL, 0};
+    if (key_path) {
+        key = read_file(key_path);
+        if (key.len != 32) {
+            fprintf(stderr, "%s is not a 32-byte key\n", key_path);
+            exit(1);
+        }
+    }
+    int rc = fwd_applier_trust(a, key.data, key_path ? 1 : 0, 1, product,
+                               counter ? strtoull(counter, NULL, 10) : 0);
+    free((void *)key.data);
+    return rc;
 }
 
 /* Feed patch[from..to) in chunk-sized pieces. */
@@ -284,6 +312,7 @@ int main(int argc, char **argv) {
     const char *mode = argv[1];
     device d;
     memset(&d, 0, sizeof d);
+    the_device = &d;
     d.old = read_file(argv[2]);
     bytes patch = read_file(argv[3]);
     bytes expected = read_file(argv[4]);
@@ -311,6 +340,10 @@ int main(int argc, char **argv) {
     int rc = fwd_applier_new(&io, arena, arena_len, 0, &a);
     if (rc != FWD_OK) {
         return refused(rc, NULL, "new");
+    }
+    rc = set_trust(a);
+    if (rc != FWD_OK) {
+        return refused(rc, a, "trust");
     }
 
     size_t peak = 0;
@@ -343,6 +376,10 @@ int main(int argc, char **argv) {
         rc = fwd_applier_new(&io, arena, arena_len, 0, &a);
         if (rc != FWD_OK) {
             return refused(rc, NULL, "new after the cut");
+        }
+        rc = set_trust(a);
+        if (rc != FWD_OK) {
+            return refused(rc, a, "trust after the cut");
         }
         if (d.have_checkpoint) {
             rc = fwd_applier_resume(a, patch.data, (size_t)patch_offset, d.checkpoint, sizeof d.checkpoint);
