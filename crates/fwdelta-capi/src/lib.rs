@@ -297,6 +297,9 @@ fn with_applier(a: *mut fwd_applier, f: impl FnOnce(&mut fwd_applier) -> c_int) 
 /// alignment; it must stay valid and untouched until [`fwd_applier_free`]).
 /// `io` is copied. `max_new_len` refuses patches producing a larger image
 /// (0: the format's limit, 1 TiB). On success `*out` is the applier.
+/// Use an applier from one thread at a time: during each `fwd_*` call the
+/// calling thread's allocations come from this arena; other threads'
+/// allocations are not affected.
 ///
 /// Allocates its state from the arena (its buffers at the first feed);
 /// fails with [`FWD_ERR_LIMITS`] if `arena_len` is below [`FWD_ARENA_MIN`],
