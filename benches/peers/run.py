@@ -797,6 +797,9 @@ def main() -> int:
                     f"{REFERENCE}, if present; 'none' to leave them out)")
     ap.add_argument("--timeout", type=float, default=3600,
                     help="seconds per diff or apply before it counts as FAILED (default 3600)")
+    ap.add_argument("--no-code-size", action="store_true",
+                    help="leave out the applier's code-size and arena table "
+                    "(benches/capi/size.py, appended to peers.md)")
     args = ap.parse_args()
 
     corpus = Path(args.corpus).resolve() if args.corpus else REPO / "corpus" / "public"
@@ -930,6 +933,16 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(render_md(report))
+    if not args.no_code_size:
+        sized = subprocess.run([sys.executable, str(REPO / "benches" / "capi" / "size.py")],
+                               capture_output=True, text=True)
+        if sized.returncode == 0:
+            print(sized.stdout)
+            with open(out / "peers.md", "a") as f:
+                f.write("\n" + sized.stdout)
+        else:
+            bad = True
+            log(f"run.py: benches/capi/size.py failed:\n{sized.stderr}")
     log(f"wrote {out / 'peers.md'}, {out / 'peers.json'}, {out / 'peers.svg'}")
     if bad:
         log("run.py: some results are FAILED or MISMATCH (see above)")

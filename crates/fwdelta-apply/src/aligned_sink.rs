@@ -10,7 +10,10 @@
 //! for it to persist; after an unaligned one it persists nothing and refuses
 //! any further data.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::sink::Sink;
+use crate::IoError;
 use fwdelta_format::{Checkpoint, SegmentHeader};
 use std::io;
 
@@ -82,9 +85,9 @@ impl<W: BlockWriter> AlignedSink<W> {
 }
 
 impl<W: BlockWriter> Sink for AlignedSink<W> {
-    fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, mut data: &[u8]) -> Result<(), IoError> {
         if let Some(msg) = &self.unaligned_end {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, msg.clone()));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, msg.clone()).into());
         }
         let len = self.block.len();
         while !data.is_empty() {
@@ -101,7 +104,11 @@ impl<W: BlockWriter> Sink for AlignedSink<W> {
         Ok(())
     }
 
-    fn segment_done(&mut self, segment: &SegmentHeader, checkpoint: &Checkpoint) -> io::Result<()> {
+    fn segment_done(
+        &mut self,
+        segment: &SegmentHeader,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), IoError> {
         self.writer.flush()?;
         if self.filled != 0 {
             self.unaligned_end = Some(format!(
@@ -113,7 +120,7 @@ impl<W: BlockWriter> Sink for AlignedSink<W> {
             ));
             return Ok(());
         }
-        self.writer.persist(checkpoint)
+        Ok(self.writer.persist(checkpoint)?)
     }
 }
 

@@ -18,21 +18,26 @@ use crate::error::{ApplyError, PatchPart};
 use crate::patch_reader::{limits, start_from_slice, Mode, Part, PatchReader};
 use crate::payload_decoder::PayloadDecoder;
 use crate::predicted_old::Predictor;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::record_interpreter::{Buffers, NewWriter, RecordInterpreter, SegmentFault};
 use crate::sink::Sink;
 use crate::source::OldImage;
 use crate::split_source::SplitStreams;
 use crate::stream_source::StreamSource;
 use crate::trust_policy::{TrustPolicy, Verdict};
+use crate::IoError;
+#[cfg(feature = "std")]
 use crate::BUFFER_LEN;
+use alloc::sync::Arc;
 use fwdelta_format::header::Header;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::signature::SignatureSection;
 use fwdelta_format::{
     chain, truncate_check, Checkpoint, FormatError, Layout, HASH_LEN, MAX_IMAGE_LEN,
 };
+#[cfg(feature = "std")]
 use std::io::{self, Read};
-use std::sync::Arc;
 
 /// Limits an applier enforces on top of the patch's own checks, and the
 /// device's update policy. Start from [`ApplyOptions::default`] (no limits
@@ -258,6 +263,40 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         Ok(a)
     }
 
+    /// Reuse a worker ([`Self::for_segment`]) whose segment is done for
+    /// segment `index`, at `new_offset` and `patch_offset`: its decoders and
+    /// buffers are kept (each segment resets them), its start is not parsed
+    /// again. The caller points the sink at `new_offset`
+    /// ([`Self::sink_mut`]).
+    pub(crate) fn next_job(
+        &mut self,
+        index: u32,
+        new_offset: u64,
+        patch_offset: u64,
+    ) -> Result<(), ApplyError> {
+        let count = self.reader.start().map_or(0, |s| s.header.segment_count);
+        if !matches!(self.stage, Stage::Done) || self.only_segment.is_none() || index >= count {
+            return Err(ApplyError::Poisoned);
+        }
+        self.only_segment = Some(index);
+        self.last_segment_hash = None;
+        self.interp.new.produced = new_offset;
+        self.received = patch_offset;
+        self.next_index = index;
+        self.reader.resume_at(new_offset, patch_offset);
+        self.next_part()
+    }
+
+    /// Whether the one segment of a worker is applied and verified.
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// The sink.
+    pub(crate) fn sink_mut(&mut self) -> &mut S {
+        &mut self.interp.new.sink
+    }
+
     /// The hash of the last segment this applier verified.
     pub(crate) fn last_segment_hash(&self) -> Option<[u8; HASH_LEN]> {
         self.last_segment_hash
@@ -292,6 +331,8 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     /// [`ApplyError::PartialOutputDamaged`]: start over). The old image is
     /// verified again. Afterwards, feed the patch from
     /// `checkpoint.patch_offset` on; `sink` must append after those bytes.
+    /// (Without `std`: [`Applier::resume_with`].)
+    #[cfg(feature = "std")]
     pub fn resume<R: Read>(
         old: &'o O,
         sink: S,
@@ -300,6 +341,28 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         checkpoint: &Checkpoint,
         mut produced: R,
     ) -> Result<Self, ApplyError> {
+        Self::resume_with(old, sink, opts, header_bytes, checkpoint, |buf| loop {
+            match produced.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                got => return Ok(got?),
+            }
+        })
+    }
+
+    /// [`Applier::resume`] with the new-image bytes already written read
+    /// back by `read_back`, which fills a prefix of the buffer it is given
+    /// with the next of them and returns its length (0: none left).
+    pub fn resume_with<F>(
+        old: &'o O,
+        sink: S,
+        opts: ApplyOptions,
+        header_bytes: &[u8],
+        checkpoint: &Checkpoint,
+        mut read_back: F,
+    ) -> Result<Self, ApplyError>
+    where
+        F: FnMut(&mut [u8]) -> Result<usize, IoError>,
+    {
         let mut a = Applier::new(old, sink, opts);
         a.reader = start_from_slice(header_bytes, limits(&a.opts, Mode::NewImage))?;
         let start = a.reader.start().ok_or(ApplyError::Poisoned)?;
@@ -325,24 +388,21 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         let (buf, new) = a.interp.scratch_and_writer();
         while hashed < checkpoint.new_offset {
             let n = (checkpoint.new_offset - hashed).min(buf.len() as u64) as usize;
-            match produced.read(&mut buf[..n]) {
-                Ok(0) => {
-                    return Err(ApplyError::Sink(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                        "resume: only {hashed} of the {} bytes already produced could be read back",
-                        checkpoint.new_offset
-                    ),
+            match read_back(&mut buf[..n]).map_err(ApplyError::Sink)? {
+                0 => {
+                    return Err(ApplyError::Sink(IoError::short(
+                        "resume: the new image already produced",
+                        hashed,
+                        checkpoint.new_offset,
                     )))
                 }
-                Ok(got) => {
+                got => {
+                    let got = got.min(n);
                     if let Some(h) = new.hash.as_mut() {
                         h.update(&buf[..got]);
                     }
                     hashed += got as u64;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ApplyError::Sink(e)),
             }
         }
         let kept = a
@@ -451,7 +511,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
 
     /// The reader completed `part`: act on it.
     fn complete_part(&mut self, part: Part) -> Result<(), ApplyError> {
-        match (part, std::mem::replace(&mut self.stage, Stage::Failed)) {
+        match (part, core::mem::replace(&mut self.stage, Stage::Failed)) {
             (Part::Partial, stage) => self.stage = stage,
             (Part::Start, Stage::Framing) => {
                 self.accept_start()?;
@@ -580,6 +640,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
             self.opts
                 .judge(&start.header, &start.header_bytes, start.section.as_ref())?;
         self.chain = start.header_hash;
+        crate::payload_decoder::check_codec_built(start.header.codec)?;
         verify_old(
             self.interp.old_image(),
             self.interp.scratch(),
@@ -592,6 +653,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     fn configure_body(&mut self) -> Result<(), ApplyError> {
         let start = self.reader.start().ok_or(ApplyError::Poisoned)?;
         let header = &start.header;
+        crate::payload_decoder::check_codec_built(header.codec)?;
         let predictor = header
             .code_refs
             .as_ref()
@@ -642,7 +704,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
                 Body::Empty => (false, false),
             };
             self.interp.finish_segment(frame_done, partial_head)?;
-            let Stage::Payload(seg) = std::mem::replace(&mut self.stage, Stage::Failed) else {
+            let Stage::Payload(seg) = core::mem::replace(&mut self.stage, Stage::Failed) else {
                 return Err(ApplyError::Poisoned);
             };
             let start = self.reader.start().ok_or(ApplyError::Poisoned)?;
@@ -704,6 +766,7 @@ impl<O: OldImage + ?Sized, S: Sink> Applier<'_, O, S> {
     /// Feed everything `patch` yields (16 KiB at a time), then
     /// [`finish`](Self::finish). After [`resume`](Self::resume), `patch` must
     /// start at the checkpoint's patch offset.
+    #[cfg(feature = "std")]
     pub fn finish_from<R: Read>(mut self, mut patch: R) -> Result<(ApplyReport, S), ApplyError> {
         let mut buf = vec![0u8; BUFFER_LEN];
         loop {
@@ -718,6 +781,7 @@ impl<O: OldImage + ?Sized, S: Sink> Applier<'_, O, S> {
     }
 }
 
+#[cfg(feature = "std")]
 /// Pull-mode apply: read the whole patch from `patch` (16 KiB at a time) and
 /// write the new image to `sink`. Returns the report and the sink.
 ///

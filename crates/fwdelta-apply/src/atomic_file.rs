@@ -3,7 +3,10 @@
 //! only by [`AtomicFile::commit`]. Dropped uncommitted, the temporary file is
 //! removed, so a failed apply or diff leaves nothing half-written behind.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::sink::Sink;
+use crate::IoError;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -152,8 +155,8 @@ impl Write for AtomicFile {
 }
 
 impl Sink for AtomicFile {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        self.write_all(data)
+    fn write(&mut self, data: &[u8]) -> Result<(), IoError> {
+        Ok(self.write_all(data)?)
     }
 }
 

@@ -1,7 +1,9 @@
 //! Errors of the applier, each one line, each naming the problem.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+use crate::IoError;
 use fwdelta_format::{FormatError, KeyId};
-use std::io;
 use thiserror::Error;
 
 /// Why applying a patch failed.
@@ -85,19 +87,24 @@ pub enum ApplyError {
     Poisoned,
     /// Reading the old image failed.
     #[error("reading the old image failed: {0}")]
-    OldRead(io::Error),
-    /// Reading the patch failed.
+    OldRead(IoError),
+    /// Reading the patch failed (pull mode, `std` only).
+    #[cfg(feature = "std")]
     #[error("reading the patch failed: {0}")]
-    PatchRead(io::Error),
+    PatchRead(std::io::Error),
     /// Writing the new image failed.
     #[error("writing the new image failed: {0}")]
-    Sink(io::Error),
+    Sink(IoError),
     /// The image holds an interrupted in-place update by another patch.
     #[error("{0}")]
     InterruptedUpdate(&'static str),
     /// The patch is for the other apply mode (in-place vs. to a new file).
     #[error("{0}")]
     WrongMode(&'static str),
+    /// The patch's payload codec was left out of this build (its cargo
+    /// feature, `lzma` or `zstd`, is off).
+    #[error("patch uses the {0} codec, which this applier was built without")]
+    UnsupportedCodec(&'static str),
     /// The decoder could not be created or configured (typically out of memory).
     #[error("cannot set up the decoder: {0}")]
     Decoder(String),
@@ -253,7 +260,7 @@ impl ApplyError {
                 | FormatError::UnknownLayout(_)
                 | FormatError::UnknownCriticalExtension(_),
             ) => ErrorClass::Unsupported,
-            WrongMode(_) => ErrorClass::Unsupported,
+            WrongMode(_) | UnsupportedCodec(_) => ErrorClass::Unsupported,
             Format(_)
             | Truncated { .. }
             | CorruptSegment { .. }
@@ -262,9 +269,9 @@ impl ApplyError {
             | Poisoned => ErrorClass::BadPatch,
             OldLength { .. } | OldHash { .. } | InterruptedUpdate(_) => ErrorClass::WrongOldImage,
             MemoryBudget { .. } | NewTooLarge { .. } => ErrorClass::Limits,
-            OldRead(_) | PatchRead(_) | Sink(_) | Decoder(_) | PartialOutputDamaged { .. } => {
-                ErrorClass::Io
-            }
+            OldRead(_) | Sink(_) | Decoder(_) | PartialOutputDamaged { .. } => ErrorClass::Io,
+            #[cfg(feature = "std")]
+            PatchRead(_) => ErrorClass::Io,
             Unsigned | NotAuthentic { .. } => ErrorClass::NotAuthentic,
             WrongProduct { .. } => ErrorClass::WrongProduct,
             Downgrade { .. } => ErrorClass::Downgrade,

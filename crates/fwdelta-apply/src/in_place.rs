@@ -36,12 +36,15 @@ use crate::error::{ApplyError, PatchPart};
 use crate::inspect::inspect_each;
 use crate::patch_reader::{limits, read_start, Mode, Part, PatchReader, ReadParts};
 use crate::payload_decoder::PayloadDecoder;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::record_interpreter::SegmentFault;
 use crate::record_interpreter::{Buffers, NewWriter, RecordInterpreter};
 use crate::sink::Sink;
 use crate::source::OldImage;
 use crate::stream_source::StreamSource;
 use crate::trust_policy::Verdict;
+use crate::IoError;
 use crate::{ApplyOptions, ApplyReport, BUFFER_LEN};
 use fwdelta_format::header::Header;
 use fwdelta_format::segment::SegmentHeader;
@@ -230,7 +233,7 @@ impl Region for MemRegion {
         Ok(self.0.borrow().len() as u64)
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.0.borrow().as_slice().read_at(offset, buf)
+        Ok(self.0.borrow().as_slice().read_at(offset, buf)?)
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut v = self.0.borrow_mut();
@@ -315,17 +318,17 @@ impl<R: Region + ?Sized> OldImage for OldView<'_, R> {
     fn len(&self) -> u64 {
         self.old_len
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         if !buf.is_empty() {
             let last = (offset + buf.len() as u64 - 1) / self.cell;
             for c in offset / self.cell..=last {
                 if c != self.current.get() && self.is_written(c) {
                     self.violation.set(Some(c));
-                    return Err(io::Error::other("read of a rewritten cell"));
+                    return Err(IoError::new("read of a rewritten cell"));
                 }
             }
         }
-        self.region.read_at(offset, buf)
+        Ok(self.region.read_at(offset, buf)?)
     }
 }
 
@@ -333,7 +336,7 @@ impl<R: Region + ?Sized> OldImage for OldView<'_, R> {
 struct NullSink;
 
 impl Sink for NullSink {
-    fn write(&mut self, _data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, _data: &[u8]) -> Result<(), IoError> {
         Ok(())
     }
 }
@@ -342,7 +345,7 @@ impl Sink for NullSink {
 struct HashSink<'h>(&'h mut blake3::Hasher);
 
 impl Sink for HashSink<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, data: &[u8]) -> Result<(), IoError> {
         self.0.update(data);
         Ok(())
     }
@@ -352,7 +355,7 @@ impl Sink for HashSink<'_> {
 struct CellSink<'c>(&'c mut Vec<u8>);
 
 impl Sink for CellSink<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, data: &[u8]) -> Result<(), IoError> {
         self.0.extend_from_slice(data);
         Ok(())
     }
@@ -775,7 +778,7 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
             self.ab
                 .journal
                 .read_slot(i, slot)
-                .map_err(ApplyError::Sink)?;
+                .map_err(|e| ApplyError::Sink(e.into()))?;
         }
         Ok(slots)
     }
@@ -848,13 +851,20 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
     /// step but before the caller heard of it); then the journal is cleared.
     fn already_applied(&mut self) -> Result<bool, ApplyError> {
         let h = self.header()?;
-        let actual = self.region.len().map_err(ApplyError::OldRead)?;
+        let actual = self
+            .region
+            .len()
+            .map_err(|e| ApplyError::OldRead(e.into()))?;
         if actual == h.new_len
             && (actual != h.old_len || h.old_check[..] != h.new_hash[..fwdelta_format::CHECK_LEN])
         {
-            let now = hash_region(self.region, h.new_len).map_err(ApplyError::OldRead)?;
+            let now =
+                hash_region(self.region, h.new_len).map_err(|e| ApplyError::OldRead(e.into()))?;
             if *now.as_bytes() == h.new_hash {
-                self.ab.journal.clear().map_err(ApplyError::Sink)?;
+                self.ab
+                    .journal
+                    .clear()
+                    .map_err(|e| ApplyError::Sink(e.into()))?;
                 return Ok(true);
             }
         }
@@ -867,7 +877,9 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
     fn verify_old(&mut self, pick: &fwdelta_format::SlotPick<'_>) -> Result<(), ApplyError> {
         let (expected, actual) = (
             self.header()?.old_len,
-            self.region.len().map_err(ApplyError::OldRead)?,
+            self.region
+                .len()
+                .map_err(|e| ApplyError::OldRead(e.into()))?,
         );
         if actual != expected {
             if pick.any {
@@ -875,7 +887,8 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
             }
             return Err(ApplyError::OldLength { expected, actual });
         }
-        let old_hash = hash_region(self.region, expected).map_err(ApplyError::OldRead)?;
+        let old_hash =
+            hash_region(self.region, expected).map_err(|e| ApplyError::OldRead(e.into()))?;
         if let Err(e) = crate::error::check_old_hash(&old_hash, self.header()?) {
             return Err(if pick.any { self.lost(pick.lost) } else { e });
         }
@@ -954,7 +967,9 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
             cell_len: 0,
             cell_hash: [0; 32],
         };
-        self.ab.put_twice(&mut cp, &[]).map_err(ApplyError::Sink)?;
+        self.ab
+            .put_twice(&mut cp, &[])
+            .map_err(|e| ApplyError::Sink(e.into()))?;
         let h = self.header()?;
         if h.new_len > h.old_len {
             self.region.set_len(h.new_len).map_err(partial)?;
@@ -1027,7 +1042,10 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
                 "the rewritten image does not verify",
             )));
         }
-        self.ab.journal.clear().map_err(ApplyError::Sink)
+        self.ab
+            .journal
+            .clear()
+            .map_err(|e| ApplyError::Sink(e.into()))
     }
 
     /// What the apply did.
@@ -1044,10 +1062,7 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
 
 /// An I/O error once the region may have changed: it says so.
 fn partial(e: io::Error) -> ApplyError {
-    ApplyError::Sink(io::Error::new(
-        e.kind(),
-        format!("{e}; the image is partly rewritten"),
-    ))
+    ApplyError::Sink(io::Error::new(e.kind(), format!("{e}; the image is partly rewritten")).into())
 }
 
 /// The journal holds a record of this patch that does not fit it.

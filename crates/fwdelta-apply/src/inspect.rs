@@ -7,6 +7,8 @@
 
 use crate::error::{ApplyError, PatchPart};
 use crate::patch_reader::{read_start, Limits, Part, ReadParts};
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::record_interpreter::SegmentFault;
 use crate::BUFFER_LEN;
 use fwdelta_format::header::Header;

@@ -1,7 +1,14 @@
 //! Terminal-side fwdelta applier.
 //!
 //! Small and generator-free: it depends on the container crate, the `liblzma`
-//! and `zstd` decoders and `blake3` only. Memory is bounded by the patch's declared decoder window
+//! and `zstd` decoders and `blake3` only.
+//!
+//! Features: `std` (default) adds the file and OS adapters ([`FileImage`],
+//! [`AtomicFile`], [`ResumableFile`], side files and locks, in-place files
+//! and journals, [`inspect()`], pull-mode [`apply`]); without it the crate is
+//! `#![no_std]` + `alloc` (push-mode [`Applier`], [`OldImage`], [`Sink`],
+//! [`IoError`]). `lzma` and `zstd` (default) are the payload codecs; a patch
+//! whose codec is left out is refused with [`ApplyError::UnsupportedCodec`]. Memory is bounded by the patch's declared decoder window
 //! plus fixed 16 KiB buffers, whatever the image sizes (see
 //! [`fwdelta_format::MemoryModel`]).
 //!
@@ -29,18 +36,43 @@
 //! [`ApplyError`]; output already handed to the sink must then be discarded
 //! (the [`AtomicFile`] sink does that by itself).
 
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
+
+extern crate alloc;
+
+/// What std's prelude would give every module (the core is `no_std`).
+mod prelude {
+    #[allow(unused_imports)]
+    pub(crate) use alloc::{
+        borrow::ToOwned,
+        boxed::Box,
+        format,
+        string::{String, ToString},
+        vec,
+        vec::Vec,
+    };
+}
+
+#[cfg(feature = "std")]
 pub mod aligned_sink;
 mod applier;
+#[cfg(feature = "std")]
 pub mod atomic_file;
 mod error;
+#[cfg(feature = "std")]
 pub mod in_place;
+#[cfg(feature = "std")]
 pub mod inspect;
+mod io_error;
+#[cfg(feature = "std")]
 pub mod parallel_apply;
 mod patch_reader;
 mod payload_decoder;
 mod predicted_old;
 mod record_interpreter;
+#[cfg(feature = "std")]
 pub mod resumable_file;
+#[cfg(feature = "std")]
 pub mod side_file;
 pub mod sink;
 pub mod source;
@@ -48,20 +80,34 @@ mod split_source;
 mod stream_source;
 pub mod trust_policy;
 
+#[cfg(feature = "std")]
 pub use aligned_sink::{AlignedSink, BlockWriter};
-pub use applier::{apply, Applier, ApplyOptions, ApplyReport};
+#[cfg(feature = "std")]
+pub use applier::apply;
+pub use applier::{Applier, ApplyOptions, ApplyReport};
+#[cfg(feature = "std")]
 pub use atomic_file::AtomicFile;
 pub use error::{ApplyError, ErrorClass, PatchPart, UpdateLost};
+#[cfg(feature = "std")]
 pub use in_place::{
     apply_in_place, apply_in_place_with, FileJournal, FileRegion, Journal, MemRegion, NoJournal,
     Region,
 };
+#[cfg(feature = "std")]
 pub use inspect::{inspect, inspect_each, PatchInfo, PatchSummary};
+pub use io_error::IoError;
+#[cfg(feature = "std")]
 pub use parallel_apply::{apply_parallel, parallel_threads};
+#[cfg(feature = "std")]
 pub use resumable_file::ResumableFile;
+#[cfg(feature = "std")]
 pub use side_file::{SideFileError, TargetLock};
-pub use sink::{Sink, WriteSink};
-pub use source::{FileImage, OldImage};
+pub use sink::Sink;
+#[cfg(feature = "std")]
+pub use sink::WriteSink;
+#[cfg(feature = "std")]
+pub use source::FileImage;
+pub use source::OldImage;
 pub use trust_policy::{TrustPolicy, Verdict};
 
 /// Size of each of the applier's fixed working buffers.

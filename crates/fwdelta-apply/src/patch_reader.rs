@@ -5,8 +5,11 @@
 //! the reader's part buffer, at most what it wants at a time.
 
 use crate::error::ApplyError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::ApplyOptions;
 pub(crate) use fwdelta_format::patch_reader::{Limits, Mode, Part, PatchReader};
+#[cfg(feature = "std")]
 use std::io::{self, Read};
 
 /// The options' limits, for `mode`.
@@ -14,6 +17,7 @@ pub(crate) fn limits(opts: &ApplyOptions, mode: Mode) -> Limits {
     Limits::new(opts.memory_limit, opts.max_new_len, mode)
 }
 
+#[cfg(feature = "std")]
 /// Read the start of a patch (header and section) from `r`, which is left
 /// where segment 0 begins; returns the reader, ready for segment 0.
 pub(crate) fn read_start<R: Read + ?Sized>(
@@ -33,12 +37,14 @@ pub(crate) fn start_from_slice(bytes: &[u8], limits: Limits) -> Result<PatchRead
     Ok(PatchReader::start_from_slice(bytes, limits)?)
 }
 
+#[cfg(feature = "std")]
 /// Reading a [`PatchReader`]'s parts from an [`io::Read`].
 pub(crate) trait ReadParts {
     /// Read from `r` until the part the reader expects is complete.
     fn read_part<R: Read + ?Sized>(&mut self, r: &mut R) -> Result<Part, ApplyError>;
 }
 
+#[cfg(feature = "std")]
 impl ReadParts for PatchReader {
     fn read_part<R: Read + ?Sized>(&mut self, r: &mut R) -> Result<Part, ApplyError> {
         loop {

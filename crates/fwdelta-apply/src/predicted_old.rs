@@ -3,10 +3,12 @@
 //! address map (see `fwdelta_format::reference_rewriter`). The diff bytes of
 //! such a patch apply to these predicted bytes.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::source::OldImage;
+use crate::IoError;
 use fwdelta_format::reference_rewriter::{ReferenceRewriter, CONTEXT};
 use fwdelta_format::CodeRefs;
-use std::io;
 
 /// Predicting reader. Cost: the map (16 bytes per run), a window of the
 /// largest read plus 32 bytes of context, and the rewriter's scratch; each
@@ -31,12 +33,12 @@ impl Predictor {
         old: &O,
         offset: u64,
         buf: &mut [u8],
-    ) -> io::Result<()> {
+    ) -> Result<(), IoError> {
         let len = old.len();
         let end = offset
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= len)
-            .ok_or(io::ErrorKind::UnexpectedEof)?;
+            .ok_or(IoError::new("read past the end of the old image"))?;
         let ws = offset.saturating_sub(CONTEXT);
         let we = end.saturating_add(CONTEXT).min(len);
         let n = (we - ws) as usize;

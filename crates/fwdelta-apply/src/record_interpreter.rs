@@ -22,15 +22,17 @@
 
 use crate::error::ApplyError;
 use crate::predicted_old::Predictor;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::sink::Sink;
 use crate::source::OldImage;
 use crate::BUFFER_LEN;
+use core::fmt;
 use fwdelta_format::literal_filter;
 use fwdelta_format::record::Record;
 use fwdelta_format::reference_rewriter::Arch;
 use fwdelta_format::segment::SegmentHeader;
 use fwdelta_format::FormatError;
-use std::fmt;
 
 /// Why a segment's data is refused. Named by its segment, it becomes
 /// [`ApplyError::CorruptSegment`] (whose detail is this message).
@@ -99,6 +101,7 @@ pub(crate) enum SegmentFault {
     /// The signature section's check of the segment does not match.
     SignedCheckMismatch,
     /// In-place: a cell reads old bytes of a cell already overwritten.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     ReadsRewrittenCell {
         /// The cell being decoded.
         cell: u64,
@@ -423,6 +426,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> RecordInterpreter<'o, O, S> {
     }
 
     /// Give the buffers back (the interpreter is done).
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     pub(crate) fn into_buffers(self) -> Buffers {
         Buffers {
             old: self.old.buf,

@@ -16,8 +16,11 @@
 //! itself is replaced only by a successful commit.
 
 use crate::atomic_file::{remove_if_present, replace_durably, sibling, sync_dir_of};
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::side_file::{self, id_at, id_of, FileId, SideFileError, TargetLock};
 use crate::sink::Sink;
+use crate::IoError;
 use fwdelta_format::{Checkpoint, SegmentHeader};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -256,19 +259,20 @@ impl ResumableFile {
 }
 
 impl Sink for ResumableFile {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        self.out
+    fn write(&mut self, data: &[u8]) -> Result<(), IoError> {
+        Ok(self
+            .out
             .as_mut()
             .ok_or(io::ErrorKind::Other)?
-            .write_all(data)
+            .write_all(data)?)
     }
 
     fn segment_done(
         &mut self,
         _segment: &SegmentHeader,
         checkpoint: &Checkpoint,
-    ) -> io::Result<()> {
-        self.write_checkpoint(checkpoint)
+    ) -> Result<(), IoError> {
+        Ok(self.write_checkpoint(checkpoint)?)
     }
 }
 

@@ -9,6 +9,8 @@
 //! removed and created again exclusively (`O_EXCL`, mode 0600).
 
 use crate::atomic_file::sibling;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};

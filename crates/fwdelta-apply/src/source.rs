@@ -1,9 +1,16 @@
 //! Random-read access to the old image. The applier reads it by offset in
 //! 16 KiB pieces and never holds it whole.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+use crate::IoError;
+#[cfg(feature = "std")]
 use std::fs::File;
+#[cfg(feature = "std")]
 use std::io::{self, Seek, SeekFrom};
+#[cfg(feature = "std")]
 use std::os::unix::fs::{FileExt, FileTypeExt};
+#[cfg(feature = "std")]
 use std::path::Path;
 
 /// A random-read source for the old image: a byte slice, a file read by offset,
@@ -17,19 +24,19 @@ pub trait OldImage {
     }
     /// Fill `buf` with the bytes at `offset..offset + buf.len()`. The applier
     /// only asks for ranges inside `0..len()`.
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError>;
 }
 
 impl OldImage for [u8] {
     fn len(&self) -> u64 {
         <[u8]>::len(self) as u64
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let src = start
-            .checked_add(buf.len())
-            .and_then(|end| self.get(start..end))
-            .ok_or(io::ErrorKind::UnexpectedEof)?;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|start| Some(start..start.checked_add(buf.len())?))
+            .and_then(|range| self.get(range))
+            .ok_or(IoError::new("read past the end of the old image"))?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -39,11 +46,12 @@ impl OldImage for Vec<u8> {
     fn len(&self) -> u64 {
         self.as_slice().len() as u64
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         self.as_slice().read_at(offset, buf)
     }
 }
 
+#[cfg(feature = "std")]
 /// An old image in a regular file or a block device (e.g. a flash partition),
 /// read with positioned reads (`pread`): no mapping, so the process's resident
 /// memory does not grow with the image.
@@ -53,6 +61,7 @@ pub struct FileImage {
     len: u64,
 }
 
+#[cfg(feature = "std")]
 impl FileImage {
     /// Open `path` read-only and record its length (for a block device, the
     /// device's size).
@@ -83,11 +92,12 @@ impl FileImage {
     }
 }
 
+#[cfg(feature = "std")]
 impl OldImage for FileImage {
     fn len(&self) -> u64 {
         self.len
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        Ok(self.file.read_exact_at(buf, offset)?)
     }
 }

@@ -20,6 +20,8 @@
 
 use crate::error::ApplyError;
 use crate::payload_decoder::PayloadDecoder;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::record_interpreter::{Head, OldRun, RecordInterpreter, RecordSource, SegmentFault};
 use crate::sink::Sink;
 use crate::source::OldImage;

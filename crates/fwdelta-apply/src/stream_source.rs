@@ -7,6 +7,8 @@
 //! no copy. Passes: one over the payload.
 
 use crate::payload_decoder::PayloadDecoder;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::record_interpreter::{Head, OldRun, RecordSource, SegmentFault};
 use crate::BUFFER_LEN;
 use fwdelta_format::record::{Record, MAX_HEAD_LEN};

@@ -5,6 +5,8 @@
 //! before it reads the old image or decodes a payload byte.
 
 use crate::error::ApplyError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use fwdelta_format::signature::{self, KeyId, SignatureSection, PUBLIC_KEY_LEN};
 use fwdelta_format::{Header, Release};
 

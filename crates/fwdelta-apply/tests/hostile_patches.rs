@@ -221,7 +221,7 @@ impl OldImage for Counted<'_> {
     fn len(&self) -> u64 {
         self.data.len() as u64
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), fwdelta_apply::IoError> {
         self.reads.set(self.reads.get() + 1);
         self.data.read_at(offset, buf)
     }

@@ -24,14 +24,18 @@ struct Recorder {
 }
 
 impl Sink for Recorder {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, data: &[u8]) -> Result<(), fwdelta_apply::IoError> {
         self.out.extend_from_slice(data);
         Ok(())
     }
-    fn segment_done(&mut self, seg: &SegmentHeader, cp: &Checkpoint) -> io::Result<()> {
+    fn segment_done(
+        &mut self,
+        seg: &SegmentHeader,
+        cp: &Checkpoint,
+    ) -> Result<(), fwdelta_apply::IoError> {
         assert_eq!(cp.new_offset, seg.new_offset + seg.new_len);
         if self.fail_at == Some(self.checkpoints.len()) {
-            return Err(io::Error::other("power cut"));
+            return Err(io::Error::other("power cut").into());
         }
         self.checkpoints.push(*cp);
         Ok(())

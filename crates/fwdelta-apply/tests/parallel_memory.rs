@@ -1,4 +1,4 @@
-//! REVIEW (hole): apply_parallel's memory beyond "threads x the patch's
+//! Regression tests from a review of apply_parallel: its memory beyond "threads x the patch's
 //! apply memory". Its own test binary (a counting global allocator; the
 //! tests take a lock so nothing else allocates while one measures).
 //!
@@ -79,10 +79,14 @@ fn allocated_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
 struct Count(usize);
 
 impl Sink for Count {
-    fn write(&mut self, _: &[u8]) -> io::Result<()> {
+    fn write(&mut self, _: &[u8]) -> Result<(), fwdelta_apply::IoError> {
         Ok(())
     }
-    fn segment_done(&mut self, _: &SegmentHeader, _: &Checkpoint) -> io::Result<()> {
+    fn segment_done(
+        &mut self,
+        _: &SegmentHeader,
+        _: &Checkpoint,
+    ) -> Result<(), fwdelta_apply::IoError> {
         self.0 += 1;
         Ok(())
     }
@@ -142,9 +146,25 @@ fn review_parallel_apply_stays_within_threads_times_the_claim() {
     let (old, new, patch) = many_segments(n);
     let len = Header::parse_prefix(patch[..8].try_into().unwrap()).unwrap();
     let header = Header::parse(&patch[..len]).unwrap();
-    let limit = 2 * header.apply_memory;
-    let opts = ApplyOptions::default().with_memory_limit(limit);
-    assert_eq!(parallel_threads(&header, &opts, 2), 2, "two decoders fit");
+    // The least memory limit under which two workers run: parallel_threads
+    // counts the coordinator's share too (the patch's start, buffers).
+    let with = |limit| ApplyOptions::default().with_memory_limit(limit);
+    let (mut lo, mut hi) = (header.apply_memory, 64 * header.apply_memory + (1 << 20));
+    assert_eq!(
+        parallel_threads(&header, &with(hi), 2),
+        2,
+        "two decoders fit"
+    );
+    while lo + 1 < hi {
+        let mid = (lo + hi) / 2;
+        if parallel_threads(&header, &with(mid), 2) == 2 {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let limit = hi;
+    let opts = with(limit);
 
     // The streaming applier, for scale: within the limit.
     let ((), streaming_peak) = peak_during(|| {

@@ -4,7 +4,6 @@
 use fwdelta_apply::{Applier, ApplyError, ApplyOptions, Sink};
 use fwdelta_diff::{diff, Options};
 use fwdelta_format::{Checkpoint, Header, SegmentHeader};
-use std::io;
 
 /// A sink that records the output and every checkpoint it was handed.
 #[derive(Default)]
@@ -14,11 +13,15 @@ struct Recorder {
 }
 
 impl Sink for Recorder {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, data: &[u8]) -> Result<(), fwdelta_apply::IoError> {
         self.out.extend_from_slice(data);
         Ok(())
     }
-    fn segment_done(&mut self, seg: &SegmentHeader, cp: &Checkpoint) -> io::Result<()> {
+    fn segment_done(
+        &mut self,
+        seg: &SegmentHeader,
+        cp: &Checkpoint,
+    ) -> Result<(), fwdelta_apply::IoError> {
         assert_eq!(
             cp.new_offset,
             self.out.len() as u64,

@@ -72,7 +72,7 @@ impl OldImage for Counted<'_> {
     fn len(&self) -> u64 {
         self.0.len() as u64
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), fwdelta_apply::IoError> {
         self.1.set(self.1.get() + 1);
         self.0.read_at(offset, buf)
     }
@@ -80,7 +80,7 @@ impl OldImage for Counted<'_> {
 #[derive(Default)]
 struct CountingSink(usize);
 impl Sink for CountingSink {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, data: &[u8]) -> Result<(), fwdelta_apply::IoError> {
         self.0 += data.len();
         Ok(())
     }
@@ -384,11 +384,15 @@ fn every_flip_of_a_signed_patch_is_refused() {
 #[derive(Default)]
 struct Recorder(Vec<u8>, Vec<Checkpoint>);
 impl Sink for Recorder {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, data: &[u8]) -> Result<(), fwdelta_apply::IoError> {
         self.0.extend_from_slice(data);
         Ok(())
     }
-    fn segment_done(&mut self, _: &SegmentHeader, cp: &Checkpoint) -> io::Result<()> {
+    fn segment_done(
+        &mut self,
+        _: &SegmentHeader,
+        cp: &Checkpoint,
+    ) -> Result<(), fwdelta_apply::IoError> {
         self.1.push(*cp);
         Ok(())
     }

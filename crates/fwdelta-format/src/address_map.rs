@@ -12,6 +12,8 @@
 //! of shift from the previous run (the first from 0).
 
 use crate::error::FormatError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::varint::{get_i64, get_u64, put_i64, put_u64};
 use crate::MAX_IMAGE_LEN;
 

@@ -8,6 +8,8 @@
 //! eight bits of information; the encoder's [`BitEncoder::finish`] adds at
 //! most four bytes to a chunk.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 /// One coded bit: the coder's side of [`crate::diff_model::DiffModel`] and
 /// [`crate::head_model::HeadModel`].
 /// `p1` is the probability that the bit is 1, in 4096ths (1..=4095).
@@ -70,7 +72,7 @@ impl BitEncoder {
         }
         self.low = 0;
         self.high = u32::MAX;
-        std::mem::take(&mut self.out)
+        core::mem::take(&mut self.out)
     }
 }
 

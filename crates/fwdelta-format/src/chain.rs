@@ -17,6 +17,8 @@
 //! in a [`crate::Checkpoint`] so a resumed apply still ends with the digest.
 
 use crate::header::Header;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::segment::SegmentHeader;
 use crate::{truncate_check, CHECK_LEN, HASH_LEN};
 

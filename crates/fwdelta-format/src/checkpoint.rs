@@ -3,6 +3,8 @@
 
 use crate::error::FormatError;
 use crate::header::Header;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::{check_of, u32_at, u64_at, CHECK_LEN, HASH_LEN};
 
 /// Magic opening an encoded checkpoint (version 2 of the checkpoint record:

@@ -34,6 +34,8 @@
 
 use crate::bit_coder::BitIo;
 use crate::mixing::{code_mixed, read_counters, rows_of, stretched, update_all, MatchModel, FRESH};
+#[allow(unused_imports)]
+use crate::prelude::*;
 
 /// Context models per bit.
 pub const MODELS: usize = 8;
@@ -44,7 +46,7 @@ pub const MATCH_LOG: u32 = 16;
 /// Difference bytes the match model hashes to find a match.
 pub const MATCH_MIN: u32 = 6;
 /// Smallest and largest match history (log2 bytes).
-pub const HISTORY_LOG_RANGE: std::ops::RangeInclusive<u8> = 10..=30;
+pub const HISTORY_LOG_RANGE: core::ops::RangeInclusive<u8> = 10..=30;
 
 /// Mixer inputs: the context models, the match model, a bias.
 const INPUTS: usize = MODELS + 2;
@@ -303,7 +305,7 @@ mod tests {
             let held = m.counters.capacity() * 2
                 + m.weights.capacity() * INPUTS * 4
                 + m.matches.held()
-                + std::mem::size_of::<DiffModel>();
+                + core::mem::size_of::<DiffModel>();
             assert!(held as u64 <= DiffModel::memory(log), "2^{log}: {held}");
             assert!(DiffModel::memory(log) - (held as u64) < 1024);
         }

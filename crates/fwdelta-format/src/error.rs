@@ -1,5 +1,7 @@
 //! Typed errors for everything that can be wrong with a patch's bytes.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use thiserror::Error;
 
 /// A reason a patch (or part of one) is refused. Every variant names the problem

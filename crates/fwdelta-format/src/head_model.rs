@@ -37,6 +37,8 @@ use crate::bit_coder::BitIo;
 use crate::mixing::{
     code_mixed, read_counters, rows_of, stretched, update, update_all, MatchModel, FRESH,
 };
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::record::MAX_HEAD_LEN;
 
 /// Context models per bit.
@@ -415,7 +417,7 @@ mod tests {
             + m.weights.capacity() * INPUTS * 4
             + m.match_counters.capacity() * 2
             + m.matches.held()
-            + std::mem::size_of::<HeadModel>();
+            + core::mem::size_of::<HeadModel>();
         assert!(held as u64 <= HeadModel::MEMORY, "{held}");
         assert!(HeadModel::MEMORY - (held as u64) < 1024);
     }

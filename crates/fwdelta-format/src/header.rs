@@ -12,6 +12,8 @@
 use crate::address_map::AddressMap;
 use crate::error::FormatError;
 use crate::memory::MemoryModel;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::reference_rewriter::Arch;
 use crate::release::{Release, EXT_RELEASE};
 use crate::signature::MAX_SIGNED_SEGMENTS;
@@ -1093,7 +1095,7 @@ mod tests {
         // sweep the encoded length across 128 and 16,384, where header_len's
         // own varint grows a byte: every header must parse back, and its
         // length must be what encoded_len said.
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = alloc::collections::BTreeSet::new();
         for runs in (1u64..40).chain(5_400..5_500) {
             let pairs: Vec<(u64, i64)> = (0..runs).map(|i| (i * 1000, (i % 3) as i64)).collect();
             for mem_bits in (28..64).step_by(7) {

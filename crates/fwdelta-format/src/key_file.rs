@@ -3,6 +3,8 @@
 //! what a terminal's trust store holds.
 
 use crate::error::FormatError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::signature::{is_valid_public_key, PUBLIC_KEY_LEN};
 
 /// First word of a public key file.

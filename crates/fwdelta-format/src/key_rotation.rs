@@ -12,6 +12,8 @@
 //! every byte before sig_count)`.
 
 use crate::error::FormatError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::signature::{
     is_valid_public_key, KeyId, SignatureEntry, ENTRY_LEN, KEY_ID_LEN, MAX_SIGNATURES,
     PUBLIC_KEY_LEN, SIGNATURE_LEN,

@@ -21,6 +21,23 @@
 //!            ordinary patch it has no check: the new image's hash covers it)
 //! ```
 
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+/// What std's prelude would give every module (this crate is `no_std`).
+mod prelude {
+    #[allow(unused_imports)]
+    pub(crate) use alloc::{
+        borrow::ToOwned,
+        boxed::Box,
+        format,
+        string::{String, ToString},
+        vec,
+        vec::Vec,
+    };
+}
+
 pub mod address_map;
 pub mod bit_coder;
 pub mod chain;

@@ -36,6 +36,8 @@
 //! literal filter: on Debian's armhf libcrypto 3.0.17 -> 3.0.20 its BL
 //! rewritten made the literal stream 0.2% smaller, not worth a format rule.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::reference_rewriter::Arch;
 
 /// Size and alignment of the words the AArch64 filter rewrites.
@@ -262,7 +264,7 @@ mod tests {
         for cut in 0..=run.len() {
             let (mut out, mut carry, mut at) = (Vec::new(), Vec::new(), 0x0ff0u64);
             for (piece, last) in [(&run[..cut], cut == run.len()), (&run[cut..], true)] {
-                let mut buf = std::mem::take(&mut carry);
+                let mut buf = core::mem::take(&mut carry);
                 buf.extend_from_slice(piece);
                 let keep = match unfilter(Arch::X86_64, &mut buf, at) {
                     Some(t) if !last => t,
@@ -315,7 +317,7 @@ mod tests {
         for cut in 0..=run.len() {
             let (mut out, mut carry, mut at) = (Vec::new(), Vec::new(), 6u64);
             for (piece, last) in [(&run[..cut], cut == run.len()), (&run[cut..], true)] {
-                let mut buf = std::mem::take(&mut carry);
+                let mut buf = core::mem::take(&mut carry);
                 buf.extend_from_slice(piece);
                 let tail = unfilter(Arch::Aarch64, &mut buf, at);
                 let keep = match tail {

@@ -14,6 +14,8 @@
 use crate::diff_model::DiffModel;
 use crate::head_model::HeadModel;
 use crate::header::{Codec, Layout, MAX_WINDOW_LOG, MIN_WINDOW_LOG};
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::split_block::MAX_BLOCK_BUFFER;
 
 /// The memory model (a namespace; all functions are pure).

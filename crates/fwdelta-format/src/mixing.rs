@@ -9,6 +9,8 @@
 //! operations (the mixer one multiply-add per input).
 
 use crate::bit_coder::BitIo;
+#[allow(unused_imports)]
+use crate::prelude::*;
 
 /// Counters stop counting here: later updates move the probability by
 /// `2 / (2 * LIMIT + 3)` of the error.

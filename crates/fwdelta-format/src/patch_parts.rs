@@ -6,6 +6,8 @@
 use crate::chain;
 use crate::error::FormatError;
 use crate::header::Header;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::segment::SegmentHeader;
 use crate::signature::SignatureSection;
 use crate::{truncate_check, CHECK_LEN, HASH_LEN};

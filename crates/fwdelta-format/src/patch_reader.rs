@@ -20,6 +20,8 @@
 
 use crate::error::FormatError;
 use crate::header::Header;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::segment::SegmentHeader;
 use crate::signature::SignatureSection;
 use crate::{chain, MemoryModel, CHECK_LEN, HASH_LEN, MAX_IMAGE_LEN};

@@ -9,6 +9,8 @@
 //! literal bytes; then moves `pos` by the signed `seek`.
 
 use crate::error::FormatError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::varint::{get_i64, get_u64, len_i64, len_u64, put_i64, put_u64, MAX_VARINT_LEN};
 
 /// Longest possible record head.

@@ -31,6 +31,8 @@
 
 use crate::address_map::AddressMap;
 use crate::error::FormatError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 
 /// Instruction set whose references a patch predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

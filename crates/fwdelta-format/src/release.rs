@@ -8,6 +8,8 @@
 //! varint (Unix seconds, 0 = never). Nothing may follow.
 
 use crate::error::FormatError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::varint;
 
 /// Critical header extension carrying a [`Release`]; present exactly when the

@@ -12,6 +12,8 @@
 
 use crate::error::FormatError;
 use crate::header::Header;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::varint;
 
 /// Largest compressed payload a segment may carry (1 GiB). The applier streams

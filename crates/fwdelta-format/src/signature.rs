@@ -23,6 +23,8 @@
 
 use crate::error::FormatError;
 use crate::header::Header;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::CHECK_LEN;
 use core::fmt;
 use ed25519_dalek::{Signature, VerifyingKey};

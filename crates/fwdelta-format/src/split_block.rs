@@ -12,6 +12,8 @@
 //! never held.
 
 use crate::error::FormatError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::varint::{get_u64, len_u64, put_u64, MAX_VARINT_LEN};
 
 /// Largest `heads_len + diffs_len` of one block: the compressed bytes an

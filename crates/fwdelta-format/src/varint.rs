@@ -2,6 +2,8 @@
 //! ten bytes, no overflow, "need more input" distinguished from "malformed".
 
 use crate::error::FormatError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 
 /// Longest encoding of a `u64`.
 pub const MAX_VARINT_LEN: usize = 10;

@@ -138,10 +138,14 @@ pub fn apply_pull(data: &[u8]) {
 struct CheckpointOrder(u32);
 
 impl fwdelta_apply::Sink for CheckpointOrder {
-    fn write(&mut self, _: &[u8]) -> std::io::Result<()> {
+    fn write(&mut self, _: &[u8]) -> Result<(), fwdelta_apply::IoError> {
         panic!("the parallel applier wrote through the sink");
     }
-    fn segment_done(&mut self, seg: &SegmentHeader, cp: &Checkpoint) -> std::io::Result<()> {
+    fn segment_done(
+        &mut self,
+        seg: &SegmentHeader,
+        cp: &Checkpoint,
+    ) -> Result<(), fwdelta_apply::IoError> {
         assert_eq!(seg.index, self.0, "checkpoint out of order");
         assert_eq!(
             cp.next_segment,

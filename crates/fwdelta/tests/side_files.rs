@@ -379,11 +379,15 @@ fn resume_detects_a_damaged_partial_output_and_starts_over() {
         checkpoints: Vec<Checkpoint>,
     }
     impl Sink for Recorder {
-        fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        fn write(&mut self, data: &[u8]) -> Result<(), fwdelta_apply::IoError> {
             self.out.extend_from_slice(data);
             Ok(())
         }
-        fn segment_done(&mut self, _: &SegmentHeader, cp: &Checkpoint) -> std::io::Result<()> {
+        fn segment_done(
+            &mut self,
+            _: &SegmentHeader,
+            cp: &Checkpoint,
+        ) -> Result<(), fwdelta_apply::IoError> {
             self.checkpoints.push(*cp);
             Ok(())
         }
