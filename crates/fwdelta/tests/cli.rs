@@ -51,6 +51,14 @@ impl Run {
         )
     }
 
+    fn of(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().expect("fwdelta was killed by a signal"),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     fn assert_ok(&self) {
         assert_eq!(self.code, 0, "expected success\n{}", self.describe());
     }
@@ -90,11 +98,32 @@ where
         .args(args)
         .output()
         .expect("cannot run fwdelta");
-    Run {
-        code: out.status.code().expect("fwdelta was killed by a signal"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    Run::of(out)
+}
+
+/// Like [`fwdelta`], but fail the test if the run has not ended after 20 s
+/// (e.g. blocked opening a FIFO).
+fn fwdelta_within_20s<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run fwdelta");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("fwdelta still running after 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    Run::of(child.wait_with_output().unwrap())
 }
 
 fn testdata(pair: &str) -> PathBuf {
@@ -1188,33 +1217,14 @@ fn apply_refuses_a_fifo_as_the_old_image_without_hanging() {
     .assert_ok();
     let out_dir = dir.path().join("out");
     fs::create_dir(&out_dir).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
-        .args([
-            OsStr::new("apply"),
-            fifo.as_os_str(),
-            patch.as_os_str(),
-            OsStr::new("-o"),
-        ])
-        .arg(out_dir.join("image.bin"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > std::time::Duration::from_secs(20) {
-            child.kill().unwrap();
-            let _ = child.wait();
-            panic!("apply still blocked on the FIFO after 20 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let run = Run {
-        code: out.status.code().expect("killed by a signal"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let image = out_dir.join("image.bin");
+    let run = fwdelta_within_20s([
+        OsStr::new("apply"),
+        fifo.as_os_str(),
+        patch.as_os_str(),
+        OsStr::new("-o"),
+        image.as_os_str(),
+    ]);
     run.assert_error(
         EXIT_FAILURE,
         &["old image", "not a regular file or block device"],

@@ -165,6 +165,32 @@ fn the_full_image_fallback_uses_no_named_temp_file() {
     );
 }
 
+/// Run `fwdelta ARGS`; fail the test if it has not ended after 20 s (a read
+/// that blocks on a FIFO, or one that never ends). Returns its exit status
+/// and stderr.
+fn run_within_20s(args: &[&OsStr]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("fwdelta {args:?} still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
 /// A FIFO at the patch's name is refused at once, not read forever.
 #[test]
 fn a_fifo_at_the_patch_name_is_refused_at_once() {
@@ -180,29 +206,14 @@ fn a_fifo_at_the_patch_name_is_refused_at_once() {
     fs::remove_file(&at).unwrap();
     let made = Command::new("mkfifo").arg(&at).status().unwrap();
     assert!(made.success(), "mkfifo failed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
-        .args([
-            OsStr::new("apply"),
-            OsStr::new("--manifest"),
-            f.path("out/manifest.json").as_os_str(),
-            old.as_os_str(),
-            OsStr::new("-o"),
-            f.path("new").as_os_str(),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            child.kill().unwrap();
-            panic!("apply still running after 20 s: it reads the FIFO");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, _) = run_within_20s(&[
+        OsStr::new("apply"),
+        OsStr::new("--manifest"),
+        f.path("out/manifest.json").as_os_str(),
+        old.as_os_str(),
+        OsStr::new("-o"),
+        f.path("new").as_os_str(),
+    ]);
     assert_eq!(status.code(), Some(EXIT_FAILURE));
     assert!(!f.path("new").exists());
 }
@@ -282,35 +293,14 @@ fn an_old_image_that_is_not_a_file_is_refused_at_once() {
     let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success(), "mkfifo failed");
     for old in [fifo.as_path(), Path::new("/dev/zero")] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fwdelta"))
-            .args([
-                OsStr::new("apply"),
-                OsStr::new("--manifest"),
-                f.path("out/manifest.json").as_os_str(),
-                old.as_os_str(),
-                OsStr::new("-o"),
-                f.path("new").as_os_str(),
-            ])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                child.kill().unwrap();
-                let _ = child.wait();
-                panic!(
-                    "apply --manifest still running after 20 s on {}",
-                    old.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        let (status, stderr) = run_within_20s(&[
+            OsStr::new("apply"),
+            OsStr::new("--manifest"),
+            f.path("out/manifest.json").as_os_str(),
+            old.as_os_str(),
+            OsStr::new("-o"),
+            f.path("new").as_os_str(),
+        ]);
         assert_eq!(
             status.code(),
             Some(EXIT_FAILURE),
