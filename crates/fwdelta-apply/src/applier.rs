@@ -56,6 +56,11 @@ pub struct ApplyOptions {
     /// to refuse (checked before the old image is read). Default: none, so
     /// signatures are not verified and no release rule applies.
     pub policy: Option<Arc<TrustPolicy>>,
+    /// The new image the caller expects (its BLAKE3, e.g. from a release
+    /// manifest): a patch whose header names another is refused with
+    /// [`ApplyError::UnexpectedNewImage`] on the header it is applied from,
+    /// before the old image is read. Default: any.
+    pub expected_new_hash: Option<[u8; HASH_LEN]>,
 }
 
 impl Default for ApplyOptions {
@@ -64,6 +69,7 @@ impl Default for ApplyOptions {
             memory_limit: u64::MAX,
             max_new_len: MAX_IMAGE_LEN,
             policy: None,
+            expected_new_hash: None,
         }
     }
 }
@@ -94,14 +100,31 @@ impl ApplyOptions {
         self
     }
 
-    /// Check a patch against [`Self::policy`] (or, without one, just report
-    /// its release statement and signers, verifying nothing).
+    /// Accept only a patch whose header names the new image with BLAKE3
+    /// `hash` (see [`Self::expected_new_hash`]).
+    pub fn with_expected_new_image(mut self, hash: Option<[u8; HASH_LEN]>) -> Self {
+        self.expected_new_hash = hash;
+        self
+    }
+
+    /// Check a patch against [`Self::expected_new_hash`] and [`Self::policy`]
+    /// (or, without a policy, just report its release statement and
+    /// signers, verifying nothing). Every applier (streaming, parallel, in
+    /// place) calls this on the header it applies, before the old image.
     pub(crate) fn judge(
         &self,
         header: &Header,
         header_bytes: &[u8],
         section: Option<&SignatureSection>,
     ) -> Result<Verdict, ApplyError> {
+        if let Some(expected) = self.expected_new_hash {
+            if header.new_hash != expected {
+                return Err(ApplyError::UnexpectedNewImage {
+                    expected,
+                    actual: header.new_hash,
+                });
+            }
+        }
         match self.policy.as_deref() {
             Some(p) => p.check(header, header_bytes, section),
             None => TrustPolicy::default().check(header, header_bytes, section),

@@ -6,6 +6,15 @@ use crate::IoError;
 use fwdelta_format::{FormatError, KeyId};
 use thiserror::Error;
 
+/// The first 8 bytes of a BLAKE3 hash, in hex (for error messages).
+struct HashStart<'a>(&'a [u8; 32]);
+
+impl core::fmt::Display for HashStart<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 /// Why applying a patch failed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -69,6 +78,21 @@ pub enum ApplyError {
     /// patch, most likely in its last segment, which has no check of its own.
     #[error("patch is corrupt: the image produced does not match the header's BLAKE3")]
     NewHashMismatch,
+    /// The patch makes another new image than the caller expects
+    /// ([`crate::ApplyOptions::expected_new_hash`], e.g. a release
+    /// manifest's): a swapped or foreign file. Refused on its header,
+    /// before the old image is read.
+    #[error(
+        "patch makes another image than expected: its new image's BLAKE3 starts {}, the expected one {}",
+        HashStart(actual),
+        HashStart(expected)
+    )]
+    UnexpectedNewImage {
+        /// The new image's BLAKE3 the caller expects.
+        expected: [u8; 32],
+        /// The one the patch's header names.
+        actual: [u8; 32],
+    },
     /// On a resume, the partial output kept from before does not hash to
     /// what its checkpoint recorded: the local copy was damaged, not the
     /// patch. Start over.
@@ -265,6 +289,7 @@ impl ApplyError {
             | Truncated { .. }
             | CorruptSegment { .. }
             | NewHashMismatch
+            | UnexpectedNewImage { .. }
             | TrailingData
             | Poisoned => ErrorClass::BadPatch,
             OldLength { .. } | OldHash { .. } | InterruptedUpdate(_) => ErrorClass::WrongOldImage,

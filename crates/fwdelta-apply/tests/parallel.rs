@@ -466,3 +466,73 @@ fn review_error_names_the_first_failing_segment() {
         "streaming: {want}; parallel: {got}"
     );
 }
+
+/// An old image that counts its reads.
+struct CountingOld<'a>(&'a [u8], std::sync::atomic::AtomicUsize);
+
+impl fwdelta_apply::OldImage for CountingOld<'_> {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), fwdelta_apply::IoError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.read_at(offset, buf)
+    }
+}
+
+/// `ApplyOptions::with_expected_new_image`: every applier (streaming,
+/// parallel, in place) refuses a patch whose header names another new image,
+/// on the header it applies, before the old image is read or a byte written;
+/// and takes the patch that names the expected one.
+#[test]
+fn a_patch_for_another_new_image_than_expected_is_refused_by_every_applier() {
+    use fwdelta_apply::{apply_in_place, ErrorClass, MemRegion};
+    let (old, new, patch) = pair("fw-x86-64");
+    let right = *blake3::hash(&new).as_bytes();
+    let mut wrong = right;
+    wrong[0] ^= 1;
+    let opts = |h| ApplyOptions::default().with_expected_new_image(Some(h));
+    let refused = |e: ApplyError| {
+        assert!(matches!(e, ApplyError::UnexpectedNewImage { .. }), "{e}");
+        assert_eq!(e.class(), ErrorClass::BadPatch);
+    };
+
+    // Streaming: no old read, nothing written.
+    let counting = CountingOld(&old, Default::default());
+    let mut a = Applier::new(&counting, Vec::new(), opts(wrong));
+    refused(a.feed(&patch).unwrap_err());
+    assert_eq!(counting.1.into_inner(), 0, "the old image was read");
+    let mut a = Applier::new(&old[..], Vec::new(), opts(right));
+    a.feed(&patch).unwrap();
+    assert_eq!(a.finish().unwrap().1, new);
+
+    // Parallel (the CLI's default): the same, and the output file empty.
+    let counting = CountingOld(&old, Default::default());
+    let pf = file_with(&patch);
+    let out = tempfile::tempfile().unwrap();
+    let mut rec = Recorder::default();
+    refused(apply_parallel(&counting, &pf, &out, &mut rec, opts(wrong), 2).unwrap_err());
+    assert_eq!(counting.1.into_inner(), 0, "the old image was read");
+    assert!(read_all(&out).is_empty() && rec.checkpoints.is_empty());
+    let got = parallel(&old, &patch, opts(right), 2, &mut Recorder::default()).unwrap();
+    assert_eq!(got, new);
+
+    // In place: the image untouched.
+    let in_place = diff(
+        &old,
+        &new,
+        &Options {
+            in_place: Some(12),
+            level: 6,
+            ..Options::default()
+        },
+    )
+    .unwrap()
+    .bytes;
+    let region = MemRegion::new(old.clone());
+    refused(apply_in_place(&region, io::Cursor::new(&in_place), opts(wrong)).unwrap_err());
+    assert_eq!(region.into_inner(), old);
+    let region = MemRegion::new(old.clone());
+    apply_in_place(&region, io::Cursor::new(&in_place), opts(right)).unwrap();
+    assert_eq!(region.into_inner(), new);
+}

@@ -475,7 +475,8 @@ fn fetch(
     // 3. Stream it into the applier.
     let mut opts = ApplyOptions::default()
         .with_memory_limit(a.memory_limit)
-        .with_max_new_len(a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN));
+        .with_max_new_len(a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN))
+        .with_expected_new_image(Some(m.new_blake3));
     let policy = Arc::new(match dev.as_deref() {
         Some(d) => d.policy(now),
         None => {

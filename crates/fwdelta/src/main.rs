@@ -622,9 +622,12 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
         return cmd_apply(&b);
     }
 
+    // With --manifest, the applier itself refuses a patch whose header (the
+    // one it applies from) names another new image than the manifest's.
     let mut opts = ApplyOptions::default()
         .with_memory_limit(a.memory_limit)
-        .with_max_new_len(a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN));
+        .with_max_new_len(a.max_size.unwrap_or(fwdelta_format::MAX_IMAGE_LEN))
+        .with_expected_new_image(a.expect_new);
     let now = a.now.unwrap_or_else(fwdelta_device::unix_now);
     if !a.trust.is_empty() {
         let keys = a
