@@ -126,6 +126,20 @@ where
     Run::of(child.wait_with_output().unwrap())
 }
 
+/// `fwdelta diff OLD NEW -o PATCH -q EXTRA...`, which must succeed.
+fn diff_ok(old: &Path, new: &Path, patch: &Path, extra: &[&str]) {
+    let mut args = vec![
+        OsStr::new("diff"),
+        old.as_os_str(),
+        new.as_os_str(),
+        OsStr::new("-o"),
+        patch.as_os_str(),
+        OsStr::new("-q"),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    fwdelta(&args).assert_ok();
+}
+
 fn testdata(pair: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata")
@@ -1131,17 +1145,7 @@ fn apply_threads_give_the_same_image_and_the_same_refusals() {
         testdata("fw-x86-64").join("new"),
     );
     let patch = dir.path().join("p.fwd");
-    fwdelta([
-        OsStr::new("diff"),
-        old.as_os_str(),
-        new.as_os_str(),
-        OsStr::new("-o"),
-        patch.as_os_str(),
-        OsStr::new("--segment-size"),
-        OsStr::new("300"),
-        OsStr::new("-q"),
-    ])
-    .assert_ok();
+    diff_ok(&old, &new, &patch, &["--segment-size", "300"]);
     let bytes = fs::read(&patch).unwrap();
     let header = fwdelta_format::Header::parse(&bytes[..header_len(&bytes)]).unwrap();
     assert!(
@@ -1206,15 +1210,7 @@ fn apply_refuses_a_fifo_as_the_old_image_without_hanging() {
     assert!(status.success());
     let pair = testdata("fw-cortex-m4");
     let patch = dir.path().join("p.fwd");
-    fwdelta([
-        OsStr::new("diff"),
-        pair.join("old").as_os_str(),
-        pair.join("new").as_os_str(),
-        OsStr::new("-o"),
-        patch.as_os_str(),
-        OsStr::new("-q"),
-    ])
-    .assert_ok();
+    diff_ok(&pair.join("old"), &pair.join("new"), &patch, &[]);
     let out_dir = dir.path().join("out");
     fs::create_dir(&out_dir).unwrap();
     let image = out_dir.join("image.bin");
