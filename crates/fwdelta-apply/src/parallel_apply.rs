@@ -326,7 +326,7 @@ where
                     &job,
                     in_order + 1 == count,
                 )
-                .and_then(|()| {
+                .and_then(|new_hash| {
                     produced += job.seg.new_len;
                     chain = chain::next(&chain, &hash);
                     let checkpoint = Checkpoint {
@@ -335,7 +335,7 @@ where
                         patch_offset: job.end,
                         new_offset: produced,
                         chain,
-                        new_hash: *hasher.clone().finalize().as_bytes(),
+                        new_hash,
                     };
                     sink.segment_done(&job.seg, &checkpoint)
                         .map_err(ApplyError::Sink)
@@ -364,6 +364,7 @@ where
 /// Hash the new bytes of the segment `job` (at `from` in `out`); for the
 /// last segment, check that the segments covered the new image and that it
 /// has the header's hash (what verifies a last segment without a check).
+/// Returns the hash of the new image so far (for the checkpoint).
 #[allow(clippy::too_many_arguments)]
 fn take_back(
     out: &File,
@@ -373,7 +374,7 @@ fn take_back(
     from: u64,
     job: &Job,
     last: bool,
-) -> Result<(), ApplyError> {
+) -> Result<[u8; HASH_LEN], ApplyError> {
     let end = from + job.seg.new_len;
     let mut pos = from;
     while pos < end {
@@ -383,6 +384,7 @@ fn take_back(
         hasher.update(&buf[..n]);
         pos += n as u64;
     }
+    let so_far = *hasher.clone().finalize().as_bytes();
     if last {
         if end != header.new_len {
             return Err(FormatError::SegmentsCover {
@@ -391,11 +393,11 @@ fn take_back(
             }
             .into());
         }
-        if *hasher.clone().finalize().as_bytes() != header.new_hash {
+        if so_far != header.new_hash {
             return Err(ApplyError::NewHashMismatch);
         }
     }
-    Ok(())
+    Ok(so_far)
 }
 
 /// The walker: read every segment's head (and stored check) in order from

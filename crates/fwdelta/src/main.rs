@@ -702,7 +702,9 @@ fn run_apply(
     };
     // Before a byte of the new image is written (or, on a resume, any more).
     let kept = resumed.as_ref().map_or(0, |r| r.produced());
-    ensure_room(a, output, &mut patch, kept, &opts)?;
+    // Read once, for the free-space check and the thread count.
+    let header = read_header_at_start(a, &patch)?;
+    ensure_room(output, header.as_ref(), kept, &opts)?;
     let applier = match resumed {
         Some(applier) => applier,
         None => {
@@ -720,7 +722,7 @@ fn run_apply(
                     })?;
                 }
             }
-            let threads = apply_threads(a, &mut patch, &opts)?;
+            let threads = apply_threads(a, &patch, header.as_ref(), &opts);
             if threads > 1 {
                 let out = sink
                     .file()
@@ -762,18 +764,24 @@ pub(crate) fn open_old_image(path: &Path) -> std::io::Result<FileImage> {
 /// How many segments of `patch` to decode at once: `-j` (default: the
 /// machine's cores), as many as the patch has segments and `opts`'
 /// memory limit holds decoders for, and 1 unless the patch is a regular
-/// file (the parallel applier reads it by offset). Reads the header; a
-/// header that does not parse gives 1 (the streaming applier refuses it).
-fn apply_threads(a: &ApplyArgs, patch: &mut File, opts: &ApplyOptions) -> Result<usize> {
+/// file (the parallel applier reads it by offset). `header`: the patch's,
+/// if it parses (1 if not: the streaming applier refuses it).
+fn apply_threads(
+    a: &ApplyArgs,
+    patch: &File,
+    header: Option<&fwdelta_format::Header>,
+    opts: &ApplyOptions,
+) -> usize {
     let wanted = match a.threads {
         Some(n) => usize::from(n),
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    if wanted <= 1 || !patch.metadata().is_ok_and(|m| m.is_file()) {
-        return Ok(1);
+    match header {
+        Some(h) if wanted > 1 && patch.metadata().is_ok_and(|m| m.is_file()) => {
+            fwdelta_apply::parallel_threads(h, opts, wanted)
+        }
+        _ => 1,
     }
-    Ok(read_header_at_start(a, patch)?
-        .map_or(1, |h| fwdelta_apply::parallel_threads(&h, opts, wanted)))
 }
 
 /// The header at the start of `patch` (read by offset), if it parses.
@@ -802,18 +810,16 @@ fn read_header_at_start(a: &ApplyArgs, patch: &File) -> Result<Option<fwdelta_fo
 
 /// Refuse, before a byte of the new image is written, a patch whose new image
 /// does not fit in the output filesystem's free space (`kept` bytes of it are
-/// already there, on a resume). Reads the patch header (leaving `patch` where
-/// it was) and costs one `statvfs`. A header that does not parse, or that
-/// exceeds `--max-size`, is left for the applier to refuse with its own
-/// error.
+/// already there, on a resume), given the patch's `header`. Costs one
+/// `statvfs`. A header that does not parse (`None`), or that exceeds
+/// `--max-size`, is left for the applier to refuse with its own error.
 fn ensure_room(
-    a: &ApplyArgs,
     output: &Path,
-    patch: &mut File,
+    header: Option<&fwdelta_format::Header>,
     kept: u64,
     opts: &ApplyOptions,
 ) -> Result<()> {
-    let Some(header) = read_header_at_start(a, patch)? else {
+    let Some(header) = header else {
         return Ok(());
     };
     if header.new_len > opts.max_new_len {
