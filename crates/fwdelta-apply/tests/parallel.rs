@@ -394,49 +394,21 @@ fn review_degenerate_patches_match_streaming() {
 /// 3 by the parallel applier and at segment 1 by the streaming one.
 #[test]
 fn review_error_names_the_first_failing_segment() {
-    use fwdelta_format::{chain::seal_patch, check_of, Codec, Layout, Record};
     let old = vec![7u8; 16];
     let new: Vec<u8> = (0..5u8).collect();
-    let lit = |b: u8, copy: u64| {
-        let mut p = Vec::new();
-        Record {
-            copy_len: copy,
-            diff_len: 0,
-            literal_len: 1,
-            seek: 0,
-        }
-        .encode_head(&mut p);
-        p.push(b);
-        p
-    };
     // Segment 1 copies 100 old bytes into a 1-byte segment: a decode fault.
-    let payloads: Vec<Vec<u8>> = (0..5u8)
-        .map(|i| lit(i, if i == 1 { 100 } else { 0 }))
-        .collect();
-    let mut header = Header {
-        flags: 0,
-        old_len: old.len() as u64,
-        old_check: check_of(&old),
-        new_len: new.len() as u64,
-        new_hash: *blake3::hash(&new).as_bytes(),
-        codec: Codec::Stored,
-        window_log: 10,
-        layout: Layout::Interleaved,
-        segment_count: 5,
-        apply_memory: 0,
-        cell_log: None,
-        code_refs: None,
-        literal_filter: None,
-        release: None,
-    };
-    header.apply_memory = header.memory_floor();
-    let mut patch = seal_patch(
-        &header,
-        payloads
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (i as u64, 1u64, 0u64, &p[..])),
-    );
+    let mut patch =
+        fwdelta_testkit::crafted_patch::one_byte_segments(
+            &old,
+            &new,
+            |i| {
+                if i == 1 {
+                    100
+                } else {
+                    0
+                }
+            },
+        );
     // Segment 3's stored check ends where segment 4 starts.
     let mut at4 = None;
     fwdelta_apply::inspect_each(&patch[..], |s, at| {

@@ -15,9 +15,7 @@
 //! patch.
 
 use fwdelta_apply::{apply, apply_parallel, parallel_threads, ApplyOptions, Sink};
-use fwdelta_format::{
-    chain::seal_patch, check_of, Checkpoint, Codec, Header, Layout, Record, SegmentHeader,
-};
+use fwdelta_format::{Checkpoint, Header, SegmentHeader};
 use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -97,45 +95,7 @@ impl Sink for Count {
 fn many_segments(n: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let old = vec![7u8; 16];
     let new: Vec<u8> = (0..n).map(|i| (i * 31 % 251) as u8).collect();
-    let payloads: Vec<Vec<u8>> = new
-        .iter()
-        .map(|&b| {
-            let mut p = Vec::new();
-            Record {
-                copy_len: 0,
-                diff_len: 0,
-                literal_len: 1,
-                seek: 0,
-            }
-            .encode_head(&mut p);
-            p.push(b);
-            p
-        })
-        .collect();
-    let mut header = Header {
-        flags: 0,
-        old_len: old.len() as u64,
-        old_check: check_of(&old),
-        new_len: new.len() as u64,
-        new_hash: *blake3::hash(&new).as_bytes(),
-        codec: Codec::Stored,
-        window_log: 10,
-        layout: Layout::Interleaved,
-        segment_count: n as u32,
-        apply_memory: 0,
-        cell_log: None,
-        code_refs: None,
-        literal_filter: None,
-        release: None,
-    };
-    header.apply_memory = header.memory_floor();
-    let patch = seal_patch(
-        &header,
-        payloads
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (i as u64, 1u64, 0u64, &p[..])),
-    );
+    let patch = fwdelta_testkit::crafted_patch::one_byte_segments(&old, &new, |_| 0);
     (old, new, patch)
 }
 

@@ -128,3 +128,52 @@ pub fn split_lzma2(blocks: &[[&[u8]; 3]], dict: u32) -> Option<Vec<u8>> {
         .collect();
     Some(split_payload(&chunks))
 }
+
+/// A stored, interleaved patch from `old` to `new` of one segment per new
+/// byte, each a single record: `copy_len(i)` old bytes copied (0 gives an
+/// honest patch; more than the segment holds, a decode fault in segment
+/// `i`), then new byte `i` as a literal. Sealed with
+/// `fwdelta_format::chain::seal_patch`; the header claims the memory floor.
+pub fn one_byte_segments(old: &[u8], new: &[u8], copy_len: impl Fn(usize) -> u64) -> Vec<u8> {
+    use fwdelta_format::{chain::seal_patch, check_of, Codec, Header, Layout, Record};
+    let payloads: Vec<Vec<u8>> = new
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            let mut p = Vec::new();
+            Record {
+                copy_len: copy_len(i),
+                diff_len: 0,
+                literal_len: 1,
+                seek: 0,
+            }
+            .encode_head(&mut p);
+            p.push(b);
+            p
+        })
+        .collect();
+    let mut header = Header {
+        flags: 0,
+        old_len: old.len() as u64,
+        old_check: check_of(old),
+        new_len: new.len() as u64,
+        new_hash: *blake3::hash(new).as_bytes(),
+        codec: Codec::Stored,
+        window_log: 10,
+        layout: Layout::Interleaved,
+        segment_count: new.len() as u32,
+        apply_memory: 0,
+        cell_log: None,
+        code_refs: None,
+        literal_filter: None,
+        release: None,
+    };
+    header.apply_memory = header.memory_floor();
+    seal_patch(
+        &header,
+        payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64, 1u64, 0u64, &p[..])),
+    )
+}
