@@ -21,9 +21,11 @@
 //! and one compression context per worker thread.
 
 pub mod address_mapper;
+pub mod block_matcher;
 pub mod code_detector;
 pub mod container_writer;
 mod error;
+pub mod gram_filter;
 pub mod in_place_planner;
 pub mod match_scan;
 pub mod matcher;
@@ -44,6 +46,7 @@ use fwdelta_format::reference_rewriter::{Arch, ReferenceRewriter};
 use fwdelta_format::{literal_filter, CodeRefs, Codec, Header, Layout, MemoryModel, MAX_IMAGE_LEN};
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
+use suffix_array::SuffixArray;
 
 /// Executable-aware diffing (see `fwdelta_format::reference_rewriter`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,8 +263,9 @@ pub struct Plan {
 struct CodePlan {
     refs: CodeRefs,
     predicted: Vec<u8>,
-    /// One edit script per switch margin (`matcher::SWITCH_MARGINS`).
-    scripts: Vec<Vec<Op>>,
+    /// An edit script per switch margin scanned (all of
+    /// `matcher::SWITCH_MARGINS`, or those the plain probe left), with it.
+    scripts: Vec<(usize, Vec<Op>)>,
 }
 
 /// One patch [`Plan::encode`] may make: an edit script, the image its diff
@@ -292,6 +296,32 @@ impl Plan {
     /// image through it and match again. Cost of the second part: a copy of
     /// the old image, one rewrite pass and a second suffix sort and scan.
     pub fn build_with(old: &[u8], new: &[u8], code: CodeMode) -> Result<Plan, DiffError> {
+        let mut plan = Self::build_plain(old, new, code, &matcher::SWITCH_MARGINS)?;
+        let start = Instant::now();
+        plan.code = plan.arch.filter(|_| !new.is_empty()).and_then(|arch| {
+            let (refs, predicted) = predict(arch, old, &plan.scripts[0])?;
+            let sa = SuffixArray::new(&predicted);
+            let scripts = matcher::find_scripts_in(&sa, new, &matcher::SWITCH_MARGINS);
+            drop(sa);
+            Some(CodePlan {
+                refs,
+                predicted,
+                scripts: matcher::SWITCH_MARGINS.into_iter().zip(scripts).collect(),
+            })
+        });
+        plan.match_time += start.elapsed();
+        Ok(plan)
+    }
+
+    /// Hash both images, find the plain matches at every switch margin and
+    /// detect the instruction set (the executable-aware plan is left to the
+    /// caller).
+    fn build_plain(
+        old: &[u8],
+        new: &[u8],
+        code: CodeMode,
+        margins: &[usize],
+    ) -> Result<Plan, DiffError> {
         for (which, len) in [("old", old.len()), ("new", new.len())] {
             if len as u64 > MAX_IMAGE_LEN {
                 return Err(DiffError::TooLarge {
@@ -303,22 +333,83 @@ impl Plan {
         let start = Instant::now();
         let ((old_hash, new_hash), scripts) = rayon::join(
             || rayon::join(|| hash(old), || hash(new)),
-            || matcher::find_scripts(old, new, &matcher::SWITCH_MARGINS),
+            || matcher::find_scripts(old, new, margins),
         );
         let arch = match code {
             CodeMode::Off => None,
             CodeMode::Arch(a) => Some(a),
             CodeMode::Auto => code_detector::detect(old),
         };
-        let code = arch.and_then(|arch| plan_code(arch, old, new, &scripts[0]));
         Ok(Plan {
             scripts,
-            code,
+            code: None,
             arch,
             old_hash,
             new_hash,
             match_time: start.elapsed(),
         })
+    }
+
+    /// [`Self::build_with`] and [`Self::encode`] as one pipeline, the way
+    /// [`diff`] makes a patch: the executable-aware plan's old-image
+    /// prediction and suffix sort (mostly one thread) run beside the probe
+    /// of the plain candidates, and the aware scan skips the switch margins
+    /// whose plain patch the probe found clearly larger (the margins rank
+    /// the same way on plain and aware scripts of the corpus). Same patch as
+    /// [`Self::build_with`] then [`Self::encode`] unless a margin is skipped.
+    fn build_and_encode(
+        old: &[u8],
+        new: &[u8],
+        code: CodeMode,
+        opts: &Options,
+    ) -> Result<Patch, DiffError> {
+        // The fast levels scan at bsdiff's margin alone and plan no
+        // executable-aware patch unless one was named.
+        let fast = opts.level <= FAST_LEVEL_MAX;
+        let (code, margins) = match code {
+            CodeMode::Auto if fast => (CodeMode::Off, &matcher::SWITCH_MARGINS[..1]),
+            _ if fast => (code, &matcher::SWITCH_MARGINS[..1]),
+            _ => (code, &matcher::SWITCH_MARGINS[..]),
+        };
+        let mut plan = Self::build_plain(old, new, code, margins)?;
+        let start = Instant::now();
+        let probing = Self::probes(new, opts, plan.scripts.len());
+        let plain: Vec<Candidate> = plan.plain_candidates(old, opts).collect();
+        let predicted = plan
+            .arch
+            .filter(|_| opts.in_place.is_none() && !new.is_empty())
+            .and_then(|arch| predict(arch, old, &plan.scripts[0]));
+        let (sorted, plain_sizes) = rayon::join(
+            || predicted.as_ref().map(|(_, p)| SuffixArray::new(p)),
+            || {
+                probing
+                    .then(|| plan.probe_sizes(&plain, old, new))
+                    .transpose()
+            },
+        );
+        let plain_sizes = plain_sizes?;
+        let margins: Vec<usize> = match &plain_sizes {
+            Some(sizes) => plain
+                .iter()
+                .zip(probe_keeps(
+                    &sizes.iter().map(|&s| (s, false)).collect::<Vec<_>>(),
+                    opts.probe_min_patch,
+                ))
+                .filter(|(_, keep)| *keep)
+                .map(|(c, _)| c.margin)
+                .collect(),
+            None => margins.to_vec(),
+        };
+        let scripts = sorted.map(|sa| matcher::find_scripts_in(&sa, new, &margins));
+        plan.code = predicted
+            .zip(scripts)
+            .map(|((refs, predicted), scripts)| CodePlan {
+                refs,
+                predicted,
+                scripts: margins.into_iter().zip(scripts).collect(),
+            });
+        plan.match_time += start.elapsed();
+        plan.encode_probed(old, new, opts, plain_sizes)
     }
 
     /// Encode this plan into a patch container: a candidate patch per edit
@@ -332,6 +423,60 @@ impl Plan {
     /// budget once its map and rewriter are paid for; if none does, only the
     /// plain patch is made.
     pub fn encode(&self, old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
+        self.encode_probed(old, new, opts, None)
+    }
+
+    /// The candidates of the plain edit scripts, bsdiff's margin first.
+    fn plain_candidates<'s>(
+        &'s self,
+        old: &'s [u8],
+        opts: &'s Options,
+    ) -> impl Iterator<Item = Candidate<'s>> {
+        self.scripts
+            .iter()
+            .zip(matcher::SWITCH_MARGINS)
+            .map(move |(ops, margin)| Candidate {
+                ops,
+                base: old,
+                opts,
+                refs: None,
+                margin,
+            })
+    }
+
+    /// Whether [`Self::encode`] probes `candidates` candidate patches of
+    /// `new` with `opts` before making them in full.
+    fn probes(new: &[u8], opts: &Options, candidates: usize) -> bool {
+        candidates > 1
+            && (PROBE_FROM_LEVEL..segment_encoder::SEARCH_LEVEL).contains(&opts.level)
+            && new.len() >= opts.probe_min_patch
+    }
+
+    /// Each candidate's patch size at [`PROBE_LEVEL`], made in parallel.
+    fn probe_sizes(
+        &self,
+        candidates: &[Candidate],
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<Vec<usize>, DiffError> {
+        candidates
+            .par_iter()
+            .map(|c| {
+                self.encode_ops(c, old, new, PROBE_LEVEL, true)
+                    .map(|p| p.bytes.len())
+            })
+            .collect()
+    }
+
+    /// [`Self::encode`], given the probe sizes of the plain candidates if
+    /// they were already made.
+    fn encode_probed(
+        &self,
+        old: &[u8],
+        new: &[u8],
+        opts: &Options,
+        plain_sizes: Option<Vec<usize>>,
+    ) -> Result<Patch, DiffError> {
         let aware_opts = self.code.as_ref().and_then(|code| {
             let header_len = Header::MAX_BASE_LEN + code.refs.extension_len();
             let extra =
@@ -344,40 +489,33 @@ impl Plan {
         });
         // Every patch worth making: each plain edit script, then each
         // executable-aware one.
-        let plain = (&self.scripts, old, opts, None);
-        let aware = aware_opts
-            .as_ref()
-            .map(|(code, o)| (&code.scripts, &code.predicted[..], o, Some(&code.refs)));
-        let candidates: Vec<Candidate> = std::iter::once(plain)
-            .chain(aware)
-            .flat_map(|(scripts, base, opts, refs)| {
-                scripts
-                    .iter()
-                    .zip(matcher::SWITCH_MARGINS)
-                    .map(move |(ops, margin)| Candidate {
-                        ops,
-                        base,
-                        opts,
-                        refs,
-                        margin,
-                    })
+        let aware = aware_opts.iter().flat_map(|(code, o)| {
+            code.scripts.iter().map(move |(margin, ops)| Candidate {
+                ops,
+                base: &code.predicted,
+                opts: o,
+                refs: Some(&code.refs),
+                margin: *margin,
             })
-            .collect();
+        });
+        let candidates: Vec<Candidate> = self.plain_candidates(old, opts).chain(aware).collect();
         let make = |c: &Candidate, level: i32| self.encode_ops(c, old, new, level, false);
         let mut keep = vec![true; candidates.len()];
         let mut probe = None;
-        if candidates.len() > 1
-            && (PROBE_FROM_LEVEL..segment_encoder::SEARCH_LEVEL).contains(&opts.level)
-            && new.len() >= opts.probe_min_patch
-        {
-            let sizes = candidates
-                .par_iter()
-                .map(|c| {
-                    self.encode_ops(c, old, new, PROBE_LEVEL, true)
-                        .map(|p| p.bytes.len())
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            keep = probe_keeps(&sizes, opts.probe_min_patch);
+        if Self::probes(new, opts, candidates.len()) {
+            let sizes = match plain_sizes {
+                Some(mut sizes) if sizes.len() == self.scripts.len() => {
+                    sizes.extend(self.probe_sizes(&candidates[sizes.len()..], old, new)?);
+                    sizes
+                }
+                _ => self.probe_sizes(&candidates, old, new)?,
+            };
+            let kinds: Vec<(usize, bool)> = sizes
+                .iter()
+                .zip(&candidates)
+                .map(|(&size, c)| (size, c.refs.is_some()))
+                .collect();
+            keep = probe_keeps(&kinds, opts.probe_min_patch);
             let made = keep.iter().filter(|&&k| k).count();
             if made < candidates.len() {
                 probe = Some(Probe {
@@ -591,6 +729,19 @@ impl Plan {
     }
 }
 
+/// Levels up to this one are the fast levels (`fwdelta diff --fast` is
+/// level 4): [`diff`] scans at bsdiff's switch margin alone and, with
+/// [`CodeMode::Auto`], plans no executable-aware patch, so it sorts and
+/// scans once and encodes one candidate. On the public corpus that made
+/// diffs 2.2-4.9x faster than the default level for patches 0-14% larger,
+/// still smaller than HDiffPatch's (lzma2) except on the two near-identical
+/// pairs, by 162 and 29 bytes.
+pub const FAST_LEVEL_MAX: i32 = 5;
+
+/// The level `fwdelta diff --fast` picks: LZMA2 preset 2 (liblzma's fast
+/// mode) for the literals.
+pub const FAST_LEVEL: i32 = 4;
+
 /// From this level up to [`segment_encoder::SEARCH_LEVEL`] (exclusive), a
 /// large pair's candidate patches (plain and executable-aware, at each
 /// switch margin) are first made at [`PROBE_LEVEL`], and only those not
@@ -614,13 +765,15 @@ pub const PROBE_LEVEL: i32 = 1;
 /// always favours the aware patch, more so the smaller the patch.
 pub const PROBE_MIN_PATCH: usize = 1 << 20;
 
-/// The probe leaves a candidate unmade only when it is at least this
-/// fraction larger than the smallest at the probe level; the rest are made
-/// in full and the smallest kept. It covers the probe's bias measured above
-/// (at most 0.5% on large images) with room to spare, and is small enough
-/// that the closest plain/aware call on the corpus (P7: aware 1.05% smaller
-/// at the probe level, 0.58% in full) is still decided by the probe.
-pub const PROBE_MARGIN: f64 = 0.01;
+/// The probe leaves a plain candidate unmade when it is at least this
+/// fraction larger than the smallest, an executable-aware one (or the other
+/// way round) at the probe level; the rest are made in full and the
+/// smallest kept. It is the probe's bias measured above (at most 0.5% on
+/// large images) plus the margin between candidates of one kind
+/// ([`PROBE_SAME_KIND_MARGIN`]). The closest plain/aware call on the corpus
+/// (P7: aware 1.0% smaller at the probe level, 0.8% in full) is decided by
+/// the probe.
+pub const PROBE_MARGIN: f64 = 0.0075;
 
 /// What the probe did: of `candidates` patches (each plain and
 /// executable-aware edit script), `made` were made in full.
@@ -633,22 +786,43 @@ pub struct Probe {
     pub made: usize,
 }
 
-/// Which candidates to make in full, given their sizes at [`PROBE_LEVEL`]:
-/// all when the smallest is under `min_patch` bytes, else those less than
-/// [`PROBE_MARGIN`] larger than the smallest.
-pub fn probe_keeps(sizes: &[usize], min_patch: usize) -> Vec<bool> {
-    let best = sizes.iter().copied().min().unwrap_or(0);
+/// The probe leaves a candidate unmade when it is at least this fraction
+/// larger than the smallest at the probe level and of the same kind (both
+/// plain or both executable-aware: they differ only in the switch margin).
+/// The probe ranks those without the aware bias: on the corpus's pairs with
+/// probed patches (P1, P4, P7) the margin candidates the probe put 0.5-1.0%
+/// apart were 0.9-1.1% apart in full, in the same order, while a full encode
+/// of each costs about as much as the whole probe.
+pub const PROBE_SAME_KIND_MARGIN: f64 = 0.0025;
+
+/// Which candidates to make in full, given their sizes at [`PROBE_LEVEL`]
+/// and whether each is executable-aware: all when the smallest is under
+/// `min_patch` bytes, else those less than [`PROBE_MARGIN`] larger than the
+/// smallest, or [`PROBE_SAME_KIND_MARGIN`] when of its kind.
+pub fn probe_keeps(sizes: &[(usize, bool)], min_patch: usize) -> Vec<bool> {
+    let Some(&(best, best_aware)) = sizes.iter().min_by_key(|(size, _)| *size) else {
+        return Vec::new();
+    };
     sizes
         .iter()
-        .map(|&s| best < min_patch || (s as f64) * (1.0 - PROBE_MARGIN) <= best as f64)
+        .map(|&(s, aware)| {
+            let margin = if aware == best_aware {
+                PROBE_SAME_KIND_MARGIN
+            } else {
+                PROBE_MARGIN
+            };
+            best < min_patch || (s as f64) * (1.0 - margin) <= best as f64
+        })
         .collect()
 }
 
-/// Plan the executable-aware alternative for `arch`: map, predicted old
-/// image, matches against it. `None` when there is nothing to predict (no
-/// moved code, or no reference changes).
-fn plan_code(arch: Arch, old: &[u8], new: &[u8], ops: &[Op]) -> Option<CodePlan> {
-    if old.is_empty() || new.is_empty() {
+/// The executable-aware alternative's prediction for `arch`: the references
+/// to predict (the address map derived from the plain `ops`) and the old
+/// image as predicted. `None` when there is nothing to predict (no moved
+/// code, or no reference changes). Cost: a copy of the old image and one
+/// rewrite pass.
+fn predict(arch: Arch, old: &[u8], ops: &[Op]) -> Option<(CodeRefs, Vec<u8>)> {
+    if old.is_empty() {
         return None;
     }
     // One byte of the extension holds the arch id.
@@ -661,12 +835,7 @@ fn plan_code(arch: Arch, old: &[u8], new: &[u8], ops: &[Op]) -> Option<CodePlan>
     if predicted == old {
         return None;
     }
-    let scripts = matcher::find_scripts(&predicted, new, &matcher::SWITCH_MARGINS);
-    Some(CodePlan {
-        refs: CodeRefs { arch, map },
-        predicted,
-        scripts,
-    })
+    Some((CodeRefs { arch, map }, predicted))
 }
 
 /// An estimate of the peak resident memory (bytes) of a process that
@@ -686,8 +855,9 @@ fn plan_code(arch: Arch, old: &[u8], new: &[u8], ops: &[Op]) -> Option<CodePlan>
 /// - per thread, one compression context: up to 24 MiB (LZMA2's match
 ///   finder at the largest window), less on small images (8 bytes per new
 ///   byte);
-/// - the old image's suffix array (4 bytes per old byte) and the mapped
-///   old image;
+/// - the old image's suffix array (4 bytes per old byte), its gram filter
+///   from [`suffix_array::GRAM_FILTER_MIN_TEXT`] (1 byte per old byte) and
+///   the mapped old image;
 /// - when executable-aware diffing will run (`code` names an instruction
 ///   set, or `auto` detects one in `old`, as [`diff`] does), the predicted
 ///   old image and its own match lists: 2 more bytes per old byte;
@@ -707,7 +877,8 @@ pub fn estimated_peak_memory(old: &[u8], new_len: u64, code: CodeMode, threads: 
         CodeMode::Auto => code_detector::detect(old).is_some(),
     };
     let old_len = old.len() as u64;
-    let per_old = if aware { 7 } else { 5 };
+    let filter = u64::from(old.len() >= suffix_array::GRAM_FILTER_MIN_TEXT);
+    let per_old = if aware { 7 } else { 5 } + filter;
     let context = (24 * MIB).min(new_len.saturating_mul(8));
     (12 * MIB)
         .saturating_add((threads.max(1) as u64).saturating_mul(context))
@@ -726,7 +897,7 @@ mod estimate_tests {
         let plain = estimated_peak_memory(&old, 1 << 20, CodeMode::Off, 1);
         assert_eq!(
             plain,
-            (12 << 20) + (8 << 20) + (5 << 20) + (3 << 20) + (9 << 20) / 4
+            (12 << 20) + (8 << 20) + (6 << 20) + (3 << 20) + (9 << 20) / 4
         );
         assert!(estimated_peak_memory(&old, 1 << 20, CodeMode::Off, 2) > plain);
         let aware = estimated_peak_memory(
@@ -756,7 +927,7 @@ pub fn diff(old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> 
     } else {
         opts.code
     };
-    Plan::build_with(old, new, code)?.encode(old, new, opts)
+    Plan::build_and_encode(old, new, code, opts)
 }
 
 fn hash(data: &[u8]) -> [u8; 32] {
@@ -776,21 +947,46 @@ mod probe_tests {
     #[test]
     fn the_probe_drops_only_clearly_larger_patches() {
         let big = 2 * PROBE_MIN_PATCH;
-        let keeps = |sizes: &[usize]| probe_keeps(sizes, PROBE_MIN_PATCH);
-        assert_eq!(keeps(&[big, big * 98 / 100]), [false, true]);
-        assert_eq!(keeps(&[big * 98 / 100, big]), [true, false]);
-        assert_eq!(keeps(&[big, big * 995 / 1000]), [true, true]);
-        assert_eq!(keeps(&[big, big]), [true, true]);
-        assert_eq!(
-            keeps(&[big, big * 97 / 100, big * 975 / 100 / 10, big * 99 / 100]),
-            [false, true, true, false]
-        );
+        // Plain and aware candidates: the wide margin between kinds.
+        let mixed = |sizes: &[usize]| {
+            let kinds: Vec<(usize, bool)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (s, i % 2 == 1))
+                .collect();
+            probe_keeps(&kinds, PROBE_MIN_PATCH)
+        };
+        assert_eq!(mixed(&[big, big * 98 / 100]), [false, true]);
+        assert_eq!(mixed(&[big * 98 / 100, big]), [true, false]);
+        assert_eq!(mixed(&[big, big * 995 / 1000]), [true, true]);
+        assert_eq!(mixed(&[big, big]), [true, true]);
         // The margin is relative to the smallest patch.
         let edge = (big as f64 / (1.0 - PROBE_MARGIN)) as usize;
-        assert_eq!(keeps(&[edge, big]), [true, true]);
-        assert_eq!(keeps(&[edge + 1, big]), [false, true]);
+        assert_eq!(mixed(&[edge, big]), [true, true]);
+        assert_eq!(mixed(&[edge + 1, big]), [false, true]);
+        // Candidates of the best one's kind get the narrow margin.
+        let same = |sizes: &[usize]| {
+            let kinds: Vec<(usize, bool)> = sizes.iter().map(|&s| (s, true)).collect();
+            probe_keeps(&kinds, PROBE_MIN_PATCH)
+        };
+        assert_eq!(same(&[big, big * 995 / 1000]), [false, true]);
+        assert_eq!(same(&[big, big * 998 / 1000]), [true, true]);
+        let edge = (big as f64 / (1.0 - PROBE_SAME_KIND_MARGIN)) as usize;
+        assert_eq!(same(&[edge, big]), [true, true]);
+        assert_eq!(same(&[edge + 1, big]), [false, true]);
+        // Both at once: the best is aware; one of each kind within 0.6%.
+        let four = [
+            (big, false),
+            (big * 990 / 1000, false),
+            (big * 984 / 1000, true),
+            (big * 990 / 1000, true),
+        ];
+        assert_eq!(
+            probe_keeps(&four, PROBE_MIN_PATCH),
+            [false, true, true, false]
+        );
         // Under the size floor every candidate is made.
-        assert_eq!(keeps(&[PROBE_MIN_PATCH - 1, big]), [true, true]);
-        assert_eq!(keeps(&[]), Vec::<bool>::new());
+        assert_eq!(same(&[PROBE_MIN_PATCH - 1, big]), [true, true]);
+        assert_eq!(same(&[]), Vec::<bool>::new());
     }
 }

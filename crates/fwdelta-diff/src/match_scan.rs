@@ -5,7 +5,19 @@
 //! matches (byte differences allowed) where more than half the bytes agree.
 //!
 //! The decisions are bsdiff's (as the `bidiff` crate has them); the search
-//! underneath is ours and much cheaper on long shared prefixes.
+//! underneath is ours and much cheaper on long shared prefixes. One
+//! departure: on large old images ([`GRAM_FILTER_MIN_TEXT`]) a position
+//! whose next [`GRAM`] bytes occur nowhere in the old image is not searched
+//! and counts as matching nothing. bsdiff would find a match shorter than
+//! [`GRAM`] there, which ends a scan step only if the current offset scores
+//! exactly as much (then the scan skips ahead over it instead of moving a
+//! byte) or, at small margins, next to nothing (then it switches to a short
+//! chance match). On the public corpus skipping those searches made the
+//! scan 35-40% faster on the large executables and changed patch sizes by
+//! -0.9% to +0.06%.
+//!
+//! [`GRAM_FILTER_MIN_TEXT`]: crate::suffix_array::GRAM_FILTER_MIN_TEXT
+//! [`GRAM`]: crate::gram_filter::GRAM
 
 use crate::suffix_array::{Found, SuffixArray, BATCH};
 use rayon::prelude::*;
@@ -220,7 +232,12 @@ fn scan_chunk(sa: &SuffixArray, new: &[u8], margin: usize, memo: &mut SearchMemo
             if (len == old_score && len != 0) || len > old_score + margin {
                 break;
             }
-            if agrees(scan, last_offset) {
+            // `scan` leaves the scored window. With the gram filter the window
+            // can be empty here (a short match turned away): then `scan` was
+            // never scored and must not be unscored.
+            if scored_to <= scan {
+                scored_to = scan + 1;
+            } else if agrees(scan, last_offset) {
                 old_score -= 1;
             }
             scan += 1;
@@ -321,11 +338,24 @@ impl Lookahead {
             return found;
         }
         let n = if batch { BATCH.min(new.len() - at) } else { 1 };
+        // Needles the gram filter passes are searched; the others have no
+        // match worth a search (see the module notes).
         let mut needles: [&[u8]; BATCH] = [&[]; BATCH];
-        for (k, needle) in needles[..n].iter_mut().enumerate() {
-            *needle = &new[at + k..];
+        let mut slot = [0usize; BATCH];
+        let mut searched = 0;
+        for k in 0..n {
+            let needle = &new[at + k..];
+            self.found[k] = Found::default();
+            if sa.may_match(needle) {
+                (needles[searched], slot[searched]) = (needle, k);
+                searched += 1;
+            }
         }
-        sa.longest_matches(&needles[..n], &mut self.found[..n]);
+        let mut got = [Found::default(); BATCH];
+        sa.longest_matches(&needles[..searched], &mut got[..searched]);
+        for (&k, found) in slot[..searched].iter().zip(got) {
+            self.found[k] = found;
+        }
         (self.start, self.held) = (at, n);
         for (k, &found) in self.found[..n].iter().enumerate() {
             memo.record(at + k, found);
@@ -384,6 +414,43 @@ mod tests {
         check_tiling(&old, &new, &found);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!((found[0].old_start, found[0].diff_len), (0, new.len()));
+    }
+
+    #[test]
+    fn the_gram_filter_keeps_the_tiling_and_the_moved_blocks() {
+        // Moved blocks with changed bytes, and fresh bytes the filter
+        // turns away: both scans tile, find the blocks and leave the fresh
+        // bytes literal.
+        let old = noise(200_000, 1);
+        let mut new = old[50_000..120_000].to_vec();
+        // (`noise` with another seed is `old` shifted: xorshift instead.)
+        let mut x = 0x2545_f491_u32;
+        new.extend((0..20_000).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        }));
+        new.extend_from_slice(&old[..50_000]);
+        for at in (500..new.len()).step_by(1_009) {
+            new[at] = new[at].wrapping_add(3);
+        }
+        let covered = |found: &[Match]| found.iter().map(|m| m.diff_len).sum::<usize>();
+        let mut covers = Vec::new();
+        for filter in [false, true] {
+            let sa = SuffixArray::with_filter(&old, filter);
+            for margin in [BSDIFF_MARGIN, 3] {
+                let found = scan(&sa, &new, 30_000, margin);
+                check_tiling(&old, &new, &found);
+                covers.push(covered(&found));
+            }
+        }
+        for (k, &c) in covers.iter().enumerate() {
+            assert!(
+                (118_000..=121_000).contains(&c),
+                "scan {k}: {c} bytes matched of 120,000 moved"
+            );
+        }
     }
 
     #[test]

@@ -10,8 +10,15 @@
 //! steps run in lockstep (so their misses overlap), and a comparison skips
 //! the prefix the needle is known to share with both ends of the interval.
 
+use crate::gram_filter::GramFilter;
 use rayon::prelude::*;
 use std::cmp::min;
+
+/// Texts from this size on get a [`GramFilter`] (see
+/// [`SuffixArray::may_match`]): below it a search's binary search stays in
+/// cache and the filter would only change which short matches bsdiff's scan
+/// sees (on the test firmwares, a few bytes either way).
+pub const GRAM_FILTER_MIN_TEXT: usize = 1 << 20;
 
 /// Largest partition one sort handles: both sorters index with `i32` and
 /// need the text shorter than `i32::MAX`.
@@ -35,13 +42,16 @@ pub struct Found {
 /// The suffix array of a text, in one or more partitions.
 ///
 /// Cost: 4 bytes per text byte plus a bucket table of 256 KiB to 4 MiB per
-/// partition; one `libsais` pass and one counting pass per partition
-/// (partitions sorted in parallel on the ambient rayon pool).
+/// partition, and from [`GRAM_FILTER_MIN_TEXT`] a [`GramFilter`] (1 byte per
+/// text byte); one `libsais` pass and one counting pass per partition
+/// (partitions sorted in parallel on the ambient rayon pool, the filter
+/// built beside them).
 pub struct SuffixArray<'a> {
     text: &'a [u8],
     /// Length of every partition but the last.
     partition_len: usize,
     parts: Vec<Part>,
+    filter: Option<GramFilter>,
 }
 
 /// One partition's sorted suffixes and their buckets.
@@ -131,9 +141,21 @@ fn key(s: &[u8]) -> u32 {
 }
 
 impl<'a> SuffixArray<'a> {
-    /// Sort the suffixes of `text`.
+    /// Sort the suffixes of `text`, with a gram filter from
+    /// [`GRAM_FILTER_MIN_TEXT`] bytes.
     pub fn new(text: &'a [u8]) -> SuffixArray<'a> {
-        Self::with_partition_len(text, text.len() / partitions(text.len()) + 1)
+        Self::with_filter(text, text.len() >= GRAM_FILTER_MIN_TEXT)
+    }
+
+    /// Sort the suffixes of `text`, with a gram filter if `filter`.
+    pub fn with_filter(text: &'a [u8], filter: bool) -> SuffixArray<'a> {
+        let partition_len = text.len() / partitions(text.len()) + 1;
+        let (mut sa, filter) = rayon::join(
+            || Self::with_partition_len(text, partition_len),
+            || filter.then(|| GramFilter::new(text)),
+        );
+        sa.filter = filter;
+        sa
     }
 
     /// Sort `text` in partitions of `partition_len` bytes (tests use small
@@ -148,7 +170,18 @@ impl<'a> SuffixArray<'a> {
             text,
             partition_len,
             parts,
+            filter: None,
         }
+    }
+
+    /// False only if no match of `needle` in the text can be [`GRAM`] bytes
+    /// or longer (its first [`GRAM`] bytes occur nowhere); always true
+    /// without a filter. Cost: two bit reads.
+    ///
+    /// [`GRAM`]: crate::gram_filter::GRAM
+    #[inline]
+    pub fn may_match(&self, needle: &[u8]) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.may_match(needle))
     }
 
     /// The text the array indexes.

@@ -609,9 +609,13 @@ fn a_probe_leaves_clearly_larger_patches_unmade() {
         let probe = report
             .probe
             .unwrap_or_else(|| panic!("{arch:?}: no probe decided: {report:?}"));
-        // Plain and aware, each at every switch margin; the plain ones are
-        // clearly larger and were not made in full.
-        assert_eq!(probe.candidates, 2 * SWITCH_MARGINS.len());
+        // Plain at every switch margin, aware at those the plain probe left
+        // (at least one); the plain ones are clearly larger and were not
+        // made in full.
+        assert!(
+            (SWITCH_MARGINS.len() + 1..=2 * SWITCH_MARGINS.len()).contains(&probe.candidates),
+            "{probe:?}"
+        );
         assert!(probe.made <= SWITCH_MARGINS.len(), "{probe:?}");
         assert_eq!(report.code.map(|c| c.0), Some(arch));
         assert!(report.plain_len.is_none(), "a plain patch was made in full");

@@ -817,6 +817,21 @@ fn codec_zstd_is_chosen_on_request_and_round_trips() {
 }
 
 #[test]
+fn fast_diff_round_trips_and_conflicts_with_level() {
+    let fx = Fixture::new("fw-x86-64");
+    let (patch, run) = fx.diff_to("fast.fwd", &["--fast", "-q"]);
+    run.assert_ok();
+    fx.apply_with(&fx.old, &fs::read(&patch).unwrap(), &["-q"])
+        .assert_ok();
+    assert_eq!(fs::read(fx.out()).unwrap(), fs::read(&fx.new).unwrap());
+    // --fast is a level: naming both is a usage error, nothing written.
+    let (bad, run) = fx.diff_to("both.fwd", &["--fast", "--level", "19"]);
+    assert_eq!(run.code, 2, "{}", run.describe());
+    assert!(run.stderr.contains("--fast"), "{}", run.describe());
+    assert!(!bad.exists());
+}
+
+#[test]
 fn layout_is_chosen_on_request_and_round_trips() {
     let fx = Fixture::new("fw-x86-64");
     for (layout, name) in [
