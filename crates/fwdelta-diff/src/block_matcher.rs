@@ -150,18 +150,7 @@ fn join_or_push(covers: &mut Vec<Cover>, cover: Cover) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::gram_filter::tests::noise;
 
     fn check(old: &[u8], new: &[u8], covers: &[Cover]) {
         let mut end = 0;

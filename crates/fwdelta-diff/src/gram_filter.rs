@@ -69,10 +69,11 @@ impl GramFilter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
+    /// Xorshift bytes (tests of other modules use them too).
+    pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..n)
             .map(|_| {

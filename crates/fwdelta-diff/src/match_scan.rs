@@ -424,13 +424,7 @@ mod tests {
         let old = noise(200_000, 1);
         let mut new = old[50_000..120_000].to_vec();
         // (`noise` with another seed is `old` shifted: xorshift instead.)
-        let mut x = 0x2545_f491_u32;
-        new.extend((0..20_000).map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        }));
+        new.extend(crate::gram_filter::tests::noise(20_000, 0x2545_f491));
         new.extend_from_slice(&old[..50_000]);
         for at in (500..new.len()).step_by(1_009) {
             new[at] = new[at].wrapping_add(3);
