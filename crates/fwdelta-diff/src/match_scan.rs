@@ -87,7 +87,7 @@ pub fn scan_margins(
             margins
                 .iter()
                 .map(|&margin| {
-                    let mut found = scan_chunk(sa, part, margin, &mut memo);
+                    let mut found = scan_chunk(sa, part, margin, &mut memo, 0);
                     memo.replay();
                     for m in &mut found {
                         m.new_start += offset;
@@ -104,6 +104,28 @@ pub fn scan_margins(
                 .iter()
                 .flat_map(|c| c[k].iter().copied())
                 .collect()
+        })
+        .collect()
+}
+
+/// [`scan_margins`] over `new` as one chunk, on one thread, starting as
+/// if the bytes before `new` had matched up to old offset `start_pos`: the
+/// scan first tries to carry on from there (as bsdiff carries on after a
+/// match), which is how a gap between two block matches continues the
+/// first one's alignment.
+pub fn scan_continuing(
+    sa: &SuffixArray,
+    new: &[u8],
+    margins: &[usize],
+    start_pos: usize,
+) -> Vec<Vec<Match>> {
+    let mut memo = SearchMemo::for_chunk(new.len(), margins.len() > 1);
+    margins
+        .iter()
+        .map(|&margin| {
+            let found = scan_chunk(sa, new, margin, &mut memo, start_pos.min(sa.text().len()));
+            memo.replay();
+            found
         })
         .collect()
 }
@@ -198,7 +220,13 @@ impl SearchMemo {
 }
 
 /// bsdiff's scan over one stretch of the new image.
-fn scan_chunk(sa: &SuffixArray, new: &[u8], margin: usize, memo: &mut SearchMemo) -> Vec<Match> {
+fn scan_chunk(
+    sa: &SuffixArray,
+    new: &[u8],
+    margin: usize,
+    memo: &mut SearchMemo,
+    start_pos: usize,
+) -> Vec<Match> {
     let old = sa.text();
     let (old_len, new_len) = (old.len(), new.len());
     // Whether old[at + offset] exists and equals new[at].
@@ -210,7 +238,7 @@ fn scan_chunk(sa: &SuffixArray, new: &[u8], margin: usize, memo: &mut SearchMemo
     let mut out = Vec::new();
     let mut ahead = Lookahead::default();
     let (mut scan, mut pos, mut len) = (0usize, 0usize, 0usize);
-    let (mut last_scan, mut last_pos, mut last_offset) = (0usize, 0usize, 0isize);
+    let (mut last_scan, mut last_pos, mut last_offset) = (0usize, start_pos, start_pos as isize);
     while scan < new_len {
         // Bytes of new[scan..scan + len] the current offset already produces.
         let mut old_score = 0usize;
@@ -489,9 +517,9 @@ mod tests {
         let sa = SuffixArray::new(&old);
         // The second scan takes most of its searches from the first's memo.
         let mut memo = SearchMemo::for_chunk(new.len(), true);
-        let first = scan_chunk(&sa, &new, BSDIFF_MARGIN, &mut memo);
+        let first = scan_chunk(&sa, &new, BSDIFF_MARGIN, &mut memo, 0);
         memo.replay();
-        let second = scan_chunk(&sa, &new, 3, &mut memo);
+        let second = scan_chunk(&sa, &new, 3, &mut memo, 0);
         assert!(memo.pos.len() > 1_000, "{} recorded", memo.pos.len());
         assert!(
             memo.hits * 2 > memo.pos.len(),

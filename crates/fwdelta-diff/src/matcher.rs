@@ -98,10 +98,9 @@ pub fn find_scripts(old: &[u8], new: &[u8], margins: &[usize]) -> Vec<Vec<Op>> {
 
 /// The share of the new image (percent) the block matcher's matches must
 /// cover for [`find_scripts`] to sort and scan only what they leave. On the
-/// public corpus the grub pair (P2, 89% covered) came out 2.3% larger on
-/// that path at 80%, so it takes the full path; the pairs over 90% came out
-/// -2.4% (P6), 0 (P3) and +29 bytes (P5, 247 bytes before: gaps scanned
-/// alone each start with a new record).
+/// public corpus the grub pair (P2, 89% covered) came out 2.0% larger on
+/// that path at 80% (more, shorter matches), so it takes the full path;
+/// the pairs over 90% came out -2.4% (P6), 0 (P3) and +3 bytes (P5).
 /// Below it (changed code, where references differ every few dozen bytes
 /// and few whole blocks survive) the whole old image is sorted and the
 /// whole new image scanned.
@@ -143,16 +142,29 @@ fn find_scripts_around(
         end = c.new + c.len;
     }
     gaps.push(end..new.len());
+    // Packed offset of old offset `o`, if no cover uses it.
+    let pack = |o: usize| {
+        let k = pieces.partition_point(|&(_, os)| os <= o).checked_sub(1)?;
+        let (ps, os) = pieces[k];
+        let piece_end = pieces.get(k + 1).map_or(packed.len(), |&(next, _)| next);
+        (ps + (o - os) < piece_end).then_some(ps + (o - os))
+    };
     let gap_ops: Vec<Vec<Vec<Op>>> = gaps
         .par_iter()
-        .map(|gap| {
+        .enumerate()
+        .map(|(k, gap)| {
             if gap.is_empty() {
                 return vec![Vec::new(); margins.len()];
             }
             if packed.is_empty() {
                 return vec![vec![Op::literal(gap.len() as u64)]; margins.len()];
             }
-            match_scan::scan_margins(&sa, &new[gap.clone()], gap.len(), margins)
+            // Carry on from the cover before the gap, where its old bytes go on.
+            let start = k
+                .checked_sub(1)
+                .and_then(|c| pack(covers[c].old + covers[c].len))
+                .unwrap_or(0);
+            match_scan::scan_continuing(&sa, &new[gap.clone()], margins, start)
                 .into_iter()
                 .map(|found| ops_from(found, gap.len()))
                 .collect()
@@ -204,9 +216,35 @@ fn find_scripts_around(
                     );
                 }
             }
-            ops
+            join_contiguous(ops)
         })
         .collect()
+}
+
+/// Join each op whose diff range carries on at the previous op's shift
+/// (its old start is where the previous op's diff range ends plus its
+/// literals) into the previous op, when at most [`MIN_MATCH_LEN`] literal
+/// bytes lie between: the literals become difference bytes. A gap between
+/// block matches ends where its changed bytes end, so its scan leaves them
+/// literal before the next match at the same shift; bsdiff's single scan
+/// runs through them as one match, and so does this.
+fn join_contiguous(ops: Vec<Op>) -> Vec<Op> {
+    let mut out: Vec<Op> = Vec::with_capacity(ops.len());
+    for op in ops {
+        match out.last_mut() {
+            Some(last)
+                if op.diff_len > 0
+                    && last.diff_len > 0
+                    && last.literal_len <= MIN_MATCH_LEN
+                    && last.old_end() + last.literal_len == op.old_start =>
+            {
+                last.diff_len += last.literal_len + op.diff_len;
+                last.literal_len = op.literal_len;
+            }
+            _ => out.push(op),
+        }
+    }
+    out
 }
 
 /// [`find_scripts`] over an old image already sorted into `sa`.
@@ -300,6 +338,28 @@ mod tests {
             out.extend_from_slice(&new[out.len()..out.len() + op.literal_len as usize]);
         }
         out
+    }
+
+    #[test]
+    fn contiguous_ops_join_through_a_few_literals() {
+        let op = |old_start, diff_len, literal_len| Op {
+            old_start,
+            diff_len,
+            literal_len,
+        };
+        // Same shift through 4 literal bytes: one op.
+        assert_eq!(
+            join_contiguous(vec![op(0, 100, 4), op(104, 50, 7)]),
+            [op(0, 154, 7)]
+        );
+        // Too many literals, another shift, or a literal-only op: kept apart.
+        for ops in [
+            vec![op(0, 100, 40), op(140, 50, 0)],
+            vec![op(0, 100, 4), op(105, 50, 0)],
+            vec![op(0, 0, 4), op(4, 50, 0)],
+        ] {
+            assert_eq!(join_contiguous(ops.clone()), ops);
+        }
     }
 
     #[test]
