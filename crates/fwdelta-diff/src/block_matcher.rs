@@ -15,6 +15,9 @@
 //! HDiffPatch's idea (its default block match before the suffix array);
 //! the code is ours.
 
+/// Shifts of recent matches tried before a repeated block's first copy.
+const RECENT_SHIFTS: usize = 4;
+
 /// Bytes per hashed old block.
 pub const BLOCK: usize = 1024;
 
@@ -81,6 +84,8 @@ pub fn find_covers(old: &[u8], new: &[u8]) -> Vec<Cover> {
     let mut at = 0usize;
     let mut h = block_hash(&new[..BLOCK]);
     let mut floor = 0usize;
+    // The shifts of the last few matches, newest first.
+    let mut recent = [isize::MIN; RECENT_SHIFTS];
     while at + BLOCK <= new.len() {
         let mut found = None;
         let mut s = slot_of(h);
@@ -93,6 +98,32 @@ pub fn find_covers(old: &[u8], new: &[u8]) -> Vec<Cover> {
                 break;
             }
             s = (s + 1) & mask as usize;
+        }
+        // Repeated content (fill, tables, common code) hashes to its first
+        // old block: where a recent match's shift also gives these bytes,
+        // the one whose match runs furthest wins (the hash's block on a tie
+        // only if it runs further).
+        if let Some(hit) = found {
+            let reach = |o: usize| {
+                old[o..]
+                    .iter()
+                    .zip(&new[at..])
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            };
+            let mut best = (reach(hit), hit);
+            for &shift in &recent {
+                let Some(Ok(o)) = (at as isize).checked_sub(shift).map(usize::try_from) else {
+                    continue;
+                };
+                if o != hit && old.get(o..o + BLOCK) == Some(&new[at..at + BLOCK]) {
+                    let r = reach(o);
+                    if r >= best.0 {
+                        best = (r, o);
+                    }
+                }
+            }
+            found = Some(best.1);
         }
         if let Some(o) = found {
             let back = old[..o]
@@ -112,6 +143,11 @@ pub fn find_covers(old: &[u8], new: &[u8]) -> Vec<Cover> {
                 len: back + BLOCK + fwd,
             };
             join_or_push(&mut covers, cover);
+            let shift = cover.new as isize - cover.old as isize;
+            if !recent.contains(&shift) {
+                recent.rotate_right(1);
+                recent[0] = shift;
+            }
             at = cover.new + cover.len;
             floor = at;
             if at + BLOCK > new.len() {
@@ -186,6 +222,35 @@ mod tests {
                     len: 20_000
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn repeated_blocks_follow_the_current_shift() {
+        // A 1208-byte record repeated: once early in old, then 30 times
+        // after a unique stretch X. New is X and the 30 records: one match
+        // at X's shift, not one per record from the first copy.
+        let unit = noise(1_208, 5);
+        let x = noise(6_000, 9);
+        let mut old = noise(5_000, 3);
+        old.extend_from_slice(&unit);
+        old.extend(noise(7_000, 11));
+        let x_at = old.len();
+        old.extend_from_slice(&x);
+        for _ in 0..30 {
+            old.extend_from_slice(&unit);
+        }
+        let mut new = old[x_at..].to_vec();
+        // A changed byte in the first record ends the first match there.
+        new[x.len() + 10] ^= 1;
+        let covers = find_covers(&old, &new);
+        assert_eq!(
+            covers,
+            [Cover {
+                old: x_at,
+                new: 0,
+                len: new.len()
+            }]
         );
     }
 
