@@ -340,15 +340,21 @@ impl Plan {
             }
         }
         let start = Instant::now();
-        let ((old_hash, new_hash), scripts) = rayon::join(
-            || rayon::join(|| hash(old), || hash(new)),
+        // The hashes and the detector read whole images beside the
+        // matcher, which leaves a thread idle while it sorts.
+        let (((old_hash, new_hash), arch), scripts) = rayon::join(
+            || {
+                rayon::join(
+                    || rayon::join(|| hash(old), || hash(new)),
+                    || match code {
+                        CodeMode::Off => None,
+                        CodeMode::Arch(a) => Some(a),
+                        CodeMode::Auto => code_detector::detect(old),
+                    },
+                )
+            },
             || matcher::find_scripts(old, new, margins),
         );
-        let arch = match code {
-            CodeMode::Off => None,
-            CodeMode::Arch(a) => Some(a),
-            CodeMode::Auto => code_detector::detect(old),
-        };
         Ok(Plan {
             scripts,
             code: None,
@@ -837,7 +843,11 @@ pub fn probe_keeps(sizes: &[(usize, bool)], min_patch: usize) -> Vec<bool> {
 /// one rewrite pass.
 fn predict(arch: Arch, old: &[u8], new: &[u8], ops: &[Op]) -> Option<(CodeRefs, Vec<u8>)> {
     if old.is_empty()
-        || differing_bytes(ops, old, new) * 1000 < new.len() as u64 * AWARE_MIN_DIFFERENCES_PERMILLE
+        || segmenter::differing_bytes(ops, old, new)
+            .iter()
+            .sum::<u64>()
+            * 1000
+            < new.len() as u64 * AWARE_MIN_DIFFERENCES_PERMILLE
     {
         return None;
     }
@@ -861,28 +871,6 @@ fn predict(arch: Arch, old: &[u8], new: &[u8], ops: &[Op]) -> Option<(CodeRefs, 
 /// firmwares) and lost where they were 0-6 (P2, P5, P6), where predicting
 /// the old image took 40-75% of the diff's time.
 pub const AWARE_MIN_DIFFERENCES_PERMILLE: u64 = 10;
-
-/// Bytes of `new` that differ from the old bytes under them in the diff
-/// ranges of `ops` (which tile `new`). Cost: one parallel pass.
-fn differing_bytes(ops: &[Op], old: &[u8], new: &[u8]) -> u64 {
-    let mut starts = Vec::with_capacity(ops.len());
-    let mut at = 0u64;
-    for op in ops {
-        starts.push(at);
-        at += op.len();
-    }
-    ops.par_iter()
-        .zip(starts)
-        .map(|(op, at)| {
-            let (o, n, d) = (op.old_start as usize, at as usize, op.diff_len as usize);
-            old[o..o + d]
-                .iter()
-                .zip(&new[n..n + d])
-                .filter(|(a, b)| a != b)
-                .count() as u64
-        })
-        .sum()
-}
 
 /// An estimate of the peak resident memory (bytes) of a process that
 /// makes the patch from `old` to a new image of `new_len` bytes with

@@ -36,6 +36,16 @@ pub struct SegmentPlan {
 /// Estimated compressed cost of each op. Cost: one parallel pass over the
 /// diff ranges of both images.
 pub fn op_costs(ops: &[Op], old: &[u8], new: &[u8]) -> Vec<u64> {
+    differing_bytes(ops, old, new)
+        .into_iter()
+        .zip(ops)
+        .map(|(nonzero, op)| HEAD_COST + op.literal_len + nonzero)
+        .collect()
+}
+
+/// Bytes of each op's diff range that differ from the old bytes under
+/// them (`ops` tile `new`). Cost: one parallel pass over the diff ranges.
+pub fn differing_bytes(ops: &[Op], old: &[u8], new: &[u8]) -> Vec<u64> {
     let mut starts = Vec::with_capacity(ops.len());
     let mut pos = 0u64;
     for op in ops {
@@ -46,12 +56,11 @@ pub fn op_costs(ops: &[Op], old: &[u8], new: &[u8]) -> Vec<u64> {
         .zip(starts.par_iter())
         .map(|(op, &at)| {
             let (n, o, d) = (at as usize, op.old_start as usize, op.diff_len as usize);
-            let nonzero = new[n..n + d]
+            new[n..n + d]
                 .iter()
                 .zip(&old[o..o + d])
                 .filter(|(a, b)| a != b)
-                .count();
-            HEAD_COST + op.literal_len + nonzero as u64
+                .count() as u64
         })
         .collect()
 }
