@@ -467,20 +467,32 @@ impl Plan {
             && new.len() >= opts.probe_min_patch
     }
 
-    /// Each candidate's patch size at [`PROBE_LEVEL`], made in parallel.
+    /// Each candidate's patch size at [`PROBE_LEVEL`], made in parallel; a
+    /// candidate the same as an earlier one gets its size unmade.
     fn probe_sizes(
         &self,
         candidates: &[Candidate],
         old: &[u8],
         new: &[u8],
     ) -> Result<Vec<usize>, DiffError> {
-        candidates
+        let firsts = first_of_each(candidates);
+        let sizes: Vec<Option<usize>> = candidates
             .par_iter()
-            .map(|c| {
-                self.encode_ops(c, old, new, PROBE_LEVEL, true)
-                    .map(|p| p.bytes.len())
+            .zip(&firsts)
+            .map(|(c, &first)| {
+                (first.is_none())
+                    .then(|| {
+                        self.encode_ops(c, old, new, PROBE_LEVEL, true)
+                            .map(|p| p.bytes.len())
+                    })
+                    .transpose()
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(sizes
+            .iter()
+            .zip(&firsts)
+            .map(|(size, first)| size.or_else(|| first.and_then(|i| sizes[i])).unwrap_or(0))
+            .collect())
     }
 
     /// [`Self::encode`], given the probe sizes of the plain candidates if
@@ -538,6 +550,10 @@ impl Plan {
                     made,
                 });
             }
+        }
+        // Margins often give the same script (literal-heavy images): made once.
+        for (k, first) in keep.iter_mut().zip(first_of_each(&candidates)) {
+            *k &= first.is_none();
         }
         let made = candidates
             .par_iter()
@@ -834,6 +850,23 @@ pub fn probe_keeps(sizes: &[(usize, bool)], min_patch: usize) -> Vec<bool> {
         .collect()
 }
 
+/// For each candidate, the index of an earlier one with the same edit
+/// script over the same base (the same patch), if any. Cost: a comparison
+/// of the scripts, pairwise (a handful of candidates).
+fn first_of_each(candidates: &[Candidate]) -> Vec<Option<usize>> {
+    (0..candidates.len())
+        .map(|j| {
+            let c = &candidates[j];
+            (0..j).find(|&i| {
+                let e = &candidates[i];
+                std::ptr::eq(e.base, c.base)
+                    && e.refs.is_some() == c.refs.is_some()
+                    && e.ops == c.ops
+            })
+        })
+        .collect()
+}
+
 /// The executable-aware alternative's prediction for `arch`: the references
 /// to predict (the address map derived from the plain `ops`) and the old
 /// image as predicted. `None` when there is nothing to predict (no moved
@@ -977,6 +1010,32 @@ fn hash(data: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod probe_tests {
     use super::*;
+
+    #[test]
+    fn identical_candidates_are_made_once() {
+        let (old, predicted) = (vec![1u8; 64], vec![2u8; 64]);
+        let opts = Options::default();
+        let copy = [Op {
+            old_start: 0,
+            diff_len: 64,
+            literal_len: 0,
+        }];
+        let literal = [Op::literal(64)];
+        let candidate = |ops, base, margin| Candidate {
+            ops,
+            base,
+            opts: &opts,
+            refs: None,
+            margin,
+        };
+        let candidates = [
+            candidate(&copy, &old, 8),
+            candidate(&literal, &old, 3),
+            candidate(&copy, &old, 3),
+            candidate(&copy, &predicted, 8),
+        ];
+        assert_eq!(first_of_each(&candidates), [None, None, Some(0), None]);
+    }
 
     #[test]
     fn the_probe_drops_only_clearly_larger_patches() {
