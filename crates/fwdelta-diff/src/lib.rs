@@ -767,7 +767,7 @@ impl Plan {
 /// level 4): [`diff`] scans at bsdiff's switch margin alone and, with
 /// [`CodeMode::Auto`], plans no executable-aware patch, so it sorts and
 /// scans once and encodes one candidate. On the public corpus that made
-/// diffs 1.7-3.5x faster than the default level for patches 0-14% larger,
+/// diffs 1.5-2.7x faster than the default level for patches 0-13% larger,
 /// still smaller than HDiffPatch's (lzma2) except on two near-identical
 /// pairs, by 162 and 29 bytes.
 pub const FAST_LEVEL_MAX: i32 = 5;
