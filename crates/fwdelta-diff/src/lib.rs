@@ -305,17 +305,37 @@ impl Plan {
     /// image through it and match again. Cost of the second part: a copy of
     /// the old image, one rewrite pass and a second suffix sort and scan.
     pub fn build_with(old: &[u8], new: &[u8], code: CodeMode) -> Result<Plan, DiffError> {
-        let mut plan = Self::build_plain(old, new, code, &matcher::SWITCH_MARGINS)?;
+        Self::build_scanning(old, new, code, &matcher::SWITCH_MARGINS)
+    }
+
+    /// The plan [`diff`] makes for `opts`, as [`Self::build_with`] does:
+    /// at the fast levels ([`FAST_LEVEL_MAX`]) one switch margin and, with
+    /// [`CodeMode::Auto`], no executable-aware plan; none for in-place
+    /// patches. For callers that encode one plan several ways (the
+    /// benchmark); [`diff`] also overlaps planning with its probe.
+    pub fn build_for(old: &[u8], new: &[u8], opts: &Options) -> Result<Plan, DiffError> {
+        let (code, margins) = match_rules(opts);
+        Self::build_scanning(old, new, code, margins)
+    }
+
+    /// [`Self::build_with`] at the switch `margins` given.
+    fn build_scanning(
+        old: &[u8],
+        new: &[u8],
+        code: CodeMode,
+        margins: &[usize],
+    ) -> Result<Plan, DiffError> {
+        let mut plan = Self::build_plain(old, new, code, margins)?;
         let start = Instant::now();
         plan.code = plan.arch.filter(|_| !new.is_empty()).and_then(|arch| {
             let (refs, predicted) = predict(arch, old, new, &plan.scripts[0])?;
             let sa = SuffixArray::new(&predicted);
-            let scripts = matcher::find_scripts_in(&sa, new, &matcher::SWITCH_MARGINS);
+            let scripts = matcher::find_scripts_in(&sa, new, margins);
             drop(sa);
             Some(CodePlan {
                 refs,
                 predicted,
-                scripts: matcher::SWITCH_MARGINS.into_iter().zip(scripts).collect(),
+                scripts: margins.iter().copied().zip(scripts).collect(),
             })
         });
         plan.match_time += start.elapsed();
@@ -372,20 +392,8 @@ impl Plan {
     /// whose plain patch the probe found clearly larger (the margins rank
     /// the same way on plain and aware scripts of the corpus). Same patch as
     /// [`Self::build_with`] then [`Self::encode`] unless a margin is skipped.
-    fn build_and_encode(
-        old: &[u8],
-        new: &[u8],
-        code: CodeMode,
-        opts: &Options,
-    ) -> Result<Patch, DiffError> {
-        // The fast levels scan at bsdiff's margin alone and plan no
-        // executable-aware patch unless one was named.
-        let fast = opts.level <= FAST_LEVEL_MAX;
-        let (code, margins) = match code {
-            CodeMode::Auto if fast => (CodeMode::Off, &matcher::SWITCH_MARGINS[..1]),
-            _ if fast => (code, &matcher::SWITCH_MARGINS[..1]),
-            _ => (code, &matcher::SWITCH_MARGINS[..]),
-        };
+    fn build_and_encode(old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
+        let (code, margins) = match_rules(opts);
         let mut plan = Self::build_plain(old, new, code, margins)?;
         let start = Instant::now();
         let probing = Self::probes(new, opts, plan.scripts.len());
@@ -989,12 +997,26 @@ mod estimate_tests {
 /// [`Plan::build`] followed by [`Plan::encode`].
 pub fn diff(old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
     opts.codec()?;
-    let code = if opts.in_place.is_some() {
-        CodeMode::Off
-    } else {
-        opts.code
+    Plan::build_and_encode(old, new, opts)
+}
+
+/// The instruction-set mode and switch margins a plan for `opts` uses: no
+/// executable-aware plan for in-place patches; at the fast levels
+/// ([`FAST_LEVEL_MAX`]) bsdiff's margin alone, and no executable-aware plan
+/// unless one was named.
+fn match_rules(opts: &Options) -> (CodeMode, &'static [usize]) {
+    let fast = opts.level <= FAST_LEVEL_MAX;
+    let code = match opts.code {
+        _ if opts.in_place.is_some() => CodeMode::Off,
+        CodeMode::Auto if fast => CodeMode::Off,
+        code => code,
     };
-    Plan::build_and_encode(old, new, code, opts)
+    let margins = if fast {
+        &matcher::SWITCH_MARGINS[..1]
+    } else {
+        &matcher::SWITCH_MARGINS[..]
+    };
+    (code, margins)
 }
 
 fn hash(data: &[u8]) -> [u8; 32] {

@@ -141,7 +141,7 @@ fn bench_pair(name: &str, dir: &Path, work: &Path, opts: &Options) -> Result<Row
     let new = Image::open(&new_path)?;
 
     let start = Instant::now();
-    let plan = Plan::build_with(&old, &new, opts.code)?;
+    let plan = Plan::build_for(&old, &new, opts)?;
     let patch = plan.encode(&old, &new, opts)?;
     let diff_time = start.elapsed();
     let single = plan.encode(
