@@ -101,9 +101,9 @@ pub fn find_covers(old: &[u8], new: &[u8]) -> Vec<Cover> {
         }
         // Repeated content (fill, tables, common code) hashes to its first
         // old block: where a recent match's shift also gives these bytes,
-        // the one whose match runs furthest wins (the hash's block on a tie
-        // only if it runs further).
+        // the one whose match runs furthest wins (a recent shift wins a tie).
         if let Some(hit) = found {
+            // Bytes from `at` on that agree with old from `o` on.
             let reach = |o: usize| {
                 old[o..]
                     .iter()
@@ -111,36 +111,28 @@ pub fn find_covers(old: &[u8], new: &[u8]) -> Vec<Cover> {
                     .take_while(|(a, b)| a == b)
                     .count()
             };
-            let mut best = (reach(hit), hit);
+            let (mut reach_len, mut o) = (reach(hit), hit);
             for &shift in &recent {
-                let Some(Ok(o)) = (at as isize).checked_sub(shift).map(usize::try_from) else {
+                let Some(Ok(r)) = (at as isize).checked_sub(shift).map(usize::try_from) else {
                     continue;
                 };
-                if o != hit && old.get(o..o + BLOCK) == Some(&new[at..at + BLOCK]) {
-                    let r = reach(o);
-                    if r >= best.0 {
-                        best = (r, o);
+                if r != hit && old.get(r..r + BLOCK) == Some(&new[at..at + BLOCK]) {
+                    let len = reach(r);
+                    if len >= reach_len {
+                        (reach_len, o) = (len, r);
                     }
                 }
             }
-            found = Some(best.1);
-        }
-        if let Some(o) = found {
             let back = old[..o]
                 .iter()
                 .rev()
                 .zip(new[floor..at].iter().rev())
                 .take_while(|(a, b)| a == b)
                 .count();
-            let fwd = old[o + BLOCK..]
-                .iter()
-                .zip(&new[at + BLOCK..])
-                .take_while(|(a, b)| a == b)
-                .count();
             let cover = Cover {
                 old: o - back,
                 new: at - back,
-                len: back + BLOCK + fwd,
+                len: back + reach_len,
             };
             join_or_push(&mut covers, cover);
             let shift = cover.new as isize - cover.old as isize;

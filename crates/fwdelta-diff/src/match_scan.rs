@@ -86,19 +86,12 @@ pub fn scan_margins(
         .enumerate()
         .map(|(i, part)| {
             let offset = i * chunk;
-            let mut memo = SearchMemo::for_chunk(part.len(), margins.len() > 1);
-            margins
-                .iter()
-                .map(|&margin| {
-                    let mut found = scan_chunk(sa, part, margin, &mut memo, 0);
-                    memo.replay();
-                    for m in &mut found {
-                        m.new_start += offset;
-                        m.literal_end += offset;
-                    }
-                    found
-                })
-                .collect()
+            let mut scripts = scan_continuing(sa, part, margins, 0);
+            for m in scripts.iter_mut().flatten() {
+                m.new_start += offset;
+                m.literal_end += offset;
+            }
+            scripts
         })
         .collect();
     (0..margins.len())

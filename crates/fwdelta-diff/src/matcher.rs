@@ -143,12 +143,13 @@ fn find_scripts_around(
         end = c.new + c.len;
     }
     gaps.push(end..new.len());
+    // Packed offset where piece `k` ends.
+    let piece_end = |k: usize| pieces.get(k + 1).map_or(packed.len(), |&(next, _)| next);
     // Packed offset of old offset `o`, if no cover uses it.
     let pack = |o: usize| {
         let k = pieces.partition_point(|&(_, os)| os <= o).checked_sub(1)?;
         let (ps, os) = pieces[k];
-        let piece_end = pieces.get(k + 1).map_or(packed.len(), |&(next, _)| next);
-        (ps + (o - os) < piece_end).then_some(ps + (o - os))
+        (ps + (o - os) < piece_end(k)).then_some(ps + (o - os))
     };
     let gap_ops: Vec<Vec<Vec<Op>>> = gaps
         .par_iter()
@@ -175,8 +176,7 @@ fn find_scripts_around(
     let unpack = |p: u64| {
         let k = pieces.partition_point(|&(ps, _)| ps as u64 <= p) - 1;
         let (ps, os) = pieces[k];
-        let piece_end = pieces.get(k + 1).map_or(packed.len(), |&(next, _)| next);
-        (os as u64 + (p - ps as u64), piece_end as u64 - p)
+        (os as u64 + (p - ps as u64), piece_end(k) as u64 - p)
     };
     (0..margins.len())
         .map(|m| {
