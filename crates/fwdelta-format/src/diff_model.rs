@@ -183,7 +183,7 @@ impl DiffModel {
     }
 
     /// Code one bit at `node` (0: the zero flag; 1..=255: the bit tree).
-    #[inline]
+    #[inline(always)]
     fn bit<C: BitIo>(&mut self, io: &mut C, s: &Step, node: u32, bit: u32) -> u32 {
         let mut inputs = [0i32; INPUTS];
         let slots = read_counters(&self.counters, &s.rows, node, TABLE_LOG, &mut inputs);

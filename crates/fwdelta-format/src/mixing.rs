@@ -124,13 +124,57 @@ pub(crate) fn stretched(counter: u16) -> i32 {
 
 /// Move a counter toward `bit`: by `2 / (2n + 3)` of the error after `n`
 /// hits, `n` stopping at [`LIMIT`]; the probability stays in 1..=4095.
-#[inline]
+#[inline(always)]
 pub(crate) fn update(c: &mut u16, bit: u32) {
-    let n = *c & 15;
-    let p = i32::from(*c >> 4);
+    #[cfg(not(target_os = "none"))]
+    {
+        *c = SUCCESSOR[(bit & 1) as usize][usize::from(*c)];
+    }
+    #[cfg(target_os = "none")]
+    {
+        *c = successor(*c, bit);
+    }
+}
+
+/// Every counter's successor after a 0 (`[0]`) and after a 1 (`[1]`):
+/// [`update`] as one table read. Hosted targets only (256 KiB of
+/// read-only data, which a microcontroller's flash cannot spare; there
+/// the counters are updated by [`update`]'s arithmetic).
+#[cfg(not(target_os = "none"))]
+static SUCCESSOR: [[u16; 1 << 16]; 2] = {
+    let mut t = [[0u16; 1 << 16]; 2];
+    let mut bit = 0;
+    while bit < 2 {
+        let mut c = 0usize;
+        while c < 1 << 16 {
+            t[bit][c] = successor(c as u16, bit as u32);
+            c += 1;
+        }
+        bit += 1;
+    }
+    t
+};
+
+/// Counter `c` after coding `bit`: moved by `2 / (2n + 3)` of the error
+/// after `n` hits, `n` stopping at [`LIMIT`]; the probability stays in
+/// 1..=4095. (Hit counts past [`LIMIT`] never occur; they count as it.)
+const fn successor(c: u16, bit: u32) -> u16 {
+    let n = c & 15;
+    let step = STEP[if n < LIMIT {
+        n as usize
+    } else {
+        LIMIT as usize
+    }];
+    let p = (c >> 4) as i32;
     let target = (bit as i32) << 12;
-    let p = (p + (((target - p) * STEP[usize::from(n)]) >> 16)).clamp(1, 4095);
-    *c = ((p as u16) << 4) | (n + u16::from(n < LIMIT));
+    let mut p = p + (((target - p) * step) >> 16);
+    if p < 1 {
+        p = 1;
+    }
+    if p > 4095 {
+        p = 4095;
+    }
+    ((p as u16) << 4) | (n + if n < LIMIT { 1 } else { 0 })
 }
 
 /// The mixer's probability of a 1 (4096ths, in 1..=4095) from `inputs`
@@ -180,8 +224,13 @@ pub(crate) fn code_mixed<C: BitIo, const N: usize>(
 
 /// Let the counters at `slots` of `counters`, and `extra` if given (a
 /// match counter), learn `bit`.
-#[inline]
-pub(crate) fn update_all(counters: &mut [u16], slots: &[usize], extra: Option<&mut u16>, bit: u32) {
+#[inline(always)]
+pub(crate) fn update_all<const M: usize>(
+    counters: &mut [u16],
+    slots: &[usize; M],
+    extra: Option<&mut u16>,
+    bit: u32,
+) {
     for &slot in slots {
         update(&mut counters[slot], bit);
     }
@@ -336,6 +385,25 @@ mod tests {
             update(&mut c, 0);
         }
         assert!(c >> 4 >= 1 && c >> 4 < 100, "{}", c >> 4);
+    }
+
+    #[test]
+    fn successor_table_is_the_specified_update() {
+        // docs/FORMAT.md, Counters: p += ((bit·4096 − p) · step[n]) >> 16,
+        // clamped to 1..=4095, step[n] = 131,072 / (2n + 3); n += 1 below 10.
+        for bit in 0..2u32 {
+            for n in 0..=LIMIT {
+                for p in 1..=4095i32 {
+                    let step = 131_072 / (2 * i32::from(n) + 3);
+                    let q = (p + (((bit as i32 * 4096 - p) * step) >> 16)).clamp(1, 4095);
+                    let want = ((q as u16) << 4) | (n + u16::from(n < LIMIT));
+                    let mut c = ((p as u16) << 4) | n;
+                    update(&mut c, bit);
+                    assert_eq!(c, want, "p {p} n {n} bit {bit}");
+                    assert_eq!(successor(((p as u16) << 4) | n, bit), want);
+                }
+            }
+        }
     }
 
     #[test]
