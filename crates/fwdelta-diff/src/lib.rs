@@ -305,7 +305,12 @@ impl Plan {
     /// image through it and match again. Cost of the second part: a copy of
     /// the old image, one rewrite pass and a second suffix sort and scan.
     pub fn build_with(old: &[u8], new: &[u8], code: CodeMode) -> Result<Plan, DiffError> {
-        Self::build_scanning(old, new, code, &matcher::SWITCH_MARGINS)
+        let rules = MatchRules {
+            code,
+            margins: &matcher::SWITCH_MARGINS,
+            block_path_min_percent: matcher::BLOCK_PATH_MIN_PERCENT,
+        };
+        Self::build_scanning(old, new, &rules)
     }
 
     /// The plan [`diff`] makes for `opts`, as [`Self::build_with`] does:
@@ -314,18 +319,13 @@ impl Plan {
     /// patches. For callers that encode one plan several ways (the
     /// benchmark); [`diff`] also overlaps planning with its probe.
     pub fn build_for(old: &[u8], new: &[u8], opts: &Options) -> Result<Plan, DiffError> {
-        let (code, margins) = match_rules(opts);
-        Self::build_scanning(old, new, code, margins)
+        Self::build_scanning(old, new, &match_rules(opts))
     }
 
-    /// [`Self::build_with`] at the switch `margins` given.
-    fn build_scanning(
-        old: &[u8],
-        new: &[u8],
-        code: CodeMode,
-        margins: &[usize],
-    ) -> Result<Plan, DiffError> {
-        let mut plan = Self::build_plain(old, new, code, margins)?;
+    /// [`Self::build_with`] by the match `rules` given.
+    fn build_scanning(old: &[u8], new: &[u8], rules: &MatchRules) -> Result<Plan, DiffError> {
+        let margins = rules.margins;
+        let mut plan = Self::build_plain(old, new, rules)?;
         let start = Instant::now();
         plan.code = plan.arch.filter(|_| !new.is_empty()).and_then(|arch| {
             let (refs, predicted) = predict(arch, old, new, &plan.scripts[0])?;
@@ -345,12 +345,8 @@ impl Plan {
     /// Hash both images, find the plain matches at every switch margin and
     /// detect the instruction set (the executable-aware plan is left to the
     /// caller).
-    fn build_plain(
-        old: &[u8],
-        new: &[u8],
-        code: CodeMode,
-        margins: &[usize],
-    ) -> Result<Plan, DiffError> {
+    fn build_plain(old: &[u8], new: &[u8], rules: &MatchRules) -> Result<Plan, DiffError> {
+        let (code, margins) = (rules.code, rules.margins);
         for (which, len) in [("old", old.len()), ("new", new.len())] {
             if len as u64 > MAX_IMAGE_LEN {
                 return Err(DiffError::TooLarge {
@@ -373,7 +369,7 @@ impl Plan {
                     },
                 )
             },
-            || matcher::find_scripts(old, new, margins),
+            || matcher::find_scripts_with(old, new, margins, rules.block_path_min_percent),
         );
         Ok(Plan {
             scripts,
@@ -393,8 +389,9 @@ impl Plan {
     /// the same way on plain and aware scripts of the corpus). Same patch as
     /// [`Self::build_with`] then [`Self::encode`] unless a margin is skipped.
     fn build_and_encode(old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
-        let (code, margins) = match_rules(opts);
-        let mut plan = Self::build_plain(old, new, code, margins)?;
+        let rules = match_rules(opts);
+        let margins = rules.margins;
+        let mut plan = Self::build_plain(old, new, &rules)?;
         let start = Instant::now();
         let probing = Self::probes(new, opts, plan.scripts.len());
         let plain: Vec<Candidate> = plan.plain_candidates(old, opts).collect();
@@ -1000,23 +997,42 @@ pub fn diff(old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> 
     Plan::build_and_encode(old, new, opts)
 }
 
-/// The instruction-set mode and switch margins a plan for `opts` uses: no
-/// executable-aware plan for in-place patches; at the fast levels
-/// ([`FAST_LEVEL_MAX`]) bsdiff's margin alone, and no executable-aware plan
-/// unless one was named.
-fn match_rules(opts: &Options) -> (CodeMode, &'static [usize]) {
+/// How a plan finds its matches (see [`match_rules`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MatchRules {
+    /// The instruction-set mode.
+    code: CodeMode,
+    /// The switch margins scanned.
+    margins: &'static [usize],
+    /// The block matcher's coverage (percent of new) from which only what
+    /// it leaves is sorted and scanned.
+    block_path_min_percent: u64,
+}
+
+/// The match rules a plan for `opts` uses: no executable-aware plan for
+/// in-place patches; at the fast levels ([`FAST_LEVEL_MAX`]) bsdiff's
+/// margin alone, no executable-aware plan unless one was named, and the
+/// block path from [`matcher::FAST_BLOCK_PATH_MIN_PERCENT`] coverage.
+fn match_rules(opts: &Options) -> MatchRules {
     let fast = opts.level <= FAST_LEVEL_MAX;
     let code = match opts.code {
         _ if opts.in_place.is_some() => CodeMode::Off,
         CodeMode::Auto if fast => CodeMode::Off,
         code => code,
     };
-    let margins = if fast {
-        &matcher::SWITCH_MARGINS[..1]
+    if fast {
+        MatchRules {
+            code,
+            margins: &matcher::SWITCH_MARGINS[..1],
+            block_path_min_percent: matcher::FAST_BLOCK_PATH_MIN_PERCENT,
+        }
     } else {
-        &matcher::SWITCH_MARGINS[..]
-    };
-    (code, margins)
+        MatchRules {
+            code,
+            margins: &matcher::SWITCH_MARGINS[..],
+            block_path_min_percent: matcher::BLOCK_PATH_MIN_PERCENT,
+        }
+    }
 }
 
 fn hash(data: &[u8]) -> [u8; 32] {
@@ -1032,6 +1048,48 @@ fn hash(data: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod probe_tests {
     use super::*;
+
+    #[test]
+    fn fast_levels_take_the_block_path_at_partial_coverage() {
+        // Every fourth 1 KiB block of new is the old block after it with a
+        // byte changed every 24 bytes: the block matcher covers about 75%
+        // of new, between the fast levels' threshold and the default's, and
+        // only the full path finds those blocks' source (old bytes a cover
+        // uses).
+        let old: Vec<u8> = (0..512 * 1024u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8 ^ (i >> 11) as u8)
+            .collect();
+        let mut new = old.clone();
+        for block in (0..new.len() / 1024 - 1).step_by(4) {
+            let at = block * 1024;
+            new.copy_within(at + 1024..at + 2048, at);
+            for i in (at..at + 1024).step_by(24) {
+                new[i] = new[i].wrapping_add(0x41);
+            }
+        }
+        let covers = block_matcher::find_covers(&old, &new);
+        let covered = covers.iter().map(|c| c.len).sum::<usize>() as u64 * 100;
+        let n = new.len() as u64;
+        assert!(covered >= n * matcher::FAST_BLOCK_PATH_MIN_PERCENT);
+        assert!(covered < n * matcher::BLOCK_PATH_MIN_PERCENT);
+        let margins = &matcher::SWITCH_MARGINS[..1];
+        let block_path = matcher::find_scripts_around(&old, &new, &covers, margins);
+        let full_path = matcher::find_scripts_in(&SuffixArray::new(&old), &new, margins);
+        assert_ne!(block_path, full_path, "the two paths must differ here");
+        let fast = Options {
+            level: FAST_LEVEL,
+            ..Options::default()
+        };
+        assert_eq!(
+            Plan::build_for(&old, &new, &fast).unwrap().scripts,
+            block_path
+        );
+        let default = Options::default();
+        assert_eq!(
+            Plan::build_for(&old, &new, &default).unwrap().scripts[..1],
+            full_path[..]
+        );
+    }
 
     #[test]
     fn identical_candidates_are_made_once() {
