@@ -243,6 +243,9 @@ fn describe(e: &Value) -> String {
                 _ => String::new(),
             }
         ),
+        "refused" if e.get("manifest").is_some() => {
+            format!("{time} refused    manifest {} ({})", s("manifest"), s("reason"))
+        }
         "refused" => format!("{time} refused    {} ({})", s("new_version"), s("reason")),
         "fetch-failed" => format!(
             "{time} fetch failed {} (try {}, {} bytes downloaded, {} resumes: {})",
@@ -261,6 +264,37 @@ fn describe(e: &Value) -> String {
 
 fn open(dir: &Path) -> Result<DeviceDir> {
     DeviceDir::open(dir).with_context(|| format!("cannot use device state {}", dir.display()))
+}
+
+/// Record in the device at `dir` that `apply --manifest` refused the
+/// manifest at `manifest` (`e`, the refusal; returned, with a note if it
+/// could not be recorded). Nothing else of the device changes.
+pub fn record_manifest_refusal(
+    dir: &Path,
+    manifest: &Path,
+    now: u64,
+    mode: &str,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let dev = match open(dir) {
+        Ok(dev) => dev,
+        Err(open_err) => {
+            return e.context(format!(
+                "and the refusal could not be recorded: {open_err:#}"
+            ))
+        }
+    };
+    let entry = json!({
+        "time": now, "mode": mode, "event": "refused",
+        "old_version": dev.state().version,
+        "manifest": manifest.display().to_string(),
+        "reason": format!("{e:#}"),
+        "exit_code": crate::exit_code(&e),
+    });
+    match dev.refused(&entry) {
+        Ok(()) => e,
+        Err(log) => e.context(format!("and the refusal could not be recorded: {log}")),
+    }
 }
 
 /// What `apply --device` knows of a patch before applying it.

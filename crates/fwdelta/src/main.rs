@@ -621,8 +621,19 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
         if let Some(out) = &a.output {
             refuse_overwrite(out, &[&a.old, manifest, &manifest.with_extension("sig")])?;
         }
-        let (patch, full, new_blake3) =
-            release_cmd::pick_from_manifest(manifest, &a.old, &keys, threshold, a.quiet)?;
+        let picked = release_cmd::pick_from_manifest(manifest, &a.old, &keys, threshold, a.quiet);
+        let (patch, full, new_blake3) = match (picked, &a.device) {
+            (Ok(p), _) => p,
+            // A device records every refusal, a manifest's too.
+            (Err(e), Some(dir)) => {
+                let now = a.now.unwrap_or_else(fwdelta_device::unix_now);
+                let mode = if a.in_place { "in-place" } else { "file" };
+                return Err(device_cmd::record_manifest_refusal(
+                    dir, manifest, now, mode, e,
+                ));
+            }
+            (Err(e), None) => return Err(e),
+        };
         let mut b = a.clone();
         b.manifest = None;
         b.patch = Some(patch);

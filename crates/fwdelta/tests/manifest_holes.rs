@@ -315,3 +315,65 @@ fn an_old_image_that_is_not_a_file_is_refused_at_once() {
         assert!(!f.path("new").exists());
     }
 }
+
+/// `fwdelta history --device DIR --json`: the entries.
+fn history(dev: &Path) -> Vec<serde_json::Value> {
+    let run = fwdelta([
+        OsStr::new("history"),
+        OsStr::new("--device"),
+        dev.as_os_str(),
+        OsStr::new("--json"),
+    ])
+    .ok();
+    run.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A device records every update it refuses; a manifest it refused (here a
+/// manifest edited after it was signed) was refused without a trace.
+#[test]
+fn a_refused_manifest_is_recorded_in_the_device_history() {
+    let f = Fixture::new("");
+    f.release("out");
+    let dev = f.path("dev");
+    f.device_init(&dev, "1.0.0", 6);
+    let state = fs::read(dev.join("state.json")).unwrap();
+    let mut m = f.manifest("out");
+    m["version"] = "9.9.9".into();
+    fs::write(
+        f.path("out/manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    let before = history(&dev).len();
+    let old = f.path("fleet/1.0.0.bin");
+    let run = f.apply(
+        "out",
+        &old,
+        "new",
+        &[OsStr::new("--device"), dev.as_os_str()],
+    );
+    let code = run.code;
+    assert_ne!(code, 0, "{}", run.stderr);
+    assert!(!f.path("new").exists());
+    let h = history(&dev);
+    assert_eq!(h.len(), before + 1, "{h:?}");
+    let last = &h[h.len() - 1];
+    assert_eq!(last["event"], "refused", "{last}");
+    assert_eq!(last["exit_code"], code, "{last}");
+    assert!(
+        last["manifest"]
+            .as_str()
+            .unwrap()
+            .ends_with("manifest.json"),
+        "{last}"
+    );
+    assert!(
+        last["reason"].as_str().unwrap().contains("manifest"),
+        "{last}"
+    );
+    // Only the history changed.
+    assert_eq!(fs::read(dev.join("state.json")).unwrap(), state);
+}
