@@ -449,6 +449,13 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
         Ok(a)
     }
 
+    /// The policy's verdict on the patch (its signers and, for a signed
+    /// patch, its identity: what a terminal stores to refuse a replay),
+    /// once the header has been read and accepted.
+    pub fn verdict(&self) -> Option<&Verdict> {
+        self.accepted.then_some(&self.verdict)
+    }
+
     /// The header, once it has been read and accepted.
     pub fn header(&self) -> Option<&Header> {
         match self.accepted {

@@ -65,6 +65,18 @@
 #define FWD_ERR_DOWNGRADE 9
 
 /*
+ The patch's release statement expired before the time given to
+ [`fwd_applier_trust_time`].
+ */
+#define FWD_ERR_EXPIRED 10
+
+/*
+ The patch is one of those given to [`fwd_applier_trust_installed`]: a
+ replay of an update already installed.
+ */
+#define FWD_ERR_REPLAY 11
+
+/*
  In place: the journal lost both copies of what it needed while the
  image was half written; the image is neither version (reflash it).
  */
@@ -243,8 +255,9 @@ int fwd_applier_new(const fwd_io *io,
  its product must be `product` (NUL-terminated; null: any;
  [`FWD_ERR_WRONG_PRODUCT`]) and its security counter at least
  `min_counter` ([`FWD_ERR_DOWNGRADE`]). Call it on a fresh applier,
- before [`fwd_applier_resume`] or the first feed. Expiry and replay are
- not checked through C.
+ before [`fwd_applier_resume`] or the first feed. Expiry and replays are
+ checked when [`fwd_applier_trust_time`] and
+ [`fwd_applier_trust_installed`] are called after it.
 
  # Safety
  `a` from [`fwd_applier_new`]; `keys` valid for `32 * key_count` bytes;
@@ -256,6 +269,41 @@ int fwd_applier_trust(fwd_applier *a,
                       size_t threshold,
                       const char *product,
                       uint64_t min_counter);
+
+/*
+ Also refuse patches whose release statement expired before `now`
+ (Unix seconds: the terminal's trusted clock), with [`FWD_ERR_EXPIRED`]
+ before anything else is read. Call it after [`fwd_applier_trust`], on a
+ fresh applier.
+
+ # Safety
+ `a` from [`fwd_applier_new`].
+ */
+int fwd_applier_trust_time(fwd_applier *a, uint64_t now);
+
+/*
+ Also refuse the patches this terminal already installed, with
+ [`FWD_ERR_REPLAY`] before anything else is read: `ids` holds `count`
+ patch identities of 32 bytes each, as [`fwd_applier_patch_id`] gave them
+ after each installed update. They are copied into the arena. Call it
+ after [`fwd_applier_trust`], on a fresh applier.
+
+ # Safety
+ `a` from [`fwd_applier_new`]; `ids` valid for `32 * count` bytes.
+ */
+int fwd_applier_trust_installed(fwd_applier *a, const uint8_t *ids, size_t count);
+
+/*
+ Store the accepted patch's identity in `out[0..32]`: the signed message
+ its signatures cover. A terminal records it after the update is
+ installed and passes it to [`fwd_applier_trust_installed`] from then on.
+ [`FWD_ERR_ARGUMENT`] before the header was accepted or for an unsigned
+ patch (it has no identity).
+
+ # Safety
+ `a` from [`fwd_applier_new`]; `out` valid for 32 bytes.
+ */
+int fwd_applier_patch_id(fwd_applier *a, uint8_t *out);
 
 /*
  Continue an apply cut after a persisted checkpoint, instead of feeding

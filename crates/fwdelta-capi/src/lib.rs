@@ -60,6 +60,12 @@ pub const FWD_ERR_NOT_AUTHENTIC: c_int = 7;
 pub const FWD_ERR_WRONG_PRODUCT: c_int = 8;
 /// The patch's security counter is below [`fwd_applier_trust`]'s.
 pub const FWD_ERR_DOWNGRADE: c_int = 9;
+/// The patch's release statement expired before the time given to
+/// [`fwd_applier_trust_time`].
+pub const FWD_ERR_EXPIRED: c_int = 10;
+/// The patch is one of those given to [`fwd_applier_trust_installed`]: a
+/// replay of an update already installed.
+pub const FWD_ERR_REPLAY: c_int = 11;
 /// In place: the journal lost both copies of what it needed while the
 /// image was half written; the image is neither version (reflash it).
 pub const FWD_ERR_UPDATE_LOST: c_int = 14;
@@ -197,6 +203,8 @@ pub struct fwd_applier {
     opts: ApplyOptions,
     /// The accepted header's memory claim (0 before).
     claim: u64,
+    /// The accepted patch's identity, when it is signed.
+    patch_id: Option<[u8; 32]>,
     /// The last error's detail, NUL-terminated.
     message: [u8; MESSAGE_LEN],
 }
@@ -252,11 +260,27 @@ pub(crate) fn code_of(e: &ApplyError) -> c_int {
         ErrorClass::NotAuthentic => FWD_ERR_NOT_AUTHENTIC,
         ErrorClass::WrongProduct => FWD_ERR_WRONG_PRODUCT,
         ErrorClass::Downgrade => FWD_ERR_DOWNGRADE,
+        ErrorClass::Expired => FWD_ERR_EXPIRED,
+        ErrorClass::Replay => FWD_ERR_REPLAY,
         _ => FWD_ERR_IO,
     }
 }
 
 impl fwd_applier {
+    /// Change the policy [`fwd_applier_trust`] set, on a fresh applier.
+    fn change_policy(&mut self, change: impl FnOnce(&mut TrustPolicy)) -> c_int {
+        if !matches!(self.state, State::Idle) {
+            return self.refuse("trust must be set on a fresh applier");
+        }
+        let Some(policy) = self.opts.policy.as_ref() else {
+            return self.refuse("call fwd_applier_trust first");
+        };
+        let mut policy = TrustPolicy::clone(policy);
+        change(&mut policy);
+        self.opts = self.opts.clone().with_policy(Some(Arc::new(policy)));
+        FWD_OK
+    }
+
     fn fail(&mut self, e: &ApplyError) -> c_int {
         self.state = State::Failed;
         set_message(&mut self.message, format_args!("{e}"));
@@ -348,6 +372,7 @@ pub unsafe extern "C" fn fwd_applier_new(
             state: State::Idle,
             opts,
             claim: 0,
+            patch_id: None,
             message: [0; MESSAGE_LEN],
         }))
     });
@@ -367,8 +392,9 @@ pub unsafe extern "C" fn fwd_applier_new(
 /// its product must be `product` (NUL-terminated; null: any;
 /// [`FWD_ERR_WRONG_PRODUCT`]) and its security counter at least
 /// `min_counter` ([`FWD_ERR_DOWNGRADE`]). Call it on a fresh applier,
-/// before [`fwd_applier_resume`] or the first feed. Expiry and replay are
-/// not checked through C.
+/// before [`fwd_applier_resume`] or the first feed. Expiry and replays are
+/// checked when [`fwd_applier_trust_time`] and
+/// [`fwd_applier_trust_installed`] are called after it.
 ///
 /// # Safety
 /// `a` from [`fwd_applier_new`]; `keys` valid for `32 * key_count` bytes;
@@ -420,6 +446,81 @@ pub unsafe extern "C" fn fwd_applier_trust(
         }
         policy.min_counter = min_counter;
         app.opts = app.opts.clone().with_policy(Some(Arc::new(policy)));
+        FWD_OK
+    })
+}
+
+/// Also refuse patches whose release statement expired before `now`
+/// (Unix seconds: the terminal's trusted clock), with [`FWD_ERR_EXPIRED`]
+/// before anything else is read. Call it after [`fwd_applier_trust`], on a
+/// fresh applier.
+///
+/// # Safety
+/// `a` from [`fwd_applier_new`].
+#[no_mangle]
+pub unsafe extern "C" fn fwd_applier_trust_time(a: *mut fwd_applier, now: u64) -> c_int {
+    with_applier(a, |app| app.change_policy(|policy| policy.now = Some(now)))
+}
+
+/// Also refuse the patches this terminal already installed, with
+/// [`FWD_ERR_REPLAY`] before anything else is read: `ids` holds `count`
+/// patch identities of 32 bytes each, as [`fwd_applier_patch_id`] gave them
+/// after each installed update. They are copied into the arena. Call it
+/// after [`fwd_applier_trust`], on a fresh applier.
+///
+/// # Safety
+/// `a` from [`fwd_applier_new`]; `ids` valid for `32 * count` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn fwd_applier_trust_installed(
+    a: *mut fwd_applier,
+    ids: *const u8,
+    count: usize,
+) -> c_int {
+    with_applier(a, |app| {
+        if ids.is_null() && count > 0 {
+            return app.refuse("null ids");
+        }
+        let Some(len) = count.checked_mul(32) else {
+            return app.refuse("too many ids");
+        };
+        let raw = match len {
+            0 => &[][..],
+            // SAFETY: the caller's buffer of 32 * count bytes.
+            _ => unsafe { core::slice::from_raw_parts(ids, len) },
+        };
+        let installed: Vec<[u8; 32]> = raw
+            .chunks_exact(32)
+            .map(|id| {
+                let mut x = [0u8; 32];
+                x.copy_from_slice(id);
+                x
+            })
+            .collect();
+        app.change_policy(|policy| policy.installed = installed)
+    })
+}
+
+/// Store the accepted patch's identity in `out[0..32]`: the signed message
+/// its signatures cover. A terminal records it after the update is
+/// installed and passes it to [`fwd_applier_trust_installed`] from then on.
+/// [`FWD_ERR_ARGUMENT`] before the header was accepted or for an unsigned
+/// patch (it has no identity).
+///
+/// # Safety
+/// `a` from [`fwd_applier_new`]; `out` valid for 32 bytes.
+#[no_mangle]
+pub unsafe extern "C" fn fwd_applier_patch_id(a: *mut fwd_applier, out: *mut u8) -> c_int {
+    with_applier(a, |app| {
+        if out.is_null() {
+            return app.refuse("null out");
+        }
+        let Some(id) = app.patch_id else {
+            return app.refuse(
+                "no patch identity: the header is not accepted yet, or the patch is unsigned",
+            );
+        };
+        // SAFETY: the caller's 32-byte buffer.
+        unsafe { core::ptr::copy_nonoverlapping(id.as_ptr(), out, 32) };
         FWD_OK
     })
 }
@@ -483,6 +584,7 @@ pub unsafe extern "C" fn fwd_applier_resume(
         match Applier::resume_with(app.old(), sink, opts, start, &cp, read_back) {
             Ok(run) => {
                 app.claim = run.header().map_or(0, |h| h.apply_memory);
+                app.patch_id = run.verdict().and_then(|v| v.message);
                 app.state = State::Running(Box::new(run));
                 FWD_OK
             }
@@ -525,6 +627,9 @@ pub unsafe extern "C" fn fwd_applier_feed(
         let fed = run.feed(data);
         if let Some(h) = run.header() {
             app.claim = h.apply_memory;
+        }
+        if let Some(v) = run.verdict() {
+            app.patch_id = v.message;
         }
         match fed {
             Ok(()) => FWD_OK,

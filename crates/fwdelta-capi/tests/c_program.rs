@@ -554,3 +554,98 @@ fn c_program_checks_signatures_and_release_rules() {
         );
     }
 }
+
+/// Expiry and replays through `fwd_applier_trust_time` and
+/// `fwd_applier_trust_installed`: a signed patch that expires at a set time
+/// applies before it and prints its identity (`fwd_applier_patch_id`, the
+/// message its signature covers); after it, it is refused with 10; given
+/// that identity as installed (alone or after another), it is refused with
+/// 11 (in the apply and the resume mode), before a byte of the new image is
+/// written; another
+/// installed identity does not stop it. An unsigned patch has no identity.
+#[test]
+fn c_program_checks_expiry_and_replays() {
+    use fwdelta_diff::patch_signer::{generate_key, sign_for_release, signing_message};
+    use fwdelta_format::release::Release;
+    const EXPIRES: u64 = 2_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let key = generate_key().unwrap();
+    let key_path = dir.path().join("key.bin");
+    std::fs::write(&key_path, key.verifying_key().as_bytes()).unwrap();
+    let case = Case::new("fw-cortex-m4", &opts(Codec::Lzma2, None, 4 << 20));
+    let unsigned = std::fs::read(case.path("patch")).unwrap();
+    let release = Release {
+        product: "acme-t300".into(),
+        version: "2.0.0".into(),
+        security_counter: 5,
+        expires: EXPIRES,
+    };
+    let signed = sign_for_release(&unsigned, Some(&release), &[key]).unwrap();
+    std::fs::write(case.path("patch"), &signed).unwrap();
+    let id: String = signing_message(&signed)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let run = |mode: &str, now: u64, installed: &str, extra: &[&str]| {
+        let mut cmd = Command::new(program());
+        cmd.arg(mode)
+            .arg(case.path("old"))
+            .arg(case.path("patch"))
+            .arg(case.path("new"))
+            .arg((5u64 << 20).to_string())
+            .arg("500")
+            .args(extra)
+            .env("FWD_TEST_KEY", &key_path)
+            .env("FWD_TEST_PRODUCT", "acme-t300")
+            .env("FWD_TEST_MIN_COUNTER", "5")
+            .env("FWD_TEST_NOW", now.to_string());
+        if !installed.is_empty() {
+            cmd.env("FWD_TEST_INSTALLED", installed);
+        }
+        cmd.output().expect("run apply_test")
+    };
+    let out = run("apply", EXPIRES - 1, "", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains(&format!("patch_id {id}\n")),
+        "{}",
+        text(&out)
+    );
+    let other = format!(
+        "{}{}",
+        if id.starts_with('0') { "1" } else { "0" },
+        &id[1..]
+    );
+    let out = run("apply", EXPIRES, &format!("{other},{other}"), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    for (now, installed, extra, code) in [
+        (EXPIRES + 1, String::new(), vec![], 110),
+        (EXPIRES - 1, id.clone(), vec![], 111),
+        (EXPIRES - 1, format!("{other},{id}"), vec![], 111),
+        (EXPIRES - 1, id.clone(), vec!["900"], 111),
+    ] {
+        let mode = if extra.is_empty() { "apply" } else { "resume" };
+        let out = run(mode, now, &installed, &extra);
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("written=0\n"),
+            "{}",
+            text(&out)
+        );
+    }
+    // Unsigned: applies without a policy, and has no identity to print.
+    std::fs::write(case.path("patch"), &unsigned).unwrap();
+    let out = Command::new(program())
+        .arg("apply")
+        .arg(case.path("old"))
+        .arg(case.path("patch"))
+        .arg(case.path("new"))
+        .arg((5u64 << 20).to_string())
+        .arg("500")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("patch_id"));
+}

@@ -126,21 +126,22 @@ pub(crate) fn stretched(counter: u16) -> i32 {
 /// hits, `n` stopping at [`LIMIT`]; the probability stays in 1..=4095.
 #[inline(always)]
 pub(crate) fn update(c: &mut u16, bit: u32) {
-    #[cfg(not(target_os = "none"))]
+    #[cfg(feature = "successor-table")]
     {
         *c = SUCCESSOR[(bit & 1) as usize][usize::from(*c)];
     }
-    #[cfg(target_os = "none")]
+    #[cfg(not(feature = "successor-table"))]
     {
         *c = successor(*c, bit);
     }
 }
 
 /// Every counter's successor after a 0 (`[0]`) and after a 1 (`[1]`):
-/// [`update`] as one table read. Hosted targets only (256 KiB of
-/// read-only data, which a microcontroller's flash cannot spare; there
-/// the counters are updated by [`update`]'s arithmetic).
-#[cfg(not(target_os = "none"))]
+/// [`update`] as one table read. With the `successor-table` feature only
+/// (256 KiB of read-only data, which a microcontroller's flash may not
+/// spare; without it the counters are updated by [`successor`]'s
+/// arithmetic, to the same values).
+#[cfg(feature = "successor-table")]
 static SUCCESSOR: [[u16; 1 << 16]; 2] = {
     let mut t = [[0u16; 1 << 16]; 2];
     let mut bit = 0;

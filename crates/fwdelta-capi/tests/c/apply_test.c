@@ -19,7 +19,11 @@
  *
  * Environment: FWD_TEST_KEY (a file of one 32-byte Ed25519 public key),
  * FWD_TEST_PRODUCT and FWD_TEST_MIN_COUNTER, when set, go to
- * fwd_applier_trust before anything is fed.
+ * fwd_applier_trust before anything is fed; then FWD_TEST_NOW (Unix
+ * seconds) to fwd_applier_trust_time and FWD_TEST_INSTALLED (patch
+ * identities, 64 hex digits each, comma-separated) to
+ * fwd_applier_trust_installed. After a signed patch applied, its identity
+ * (fwd_applier_patch_id) is printed as "patch_id HEX".
  *
  * Exit: 0 and "ok ..." when the output equals EXPECTED; 100 + code when
  * the API refused (the message on stdout); 1 for anything else wrong. */
@@ -288,6 +292,37 @@ static int set_trust(fwd_applier *a) {
     int rc = fwd_applier_trust(a, key.data, key_path ? 1 : 0, 1, product,
                                counter ? strtoull(counter, NULL, 10) : 0);
     free((void *)key.data);
+    if (rc != FWD_OK) {
+        return rc;
+    }
+    const char *now = getenv("FWD_TEST_NOW");
+    if (now) {
+        rc = fwd_applier_trust_time(a, strtoull(now, NULL, 10));
+        if (rc != FWD_OK) {
+            return rc;
+        }
+    }
+    const char *installed = getenv("FWD_TEST_INSTALLED");
+    if (installed) {
+        uint8_t ids[8 * 32];
+        size_t count = 0;
+        for (const char *p = installed; *p && count < 8;) {
+            for (size_t i = 0; i < 32; i++) {
+                unsigned v;
+                if (sscanf(p + 2 * i, "%2x", &v) != 1) {
+                    fprintf(stderr, "FWD_TEST_INSTALLED: not hex\n");
+                    exit(1);
+                }
+                ids[count * 32 + i] = (uint8_t)v;
+            }
+            count++;
+            p += 64;
+            if (*p == ',') {
+                p++;
+            }
+        }
+        rc = fwd_applier_trust_installed(a, ids, count);
+    }
     return rc;
 }
 
@@ -402,6 +437,14 @@ int main(int argc, char **argv) {
     rc = fwd_applier_finish(a);
     if (rc != FWD_OK) {
         return refused(rc, a, "finish");
+    }
+    uint8_t id[32];
+    if (fwd_applier_patch_id(a, id) == FWD_OK) {
+        printf("patch_id ");
+        for (size_t i = 0; i < sizeof id; i++) {
+            printf("%02x", id[i]);
+        }
+        printf("\n");
     }
     uint64_t claim = fwd_applier_claim(a);
     size_t p = fwd_applier_arena_peak(a);
