@@ -649,3 +649,82 @@ fn c_program_checks_expiry_and_replays() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("patch_id"));
 }
+
+/// Signed patches in the arena, as an adversary would size them: a signed
+/// patch of thousands of tiny segments (whose signature section holds every
+/// segment's check) applies, fed whole and resumed after a cut, in an arena
+/// of exactly its claim plus `FWD_ARENA_OVERHEAD`, and the arena's peak
+/// stays within it; one byte less is refused up front with
+/// `FWD_ERR_LIMITS`. (An allocation failing inside the arena would abort the
+/// program instead.)
+#[test]
+fn signed_patches_of_many_segments_stay_within_their_claim() {
+    use fwdelta_diff::patch_signer::{generate_key, sign_for_release};
+    use fwdelta_format::release::Release;
+    let mut seed = 5u64;
+    let old: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (seed >> 56) as u8
+        })
+        .collect();
+    let mut new = old.clone();
+    for at in (0..new.len()).step_by(97) {
+        new[at] ^= 0x5A;
+    }
+    let opts = Options {
+        segment_cost: 16,
+        ..opts(Codec::Lzma2, None, 1 << 20)
+    };
+    let unsigned = diff(&old, &new, &opts).expect("diff").bytes;
+    let key = generate_key().unwrap();
+    let release = Release {
+        product: "acme-t300".into(),
+        version: "2.0.0".into(),
+        security_counter: 5,
+        expires: 0,
+    };
+    let signed = sign_for_release(&unsigned, Some(&release), &[key.clone()]).unwrap();
+    let prefix = signed[..fwdelta_format::Header::PREFIX_LEN]
+        .try_into()
+        .unwrap();
+    let len = fwdelta_format::Header::parse_prefix(prefix).expect("prefix");
+    let header = fwdelta_format::Header::parse(&signed[..len]).expect("header");
+    assert!(
+        header.segment_count >= 500,
+        "{} segments",
+        header.segment_count
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [("old", &old), ("new", &new), ("patch", &signed)] {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let key_path = dir.path().join("key.bin");
+    std::fs::write(&key_path, key.verifying_key().as_bytes()).unwrap();
+    let claim = header.apply_memory;
+    let run = |mode: &str, arena: u64, extra: &[&str]| {
+        Command::new(program())
+            .arg(mode)
+            .arg(dir.path().join("old"))
+            .arg(dir.path().join("patch"))
+            .arg(dir.path().join("new"))
+            .arg(arena.to_string())
+            .arg("4096")
+            .args(extra)
+            .env("FWD_TEST_KEY", &key_path)
+            .env("FWD_TEST_PRODUCT", "acme-t300")
+            .output()
+            .expect("run apply_test")
+    };
+    for (mode, extra) in [("apply", vec![]), ("resume", vec!["300000"])] {
+        let out = run(mode, claim + OVERHEAD, &extra);
+        assert!(out.status.success(), "{mode}: {}", text(&out));
+        let peak = field(&out, "peak");
+        assert!(
+            peak <= claim + OVERHEAD,
+            "{mode}: peak {peak}, claim {claim}"
+        );
+    }
+    let out = run("apply", claim + OVERHEAD - 1, &[]);
+    assert_eq!(out.status.code(), Some(105), "{}", text(&out));
+}
