@@ -684,7 +684,7 @@ fn signed_patches_of_many_segments_stay_within_their_claim() {
         security_counter: 5,
         expires: 0,
     };
-    let signed = sign_for_release(&unsigned, Some(&release), &[key.clone()]).unwrap();
+    let signed = sign_for_release(&unsigned, Some(&release), std::slice::from_ref(&key)).unwrap();
     let prefix = signed[..fwdelta_format::Header::PREFIX_LEN]
         .try_into()
         .unwrap();
