@@ -316,6 +316,10 @@ struct DiffArgs {
     /// Print nothing on success.
     #[arg(short, long)]
     quiet: bool,
+    /// On success, print one JSON object on stdout: the patch's size and
+    /// make-up, the images' sizes, times.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -371,6 +375,11 @@ struct ApplyArgs {
     /// Print nothing on success.
     #[arg(short, long)]
     quiet: bool,
+    /// On success, print one JSON object on stdout: the new image's size and
+    /// BLAKE3, the patch bytes read, the release it installs and who signed it,
+    /// the device it was recorded in, the time.
+    #[arg(long)]
+    json: bool,
     /// After success, print `peak_heap_bytes N` and `peak_rss_bytes N` on stdout.
     #[arg(long, hide = true)]
     print_peak_memory: bool,
@@ -546,6 +555,40 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
         None => patch.bytes,
     };
     write_atomically(&a.output, &bytes)?;
+    if a.json {
+        let r = &patch.report;
+        let v = serde_json::json!({
+            "old": a.old.display().to_string(),
+            "new": a.new.display().to_string(),
+            "output": a.output.display().to_string(),
+            "old_bytes": old.len(),
+            "new_bytes": new.len(),
+            "patch_bytes": bytes.len(),
+            "unsigned_bytes": unsigned_len,
+            "signatures": if bytes.len() != unsigned_len { a.sign.len() } else { 0 },
+            "codec": r.codec.name(),
+            "layout": r.layout.name(),
+            "window_log": r.window_log,
+            "segments": r.segments,
+            "ops": r.ops,
+            "diff_bytes": r.diff_bytes,
+            "literal_bytes": r.literal_bytes,
+            "forced_literal_bytes": r.forced_literal_bytes,
+            "code": r.code.map(|(arch, runs)| serde_json::json!({
+                "arch": arch.name(), "map_runs": runs,
+            })),
+            "literal_filter": r.literal_filter.map(|a| a.name()),
+            "plain_bytes": r.plain_len,
+            "switch_margin": r.switch_margin,
+            "probe": r.probe.map(|p| serde_json::json!({
+                "candidates": p.candidates, "made": p.made,
+            })),
+            "match_seconds": r.match_time.as_secs_f64(),
+            "encode_seconds": r.encode_time.as_secs_f64(),
+            "seconds": elapsed.as_secs_f64(),
+        });
+        println!("{v}");
+    }
     if !a.quiet {
         let pct = if new.is_empty() {
             0.0
@@ -877,6 +920,28 @@ fn cmd_apply_in_place(a: &ApplyArgs, opts: ApplyOptions) -> Result<fwdelta_apply
 }
 
 fn report_apply(a: &ApplyArgs, output: &Path, report: &fwdelta_apply::ApplyReport, start: Instant) {
+    if a.json {
+        let v = serde_json::json!({
+            "output": output.display().to_string(),
+            "patch": a.patch().display().to_string(),
+            "patch_bytes": report.patch_len,
+            "new_bytes": report.header.new_len,
+            "new_blake3": hex(&report.header.new_hash),
+            "in_place": a.in_place,
+            "already_applied": report.already_applied,
+            "full_image": a.from_empty,
+            "release": report.verdict.release.as_ref().map(|r| serde_json::json!({
+                "product": r.product, "version": r.version,
+                "security_counter": r.security_counter,
+                "expires": (r.expires != 0).then_some(r.expires),
+            })),
+            "signed_by": report.verdict.signed_by.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+            "patch_id": report.verdict.message.map(|m| hex(&m)),
+            "device": a.device.as_ref().map(|d| d.display().to_string()),
+            "seconds": start.elapsed().as_secs_f64(),
+        });
+        println!("{v}");
+    }
     if a.print_peak_memory {
         println!("peak_heap_bytes {}", peak_memory::peak_heap());
         println!("peak_rss_bytes {}", peak_memory::peak_rss().unwrap_or(0));

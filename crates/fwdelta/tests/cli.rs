@@ -1242,3 +1242,93 @@ fn apply_refuses_a_fifo_as_the_old_image_without_hanging() {
     );
     assert!(listing(&out_dir).is_empty(), "{:?}", listing(&out_dir));
 }
+
+/// `diff --json` and `apply --json`: one JSON object on stdout that says
+/// what was made (sizes that match the files, the new image's BLAKE3 and
+/// the signed patch's identity), nothing on stderr with `-q`; a refused
+/// apply prints no JSON, only its one error line.
+#[test]
+fn diff_and_apply_report_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (testdata("fw-x86-64/old"), testdata("fw-x86-64/new"));
+    let patch = dir.path().join("p.fwd");
+    let run = fwdelta([
+        OsStr::new("diff"),
+        old.as_os_str(),
+        new.as_os_str(),
+        OsStr::new("-o"),
+        patch.as_os_str(),
+        OsStr::new("-q"),
+        OsStr::new("--json"),
+    ]);
+    run.assert_ok();
+    assert!(run.stderr.is_empty(), "{}", run.describe());
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
+    let patch_len = fs::metadata(&patch).unwrap().len();
+    assert_eq!(v["patch_bytes"], patch_len, "{v}");
+    assert_eq!(v["unsigned_bytes"], patch_len, "{v}");
+    assert_eq!(v["old_bytes"], fs::metadata(&old).unwrap().len(), "{v}");
+    assert_eq!(v["new_bytes"], fs::metadata(&new).unwrap().len(), "{v}");
+    assert_eq!(
+        v["diff_bytes"].as_u64().unwrap() + v["literal_bytes"].as_u64().unwrap(),
+        fs::metadata(&new).unwrap().len(),
+        "{v}"
+    );
+    assert!(v["segments"].as_u64().unwrap() >= 1, "{v}");
+
+    let out = dir.path().join("new.bin");
+    let apply = |patch: &Path, out: &Path| {
+        fwdelta([
+            OsStr::new("apply"),
+            old.as_os_str(),
+            patch.as_os_str(),
+            OsStr::new("-o"),
+            out.as_os_str(),
+            OsStr::new("-q"),
+            OsStr::new("--json"),
+        ])
+    };
+    let run = apply(&patch, &out);
+    run.assert_ok();
+    assert!(run.stderr.is_empty(), "{}", run.describe());
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
+    let made = fs::read(&out).unwrap();
+    assert_eq!(made, fs::read(&new).unwrap());
+    assert_eq!(
+        v["new_blake3"],
+        blake3::hash(&made).to_hex().as_str(),
+        "{v}"
+    );
+    assert_eq!(v["new_bytes"], made.len(), "{v}");
+    assert_eq!(v["patch_bytes"], patch_len, "{v}");
+    assert_eq!(v["patch_id"], serde_json::Value::Null, "unsigned: {v}");
+
+    // The committed signed vector carries its identity and release.
+    let signed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/signed/fw-cortex-m4.fwd");
+    let (old4, out4) = (testdata("fw-cortex-m4/old"), dir.path().join("new4.bin"));
+    let run = fwdelta([
+        OsStr::new("apply"),
+        old4.as_os_str(),
+        signed.as_os_str(),
+        OsStr::new("-o"),
+        out4.as_os_str(),
+        OsStr::new("--json"),
+    ]);
+    run.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
+    assert_eq!(v["release"]["product"], "acme-t300", "{v}");
+    assert_eq!(v["patch_id"].as_str().map(str::len), Some(64), "{v}");
+
+    // Refused (the wrong old image): no JSON, one error line, exit 4.
+    let refused = fwdelta([
+        OsStr::new("apply"),
+        new.as_os_str(),
+        patch.as_os_str(),
+        OsStr::new("-o"),
+        dir.path().join("never.bin").as_os_str(),
+        OsStr::new("--json"),
+    ]);
+    refused.assert_error(4, &["old image"]);
+    assert!(refused.stdout.is_empty(), "{}", refused.describe());
+}
