@@ -124,6 +124,9 @@ pub struct Options {
     /// not probed). Default [`PROBE_MIN_PATCH`]; `usize::MAX` always makes
     /// every candidate patch in full.
     pub probe_min_patch: usize,
+    /// Told each [`Phase`] as the diff enters it (for a progress display);
+    /// `None`: nothing is told.
+    pub progress: Option<Progress>,
 }
 
 /// Fewest literal bytes worth the literal filter's 5-byte header extension.
@@ -162,6 +165,63 @@ impl Default for Options {
             layout: None,
             literal_filter: true,
             probe_min_patch: PROBE_MIN_PATCH,
+            progress: None,
+        }
+    }
+}
+
+/// The stages of [`diff`], in the order it enters them (a plain patch of
+/// a small image skips some).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Hashing both images, sorting the old image's suffixes and scanning
+    /// the new image for matches.
+    Matching,
+    /// Predicting the old image's code references and sorting the
+    /// prediction, beside a fast trial of the plain candidates.
+    Predicting,
+    /// Trying the candidate patches at a fast level.
+    Probing,
+    /// Encoding the chosen candidates in full.
+    Encoding,
+}
+
+impl Phase {
+    /// What the phase does, in a few words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Phase::Matching => "hashing, sorting and matching",
+            Phase::Predicting => "predicting code references, sorting again",
+            Phase::Probing => "probing candidate patches",
+            Phase::Encoding => "encoding",
+        }
+    }
+}
+
+/// A callback [`diff`] tells each [`Phase`] as it enters it, from the
+/// thread that called it. Cloning shares the callback.
+#[derive(Clone)]
+pub struct Progress(std::sync::Arc<dyn Fn(Phase) + Send + Sync>);
+
+impl Progress {
+    /// Wrap `f`.
+    pub fn new(f: impl Fn(Phase) + Send + Sync + 'static) -> Self {
+        Progress(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+impl Options {
+    /// Tell the progress callback, if any, that the diff enters `phase`.
+    fn enter(&self, phase: Phase) {
+        if let Some(p) = &self.progress {
+            (p.0)(phase);
         }
     }
 }
@@ -391,6 +451,7 @@ impl Plan {
     fn build_and_encode(old: &[u8], new: &[u8], opts: &Options) -> Result<Patch, DiffError> {
         let rules = match_rules(opts);
         let margins = rules.margins;
+        opts.enter(Phase::Matching);
         let mut plan = Self::build_plain(old, new, &rules)?;
         let start = Instant::now();
         let probing = Self::probes(new, opts, plan.scripts.len());
@@ -399,6 +460,11 @@ impl Plan {
             .arch
             .filter(|_| opts.in_place.is_none() && !new.is_empty())
             .and_then(|arch| predict(arch, old, new, &plan.scripts[0]));
+        if predicted.is_some() {
+            opts.enter(Phase::Predicting);
+        } else if probing {
+            opts.enter(Phase::Probing);
+        }
         let (sorted, plain_sizes) = rayon::join(
             || predicted.as_ref().map(|(_, p)| SuffixArray::new(p)),
             || {
@@ -429,6 +495,7 @@ impl Plan {
                 scripts: margins.into_iter().zip(scripts).collect(),
             });
         plan.match_time += start.elapsed();
+        opts.enter(Phase::Encoding);
         plan.encode_probed(old, new, opts, plain_sizes)
     }
 

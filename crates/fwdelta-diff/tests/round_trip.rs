@@ -357,6 +357,7 @@ fn small_segments_and_tiny_budget_still_round_trip() {
             layout: None,
             literal_filter: true,
             probe_min_patch: fwdelta_diff::PROBE_MIN_PATCH,
+            progress: None,
         };
         let patch = plan.encode(&old, &new, &tiny).unwrap();
         assert_eq!(patch.report.codec, codec);

@@ -63,6 +63,7 @@ fn main() {
                 layout,
                 literal_filter: true,
                 probe_min_patch: fwdelta_diff::PROBE_MIN_PATCH,
+                progress: None,
             };
             let p = diff(OLD, new, &opts).expect("diff").bytes;
             patches.push((format!("{name}-{tag}"), p));

@@ -541,10 +541,21 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
         );
     }
     let start = Instant::now();
-    let patch = a
+    let spinner = DiffSpinner::start(a);
+    if let Some(s) = &spinner {
+        let bar = s.bar.clone();
+        opts.progress = Some(fwdelta_diff::Progress::new(move |phase| {
+            bar.set_message(phase.describe())
+        }));
+    }
+    let made = a
         .gen
         .pool()?
-        .install(|| fwdelta_diff::diff(&old, &new, &opts))
+        .install(|| fwdelta_diff::diff(&old, &new, &opts));
+    if let Some(s) = spinner {
+        s.stop();
+    }
+    let patch = made
         .map_err(|e: DiffError| anyhow::Error::new(e))
         .with_context(|| format!("cannot diff {} -> {}", a.old.display(), a.new.display()))?;
     let elapsed = start.elapsed();
@@ -643,6 +654,56 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A spinner on stderr naming the phase a diff is in, shown once the diff
+/// has run for `FWDELTA_PROGRESS_AFTER_MS` milliseconds (default 2000), so
+/// quick diffs print nothing extra. None when stderr is not a terminal, or
+/// with `-q` or `--json`.
+struct DiffSpinner {
+    bar: indicatif::ProgressBar,
+    /// Set when the diff is done: the delayed start then does nothing.
+    done: std::sync::Arc<std::sync::Mutex<bool>>,
+}
+
+impl DiffSpinner {
+    fn start(a: &DiffArgs) -> Option<DiffSpinner> {
+        use std::io::IsTerminal;
+        if a.quiet || a.json || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let after = std::env::var("FWDELTA_PROGRESS_AFTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000);
+        let bar = indicatif::ProgressBar::hidden();
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} diff: {wide_msg}")
+        {
+            bar.set_style(style);
+        }
+        bar.set_message(fwdelta_diff::Phase::Matching.describe());
+        let done = std::sync::Arc::new(std::sync::Mutex::new(false));
+        let (later, flag) = (bar.clone(), done.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(after));
+            if let Ok(done) = flag.lock() {
+                if !*done {
+                    later.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    later.enable_steady_tick(std::time::Duration::from_millis(120));
+                }
+            }
+        });
+        Some(DiffSpinner { bar, done })
+    }
+
+    /// Clear the spinner (if it was shown) before the summary is printed.
+    fn stop(self) {
+        if let Ok(mut done) = self.done.lock() {
+            *done = true;
+            self.bar.finish_and_clear();
+        }
+    }
 }
 
 impl ApplyArgs {

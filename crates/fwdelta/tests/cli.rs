@@ -1332,3 +1332,73 @@ fn diff_and_apply_report_in_json() {
     refused.assert_error(4, &["old image"]);
     assert!(refused.stdout.is_empty(), "{}", refused.describe());
 }
+
+/// `diff` names its phase on a spinner when stderr is a terminal (here a
+/// pseudo-terminal from util-linux's `script`, with the spinner's delay set
+/// to 0), and prints none when stderr is piped or with `-q`.
+#[test]
+fn diff_shows_its_phases_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = noise(3, 3 << 20);
+    let mut new = old.clone();
+    for at in (0..new.len()).step_by(1000) {
+        new[at] ^= 0x21;
+    }
+    let (o, n, p) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("p.fwd"),
+    );
+    fs::write(&o, &old).unwrap();
+    fs::write(&n, &new).unwrap();
+    let exe = env!("CARGO_BIN_EXE_fwdelta");
+    let on_tty = |quiet: &str| {
+        let log = dir.path().join("tty.log");
+        let cmd = format!(
+            "{exe} diff {} {} -o {} {quiet}",
+            o.display(),
+            n.display(),
+            p.display()
+        );
+        let st = Command::new("script")
+            .args(["-qec", &cmd])
+            .arg(&log)
+            .env("FWDELTA_PROGRESS_AFTER_MS", "0")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("cannot run `script` (util-linux; apt-get install bsdutils)");
+        assert!(st.success());
+        String::from_utf8_lossy(&fs::read(&log).unwrap()).into_owned()
+    };
+    let seen = on_tty("");
+    // Which phases a tick catches depends on the machine's load; at least
+    // one, by its name.
+    let phases = [
+        "diff: hashing, sorting and matching",
+        "diff: predicting code references, sorting again",
+        "diff: probing candidate patches",
+        "diff: encoding",
+    ];
+    assert!(phases.iter().any(|p| seen.contains(p)), "{seen}");
+    assert!(
+        seen.contains("p.fwd: "),
+        "the summary is printed too: {seen}"
+    );
+    let quiet = on_tty("-q");
+    assert!(!quiet.contains("diff: "), "-q: {quiet}");
+    // Piped: the summary alone.
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        OsStr::new("diff"),
+        o.as_os_str(),
+        n.as_os_str(),
+        OsStr::new("-o"),
+        p.as_os_str(),
+    ])
+    .env("FWDELTA_PROGRESS_AFTER_MS", "0");
+    let run = Run::of(cmd.output().unwrap());
+    run.assert_ok();
+    assert!(!run.stderr.contains("diff: "), "{}", run.describe());
+    assert!(run.stderr.contains("p.fwd: "), "{}", run.describe());
+}
