@@ -104,9 +104,9 @@ pub struct Options {
     /// Body layout. Default `None`, automatic: with LZMA2 and a patch that
     /// is not in-place, the first the budget holds of [`Layout::Modelled`]
     /// (the head and diff models code the heads and diff bytes: on the
-    /// public corpus 7-29% smaller patches than split streams, at about
-    /// 90 ns per diff byte to apply; the default 4 MiB holds it with a 1 MiB
-    /// history),
+    /// public corpus 7-29% smaller patches than split streams, at one
+    /// model decision per zero diff byte and nine per other to apply; the
+    /// default 4 MiB holds it with a 1 MiB history),
     /// [`Layout::Split`] (heads, diff bytes and literals each compressed on
     /// their own: 1.6-5.2% smaller than one stream) and
     /// [`Layout::Interleaved`]. Small patches (under [`SMALL_PATCH`]) are
@@ -864,8 +864,8 @@ pub const PROBE_LEVEL: i32 = 1;
 /// encoder's match finder takes about 8 bytes per window byte, three
 /// streams a segment, a segment per thread: at 2^20 the probe held 52 MB
 /// of match finders (heaptrack) while the executable-aware image was
-/// sorted beside it, P7's peak. At 2^17 P7's peak RSS went from 7.4x to
-/// 5.9x old + new and P4's from 5.6x to 5.2x, and every patch of the
+/// sorted beside it, P7's peak. At 2^17 P7's peak RSS went from 7.6x to
+/// 5.9x old + new and P4's from 5.8x to 5.2x, and every patch of the
 /// corpus, the tars and the test firmwares came out byte-identical (the
 /// probe only ranks candidates; the chosen ones are encoded at the full
 /// window).
