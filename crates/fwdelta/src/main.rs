@@ -93,8 +93,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Make a patch that turns OLD into NEW.
+    #[command(after_help = "Examples:\n  \
+        fwdelta diff v1.bin v2.bin -o v1-v2.fwd\n  \
+        fwdelta diff --fast v1.bin v2.bin -o v1-v2.fwd          # several times faster, a little larger\n  \
+        fwdelta diff v1.bin v2.bin -o v1-v2.fwd -q --json       # one JSON object on stdout\n  \
+        fwdelta diff v1.bin v2.bin -o - | ssh t300 fwdelta apply v1.bin - -o v2.bin")]
     Diff(DiffArgs),
     /// Apply PATCH to OLD, writing the verified new image to -o.
+    #[command(after_help = "Examples:\n  \
+        fwdelta apply v1.bin v1-v2.fwd -o v2.bin\n  \
+        fwdelta apply --resume v1.bin v1-v2.fwd -o v2.bin       # after a kill or power loss\n  \
+        fwdelta apply --in-place image.bin v1-v2.fwd            # single-slot flash, journaled\n  \
+        curl -s https://updates.example/v1-v2.fwd | fwdelta apply v1.bin - -o v2.bin")]
     Apply(ApplyArgs),
     /// Show what a patch contains (and verify its structure and checksums; an
     /// ordinary patch's last segment has none: applying it verifies it).
@@ -294,7 +304,7 @@ struct DiffArgs {
     old: PathBuf,
     /// The image they should have.
     new: PathBuf,
-    /// Where to write the patch (written whole or not at all).
+    /// Where to write the patch (written whole or not at all); `-`: stdout.
     #[arg(short, long)]
     output: PathBuf,
     #[command(flatten)]
@@ -326,7 +336,7 @@ struct DiffArgs {
 struct ApplyArgs {
     /// The current image (never modified, except with --in-place).
     old: PathBuf,
-    /// The patch (not with --manifest).
+    /// The patch (not with --manifest); `-`: read it from stdin.
     #[arg(required_unless_present = "manifest")]
     patch: Option<PathBuf>,
     /// Pick the patch for OLD from a release manifest (`fwdelta release`):
@@ -524,9 +534,16 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 fn cmd_diff(a: &DiffArgs) -> Result<()> {
+    let to_stdout = a.output.as_os_str() == "-";
+    anyhow::ensure!(
+        !(to_stdout && a.json),
+        "-o - writes the patch to stdout, where --json would write too: give one of them"
+    );
     let old = input::Image::open(&a.old)?;
     let new = input::Image::open(&a.new)?;
-    refuse_overwrite(&a.output, &[&a.old, &a.new])?;
+    if !to_stdout {
+        refuse_overwrite(&a.output, &[&a.old, &a.new])?;
+    }
     let mut opts = a.gen.options();
     if a.in_place {
         let scratch = a.scratch.unwrap_or(64 << 10);
@@ -565,7 +582,14 @@ fn cmd_diff(a: &DiffArgs) -> Result<()> {
             .context("cannot sign the patch")?,
         None => patch.bytes,
     };
-    write_atomically(&a.output, &bytes)?;
+    if to_stdout {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&bytes)
+            .and_then(|()| out.flush())
+            .context("cannot write the patch to stdout")?;
+    } else {
+        write_atomically(&a.output, &bytes)?;
+    }
     if a.json {
         let r = &patch.report;
         let v = serde_json::json!({
@@ -714,6 +738,12 @@ impl ApplyArgs {
 }
 
 fn cmd_apply(a: &ApplyArgs) -> Result<()> {
+    if a.patch().as_os_str() == "-" {
+        anyhow::ensure!(
+            a.output.is_some() && a.device.is_none() && !a.in_place && !a.resume,
+            "a patch from stdin (-) is applied to -o alone: --device, --in-place and --resume need the patch as a file"
+        );
+    }
     if let (Some(dir), Some(out)) = (&a.device, &a.output) {
         refuse_output_in_device(out, dir)?;
     }
@@ -803,8 +833,12 @@ fn run_apply(
         open_old_image(&a.old)
     }
     .with_context(|| format!("cannot open old image {}", a.old.display()))?;
-    let mut patch = File::open(a.patch())
-        .with_context(|| format!("cannot open patch {}", a.patch().display()))?;
+    let mut patch = if a.patch().as_os_str() == "-" {
+        patch_from_stdin(output)?
+    } else {
+        File::open(a.patch())
+            .with_context(|| format!("cannot open patch {}", a.patch().display()))?
+    };
     if let Some(expected) = a.expect_new {
         check_new_image(&mut patch, a.patch(), &expected)?;
     }
@@ -1282,6 +1316,25 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     f.commit()
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The patch `apply OLD -` reads from stdin, copied whole into an unnamed
+/// file in `output`'s directory (`O_TMPFILE`: nothing is left behind, not
+/// even after a kill) so that it can be read at any offset, as a patch file
+/// is: its start for the free-space check, its segments for parallel apply.
+fn patch_from_stdin(output: &Path) -> Result<File> {
+    use std::io::{Seek, SeekFrom};
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut f = tempfile::tempfile_in(dir)
+        .with_context(|| format!("cannot hold the patch from stdin in {}", dir.display()))?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut f)
+        .context("cannot read the patch from stdin")?;
+    f.seek(SeekFrom::Start(0))
+        .context("cannot read the patch from stdin")?;
+    Ok(f)
 }
 
 /// Refuse a side file (partial output, checkpoint, lock) whose name is one of

@@ -1402,3 +1402,78 @@ fn diff_shows_its_phases_on_a_terminal_only() {
     assert!(!run.stderr.contains("diff: "), "{}", run.describe());
     assert!(run.stderr.contains("p.fwd: "), "{}", run.describe());
 }
+
+/// `-` for the patch: `diff -o -` writes it to stdout (the same bytes as
+/// to a file, and no file named `-`), `apply OLD -` reads it from stdin; a
+/// damaged patch from stdin is refused like a damaged file, leaving nothing
+/// in the output's directory; `-` where it cannot work is refused in one line.
+#[test]
+fn patches_go_through_stdout_and_stdin() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (testdata("fw-x86-64/old"), testdata("fw-x86-64/new"));
+    let exe = env!("CARGO_BIN_EXE_fwdelta");
+    let out = Command::new(exe)
+        .current_dir(dir.path())
+        .args([OsStr::new("diff"), old.as_os_str(), new.as_os_str()])
+        .args(["-o", "-", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let piped = out.stdout;
+    let file = dir.path().join("p.fwd");
+    diff_ok(&old, &new, &file, &[]);
+    assert_eq!(piped, fs::read(&file).unwrap(), "stdout holds the patch");
+    assert!(!dir.path().join("-").exists());
+
+    let outdir = dir.path().join("out");
+    fs::create_dir(&outdir).unwrap();
+    let apply_stdin = |patch: &[u8], target: &Path| {
+        let mut child = Command::new(exe)
+            .args([OsStr::new("apply"), old.as_os_str(), OsStr::new("-")])
+            .args([OsStr::new("-o"), target.as_os_str(), OsStr::new("-q")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(patch).unwrap();
+        Run::of(child.wait_with_output().unwrap())
+    };
+    let target = outdir.join("new.bin");
+    apply_stdin(&piped, &target).assert_ok();
+    assert_eq!(fs::read(&target).unwrap(), fs::read(&new).unwrap());
+
+    let mut damaged = piped.clone();
+    let at = damaged.len() / 2;
+    damaged[at] ^= 0x10;
+    let refused = apply_stdin(&damaged, &outdir.join("bad.bin"));
+    refused.assert_error(3, &[]);
+    assert_eq!(
+        listing(&outdir),
+        ["new.bin"],
+        "nothing else in the output's directory"
+    );
+
+    let run = fwdelta([
+        OsStr::new("diff"),
+        old.as_os_str(),
+        new.as_os_str(),
+        OsStr::new("-o"),
+        OsStr::new("-"),
+        OsStr::new("--json"),
+    ]);
+    run.assert_error(1, &["--json"]);
+    let run = fwdelta([
+        OsStr::new("apply"),
+        OsStr::new("--in-place"),
+        target.as_os_str(),
+        OsStr::new("-"),
+    ]);
+    run.assert_error(1, &["stdin"]);
+}
