@@ -108,6 +108,20 @@ impl Case {
         self.run_with(program(), wrapper, mode, arena, chunk, extra)
     }
 
+    /// The C program's command line for this case's files: `mode`, `arena`
+    /// bytes, `chunk`, extra args (the caller adds the environment).
+    fn command(&self, mode: &str, arena: u64, chunk: usize, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(program());
+        cmd.arg(mode)
+            .arg(self.path("old"))
+            .arg(self.path("patch"))
+            .arg(self.path("new"))
+            .arg(arena.to_string())
+            .arg(chunk.to_string())
+            .args(extra);
+        cmd
+    }
+
     /// [`Case::run`] with the program `exe`.
     fn run_with(
         &self,
@@ -512,31 +526,16 @@ fn c_program_checks_signatures_and_release_rules() {
         signed.path("patch"),
     )
     .unwrap();
-    let run =
-        |case: &Case, mode: &str, key: &Path, product: &str, counter: u64, extra: &[String]| {
-            let mut cmd = Command::new(program());
-            cmd.arg(mode)
-                .arg(case.path("old"))
-                .arg(case.path("patch"))
-                .arg(case.path("new"))
-                .arg((5u64 << 20).to_string())
-                .arg("500")
-                .args(extra)
-                .env("FWD_TEST_KEY", key)
-                .env("FWD_TEST_PRODUCT", product)
-                .env("FWD_TEST_MIN_COUNTER", counter.to_string());
-            cmd.output().expect("run apply_test")
-        };
+    let run = |case: &Case, mode: &str, key: &Path, product: &str, counter: u64, extra: &[&str]| {
+        let mut cmd = case.command(mode, 5 << 20, 500, extra);
+        cmd.env("FWD_TEST_KEY", key)
+            .env("FWD_TEST_PRODUCT", product)
+            .env("FWD_TEST_MIN_COUNTER", counter.to_string());
+        cmd.output().expect("run apply_test")
+    };
     let out = run(&signed, "apply", &key_path, "acme-t300", 5, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = run(
-        &signed,
-        "resume",
-        &key_path,
-        "acme-t300",
-        5,
-        &["900".into()],
-    );
+    let out = run(&signed, "resume", &key_path, "acme-t300", 5, &["900"]);
     assert!(out.status.success(), "{}", text(&out));
     let unsigned = Case::new("fw-cortex-m4", &opts(Codec::Lzma2, None, 4 << 20));
     for (case, key, product, counter, code) in [
@@ -588,15 +587,8 @@ fn c_program_checks_expiry_and_replays() {
         .map(|b| format!("{b:02x}"))
         .collect();
     let run = |mode: &str, now: u64, installed: &str, extra: &[&str]| {
-        let mut cmd = Command::new(program());
-        cmd.arg(mode)
-            .arg(case.path("old"))
-            .arg(case.path("patch"))
-            .arg(case.path("new"))
-            .arg((5u64 << 20).to_string())
-            .arg("500")
-            .args(extra)
-            .env("FWD_TEST_KEY", &key_path)
+        let mut cmd = case.command(mode, 5 << 20, 500, extra);
+        cmd.env("FWD_TEST_KEY", &key_path)
             .env("FWD_TEST_PRODUCT", "acme-t300")
             .env("FWD_TEST_MIN_COUNTER", "5")
             .env("FWD_TEST_NOW", now.to_string());
@@ -637,15 +629,7 @@ fn c_program_checks_expiry_and_replays() {
     }
     // Unsigned: applies without a policy, and has no identity to print.
     std::fs::write(case.path("patch"), &unsigned).unwrap();
-    let out = Command::new(program())
-        .arg("apply")
-        .arg(case.path("old"))
-        .arg(case.path("patch"))
-        .arg(case.path("new"))
-        .arg((5u64 << 20).to_string())
-        .arg("500")
-        .output()
-        .unwrap();
+    let out = case.command("apply", 5 << 20, 500, &[]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("patch_id"));
 }
@@ -695,22 +679,19 @@ fn signed_patches_of_many_segments_stay_within_their_claim() {
         "{} segments",
         header.segment_count
     );
-    let dir = tempfile::tempdir().unwrap();
+    let case = Case {
+        dir: tempfile::tempdir().unwrap(),
+        name: "many signed segments".into(),
+        patch_len: signed.len(),
+    };
     for (name, bytes) in [("old", &old), ("new", &new), ("patch", &signed)] {
-        std::fs::write(dir.path().join(name), bytes).unwrap();
+        std::fs::write(case.path(name), bytes).unwrap();
     }
-    let key_path = dir.path().join("key.bin");
+    let key_path = case.path("key.bin");
     std::fs::write(&key_path, key.verifying_key().as_bytes()).unwrap();
     let claim = header.apply_memory;
     let run = |mode: &str, arena: u64, extra: &[&str]| {
-        Command::new(program())
-            .arg(mode)
-            .arg(dir.path().join("old"))
-            .arg(dir.path().join("patch"))
-            .arg(dir.path().join("new"))
-            .arg(arena.to_string())
-            .arg("4096")
-            .args(extra)
+        case.command(mode, arena, 4096, extra)
             .env("FWD_TEST_KEY", &key_path)
             .env("FWD_TEST_PRODUCT", "acme-t300")
             .output()
