@@ -246,6 +246,31 @@ pub(crate) fn set_message(buf: &mut [u8; MESSAGE_LEN], args: core::fmt::Argument
     buf[end] = 0;
 }
 
+/// `count` arrays of 32 bytes (keys, patch identities) from the caller's
+/// `ptr` (null only when `count` is 0), copied into the arena.
+///
+/// # Safety
+/// `ptr` valid for `32 * count` bytes.
+unsafe fn arrays_of_32(ptr: *const u8, count: usize) -> Result<Vec<[u8; 32]>, &'static str> {
+    if ptr.is_null() && count > 0 {
+        return Err("null array");
+    }
+    let len = count.checked_mul(32).ok_or("too many entries")?;
+    let raw = match len {
+        0 => &[][..],
+        // SAFETY: the caller's buffer of `len` bytes, by contract.
+        _ => unsafe { core::slice::from_raw_parts(ptr, len) },
+    };
+    Ok(raw
+        .chunks_exact(32)
+        .map(|k| {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(k);
+            a
+        })
+        .collect())
+}
+
 /// The C code of an applier error.
 pub(crate) fn code_of(e: &ApplyError) -> c_int {
     if matches!(e, ApplyError::PartialOutputDamaged { .. }) {
@@ -412,25 +437,11 @@ pub unsafe extern "C" fn fwd_applier_trust(
         if !matches!(app.state, State::Idle) {
             return app.refuse("trust must be set on a fresh applier");
         }
-        if keys.is_null() && key_count > 0 {
-            return app.refuse("null keys");
-        }
-        let Some(len) = key_count.checked_mul(32) else {
-            return app.refuse("too many keys");
+        // SAFETY: the caller's buffer of 32 * key_count bytes, by contract.
+        let keys = match unsafe { arrays_of_32(keys, key_count) } {
+            Ok(keys) => keys,
+            Err(why) => return app.refuse(why),
         };
-        let raw = match len {
-            0 => &[][..],
-            // SAFETY: the caller's buffer of 32 * key_count bytes.
-            _ => unsafe { core::slice::from_raw_parts(keys, len) },
-        };
-        let keys = raw
-            .chunks_exact(32)
-            .map(|k| {
-                let mut key = [0u8; 32];
-                key.copy_from_slice(k);
-                key
-            })
-            .collect();
         let mut policy = TrustPolicy::trusting(keys);
         policy.threshold = match key_count {
             0 => 0,
@@ -477,25 +488,11 @@ pub unsafe extern "C" fn fwd_applier_trust_installed(
     count: usize,
 ) -> c_int {
     with_applier(a, |app| {
-        if ids.is_null() && count > 0 {
-            return app.refuse("null ids");
-        }
-        let Some(len) = count.checked_mul(32) else {
-            return app.refuse("too many ids");
+        // SAFETY: the caller's buffer of 32 * count bytes, by contract.
+        let installed = match unsafe { arrays_of_32(ids, count) } {
+            Ok(ids) => ids,
+            Err(why) => return app.refuse(why),
         };
-        let raw = match len {
-            0 => &[][..],
-            // SAFETY: the caller's buffer of 32 * count bytes.
-            _ => unsafe { core::slice::from_raw_parts(ids, len) },
-        };
-        let installed: Vec<[u8; 32]> = raw
-            .chunks_exact(32)
-            .map(|id| {
-                let mut x = [0u8; 32];
-                x.copy_from_slice(id);
-                x
-            })
-            .collect();
         app.change_policy(|policy| policy.installed = installed)
     })
 }

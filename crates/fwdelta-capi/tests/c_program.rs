@@ -112,6 +112,19 @@ impl Case {
     /// bytes, `chunk`, extra args (the caller adds the environment).
     fn command(&self, mode: &str, arena: u64, chunk: usize, extra: &[&str]) -> Command {
         let mut cmd = Command::new(program());
+        self.add_args(&mut cmd, mode, arena, chunk, extra);
+        cmd
+    }
+
+    /// Append the program's arguments for this case to `cmd`.
+    fn add_args<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        cmd: &mut Command,
+        mode: &str,
+        arena: u64,
+        chunk: usize,
+        extra: &[S],
+    ) {
         cmd.arg(mode)
             .arg(self.path("old"))
             .arg(self.path("patch"))
@@ -119,7 +132,6 @@ impl Case {
             .arg(arena.to_string())
             .arg(chunk.to_string())
             .args(extra);
-        cmd
     }
 
     /// [`Case::run`] with the program `exe`.
@@ -140,15 +152,8 @@ impl Case {
             }
             None => Command::new(exe),
         };
-        cmd.arg(mode)
-            .arg(self.path("old"))
-            .arg(self.path("patch"))
-            .arg(self.path("new"))
-            .arg(arena.to_string())
-            .arg(chunk.to_string())
-            .args(extra)
-            .output()
-            .expect("run apply_test")
+        self.add_args(&mut cmd, mode, arena, chunk, extra);
+        cmd.output().expect("run apply_test")
     }
 }
 
