@@ -84,6 +84,12 @@ TOOLS = [
          ["{FW}", "diff", "--layout", "split", "{O}", "{N}", "-o", "{P}"],
          ["{FW}", "apply", "{O}", "{P}", "-o", "{R}"],
          "cargo build --release -p fwdelta", is_peer=False, color="#e6b0aa"),
+    # The fast level (`--fast`, level 4): one switch margin, no auto-detected executable-aware
+    # plan, the block path from 50% block coverage (issue 20's "at least as fast as HDiffPatch").
+    Tool("fwdelta-fast", "fwdelta", (),
+         ["{FW}", "diff", "--fast", "{O}", "{N}", "-o", "{P}"],
+         ["{FW}", "apply", "{O}", "{P}", "-o", "{R}"],
+         "cargo build --release -p fwdelta", is_peer=False, color="#d98880"),
     Tool("bsdiff", "bsdiff", ("bsdiff", "bspatch"),
          ["bsdiff", "{O}", "{N}", "{P}"],
          ["bspatch", "{O}", "{R}", "{P}"],
