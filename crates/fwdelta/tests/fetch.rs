@@ -18,7 +18,7 @@ mod net;
 mod release_fixture;
 
 use net::{answer, Liar, Link, LinkSpec, Nginx};
-use release_fixture::{fwdelta, Run};
+use release_fixture::{device_history, fwdelta, Run};
 use serde_json::Value;
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -178,17 +178,7 @@ impl Rel {
     }
 
     fn history(&self, dev: &str) -> Vec<Value> {
-        let run = fwdelta([
-            OsStr::new("history"),
-            OsStr::new("--device"),
-            self.path(dev).as_os_str(),
-            OsStr::new("--json"),
-        ])
-        .ok();
-        run.stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        device_history(&self.path(dev))
     }
 
     /// Nothing was written beside `out`: no output, no side file.

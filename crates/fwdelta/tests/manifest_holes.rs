@@ -316,21 +316,6 @@ fn an_old_image_that_is_not_a_file_is_refused_at_once() {
     }
 }
 
-/// `fwdelta history --device DIR --json`: the entries.
-fn history(dev: &Path) -> Vec<serde_json::Value> {
-    let run = fwdelta([
-        OsStr::new("history"),
-        OsStr::new("--device"),
-        dev.as_os_str(),
-        OsStr::new("--json"),
-    ])
-    .ok();
-    run.stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// A device records every update it refuses; a manifest it refused (here a
 /// manifest edited after it was signed) was refused without a trace.
 #[test]
@@ -347,7 +332,7 @@ fn a_refused_manifest_is_recorded_in_the_device_history() {
         serde_json::to_vec_pretty(&m).unwrap(),
     )
     .unwrap();
-    let before = history(&dev).len();
+    let before = device_history(&dev).len();
     let old = f.path("fleet/1.0.0.bin");
     let run = f.apply(
         "out",
@@ -358,7 +343,7 @@ fn a_refused_manifest_is_recorded_in_the_device_history() {
     let code = run.code;
     assert_ne!(code, 0, "{}", run.stderr);
     assert!(!f.path("new").exists());
-    let h = history(&dev);
+    let h = device_history(&dev);
     assert_eq!(h.len(), before + 1, "{h:?}");
     let last = &h[h.len() - 1];
     assert_eq!(last["event"], "refused", "{last}");

@@ -211,6 +211,21 @@ impl Fixture {
     }
 }
 
+/// `fwdelta history --device DEV --json`: the device's history entries.
+pub fn device_history(dev: &Path) -> Vec<serde_json::Value> {
+    let run = fwdelta([
+        OsStr::new("history"),
+        OsStr::new("--device"),
+        dev.as_os_str(),
+        OsStr::new("--json"),
+    ])
+    .ok();
+    run.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Every file in `dir` (hidden ones too) by name, with its bytes.
 pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fs::read_dir(dir)
