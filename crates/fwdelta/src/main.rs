@@ -731,6 +731,15 @@ impl DiffSpinner {
 }
 
 impl ApplyArgs {
+    /// How the device history names this apply's mode.
+    fn mode(&self) -> &'static str {
+        if self.in_place {
+            "in-place"
+        } else {
+            "file"
+        }
+    }
+
     /// The patch file (set by the time an apply runs).
     fn patch(&self) -> &Path {
         self.patch.as_deref().unwrap_or(Path::new(""))
@@ -761,9 +770,12 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
             // A device records every refusal, a manifest's too.
             (Err(e), Some(dir)) => {
                 let now = a.now.unwrap_or_else(fwdelta_device::unix_now);
-                let mode = if a.in_place { "in-place" } else { "file" };
                 return Err(device_cmd::record_manifest_refusal(
-                    dir, manifest, now, mode, e,
+                    dir,
+                    manifest,
+                    now,
+                    a.mode(),
+                    e,
                 ));
             }
             (Err(e), None) => return Err(e),
@@ -796,7 +808,7 @@ fn cmd_apply(a: &ApplyArgs) -> Result<()> {
     let start = Instant::now();
     let (target, report) = match &a.device {
         Some(dir) => {
-            let mode = if a.in_place { "in-place" } else { "file" };
+            let mode = a.mode();
             // A device always resumes an interrupted update of the same patch.
             let report = device_cmd::apply_with_device(dir, a.patch(), opts, now, mode, |opts| {
                 run_apply(a, opts, true)
@@ -1025,11 +1037,7 @@ fn report_apply(a: &ApplyArgs, output: &Path, report: &fwdelta_apply::ApplyRepor
             "in_place": a.in_place,
             "already_applied": report.already_applied,
             "full_image": a.from_empty,
-            "release": report.verdict.release.as_ref().map(|r| serde_json::json!({
-                "product": r.product, "version": r.version,
-                "security_counter": r.security_counter,
-                "expires": (r.expires != 0).then_some(r.expires),
-            })),
+            "release": report.verdict.release.as_ref().map(release_json),
             "signed_by": report.verdict.signed_by.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
             "patch_id": report.verdict.message.map(|m| hex(&m)),
             "device": a.device.as_ref().map(|d| d.display().to_string()),
@@ -1193,11 +1201,7 @@ fn cmd_info(a: &InfoArgs) -> Result<()> {
             })),
             "literal_filter": h.literal_filter.map(|a| a.name()),
             "in_place_cell_log": h.cell_log,
-            "release": h.release.as_ref().map(|r| serde_json::json!({
-                "product": r.product, "version": r.version,
-                "security_counter": r.security_counter,
-                "expires": (r.expires != 0).then_some(r.expires),
-            })),
+            "release": h.release.as_ref().map(release_json),
             "signed_message": info.section.as_ref().map(|s| hex(&s.message(&info.header_bytes))),
             "signatures": signatures,
             "trusted": (!a.trust.is_empty()).then(|| verdict.is_ok()),
@@ -1422,6 +1426,16 @@ fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A release statement as `info --json` and `apply --json` print it
+/// (`expires` null when it never expires).
+fn release_json(r: &fwdelta_format::release::Release) -> serde_json::Value {
+    serde_json::json!({
+        "product": r.product, "version": r.version,
+        "security_counter": r.security_counter,
+        "expires": (r.expires != 0).then_some(r.expires),
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
