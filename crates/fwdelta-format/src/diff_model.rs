@@ -29,8 +29,8 @@
 //! Cost: [`DiffModel::memory`] bytes (1 MiB of tables, 256 KiB of match
 //! positions, and the match history, `2^history_log` bytes); per difference
 //! byte, one decision for a zero and nine for any other, each 8 table reads,
-//! a 10-term dot product and as many updates (on hosted targets each update
-//! is one read of a 256 KiB successor table shared by every model; see
+//! a 10-term dot product and as many updates (with the `successor-table`
+//! feature each update is one read of a 256 KiB table shared by every model; see
 //! `benches/hot_paths.rs`, `diff_model`, for the time per byte).
 
 use crate::bit_coder::BitIo;
