@@ -261,14 +261,17 @@ unsafe fn arrays_of_32(ptr: *const u8, count: usize) -> Result<Vec<[u8; 32]>, &'
         // SAFETY: the caller's buffer of `len` bytes, by contract.
         _ => unsafe { core::slice::from_raw_parts(ptr, len) },
     };
-    Ok(raw
-        .chunks_exact(32)
-        .map(|k| {
-            let mut a = [0u8; 32];
-            a.copy_from_slice(k);
-            a
-        })
-        .collect())
+    // The caller sizes this, not the patch; still, an arena too small
+    // for it is an error, not an abort.
+    let mut out = Vec::new();
+    out.try_reserve_exact(count)
+        .map_err(|_| "the arena cannot hold that many entries")?;
+    out.extend(raw.chunks_exact(32).map(|k| {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(k);
+        a
+    }));
+    Ok(out)
 }
 
 /// The C code of an applier error.
