@@ -128,6 +128,11 @@ where
 
 /// `fwdelta diff OLD NEW -o PATCH -q EXTRA...`, which must succeed.
 fn diff_ok(old: &Path, new: &Path, patch: &Path, extra: &[&str]) {
+    diff_quiet(old, new, patch, extra).assert_ok();
+}
+
+/// `fwdelta diff OLD NEW -o PATCH -q EXTRA...`, as it ran.
+fn diff_quiet(old: &Path, new: &Path, patch: &Path, extra: &[&str]) -> Run {
     let mut args = vec![
         OsStr::new("diff"),
         old.as_os_str(),
@@ -137,7 +142,7 @@ fn diff_ok(old: &Path, new: &Path, patch: &Path, extra: &[&str]) {
         OsStr::new("-q"),
     ];
     args.extend(extra.iter().map(OsStr::new));
-    fwdelta(&args).assert_ok();
+    fwdelta(&args)
 }
 
 fn testdata(pair: &str) -> PathBuf {
@@ -1252,15 +1257,7 @@ fn diff_and_apply_report_in_json() {
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = (testdata("fw-x86-64/old"), testdata("fw-x86-64/new"));
     let patch = dir.path().join("p.fwd");
-    let run = fwdelta([
-        OsStr::new("diff"),
-        old.as_os_str(),
-        new.as_os_str(),
-        OsStr::new("-o"),
-        patch.as_os_str(),
-        OsStr::new("-q"),
-        OsStr::new("--json"),
-    ]);
+    let run = diff_quiet(&old, &new, &patch, &["--json"]);
     run.assert_ok();
     assert!(run.stderr.is_empty(), "{}", run.describe());
     let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
