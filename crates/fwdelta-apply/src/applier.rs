@@ -117,6 +117,27 @@ impl ApplyOptions {
         header_bytes: &[u8],
         section: Option<&SignatureSection>,
     ) -> Result<Verdict, ApplyError> {
+        self.judge_as(header, header_bytes, section, false)
+    }
+
+    /// [`Self::judge`] for an interrupted update of this patch (see
+    /// [`TrustPolicy::check_resumed`]): every rule but expiry.
+    pub(crate) fn judge_resumed(
+        &self,
+        header: &Header,
+        header_bytes: &[u8],
+        section: Option<&SignatureSection>,
+    ) -> Result<Verdict, ApplyError> {
+        self.judge_as(header, header_bytes, section, true)
+    }
+
+    fn judge_as(
+        &self,
+        header: &Header,
+        header_bytes: &[u8],
+        section: Option<&SignatureSection>,
+        resumed: bool,
+    ) -> Result<Verdict, ApplyError> {
         if let Some(expected) = self.expected_new_hash {
             if header.new_hash != expected {
                 return Err(ApplyError::UnexpectedNewImage {
@@ -125,9 +146,11 @@ impl ApplyOptions {
                 });
             }
         }
-        match self.policy.as_deref() {
-            Some(p) => p.check(header, header_bytes, section),
-            None => TrustPolicy::default().check(header, header_bytes, section),
+        let default = TrustPolicy::default();
+        let policy = self.policy.as_deref().unwrap_or(&default);
+        match resumed {
+            false => policy.check(header, header_bytes, section),
+            true => policy.check_resumed(header, header_bytes, section),
         }
     }
 }

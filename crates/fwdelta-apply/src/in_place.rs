@@ -658,6 +658,9 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
             if run.already_applied()? {
                 return run.report(true);
             }
+            if let Some(e) = run.expired.take() {
+                return Err(e);
+            }
             run.verify_old(&pick)?;
             run.ordering_pass()?;
             run.dry_run()?;
@@ -689,6 +692,9 @@ struct InPlaceApply<'a, R: ?Sized, P, J: ?Sized> {
     cell: u64,
     checks: Checks,
     verdict: Verdict,
+    /// The policy refused the patch as expired: it may only finish an
+    /// update of it the journal shows begun.
+    expired: Option<ApplyError>,
     /// Per cell: where its segment starts in the patch, and its position in
     /// patch order (which its check binds to), packed as `offset << 16 |
     /// index` (at most 2^16 cells; a patch over 2^48 bytes is refused).
@@ -718,8 +724,17 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
         let cell = header.cell_len().ok_or(ApplyError::WrongMode(
             "this patch is not an in-place patch: apply it to a new file",
         ))?;
-        // Signatures and release rules before anything else is read.
-        let verdict = opts.judge(header, &start.header_bytes, start.section.as_ref())?;
+        // Signatures and release rules before anything else is read. An
+        // expired patch is refused only if this is not the resume of an
+        // update of it begun before (which the journal tells, next).
+        let section = start.section.as_ref();
+        let (verdict, expired) = match opts.judge(header, &start.header_bytes, section) {
+            Err(e @ ApplyError::Expired { .. }) => (
+                opts.judge_resumed(header, &start.header_bytes, section)?,
+                Some(e),
+            ),
+            judged => (judged?, None),
+        };
         let (body_start, header_hash) = (start.body_start, start.header_hash);
         let old = OldView::new(region, header, cell);
         let runner = SegmentRunner::new(header, header_hash)?;
@@ -751,6 +766,7 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
             cell,
             checks,
             verdict,
+            expired,
             cells,
             patch_len: summary.patch_len,
             ab: AbWriter {

@@ -68,6 +68,31 @@ impl TrustPolicy {
         header_bytes: &[u8],
         section: Option<&SignatureSection>,
     ) -> Result<Verdict, ApplyError> {
+        self.judge(header, header_bytes, section, true)
+    }
+
+    /// [`Self::check`] for an update of this patch that began under this
+    /// policy and was interrupted (an in-place journal, or a device's
+    /// pending update, names it): every rule but expiry, which was judged
+    /// when it began. A terminal that was off past the patch's expiry
+    /// finishes the update instead of keeping an image that is neither
+    /// version. Same cost as [`Self::check`].
+    pub fn check_resumed(
+        &self,
+        header: &Header,
+        header_bytes: &[u8],
+        section: Option<&SignatureSection>,
+    ) -> Result<Verdict, ApplyError> {
+        self.judge(header, header_bytes, section, false)
+    }
+
+    fn judge(
+        &self,
+        header: &Header,
+        header_bytes: &[u8],
+        section: Option<&SignatureSection>,
+        expiry: bool,
+    ) -> Result<Verdict, ApplyError> {
         let mut verdict = Verdict {
             release: header.release.clone(),
             ..Verdict::default()
@@ -119,7 +144,7 @@ impl TrustPolicy {
                 version: release.version.clone(),
             });
         }
-        if let Some(now) = self.now {
+        if let Some(now) = self.now.filter(|_| expiry) {
             if release.expires != 0 && now > release.expires {
                 return Err(ApplyError::Expired {
                     expires: release.expires,

@@ -318,13 +318,20 @@ impl fwdelta_apply::Journal for DevJournal<'_> {
 }
 
 fn apply_on(dev: &Device, patch: &[u8]) -> Result<(), ApplyError> {
+    apply_on_with(dev, patch, ApplyOptions::default()).map(|_| ())
+}
+
+fn apply_on_with(
+    dev: &Device,
+    patch: &[u8],
+    opts: ApplyOptions,
+) -> Result<fwdelta_apply::ApplyReport, ApplyError> {
     fwdelta_apply::apply_in_place_with(
         &DevRegion(dev),
         Cursor::new(patch),
-        ApplyOptions::default(),
+        opts,
         &mut DevJournal(dev),
     )
-    .map(|_| ())
 }
 
 /// The durable steps of an uninterrupted apply of `patch` to `old`.
@@ -681,4 +688,94 @@ fn one_damaged_journal_file_after_a_cut_still_finishes_the_update() {
         }
     }
     assert_eq!(tried, 6);
+}
+
+/// An in-place update cut by a power loss is finished even when the clock
+/// passed the patch's expiry while the terminal was off: the expiry was
+/// judged when the update began, and refusing it now would leave an image
+/// that is neither version, for good (time only moves on). The signatures
+/// are still checked on the resume; a fresh start after the expiry is
+/// refused with the image untouched; an image that already is the new one
+/// is reported as applied, writing nothing.
+#[test]
+fn an_update_cut_before_its_expiry_is_finished_after_it() {
+    use ed25519_dalek::SigningKey;
+    use fwdelta_apply::TrustPolicy;
+    use fwdelta_diff::patch_signer::sign_for_release;
+    use fwdelta_format::Release;
+    use std::sync::Arc;
+    const EXPIRES: u64 = 2_000_000_000;
+    let (old, new) = (
+        testdata("fw-cortex-m4", "old"),
+        testdata("fw-cortex-m4", "new"),
+    );
+    let plain = diff(&old, &new, &in_place_opts()).unwrap().bytes;
+    let key = SigningKey::from_bytes(&[3; 32]);
+    let release = Release {
+        product: "acme-t300".into(),
+        version: "2.0".into(),
+        security_counter: 5,
+        expires: EXPIRES,
+    };
+    let patch = sign_for_release(&plain, Some(&release), std::slice::from_ref(&key)).unwrap();
+    let at = |now: u64, key: &SigningKey| {
+        let mut p = TrustPolicy::trusting(vec![key.verifying_key().to_bytes()]);
+        p.product = Some("acme-t300".into());
+        p.min_counter = 5;
+        p.now = Some(now);
+        ApplyOptions::default().with_policy(Some(Arc::new(p)))
+    };
+
+    // The durable steps of the whole update; cut before its last image write.
+    let dev = Device::new(&old);
+    dev.power_on(None);
+    apply_on_with(&dev, &patch, at(EXPIRES - 1, &key)).unwrap();
+    let trace = dev.trace.borrow().clone();
+    let last_image = trace
+        .iter()
+        .rposition(|s| matches!(s, Step::Image(_)))
+        .expect("image writes");
+    let cut = || {
+        let dev = Device::new(&old);
+        dev.power_on(Some((last_image, 0)));
+        assert!(apply_on_with(&dev, &patch, at(EXPIRES - 1, &key)).is_err());
+        assert!(*dev.image.borrow() != old && *dev.image.borrow() != new);
+        dev
+    };
+
+    // Resumed after the expiry: finished.
+    let dev = cut();
+    dev.power_on(None);
+    let report = apply_on_with(&dev, &patch, at(EXPIRES + 1, &key))
+        .expect("an update begun before its expiry is finished after it");
+    assert!(*dev.image.borrow() == new);
+    assert!(dev.journal_empty());
+    assert_eq!(report.verdict.signed_by.len(), 1);
+
+    // The resume still needs the trusted signature.
+    let dev = cut();
+    let before = dev.image.borrow().clone();
+    dev.power_on(None);
+    let other = SigningKey::from_bytes(&[4; 32]);
+    let e = apply_on_with(&dev, &patch, at(EXPIRES + 1, &other)).unwrap_err();
+    assert!(matches!(e, ApplyError::NotAuthentic { .. }), "{e}");
+    assert!(*dev.image.borrow() == before);
+
+    // A fresh start after the expiry: refused, nothing written.
+    let dev = Device::new(&old);
+    dev.power_on(None);
+    let e = apply_on_with(&dev, &patch, at(EXPIRES + 1, &key)).unwrap_err();
+    assert!(matches!(e, ApplyError::Expired { .. }), "{e}");
+    assert!(*dev.image.borrow() == old);
+    assert!(dev.trace.borrow().is_empty(), "{:?}", dev.trace.borrow());
+
+    // Already the new image (the first run finished, its caller did not
+    // hear): reported as applied, nothing written.
+    let dev = Device::new(&new);
+    dev.power_on(None);
+    let report = apply_on_with(&dev, &patch, at(EXPIRES + 1, &key)).unwrap();
+    assert!(report.already_applied);
+    assert!(*dev.image.borrow() == new);
+    let wrote = dev.trace.borrow().iter().any(|s| s.len() > 0);
+    assert!(!wrote, "{:?}", dev.trace.borrow());
 }

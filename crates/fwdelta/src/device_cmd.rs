@@ -4,10 +4,12 @@
 use crate::signing_cmd::read_public;
 use anyhow::{Context, Result};
 use clap::Args;
-use fwdelta_apply::{ApplyError, ApplyOptions, ApplyReport};
+use fwdelta_apply::{ApplyError, ApplyOptions, ApplyReport, TrustPolicy, Verdict};
 use fwdelta_device::state_file::Update;
 use fwdelta_device::{unix_now, DeviceDir, InitOptions};
 use fwdelta_format::key_file::hex;
+use fwdelta_format::signature::SignatureSection;
+use fwdelta_format::Header;
 use serde_json::{json, Value};
 use std::fs::File;
 use std::io::Write;
@@ -297,10 +299,36 @@ pub fn record_manifest_refusal(
     }
 }
 
+/// The device's policy on a patch, and whether it passed as the resume of
+/// an update begun here: one that expired since an update of it began (and a
+/// power loss or a failure cut it) passes, as its expiry was judged when it
+/// began and finishing it beats keeping an unfinished image.
+fn judge(
+    dev: &DeviceDir,
+    policy: &TrustPolicy,
+    header: &Header,
+    header_bytes: &[u8],
+    section: Option<&SignatureSection>,
+) -> Result<(Verdict, bool), ApplyError> {
+    match policy.check(header, header_bytes, section) {
+        Err(e @ ApplyError::Expired { .. }) => {
+            let v = policy.check_resumed(header, header_bytes, section)?;
+            let begun = dev.state().in_progress.as_ref().map(|u| u.patch.as_str());
+            match v.message {
+                Some(m) if begun == Some(hex(&m).as_str()) => Ok((v, true)),
+                _ => Err(e),
+            }
+        }
+        judged => judged.map(|v| (v, false)),
+    }
+}
+
 /// What `apply --device` knows of a patch before applying it.
 struct Planned {
     update: Update,
     entry: Value,
+    /// Passed as the resume of an update begun before its expiry.
+    resumed: bool,
 }
 
 /// Run `apply` (`run`, given the options with the device's policy) under the
@@ -347,12 +375,12 @@ pub fn apply_with_device(
             let (header, header_bytes, section, _) =
                 fwdelta_apply::inspect::read_patch_start(&mut f)
                     .with_context(|| format!("cannot apply {}", patch_path.display()))?;
-            let verdict = policy
-                .check(&header, &header_bytes, section.as_ref())
+            let (verdict, resumed) = judge(&dev, &policy, &header, &header_bytes, section.as_ref())
                 .with_context(|| format!("refusing {}", patch_path.display()))?;
             let release = header.release.clone().ok_or(ApplyError::Unsigned)?;
             let patch = hex(&verdict.message.unwrap_or_default());
             Ok(Planned {
+                resumed,
                 update: Update {
                     patch: patch.clone(),
                     version: release.version.clone(),
@@ -373,6 +401,12 @@ pub fn apply_with_device(
         Ok(p) => p,
         Err(e) => return Err(refuse(&dev, e, json!({}))),
     };
+    if planned.resumed {
+        // The applier judges the patch again: not its expiry this time.
+        let mut p = TrustPolicy::clone(&policy);
+        p.now = None;
+        opts.policy = Some(Arc::new(p));
+    }
     let attempts = match dev.begin(&planned.update) {
         Ok(n) => n,
         Err(e) => return Err(refuse(&dev, e.into(), planned.entry)),
