@@ -219,6 +219,52 @@ typedef struct {
   int (*slot_clear)(void *ctx);
 } fwd_in_place_io;
 
+/*
+ A terminal's update policy, for [`in_place::fwd_apply_in_place_trusted`]
+ (an applier takes the same rules from [`fwd_applier_trust`],
+ [`fwd_applier_trust_time`] and [`fwd_applier_trust_installed`]). Every
+ pointer is read during the call only; what is kept is copied into the
+ arena.
+ */
+typedef struct {
+  /*
+   `key_count` trusted Ed25519 public keys of 32 bytes each (null only
+   when `key_count` is 0). With none, signatures are not checked and
+   only the release rules below apply.
+   */
+  const uint8_t *keys;
+  /*
+   Number of keys in `keys`.
+   */
+  size_t key_count;
+  /*
+   How many distinct trusted keys must have signed (clamped to
+   1..=key_count).
+   */
+  size_t threshold;
+  /*
+   This terminal's product id, NUL-terminated UTF-8; null: any.
+   */
+  const char *product;
+  /*
+   The stored security counter: a patch below it is refused.
+   */
+  uint64_t min_counter;
+  /*
+   The time now, Unix seconds, for expiry; 0 skips the check.
+   */
+  uint64_t now;
+  /*
+   `installed_count` identities of installed patches, 32 bytes each
+   (null only when `installed_count` is 0): their replays are refused.
+   */
+  const uint8_t *installed;
+  /*
+   Number of identities in `installed`.
+   */
+  size_t installed_count;
+} fwd_trust;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -274,7 +320,11 @@ int fwd_applier_trust(fwd_applier *a,
  Also refuse patches whose release statement expired before `now`
  (Unix seconds: the terminal's trusted clock), with [`FWD_ERR_EXPIRED`]
  before anything else is read. Call it after [`fwd_applier_trust`], on a
- fresh applier.
+ fresh applier. Expiry is judged when an update begins: when resuming
+ one begun before the expiry ([`fwd_applier_resume`]), pass the time it
+ began or leave this out, or the resume is refused and the update lost
+ (the old image is still whole; `fwd_apply_in_place_trusted` finishes
+ its own interrupted updates by itself).
 
  # Safety
  `a` from [`fwd_applier_new`].
@@ -412,6 +462,8 @@ const char *fwd_strerror(int code);
  allocation comes from `arena[0..arena_len]` (see `fwd_applier_new`);
  `max_new_len` as there. On failure, a one-line reason is written to
  `message[0..message_len]` (NUL-terminated; may be null).
+ No policy: signatures are not checked (see
+ [`fwd_apply_in_place_trusted`]).
 
  Returns `FWD_OK`, or the codes of `fwd_applier_feed`, or
  `FWD_ERR_UPDATE_LOST` when both journal copies needed are gone while the
@@ -427,6 +479,32 @@ int fwd_apply_in_place(const fwd_in_place_io *io,
                        uint64_t max_new_len,
                        uint8_t *message,
                        size_t message_len);
+
+/*
+ [`fwd_apply_in_place`] under the terminal's policy `trust` (null: none):
+ a patch not signed by enough trusted keys, another product's, one below
+ the security counter, an expired one or a replay is refused with the
+ codes of `fwd_applier_trust` and its companions, after reading only the
+ patch's header and signature section, before the region is read or
+ written. Expiry is judged when an update begins: the call that finishes
+ an interrupted update (its journal names this patch) does not refuse it
+ as expired, and checks every other rule again. On success a signed
+ patch's identity (what `fwd_applier_patch_id` gives) is written to
+ `patch_id[0..32]` (if not null; 32 zero bytes for an unsigned patch):
+ record it as installed.
+
+ # Safety
+ As [`fwd_apply_in_place`]; `trust` null or valid as `fwd_trust`
+ describes; `patch_id` null or writable for 32 bytes.
+ */
+int fwd_apply_in_place_trusted(const fwd_in_place_io *io,
+                               const fwd_trust *trust,
+                               void *arena,
+                               size_t arena_len,
+                               uint64_t max_new_len,
+                               uint8_t *patch_id,
+                               uint8_t *message,
+                               size_t message_len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -5,13 +5,14 @@
 //! seekable patch; the whole apply runs in the caller's arena.
 
 use crate::arena::{Arena, Enter};
-use crate::{code_of, set_message, FWD_ARENA_MIN, FWD_ARENA_OVERHEAD};
+use crate::{code_of, fwd_trust, policy_of, set_message, FWD_ARENA_MIN, FWD_ARENA_OVERHEAD};
 use crate::{FWD_ERR_ARGUMENT, FWD_ERR_INTERNAL, FWD_ERR_LIMITS, FWD_OK};
 use core::ffi::{c_int, c_void};
 use fwdelta_apply::{apply_in_place_with, ApplyOptions, Journal, Region};
 use fwdelta_format::MAX_IMAGE_LEN;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 /// The caller's storage for an in-place update. Each callback returns 0 on
 /// success; anything else fails the apply with `FWD_ERR_IO` (the journal
@@ -224,6 +225,8 @@ impl Seek for Patch<'_> {
 /// allocation comes from `arena[0..arena_len]` (see `fwd_applier_new`);
 /// `max_new_len` as there. On failure, a one-line reason is written to
 /// `message[0..message_len]` (NUL-terminated; may be null).
+/// No policy: signatures are not checked (see
+/// [`fwd_apply_in_place_trusted`]).
 ///
 /// Returns `FWD_OK`, or the codes of `fwd_applier_feed`, or
 /// `FWD_ERR_UPDATE_LOST` when both journal copies needed are gone while the
@@ -241,8 +244,57 @@ pub unsafe extern "C" fn fwd_apply_in_place(
     message: *mut u8,
     message_len: usize,
 ) -> c_int {
+    // SAFETY: the caller's contract, passed on; no policy, no identity out.
+    unsafe {
+        fwd_apply_in_place_trusted(
+            io,
+            core::ptr::null(),
+            arena,
+            arena_len,
+            max_new_len,
+            core::ptr::null_mut(),
+            message,
+            message_len,
+        )
+    }
+}
+
+/// [`fwd_apply_in_place`] under the terminal's policy `trust` (null: none):
+/// a patch not signed by enough trusted keys, another product's, one below
+/// the security counter, an expired one or a replay is refused with the
+/// codes of `fwd_applier_trust` and its companions, after reading only the
+/// patch's header and signature section, before the region is read or
+/// written. Expiry is judged when an update begins: the call that finishes
+/// an interrupted update (its journal names this patch) does not refuse it
+/// as expired, and checks every other rule again. On success a signed
+/// patch's identity (what `fwd_applier_patch_id` gives) is written to
+/// `patch_id[0..32]` (if not null; 32 zero bytes for an unsigned patch):
+/// record it as installed.
+///
+/// # Safety
+/// As [`fwd_apply_in_place`]; `trust` null or valid as `fwd_trust`
+/// describes; `patch_id` null or writable for 32 bytes.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn fwd_apply_in_place_trusted(
+    io: *const fwd_in_place_io,
+    trust: *const fwd_trust,
+    arena: *mut c_void,
+    arena_len: usize,
+    max_new_len: u64,
+    patch_id: *mut u8,
+    message: *mut u8,
+    message_len: usize,
+) -> c_int {
     let mut text = [0u8; crate::MESSAGE_LEN];
-    let rc = apply(io, arena, arena_len, max_new_len, &mut text);
+    let mut id = [0u8; 32];
+    // SAFETY: `trust` null or valid, by contract.
+    let trust = unsafe { trust.as_ref() };
+    let rc = apply(io, trust, arena, arena_len, max_new_len, &mut id, &mut text);
+    if !patch_id.is_null() {
+        // SAFETY: the caller's 32-byte buffer.
+        unsafe { core::ptr::copy_nonoverlapping(id.as_ptr(), patch_id, 32) };
+    }
     if !message.is_null() && message_len > 0 {
         let n = text
             .iter()
@@ -260,9 +312,11 @@ pub unsafe extern "C" fn fwd_apply_in_place(
 
 fn apply(
     io: *const fwd_in_place_io,
+    trust: Option<&fwd_trust>,
     arena: *mut c_void,
     arena_len: usize,
     max_new_len: u64,
+    id: &mut [u8; 32],
     text: &mut [u8; crate::MESSAGE_LEN],
 ) -> c_int {
     if io.is_null() || arena.is_null() {
@@ -281,22 +335,38 @@ fn apply(
         return FWD_ERR_LIMITS;
     };
     let _enter = Enter::new(a);
-    let opts = ApplyOptions::default()
-        .with_memory_limit((arena_len - FWD_ARENA_OVERHEAD) as u64)
-        .with_max_new_len(match max_new_len {
-            0 => MAX_IMAGE_LEN,
-            n => n,
-        });
     let ran = catch_unwind(AssertUnwindSafe(|| {
+        let policy = match trust {
+            // SAFETY: the caller's policy, valid by contract.
+            Some(t) => match unsafe { policy_of(t) } {
+                Ok(p) => Some(Arc::new(p)),
+                Err(why) => return Err(why),
+            },
+            None => None,
+        };
+        let opts = ApplyOptions::default()
+            .with_memory_limit((arena_len - FWD_ARENA_OVERHEAD) as u64)
+            .with_max_new_len(match max_new_len {
+                0 => MAX_IMAGE_LEN,
+                n => n,
+            })
+            .with_policy(policy);
         let region = io;
         let patch = Patch { io: &region, at: 0 };
-        apply_in_place_with(&region, patch, opts, &mut io)
+        Ok(apply_in_place_with(&region, patch, opts, &mut io))
     }));
     match ran {
-        Ok(Ok(_)) => FWD_OK,
-        Ok(Err(e)) => {
+        Ok(Ok(Ok(report))) => {
+            *id = report.verdict.message.unwrap_or_default();
+            FWD_OK
+        }
+        Ok(Ok(Err(e))) => {
             set_message(text, format_args!("{e}"));
             code_of(&e)
+        }
+        Ok(Err(why)) => {
+            set_message(text, format_args!("{why}"));
+            FWD_ERR_ARGUMENT
         }
         Err(_) => {
             set_message(text, format_args!("internal error (panic)"));

@@ -274,6 +274,61 @@ unsafe fn arrays_of_32(ptr: *const u8, count: usize) -> Result<Vec<[u8; 32]>, &'
     Ok(out)
 }
 
+/// A terminal's update policy, for [`in_place::fwd_apply_in_place_trusted`]
+/// (an applier takes the same rules from [`fwd_applier_trust`],
+/// [`fwd_applier_trust_time`] and [`fwd_applier_trust_installed`]). Every
+/// pointer is read during the call only; what is kept is copied into the
+/// arena.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct fwd_trust {
+    /// `key_count` trusted Ed25519 public keys of 32 bytes each (null only
+    /// when `key_count` is 0). With none, signatures are not checked and
+    /// only the release rules below apply.
+    pub keys: *const u8,
+    /// Number of keys in `keys`.
+    pub key_count: usize,
+    /// How many distinct trusted keys must have signed (clamped to
+    /// 1..=key_count).
+    pub threshold: usize,
+    /// This terminal's product id, NUL-terminated UTF-8; null: any.
+    pub product: *const c_char,
+    /// The stored security counter: a patch below it is refused.
+    pub min_counter: u64,
+    /// The time now, Unix seconds, for expiry; 0 skips the check.
+    pub now: u64,
+    /// `installed_count` identities of installed patches, 32 bytes each
+    /// (null only when `installed_count` is 0): their replays are refused.
+    pub installed: *const u8,
+    /// Number of identities in `installed`.
+    pub installed_count: usize,
+}
+
+/// The policy `t` describes, its lists copied into the current arena.
+///
+/// # Safety
+/// `t`'s pointers valid as [`fwd_trust`] describes.
+pub(crate) unsafe fn policy_of(t: &fwd_trust) -> Result<TrustPolicy, &'static str> {
+    // SAFETY: the caller's buffers of 32 bytes an entry, by contract.
+    let keys = unsafe { arrays_of_32(t.keys, t.key_count) }?;
+    let installed = unsafe { arrays_of_32(t.installed, t.installed_count) }?;
+    let mut policy = TrustPolicy::trusting(keys);
+    policy.threshold = match t.key_count {
+        0 => 0,
+        n => t.threshold.clamp(1, n),
+    };
+    if !t.product.is_null() {
+        // SAFETY: a NUL-terminated string, by contract.
+        let name = unsafe { core::ffi::CStr::from_ptr(t.product) };
+        let name = name.to_str().map_err(|_| "product is not UTF-8")?;
+        policy.product = Some(name.to_owned());
+    }
+    policy.min_counter = t.min_counter;
+    policy.now = (t.now != 0).then_some(t.now);
+    policy.installed = installed;
+    Ok(policy)
+}
+
 /// The C code of an applier error.
 pub(crate) fn code_of(e: &ApplyError) -> c_int {
     if matches!(e, ApplyError::PartialOutputDamaged { .. }) {
@@ -440,25 +495,21 @@ pub unsafe extern "C" fn fwd_applier_trust(
         if !matches!(app.state, State::Idle) {
             return app.refuse("trust must be set on a fresh applier");
         }
-        // SAFETY: the caller's buffer of 32 * key_count bytes, by contract.
-        let keys = match unsafe { arrays_of_32(keys, key_count) } {
-            Ok(keys) => keys,
+        let trust = fwd_trust {
+            keys,
+            key_count,
+            threshold,
+            product,
+            min_counter,
+            now: 0,
+            installed: core::ptr::null(),
+            installed_count: 0,
+        };
+        // SAFETY: the caller's keys and product, by contract.
+        let policy = match unsafe { policy_of(&trust) } {
+            Ok(p) => p,
             Err(why) => return app.refuse(why),
         };
-        let mut policy = TrustPolicy::trusting(keys);
-        policy.threshold = match key_count {
-            0 => 0,
-            _ => threshold.clamp(1, key_count),
-        };
-        if !product.is_null() {
-            // SAFETY: a NUL-terminated string, by contract.
-            let name = unsafe { core::ffi::CStr::from_ptr(product) };
-            match name.to_str() {
-                Ok(n) => policy.product = Some(n.to_owned()),
-                Err(_) => return app.refuse("product is not UTF-8"),
-            }
-        }
-        policy.min_counter = min_counter;
         app.opts = app.opts.clone().with_policy(Some(Arc::new(policy)));
         FWD_OK
     })
@@ -467,7 +518,11 @@ pub unsafe extern "C" fn fwd_applier_trust(
 /// Also refuse patches whose release statement expired before `now`
 /// (Unix seconds: the terminal's trusted clock), with [`FWD_ERR_EXPIRED`]
 /// before anything else is read. Call it after [`fwd_applier_trust`], on a
-/// fresh applier.
+/// fresh applier. Expiry is judged when an update begins: when resuming
+/// one begun before the expiry ([`fwd_applier_resume`]), pass the time it
+/// began or leave this out, or the resume is refused and the update lost
+/// (the old image is still whole; `fwd_apply_in_place_trusted` finishes
+/// its own interrupted updates by itself).
 ///
 /// # Safety
 /// `a` from [`fwd_applier_new`].

@@ -459,6 +459,28 @@ fn c_program_is_clean_under_valgrind() {
     );
     let out = in_place.run(&vg, "inplace", 5 << 20, 3, &[]);
     assert!(out.status.success(), "{}", text(&out));
+    // The same, signed, under a policy (fwd_apply_in_place_trusted).
+    let key = fwdelta_diff::patch_signer::generate_key().unwrap();
+    let key_path = in_place.path("key.bin");
+    std::fs::write(&key_path, key.verifying_key().as_bytes()).unwrap();
+    let plain = std::fs::read(in_place.path("patch")).unwrap();
+    let release = fwdelta_format::release::Release {
+        product: "acme-t300".into(),
+        version: "2.0.0".into(),
+        security_counter: 5,
+        expires: 0,
+    };
+    let signed =
+        fwdelta_diff::patch_signer::sign_for_release(&plain, Some(&release), &[key]).unwrap();
+    std::fs::write(in_place.path("patch"), signed).unwrap();
+    let mut cmd = Command::new(vg[0]);
+    cmd.args(&vg[1..])
+        .arg(program())
+        .env("FWD_TEST_KEY", &key_path);
+    in_place.add_args(&mut cmd, "inplace", 5 << 20, 3, &[] as &[&str]);
+    let out = cmd.output().expect("valgrind");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("patch_id "));
 }
 
 /// The library built without the zstd feature (into `target/no-std`, as
@@ -637,6 +659,161 @@ fn c_program_checks_expiry_and_replays() {
     let out = case.command("apply", 5 << 20, 500, &[]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("patch_id"));
+}
+
+/// In-place updates under a policy (`fwd_apply_in_place_trusted`): a signed
+/// in-place patch applies with its key, product and counter and before its
+/// expiry, and gives its identity; a key that did not sign it (7), an
+/// unsigned patch (7), another product (8), a higher counter (9), a time
+/// past its expiry (10) and its own identity as installed (11) are refused
+/// with the region neither written nor changed. Cut by a power loss before
+/// its expiry, the update is finished by the call after the power comes
+/// back past the expiry.
+#[test]
+fn c_program_checks_the_policy_in_place_and_finishes_after_a_cut() {
+    use fwdelta_diff::patch_signer::{generate_key, sign_for_release, signing_message};
+    use fwdelta_format::release::Release;
+    const EXPIRES: u64 = 2_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let key = generate_key().unwrap();
+    let key_path = dir.path().join("key.bin");
+    std::fs::write(&key_path, key.verifying_key().as_bytes()).unwrap();
+    let wrong_path = dir.path().join("wrong.bin");
+    let wrong = generate_key().unwrap();
+    std::fs::write(&wrong_path, wrong.verifying_key().as_bytes()).unwrap();
+    let case = Case::new(
+        "fw-x86-64",
+        &Options {
+            in_place: Some(12),
+            ..Options::default()
+        },
+    );
+    let unsigned = std::fs::read(case.path("patch")).unwrap();
+    let release = Release {
+        product: "acme-t300".into(),
+        version: "2.0.0".into(),
+        security_counter: 5,
+        expires: EXPIRES,
+    };
+    let signed = sign_for_release(&unsigned, Some(&release), &[key]).unwrap();
+    let id: String = signing_message(&signed)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let run = |patch: &[u8],
+               key: &Path,
+               product: &str,
+               counter: u64,
+               now: u64,
+               env: &[(&str, String)],
+               cut: usize| {
+        std::fs::write(case.path("patch"), patch).unwrap();
+        let mut cmd = case.command("inplace", 5 << 20, cut, &[]);
+        cmd.env("FWD_TEST_KEY", key)
+            .env("FWD_TEST_PRODUCT", product)
+            .env("FWD_TEST_MIN_COUNTER", counter.to_string())
+            .env("FWD_TEST_NOW", now.to_string());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run apply_test")
+    };
+    let out = run(&signed, &key_path, "acme-t300", 5, EXPIRES - 1, &[], 0);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains(&format!("patch_id {id}\n")),
+        "{}",
+        text(&out)
+    );
+    let writes: usize = stdout
+        .split("writes_before_cut=")
+        .nth(1)
+        .and_then(|w| w.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(writes >= 4, "only {writes} region writes");
+
+    let installed = vec![("FWD_TEST_INSTALLED", id.clone())];
+    for (what, patch, key, product, counter, now, env, code) in [
+        (
+            "wrong key",
+            &signed,
+            &wrong_path,
+            "acme-t300",
+            5,
+            EXPIRES - 1,
+            vec![],
+            107,
+        ),
+        (
+            "unsigned",
+            &unsigned,
+            &key_path,
+            "acme-t300",
+            5,
+            EXPIRES - 1,
+            vec![],
+            107,
+        ),
+        (
+            "other product",
+            &signed,
+            &key_path,
+            "acme-t900",
+            5,
+            EXPIRES - 1,
+            vec![],
+            108,
+        ),
+        (
+            "downgrade",
+            &signed,
+            &key_path,
+            "acme-t300",
+            6,
+            EXPIRES - 1,
+            vec![],
+            109,
+        ),
+        (
+            "expired",
+            &signed,
+            &key_path,
+            "acme-t300",
+            5,
+            EXPIRES + 1,
+            vec![],
+            110,
+        ),
+        (
+            "replay",
+            &signed,
+            &key_path,
+            "acme-t300",
+            5,
+            EXPIRES - 1,
+            installed.clone(),
+            111,
+        ),
+    ] {
+        let out = run(patch, key, product, counter, now, &env, 0);
+        assert_eq!(out.status.code(), Some(code), "{what}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("untouched=1\n"),
+            "{what}: {}",
+            text(&out)
+        );
+    }
+    // Cut before the expiry, finished after it (the second call's time).
+    for cut in [1, writes / 2, writes] {
+        let later = vec![("FWD_TEST_NOW_AFTER_CUT", (EXPIRES + 1).to_string())];
+        let out = run(&signed, &key_path, "acme-t300", 5, EXPIRES - 1, &later, cut);
+        assert!(out.status.success(), "cut at write {cut}: {}", text(&out));
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(s.contains("first=1 "), "cut at write {cut}: {}", text(&out));
+        assert!(s.contains(&format!("patch_id {id}\n")), "{}", text(&out));
+    }
 }
 
 /// Signed patches in the arena, as an adversary would size them: a signed

@@ -23,7 +23,11 @@
  * seconds) to fwd_applier_trust_time and FWD_TEST_INSTALLED (patch
  * identities, 64 hex digits each, comma-separated) to
  * fwd_applier_trust_installed. After a signed patch applied, its identity
- * (fwd_applier_patch_id) is printed as "patch_id HEX".
+ * (fwd_applier_patch_id) is printed as "patch_id HEX". In "inplace" mode
+ * the same policy goes to fwd_apply_in_place_trusted (FWD_TEST_NOW_AFTER_CUT,
+ * if set, is the time of the second call after a cut), and the identity it
+ * gives is printed the same way (all zeros for an unsigned patch); a refusal
+ * prints "untouched=1" when the region was neither written nor changed.
  *
  * Exit: 0 and "ok ..." when the output equals EXPECTED; 100 + code when
  * the API refused (the message on stdout); 1 for anything else wrong. */
@@ -217,6 +221,9 @@ static int slot_clear(void *ctx) {
     return 0;
 }
 
+static int trust_from_env(fwd_trust *t);
+static void print_id(const uint8_t id[32]);
+
 static int in_place(bytes old, bytes patch, bytes expected, size_t arena_len, unsigned cut_at) {
     flash f;
     memset(&f, 0, sizeof f);
@@ -232,10 +239,18 @@ static int in_place(bytes old, bytes patch, bytes expected, size_t arena_len, un
     f.cut_at = cut_at;
     fwd_in_place_io io = {&f, patch.len, read_patch, region_len, region_read, region_write,
                           region_set_len, region_sync, slot_read, slot_write, slot_clear};
+    fwd_trust trust;
+    const fwd_trust *policy = trust_from_env(&trust) ? &trust : NULL;
+    uint8_t id[32];
     char msg[256];
-    int first = fwd_apply_in_place(&io, arena, arena_len, 0, (uint8_t *)msg, sizeof msg);
+    int first = policy ? fwd_apply_in_place_trusted(&io, policy, arena, arena_len, 0, id,
+                                                    (uint8_t *)msg, sizeof msg)
+                       : fwd_apply_in_place(&io, arena, arena_len, 0, (uint8_t *)msg, sizeof msg);
     if (first != FWD_OK && !f.dead) {
-        printf("in-place: %s (code %d): %s\n", fwd_strerror(first), first, msg);
+        int untouched = f.writes == 0 && f.region_len == old.len &&
+                        memcmp(f.region, old.data, old.len) == 0;
+        printf("in-place: %s (code %d): %s; untouched=%d\n", fwd_strerror(first), first, msg,
+               untouched);
         return 100 + first;
     }
     unsigned writes = f.writes;
@@ -243,7 +258,13 @@ static int in_place(bytes old, bytes patch, bytes expected, size_t arena_len, un
     if (f.dead) {
         f.dead = 0; /* power back: the same call again finishes the update */
         f.cut_at = 0;
-        rc = fwd_apply_in_place(&io, arena, arena_len, 0, (uint8_t *)msg, sizeof msg);
+        const char *later = getenv("FWD_TEST_NOW_AFTER_CUT");
+        if (policy && later) {
+            trust.now = strtoull(later, NULL, 10);
+        }
+        rc = policy ? fwd_apply_in_place_trusted(&io, policy, arena, arena_len, 0, id,
+                                                 (uint8_t *)msg, sizeof msg)
+                    : fwd_apply_in_place(&io, arena, arena_len, 0, (uint8_t *)msg, sizeof msg);
         if (rc != FWD_OK) {
             printf("in-place after the cut: %s (code %d): %s\n", fwd_strerror(rc), rc, msg);
             return 100 + rc;
@@ -256,6 +277,9 @@ static int in_place(bytes old, bytes patch, bytes expected, size_t arena_len, un
     if (f.slot_len[0] || f.slot_len[1]) {
         printf("journal not cleared\n");
         return 1;
+    }
+    if (policy) {
+        print_id(id);
     }
     printf("ok in-place first=%d writes_before_cut=%u\n", first, writes);
     free(f.region);
@@ -273,57 +297,78 @@ static int refused(int rc, fwd_applier *a, const char *what) {
     return 100 + rc;
 }
 
-/* The device policy from the environment (see the top). */
-static int set_trust(fwd_applier *a) {
+/* The device policy from the environment (see the top), in *t; 0 if none
+ * is set. The key and identities live in static buffers. */
+static int trust_from_env(fwd_trust *t) {
+    static uint8_t key[32];
+    static uint8_t ids[8 * 32];
     const char *key_path = getenv("FWD_TEST_KEY");
     const char *product = getenv("FWD_TEST_PRODUCT");
     const char *counter = getenv("FWD_TEST_MIN_COUNTER");
+    memset(t, 0, sizeof *t);
     if (!key_path && !product && !counter) {
-        return FWD_OK;
+        return 0;
     }
-    bytes key = {NULL, 0};
     if (key_path) {
-        key = read_file(key_path);
-        if (key.len != 32) {
+        bytes k = read_file(key_path);
+        if (k.len != 32) {
             fprintf(stderr, "%s is not a 32-byte key\n", key_path);
             exit(1);
         }
+        memcpy(key, k.data, 32);
+        free((void *)k.data);
+        t->keys = key;
+        t->key_count = 1;
+        t->threshold = 1;
     }
-    int rc = fwd_applier_trust(a, key.data, key_path ? 1 : 0, 1, product,
-                               counter ? strtoull(counter, NULL, 10) : 0);
-    free((void *)key.data);
-    if (rc != FWD_OK) {
-        return rc;
-    }
+    t->product = product;
+    t->min_counter = counter ? strtoull(counter, NULL, 10) : 0;
     const char *now = getenv("FWD_TEST_NOW");
-    if (now) {
-        rc = fwd_applier_trust_time(a, strtoull(now, NULL, 10));
-        if (rc != FWD_OK) {
-            return rc;
+    t->now = now ? strtoull(now, NULL, 10) : 0;
+    const char *installed = getenv("FWD_TEST_INSTALLED");
+    size_t count = 0;
+    for (const char *p = installed; p && *p && count < 8;) {
+        for (size_t i = 0; i < 32; i++) {
+            unsigned v;
+            if (sscanf(p + 2 * i, "%2x", &v) != 1) {
+                fprintf(stderr, "FWD_TEST_INSTALLED: not hex\n");
+                exit(1);
+            }
+            ids[count * 32 + i] = (uint8_t)v;
+        }
+        count++;
+        p += 64;
+        if (*p == ',') {
+            p++;
         }
     }
-    const char *installed = getenv("FWD_TEST_INSTALLED");
-    if (installed) {
-        uint8_t ids[8 * 32];
-        size_t count = 0;
-        for (const char *p = installed; *p && count < 8;) {
-            for (size_t i = 0; i < 32; i++) {
-                unsigned v;
-                if (sscanf(p + 2 * i, "%2x", &v) != 1) {
-                    fprintf(stderr, "FWD_TEST_INSTALLED: not hex\n");
-                    exit(1);
-                }
-                ids[count * 32 + i] = (uint8_t)v;
-            }
-            count++;
-            p += 64;
-            if (*p == ',') {
-                p++;
-            }
-        }
-        rc = fwd_applier_trust_installed(a, ids, count);
+    t->installed = count ? ids : NULL;
+    t->installed_count = count;
+    return 1;
+}
+
+/* The policy from the environment, through the applier's trust calls. */
+static int set_trust(fwd_applier *a) {
+    fwd_trust t;
+    if (!trust_from_env(&t)) {
+        return FWD_OK;
+    }
+    int rc = fwd_applier_trust(a, t.keys, t.key_count, t.threshold, t.product, t.min_counter);
+    if (rc == FWD_OK && t.now) {
+        rc = fwd_applier_trust_time(a, t.now);
+    }
+    if (rc == FWD_OK && getenv("FWD_TEST_INSTALLED")) {
+        rc = fwd_applier_trust_installed(a, t.installed, t.installed_count);
     }
     return rc;
+}
+
+static void print_id(const uint8_t id[32]) {
+    printf("patch_id ");
+    for (size_t i = 0; i < 32; i++) {
+        printf("%02x", id[i]);
+    }
+    printf("\n");
 }
 
 /* Feed patch[from..to) in chunk-sized pieces. */
@@ -440,11 +485,7 @@ int main(int argc, char **argv) {
     }
     uint8_t id[32];
     if (fwd_applier_patch_id(a, id) == FWD_OK) {
-        printf("patch_id ");
-        for (size_t i = 0; i < sizeof id; i++) {
-            printf("%02x", id[i]);
-        }
-        printf("\n");
+        print_id(id);
     }
     uint64_t claim = fwd_applier_claim(a);
     size_t p = fwd_applier_arena_peak(a);
