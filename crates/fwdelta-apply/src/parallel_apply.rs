@@ -19,7 +19,10 @@
 //! streaming applier would report it.
 //!
 //! Memory: `threads` workers, each the patch's claim (its decoders and
-//! buffers, kept from one segment to the next) and a 16 KiB feed buffer; the
+//! buffers, kept from one segment to the next), a 16 KiB feed buffer, a
+//! 16 KiB output buffer (one `pwrite` per 16 KiB, not per record) and, for
+//! an executable-aware patch from an image that reads ahead, 16 KiB of raw
+//! old bytes read ahead; the
 //! patch's start (header and section) once; the walker's framing buffers and
 //! a 16 KiB read-back buffer. [`parallel_threads`] counts all of it against
 //! [`ApplyOptions::memory_limit`]; below two workers' worth the patch is
@@ -51,8 +54,14 @@ pub const MAX_PARALLEL_SEGMENTS: u32 = 1 << 16;
 /// Most threads a parallel apply starts, whatever it is asked for.
 pub const MAX_THREADS: usize = 64;
 
-/// What a worker needs beyond the patch's claim: its feed buffer.
-const WORKER_EXTRA: u64 = BUFFER_LEN as u64;
+/// Bytes the walker reads at once from a segment's framing (its head, its
+/// check): most heads fit.
+const FRAMING_READ: usize = 64;
+
+/// What a worker needs beyond the patch's claim: its feed buffer, its
+/// output buffer and the predictor's read-ahead (an executable-aware patch
+/// from an image that reads ahead).
+const WORKER_EXTRA: u64 = 3 * BUFFER_LEN as u64;
 
 /// What the coordinator and the walker need besides the workers, for a
 /// patch whose header is `header`: the patch's start kept for the workers
@@ -104,17 +113,69 @@ impl Read for FileAt<'_> {
     }
 }
 
-/// A worker's output: its segment's bytes, written at their offset.
+/// A worker's output: its segment's bytes, gathered into pieces of up to
+/// `cap` bytes and written at their offset (a `pwrite` per record would
+/// cost a system call for every few bytes). [`WriteAt::flush`] writes what
+/// is held.
 struct WriteAt<'f> {
     file: &'f File,
+    /// Offset of `held[0]` in the output.
     at: u64,
+    held: Vec<u8>,
+    cap: usize,
+}
+
+impl<'f> WriteAt<'f> {
+    /// Output to `file` from offset `at`; holds up to `BUFFER_LEN` bytes.
+    fn new(file: &'f File, at: u64) -> Self {
+        Self::with_capacity(file, at, BUFFER_LEN)
+    }
+
+    /// Output to `file` from offset `at`; holds up to `cap` bytes (0:
+    /// every write goes straight to the file).
+    fn with_capacity(file: &'f File, at: u64, cap: usize) -> Self {
+        WriteAt {
+            file,
+            at,
+            held: Vec::with_capacity(cap),
+            cap,
+        }
+    }
+
+    /// Write out what is held; the next byte goes to `at` (where the held
+    /// bytes ended if `None`).
+    fn flush_to(&mut self, at: Option<u64>) -> Result<(), IoError> {
+        if !self.held.is_empty() {
+            self.file.write_all_at(&self.held, self.at)?;
+            self.at += self.held.len() as u64;
+            self.held.clear();
+        }
+        if let Some(at) = at {
+            self.at = at;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.flush_to(None)
+    }
 }
 
 impl Sink for WriteAt<'_> {
     fn write(&mut self, data: &[u8]) -> Result<(), IoError> {
-        self.file.write_all_at(data, self.at)?;
-        self.at += data.len() as u64;
+        if self.held.len() + data.len() > self.cap {
+            self.flush()?;
+        }
+        if data.len() >= self.cap {
+            self.file.write_all_at(data, self.at)?;
+            self.at += data.len() as u64;
+        } else {
+            self.held.extend_from_slice(data);
+        }
         Ok(())
+    }
+    fn segment_done(&mut self, _: &SegmentHeader, _: &Checkpoint) -> Result<(), IoError> {
+        self.flush()
     }
 }
 
@@ -130,6 +191,8 @@ impl<S: Sink + ?Sized> Sink for Forward<'_, S> {
         self.out.write(data)
     }
     fn segment_done(&mut self, seg: &SegmentHeader, cp: &Checkpoint) -> Result<(), IoError> {
+        // The checkpoint promises the bytes before it: write them first.
+        self.out.flush()?;
         self.sink.segment_done(seg, cp)
     }
 }
@@ -214,19 +277,23 @@ where
     let start = first.start().ok_or(ApplyError::Poisoned)?;
     let threads = parallel_threads(&start.header, &opts, threads);
     let body_start = start.body_start;
+    // The streaming applier stands in: its output buffer only if the
+    // memory limit leaves room for it besides the patch's claim.
+    let room = opts.memory_limit.saturating_sub(start.header.apply_memory);
     drop(first);
     if threads <= 1 {
+        let cap = room.min(BUFFER_LEN as u64) as usize;
         let forward = Forward {
-            out: WriteAt { file: out, at: 0 },
+            out: WriteAt::with_capacity(out, 0, cap),
             sink,
         };
         let a = Applier::new(old, forward, opts);
-        return a
-            .finish_from(FileAt {
-                file: patch,
-                pos: 0,
-            })
-            .map(|(report, _)| report);
+        let (report, mut forward) = a.finish_from(FileAt {
+            file: patch,
+            pos: 0,
+        })?;
+        forward.out.flush().map_err(ApplyError::Sink)?;
+        return Ok(report);
     }
     let mut start_bytes = vec![0u8; usize::try_from(body_start).map_err(|_| ApplyError::Poisoned)?];
     patch
@@ -463,10 +530,10 @@ fn frame_segment(
     index: u32,
 ) -> Result<Job, ApplyError> {
     let at = framing.offset();
-    let mut r = FileAt {
-        file: patch,
-        pos: at,
-    };
+    // Framing is read a byte at a time: through a small buffer, not a
+    // system call a byte.
+    let reader = |pos| io::BufReader::with_capacity(FRAMING_READ, FileAt { file: patch, pos });
+    let mut r = reader(at);
     framing.expect_segment(index);
     let Part::Segment(seg) = framing.read_part(&mut r)? else {
         return Err(ApplyError::Poisoned);
@@ -481,8 +548,7 @@ fn frame_segment(
     framing.skipped(u64::from(seg.payload_len));
     if !header.is_signed() && header.segment_has_check(index) {
         framing.expect_check();
-        r.pos = payload_end;
-        let Part::Check(_) = framing.read_part(&mut r)? else {
+        let Part::Check(_) = framing.read_part(&mut reader(payload_end))? else {
             return Err(ApplyError::Poisoned);
         };
     }
@@ -562,15 +628,14 @@ fn apply_one<'o, 'f, O: OldImage + ?Sized>(
     let a = match applier {
         Some(a) => {
             a.next_job(seg.index, seg.new_offset, job.at)?;
-            a.sink_mut().at = seg.new_offset;
+            a.sink_mut()
+                .flush_to(Some(seg.new_offset))
+                .map_err(ApplyError::Sink)?;
             a
         }
         None => applier.insert(Applier::for_segment(
             old,
-            WriteAt {
-                file: out,
-                at: seg.new_offset,
-            },
+            WriteAt::new(out, seg.new_offset),
             opts.clone(),
             start_bytes,
             seg.index,
@@ -597,6 +662,8 @@ fn apply_one<'o, 'f, O: OldImage + ?Sized>(
         a.feed(&buf[..n])?;
         pos += n as u64;
     }
+    // The coordinator reads the segment back from the file.
+    a.sink_mut().flush().map_err(ApplyError::Sink)?;
     match (a.is_done(), a.last_segment_hash()) {
         (true, Some(hash)) => Ok(Some(hash)),
         _ => Err(ApplyError::Truncated {

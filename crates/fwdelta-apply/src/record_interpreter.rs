@@ -316,7 +316,8 @@ impl<'o, O: OldImage + ?Sized> OldReader<'o, O> {
     /// checked the range is in the image), with a byte of context either
     /// side when `context` is set. Reuses what the buffer holds; otherwise
     /// reads up to `want` bytes (and the context), as many as the buffer
-    /// takes.
+    /// takes, or a whole buffer from there where the image reads ahead
+    /// ([`OldImage::read_ahead`]).
     fn run(&mut self, pos: u64, want: usize, context: bool) -> Result<OldRun<'_>, ApplyError> {
         let want = want.min(self.buf.len() - 2 * usize::from(context));
         let len = self.old.len();
@@ -332,7 +333,12 @@ impl<'o, O: OldImage + ?Sized> OldReader<'o, O> {
         let end = if hs <= lo && pos < usable_end {
             usable_end.min(pos + want as u64)
         } else {
-            let to = (pos + want as u64 + u64::from(context)).min(len);
+            let need = pos + want as u64 + u64::from(context);
+            let to = match self.old.read_ahead() && self.predictor.is_none() {
+                true => need.max(lo + self.buf.len() as u64),
+                false => need,
+            }
+            .min(len);
             let n = (to - lo) as usize;
             let buf = &mut self.buf[..n];
             self.held = (0, 0);

@@ -25,6 +25,16 @@ pub trait OldImage {
     /// Fill `buf` with the bytes at `offset..offset + buf.len()`. The applier
     /// only asks for ranges inside `0..len()`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError>;
+    /// Whether the applier may read past what a record needs, up to its
+    /// 16 KiB buffer, to serve the next records from one read: worth it
+    /// where a read has a fixed cost (a system call, a bus transaction).
+    /// Default `false`: only what is needed is read (a view that guards
+    /// some ranges, or memory, where a copy is all a read costs). With
+    /// `true`, an executable-aware patch's predictor holds 16 KiB more.
+    /// Bytes read ahead are never used past the image's end.
+    fn read_ahead(&self) -> bool {
+        false
+    }
 }
 
 impl OldImage for [u8] {
@@ -99,5 +109,9 @@ impl OldImage for FileImage {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         Ok(self.file.read_exact_at(buf, offset)?)
+    }
+    /// `true`: a `pread` per record costs more than copying 16 KiB.
+    fn read_ahead(&self) -> bool {
+        true
     }
 }
