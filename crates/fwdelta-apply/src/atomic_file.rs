@@ -170,6 +170,27 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Ask the kernel to start writing `len` bytes of `file` at `offset` back to
+/// storage, without waiting (Linux `sync_file_range`, `SYNC_FILE_RANGE_WRITE`;
+/// nothing elsewhere): a later `fsync` then waits for less. Durability still
+/// comes from that `fsync` alone, so a failure here is ignored.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: a valid descriptor for the call's duration; no memory is
+        // passed.
+        let _ = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,7 +123,14 @@ struct WriteAt<'f> {
     at: u64,
     held: Vec<u8>,
     cap: usize,
+    /// Written bytes whose writeback is not started yet: from `.0`, `.1`
+    /// bytes.
+    unstarted: (u64, u64),
 }
+
+/// Written bytes after which [`WriteAt`] asks the kernel to start writing
+/// them back, so the final sync waits for less.
+const WRITEBACK_STEP: u64 = 1 << 20;
 
 impl<'f> WriteAt<'f> {
     /// Output to `file` from offset `at`; holds up to `BUFFER_LEN` bytes.
@@ -139,16 +146,36 @@ impl<'f> WriteAt<'f> {
             at,
             held: Vec::with_capacity(cap),
             cap,
+            unstarted: (at, 0),
         }
+    }
+
+    /// Write `data` at `self.at` and move on; start the writeback of every
+    /// [`WRITEBACK_STEP`] contiguous bytes written.
+    fn put(&mut self, data: &[u8]) -> Result<(), IoError> {
+        self.file.write_all_at(data, self.at)?;
+        let (start, len) = self.unstarted;
+        self.unstarted = match start + len == self.at {
+            true => (start, len + data.len() as u64),
+            false => (self.at, data.len() as u64),
+        };
+        self.at += data.len() as u64;
+        if self.unstarted.1 >= WRITEBACK_STEP {
+            crate::atomic_file::start_writeback(self.file, self.unstarted.0, self.unstarted.1);
+            self.unstarted = (self.at, 0);
+        }
+        Ok(())
     }
 
     /// Write out what is held; the next byte goes to `at` (where the held
     /// bytes ended if `None`).
     fn flush_to(&mut self, at: Option<u64>) -> Result<(), IoError> {
         if !self.held.is_empty() {
-            self.file.write_all_at(&self.held, self.at)?;
-            self.at += self.held.len() as u64;
+            let held = core::mem::take(&mut self.held);
+            let put = self.put(&held);
+            self.held = held;
             self.held.clear();
+            put?;
         }
         if let Some(at) = at {
             self.at = at;
@@ -167,8 +194,7 @@ impl Sink for WriteAt<'_> {
             self.flush()?;
         }
         if data.len() >= self.cap {
-            self.file.write_all_at(data, self.at)?;
-            self.at += data.len() as u64;
+            self.put(data)?;
         } else {
             self.held.extend_from_slice(data);
         }

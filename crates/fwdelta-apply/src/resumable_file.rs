@@ -15,7 +15,9 @@
 //! so only a killed process or a power loss leaves them behind, and the target
 //! itself is replaced only by a successful commit.
 
-use crate::atomic_file::{remove_if_present, replace_durably, sibling, sync_dir_of};
+use crate::atomic_file::{
+    remove_if_present, replace_durably, sibling, start_writeback, sync_dir_of,
+};
 #[allow(unused_imports)]
 use crate::prelude::*;
 use crate::side_file::{self, id_at, id_of, FileId, SideFileError, TargetLock};
@@ -43,7 +45,15 @@ pub struct ResumableFile {
     /// Identity of the partial file this sink created or reopened.
     id: FileId,
     out: Option<BufWriter<File>>,
+    /// Bytes of the partial file so far (written or buffered), and where
+    /// the writeback not yet started begins (see `start_writeback`).
+    written: u64,
+    unstarted: u64,
 }
+
+/// Written bytes after which the kernel is asked to start writing them
+/// back, so the sync at the next checkpoint or commit waits for less.
+const WRITEBACK_STEP: u64 = 1 << 20;
 
 /// Reads a file from its start by offset (`pread`), leaving the descriptor's
 /// own position alone: the kept bytes of a reopened partial file, read back
@@ -106,6 +116,8 @@ impl ResumableFile {
             state,
             id,
             out: Some(BufWriter::with_capacity(crate::BUFFER_LEN, file)),
+            written: 0,
+            unstarted: 0,
         })
     }
 
@@ -177,6 +189,8 @@ impl ResumableFile {
                 state,
                 id: id_of(&meta),
                 out: Some(BufWriter::with_capacity(crate::BUFFER_LEN, file)),
+                written: checkpoint.new_offset,
+                unstarted: checkpoint.new_offset,
             },
             reader,
         ))
@@ -260,11 +274,16 @@ impl ResumableFile {
 
 impl Sink for ResumableFile {
     fn write(&mut self, data: &[u8]) -> Result<(), IoError> {
-        Ok(self
-            .out
-            .as_mut()
-            .ok_or(io::ErrorKind::Other)?
-            .write_all(data)?)
+        let out = self.out.as_mut().ok_or(io::ErrorKind::Other)?;
+        out.write_all(data)?;
+        self.written += data.len() as u64;
+        // What has left the buffer: start its writeback in 1 MiB steps.
+        let in_file = self.written - out.buffer().len() as u64;
+        if in_file - self.unstarted >= WRITEBACK_STEP {
+            start_writeback(out.get_ref(), self.unstarted, in_file - self.unstarted);
+            self.unstarted = in_file;
+        }
+        Ok(())
     }
 
     fn segment_done(
