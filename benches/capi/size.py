@@ -18,7 +18,9 @@ arena's peak use.
 
 Also: the no_std core alone (no codec, stored patches) in a bare-metal
 Cortex-M4F program (benches/mcu-size, linked by rust-lld; needs the
-thumbv7em-none-eabihf target and llvm-size), with minus without the applier.
+thumbv7em-none-eabihf target and llvm-size), with minus without the applier,
+and the same program applying through the no_std C library (fwdelta-capi
+without default features: its arena allocator and C entry points).
 
 Prints a Markdown report; writes JSON to target/peers/capi-size.json.
 Usage: python3 benches/capi/size.py [--no-ram]
@@ -71,8 +73,8 @@ def build_lib(features):
     env = dict(os.environ, **SIZE_ENV)
     cmd = ["cargo", "build", "--release", "-q", "-p", "fwdelta-capi", "--no-default-features",
            "--target-dir", str(TARGET)]
-    if features:
-        cmd += ["--features", features]
+    # A hosted C program: the std feature (panics caught, in-place updates).
+    cmd += ["--features", ",".join(["std"] + ([features] if features else []))]
     run(cmd, cwd=ROOT, env=env)
     lib = TARGET / f"libfwdelta_capi-{features.replace(',', '-') or 'stored'}.a"
     shutil.copy(TARGET / "release" / "libfwdelta_capi.a", lib)
@@ -113,10 +115,12 @@ def code_sizes(work):
 
 
 def mcu_sizes():
-    """The no_std core on a Cortex-M4F (benches/mcu-size), with and without the applier."""
+    """The no_std core and the no_std C library on a Cortex-M4F (benches/mcu-size),
+    each minus the same program without the applier."""
     crate = ROOT / "benches" / "mcu-size"
     sizes = {}
-    for label, extra in (("without", []), ("with", ["--features", "apply"])):
+    for label, extra in (("without", []), ("with", ["--features", "apply"]),
+                         ("capi", ["--features", "capi"])):
         target = ROOT / "target" / f"mcu-size-{label}"
         run(["cargo", "build", "--release", "-q", "--offline", "--target", MCU,
              "--target-dir", str(target)] + extra, cwd=crate)
@@ -126,7 +130,9 @@ def mcu_sizes():
             parts = line.split()
             if len(parts) >= 2 and parts[0] in (".text", ".rodata"):
                 sizes[label][parts[0]] = int(parts[1])
-    return {k: sizes["with"].get(k, 0) - sizes["without"].get(k, 0) for k in (".text", ".rodata")}
+    diff = lambda label: {k: sizes[label].get(k, 0) - sizes["without"].get(k, 0)
+                          for k in (".text", ".rodata")}
+    return diff("with"), diff("capi")
 
 
 def ram(work):
@@ -162,7 +168,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         code = code_sizes(work)
-        mcu = mcu_sizes()
+        mcu, mcu_capi = mcu_sizes()
         mem = [] if "--no-ram" in sys.argv else ram(work)
     print("## Applier code size through the C API (x86-64 Linux, stripped)\n")
     print("`benches/capi/size.py`: .text and .rodata that linking libfwdelta_capi.a and calling "
@@ -176,6 +182,9 @@ def main():
     print(f"| no_std core on Cortex-M4F ({MCU}, rust-lld, opt-level s, LTO; no codec: "
           f"stored patches; benches/mcu-size) | {mcu['.text']:,} B ({kib(mcu['.text'])}) | "
           f"{mcu['.rodata']:,} B |")
+    print(f"| no_std C library on Cortex-M4F (the same, through fwd_applier_new/feed/finish/free "
+          f"in an arena; `--no-default-features`) | {mcu_capi['.text']:,} B "
+          f"({kib(mcu_capi['.text'])}) | {mcu_capi['.rodata']:,} B |")
     for name, fig, src in PEERS:
         print(f"| {name}: published | {fig} | ({src}) |")
     if mem:
@@ -187,7 +196,7 @@ def main():
                   f"{kib(r['arena'])} | {kib(r['peak'])} |")
     out = ROOT / "target" / "peers"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "capi-size.json").write_text(json.dumps({"code": code, "mcu_core": mcu, "ram": mem}, indent=2) + "\n")
+    (out / "capi-size.json").write_text(json.dumps({"code": code, "mcu_core": mcu, "mcu_capi": mcu_capi, "ram": mem}, indent=2) + "\n")
     return 0
 
 

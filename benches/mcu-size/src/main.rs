@@ -8,9 +8,11 @@
 #![no_std]
 #![no_main]
 
+#[cfg(not(feature = "capi"))]
 use core::panic::PanicInfo;
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
+#[cfg(not(feature = "capi"))]
 #[panic_handler]
 fn panic(_: &PanicInfo) -> ! {
     loop {}
@@ -83,13 +85,69 @@ mod applier {
     }
 }
 
+/// The same apply through the C library, as C firmware calls it: the old
+/// image read by a callback, the new bytes written by one, in an arena.
+#[cfg(feature = "capi")]
+mod c_library {
+    use core::ffi::{c_int, c_void};
+    use fwdelta_capi::*;
+
+    static mut ARENA: [u8; 160 * 1024] = [0; 160 * 1024];
+
+    unsafe extern "C" fn read_old(ctx: *mut c_void, at: u64, buf: *mut u8, len: usize) -> c_int {
+        // SAFETY: `ctx` is the old image's slice, `buf` the applier's.
+        unsafe {
+            let old = &*(ctx as *const &[u8]);
+            let Some(src) = old.get(at as usize..at as usize + len) else {
+                return -1;
+            };
+            core::ptr::copy_nonoverlapping(src.as_ptr(), buf, len);
+        }
+        0
+    }
+
+    unsafe extern "C" fn write_new(_: *mut c_void, data: *const u8, len: usize) -> c_int {
+        // SAFETY: the applier's buffer of `len` bytes.
+        super::emit(unsafe { core::slice::from_raw_parts(data, len) });
+        0
+    }
+
+    pub fn run(old: &[u8], patch: &[u8]) -> u8 {
+        let ctx = &old as *const &[u8] as *mut c_void;
+        let io = fwd_io {
+            ctx,
+            old_len: old.len() as u64,
+            read_old: Some(read_old),
+            write_new: Some(write_new),
+            persist: None,
+            read_new: None,
+        };
+        let mut a = core::ptr::null_mut();
+        // SAFETY: valid pointers; the arena is this program's alone.
+        unsafe {
+            let arena = (&raw mut ARENA).cast::<c_void>();
+            let mut rc = fwd_applier_new(&io, arena, 160 * 1024, 0, &mut a);
+            if rc == FWD_OK {
+                rc = fwd_applier_feed(a, patch.as_ptr(), patch.len());
+            }
+            if rc == FWD_OK {
+                rc = fwd_applier_finish(a);
+            }
+            fwd_applier_free(a);
+            rc as u8
+        }
+    }
+}
+
 #[no_mangle]
 pub extern "C" fn _start() -> ! {
     let old = input(&raw mut OLD);
     let patch = input(&raw mut PATCH);
     #[cfg(feature = "apply")]
     let rc = applier::run(old, patch);
-    #[cfg(not(feature = "apply"))]
+    #[cfg(feature = "capi")]
+    let rc = c_library::run(old, patch);
+    #[cfg(not(any(feature = "apply", feature = "capi")))]
     let rc = {
         emit(old);
         patch.len() as u8

@@ -122,6 +122,7 @@ impl ApplyOptions {
 
     /// [`Self::judge`] for an interrupted update of this patch (see
     /// [`TrustPolicy::check_resumed`]): every rule but expiry.
+    #[cfg(feature = "std")]
     pub(crate) fn judge_resumed(
         &self,
         header: &Header,
@@ -281,6 +282,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     /// Nothing of that is repeated; the segment's own checks are, and the
     /// new image's hash is left to the caller (`hash` off). Allocates the
     /// layout's decoders, as an ordinary apply does.
+    #[cfg(feature = "std")]
     pub(crate) fn for_segment(
         old: &'o O,
         sink: S,
@@ -314,6 +316,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     /// buffers are kept (each segment resets them), its start is not parsed
     /// again. The caller points the sink at `new_offset`
     /// ([`Self::sink_mut`]).
+    #[cfg(feature = "std")]
     pub(crate) fn next_job(
         &mut self,
         index: u32,
@@ -334,16 +337,19 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     }
 
     /// Whether the one segment of a worker is applied and verified.
+    #[cfg(feature = "std")]
     pub(crate) fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done)
     }
 
     /// The sink.
+    #[cfg(feature = "std")]
     pub(crate) fn sink_mut(&mut self) -> &mut S {
         &mut self.interp.new.sink
     }
 
     /// The hash of the last segment this applier verified.
+    #[cfg(feature = "std")]
     pub(crate) fn last_segment_hash(&self) -> Option<[u8; HASH_LEN]> {
         self.last_segment_hash
     }
@@ -353,6 +359,7 @@ impl<'o, O: OldImage + ?Sized, S: Sink> Applier<'o, O, S> {
     /// then the old image's length and BLAKE3 (one pass over `old`).
     /// Returns the verdict and the reader holding the parsed start.
     /// Allocates no decoder.
+    #[cfg(feature = "std")]
     pub(crate) fn accept_start_only(
         old: &'o O,
         sink: S,

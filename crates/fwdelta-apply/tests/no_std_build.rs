@@ -1,5 +1,6 @@
-//! The format crate and the applier's core build without `std` (issue 19,
-//! section 2): `cargo build --no-default-features` for a Cortex-M4F target
+//! The format crate, the applier's core and the C library build without
+//! `std` (issue 19, sections 2 and 3): `cargo build --no-default-features`
+//! for a Cortex-M4F target
 //! (`thumbv7em-none-eabihf`, which has no `std` at all, so any use of it
 //! fails to compile), and, on the host, with both codecs but without the
 //! `std` feature. Builds go to `target/no-std`, reused between runs. The
@@ -75,6 +76,42 @@ fn core_builds_for_a_cortex_m4_without_std() {
     ]);
     let lib = target_dir().join(MCU).join("debug/libfwdelta_apply.rlib");
     assert!(lib.is_file(), "{} was not built", lib.display());
+}
+
+/// The C library without its `std` feature, for the same target: a static
+/// library a Cortex-M firmware links (its own arena allocator and panic
+/// handler, no `std`), exporting the push-mode entry points and not the
+/// in-place ones (they need `std`).
+#[test]
+fn c_library_builds_for_a_cortex_m4_without_std() {
+    ensure_target(MCU);
+    cargo_build(&[
+        "-p",
+        "fwdelta-capi",
+        "--no-default-features",
+        "--target",
+        MCU,
+    ]);
+    let lib = target_dir().join(MCU).join("debug/libfwdelta_capi.a");
+    let bytes = std::fs::read(&lib).unwrap_or_else(|e| panic!("{}: {e}", lib.display()));
+    let has = |name: &str| {
+        let name = format!("{name}\0");
+        bytes.windows(name.len()).any(|w| w == name.as_bytes())
+    };
+    for symbol in [
+        "fwd_applier_new",
+        "fwd_applier_feed",
+        "fwd_applier_finish",
+        "fwd_applier_trust",
+        "fwd_applier_resume",
+        "__rust_alloc",
+    ] {
+        assert!(has(symbol), "{symbol} is not in {}", lib.display());
+    }
+    assert!(
+        !has("fwd_apply_in_place"),
+        "in-place entry point without std"
+    );
 }
 
 /// The core with both codec features and without its `std` feature (the

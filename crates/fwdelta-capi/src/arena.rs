@@ -19,8 +19,8 @@
 //! system.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::Cell;
 use core::ptr;
+#[cfg(feature = "std")]
 use std::alloc::System;
 
 /// Alignment of every block and of every payload (larger alignments are
@@ -192,13 +192,42 @@ impl Arena {
     }
 }
 
-thread_local! {
+#[cfg(feature = "std")]
+std::thread_local! {
     /// The arena of the `fwd_*` call running on this thread, if any.
-    static CURRENT: Cell<*mut Arena> = const { Cell::new(ptr::null_mut()) };
+    static CURRENT: core::cell::Cell<*mut Arena> =
+        const { core::cell::Cell::new(ptr::null_mut()) };
 }
 
+/// Without `std` (firmware, one applier call at a time): the arena of the
+/// `fwd_*` call running, if any.
+#[cfg(not(feature = "std"))]
+static CURRENT: core::sync::atomic::AtomicPtr<Arena> =
+    core::sync::atomic::AtomicPtr::new(ptr::null_mut());
+
 fn current() -> *mut Arena {
-    CURRENT.try_with(Cell::get).unwrap_or(ptr::null_mut())
+    #[cfg(feature = "std")]
+    {
+        CURRENT
+            .try_with(core::cell::Cell::get)
+            .unwrap_or(ptr::null_mut())
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        CURRENT.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Make `arena` the current one; returns the previous.
+fn set_current(arena: *mut Arena) -> *mut Arena {
+    #[cfg(feature = "std")]
+    {
+        CURRENT.with(|c| c.replace(arena))
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        CURRENT.swap(arena, core::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// While alive, this thread allocates from `arena` (restores the previous
@@ -210,20 +239,59 @@ pub(crate) struct Enter {
 impl Enter {
     pub(crate) fn new(arena: *mut Arena) -> Enter {
         Enter {
-            prev: CURRENT.with(|c| c.replace(arena)),
+            prev: set_current(arena),
         }
     }
 }
 
 impl Drop for Enter {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.prev));
+        set_current(self.prev);
     }
 }
 
-/// The global allocator: the current arena inside an `fwd_*` call, the
-/// system's otherwise (see the module documentation).
+/// The global allocator: the current arena inside an `fwd_*` call; outside
+/// one, the system's with `std`, and nothing without it (firmware allocates
+/// through Rust only inside the calls; see the module documentation).
 pub struct Router;
+
+/// Where allocations go outside an `fwd_*` call.
+struct Outside;
+
+impl Outside {
+    unsafe fn alloc(layout: Layout) -> *mut u8 {
+        #[cfg(feature = "std")]
+        // SAFETY: forwarded contract.
+        return unsafe { System.alloc(layout) };
+        #[cfg(not(feature = "std"))]
+        {
+            let _ = layout;
+            ptr::null_mut()
+        }
+    }
+
+    unsafe fn dealloc(p: *mut u8, layout: Layout) {
+        #[cfg(feature = "std")]
+        // SAFETY: forwarded contract: `p` came from `System`.
+        unsafe {
+            System.dealloc(p, layout)
+        };
+        // Without std nothing is allocated outside a call.
+        #[cfg(not(feature = "std"))]
+        let _ = (p, layout);
+    }
+
+    unsafe fn realloc(p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        #[cfg(feature = "std")]
+        // SAFETY: forwarded contract: `p` came from `System`.
+        return unsafe { System.realloc(p, layout, new_size) };
+        #[cfg(not(feature = "std"))]
+        {
+            let _ = (p, layout, new_size);
+            ptr::null_mut()
+        }
+    }
+}
 
 // SAFETY: arena blocks are handed out once and returned to the arena that
 // contains them; everything else is the system allocator's. An arena is
@@ -233,7 +301,7 @@ unsafe impl GlobalAlloc for Router {
         let a = current();
         if a.is_null() {
             // SAFETY: forwarded contract.
-            unsafe { System.alloc(layout) }
+            unsafe { Outside::alloc(layout) }
         } else {
             // SAFETY: the current arena is live for the call that set it.
             unsafe { (*a).alloc(layout) }
@@ -243,12 +311,12 @@ unsafe impl GlobalAlloc for Router {
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
         let a = current();
         // SAFETY: a block inside the current arena came from it; any other
-        // block came from the system (see `realloc`).
+        // block came from outside (see `realloc`).
         unsafe {
             if !a.is_null() && (*a).contains(p) {
                 (*a).free(p)
             } else {
-                System.dealloc(p, layout)
+                Outside::dealloc(p, layout)
             }
         }
     }
@@ -258,7 +326,7 @@ unsafe impl GlobalAlloc for Router {
         // SAFETY: a block stays with the allocator that made it.
         unsafe {
             if a.is_null() || !(*a).contains(p) {
-                return System.realloc(p, layout, new_size);
+                return Outside::realloc(p, layout, new_size);
             }
             let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
                 return ptr::null_mut();

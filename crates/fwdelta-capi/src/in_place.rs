@@ -5,13 +5,14 @@
 //! seekable patch; the whole apply runs in the caller's arena.
 
 use crate::arena::{Arena, Enter};
-use crate::{code_of, fwd_trust, policy_of, set_message, FWD_ARENA_MIN, FWD_ARENA_OVERHEAD};
+use crate::{
+    code_of, fwd_trust, guarded, policy_of, set_message, FWD_ARENA_MIN, FWD_ARENA_OVERHEAD,
+};
 use crate::{FWD_ERR_ARGUMENT, FWD_ERR_INTERNAL, FWD_ERR_LIMITS, FWD_OK};
 use core::ffi::{c_int, c_void};
 use fwdelta_apply::{apply_in_place_with, ApplyOptions, Journal, Region};
 use fwdelta_format::MAX_IMAGE_LEN;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// The caller's storage for an in-place update. Each callback returns 0 on
@@ -335,7 +336,7 @@ fn apply(
         return FWD_ERR_LIMITS;
     };
     let _enter = Enter::new(a);
-    let ran = catch_unwind(AssertUnwindSafe(|| {
+    let ran = guarded(|| {
         let policy = match trust {
             // SAFETY: the caller's policy, valid by contract.
             Some(t) => match unsafe { policy_of(t) } {
@@ -354,7 +355,7 @@ fn apply(
         let region = io;
         let patch = Patch { io: &region, at: 0 };
         Ok(apply_in_place_with(&region, patch, opts, &mut io))
-    }));
+    });
     match ran {
         Ok(Ok(Ok(report))) => {
             *id = report.verdict.message.unwrap_or_default();

@@ -11,17 +11,32 @@
 //! its old image is read. Panics never cross the interface
 //! ([`FWD_ERR_INTERNAL`]).
 //!
-//! In-place updates (single-slot flash): [`in_place::fwd_apply_in_place`].
+//! In-place updates (single-slot flash): [`in_place::fwd_apply_in_place`]
+//! (with the `std` feature, on by default).
+//!
+//! Without the `std` feature the crate is `#![no_std]`: a static library for
+//! bare-metal firmware (e.g. `thumbv7em-none-eabihf`), with the push-mode
+//! applier, resume and trust calls, its allocations from the current call's
+//! arena (one `fwd_*` call at a time across the program) and a panic handler
+//! that spins for the watchdog.
 //!
 //! Signatures and release rules: [`fwd_applier_trust`] (trusted Ed25519
 //! keys, threshold, product, security counter) before the first feed;
 //! without it signatures are not checked.
 
 #![allow(non_camel_case_types)]
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
 
 pub mod arena;
+#[cfg(feature = "std")]
 pub mod in_place;
 
+use alloc::borrow::ToOwned;
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 use arena::{Arena, Enter};
 use core::ffi::{c_char, c_int, c_void};
 use core::fmt::Write as _;
@@ -30,9 +45,33 @@ use fwdelta_apply::{
     Applier, ApplyError, ApplyOptions, ErrorClass, IoError, OldImage, Sink, TrustPolicy,
 };
 use fwdelta_format::{Checkpoint, MemoryModel, SegmentHeader, MAX_IMAGE_LEN};
+#[cfg(feature = "std")]
 pub use in_place::fwd_in_place_io;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+
+/// Run `f`, a panic caught (`Err`) where unwinding exists (`std`); without
+/// `std` a panic stops in [`panic`], so `f` simply runs.
+pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, ()> {
+    #[cfg(feature = "std")]
+    {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| ())
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        Ok(f())
+    }
+}
+
+/// Without `std` (firmware): a panic, which is a bug (no input causes one;
+/// the fuzz targets and hostile-patch tests check), spins here until the
+/// device's watchdog resets it. Output is never committed by the applier
+/// itself, so the reset resumes from the last checkpoint.
+#[cfg(all(not(feature = "std"), not(test)))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
 
 /// Success.
 pub const FWD_OK: c_int = 0;
@@ -390,7 +429,7 @@ fn with_applier(a: *mut fwd_applier, f: impl FnOnce(&mut fwd_applier) -> c_int) 
     // SAFETY: a non-null handle from fwd_applier_new, used by one thread.
     let app = unsafe { &mut *a };
     let _enter = Enter::new(app.arena);
-    match catch_unwind(AssertUnwindSafe(|| f(&mut *app))) {
+    match guarded(|| f(&mut *app)) {
         Ok(rc) => rc,
         Err(_) => {
             app.state = State::Failed;
@@ -441,7 +480,7 @@ pub unsafe extern "C" fn fwd_applier_new(
         return FWD_ERR_LIMITS;
     };
     let _enter = Enter::new(a);
-    let made = catch_unwind(|| {
+    let made = guarded(|| {
         let opts = ApplyOptions::default()
             .with_memory_limit((arena_len - FWD_ARENA_OVERHEAD) as u64)
             .with_max_new_len(match max_new_len {
@@ -777,7 +816,7 @@ pub unsafe extern "C" fn fwd_applier_free(a: *mut fwd_applier) {
     let arena = unsafe { (*a).arena };
     let _enter = Enter::new(arena);
     // SAFETY: from Box::into_raw in fwd_applier_new.
-    let _ = catch_unwind(|| drop(unsafe { Box::from_raw(a) }));
+    let _ = guarded(|| drop(unsafe { Box::from_raw(a) }));
 }
 
 /// Where a checkpoint resumes: the patch offset to feed from and the new

@@ -498,7 +498,7 @@ fn c_library_without_zstd_refuses_zstd_patches_as_unsupported() {
             "fwdelta-capi",
             "--no-default-features",
             "--features",
-            "lzma",
+            "std,lzma",
         ])
         .arg("--target-dir")
         .arg(&target)
