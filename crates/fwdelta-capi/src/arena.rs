@@ -1,7 +1,7 @@
 //! The caller's arena: every byte the applier allocates during an `fwd_*`
 //! call comes from the buffer the C caller handed to `fwd_applier_new`.
 //!
-//! [`Arena`] is a best-fit allocator over that buffer: 16-byte block headers
+//! `Arena` is a best-fit allocator over that buffer: 16-byte block headers
 //! (size, in use), blocks in address order, free neighbours merged as the
 //! search walks past them. It counts the bytes in use (headers and its own
 //! bookkeeping included) and their peak. Allocation walks every block, which
@@ -9,14 +9,15 @@
 //! (decoder windows, 16 KiB buffers).
 //!
 //! [`Router`] is this crate's global allocator. It is conditional: while an
-//! `fwd_*` call runs on a thread ([`Enter`]), that thread's allocations go to
+//! `fwd_*` call runs on a thread (`Enter`), that thread's allocations go to
 //! the applier's arena, and a failed one returns null (liblzma and zstd then
 //! report "out of memory"; the applier's own buffers are covered by the
 //! header's memory claim, which is refused beforehand when it does not fit).
 //! Everywhere else, and on other threads, allocation is the system's, so a
 //! program (or test) that links this crate but never calls it is unaffected.
 //! A block is returned to the arena that holds its address, else to the
-//! system.
+//! system. Without the `std` feature (firmware) the current arena is one
+//! global, not per thread, and outside a call nothing is allocated.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
