@@ -299,27 +299,24 @@ pub fn record_manifest_refusal(
     }
 }
 
-/// The device's policy on a patch, and whether it passed as the resume of
-/// an update begun here: one that expired since an update of it began (and a
-/// power loss or a failure cut it) passes, as its expiry was judged when it
-/// began and finishing it beats keeping an unfinished image.
+/// The device's policy on a patch. In place, an expired patch is left to the
+/// applier: only it knows (from the journal beside the image) whether an
+/// update of this patch was cut mid-way, which it then finishes (refusing it
+/// would leave an image that is neither version), and it refuses the patch
+/// otherwise, before writing. Elsewhere the old image is intact whatever
+/// happened, so an expired patch is refused here.
 fn judge(
-    dev: &DeviceDir,
     policy: &TrustPolicy,
     header: &Header,
     header_bytes: &[u8],
     section: Option<&SignatureSection>,
-) -> Result<(Verdict, bool), ApplyError> {
+    in_place: bool,
+) -> Result<Verdict, ApplyError> {
     match policy.check(header, header_bytes, section) {
-        Err(e @ ApplyError::Expired { .. }) => {
-            let v = policy.check_resumed(header, header_bytes, section)?;
-            let begun = dev.state().in_progress.as_ref().map(|u| u.patch.as_str());
-            match v.message {
-                Some(m) if begun == Some(hex(&m).as_str()) => Ok((v, true)),
-                _ => Err(e),
-            }
+        Err(ApplyError::Expired { .. }) if in_place => {
+            policy.check_resumed(header, header_bytes, section)
         }
-        judged => judged.map(|v| (v, false)),
+        judged => judged,
     }
 }
 
@@ -327,8 +324,6 @@ fn judge(
 struct Planned {
     update: Update,
     entry: Value,
-    /// Passed as the resume of an update begun before its expiry.
-    resumed: bool,
 }
 
 /// Run `apply` (`run`, given the options with the device's policy) under the
@@ -375,12 +370,17 @@ pub fn apply_with_device(
             let (header, header_bytes, section, _) =
                 fwdelta_apply::inspect::read_patch_start(&mut f)
                     .with_context(|| format!("cannot apply {}", patch_path.display()))?;
-            let (verdict, resumed) = judge(&dev, &policy, &header, &header_bytes, section.as_ref())
-                .with_context(|| format!("refusing {}", patch_path.display()))?;
+            let verdict = judge(
+                &policy,
+                &header,
+                &header_bytes,
+                section.as_ref(),
+                mode == "in-place",
+            )
+            .with_context(|| format!("refusing {}", patch_path.display()))?;
             let release = header.release.clone().ok_or(ApplyError::Unsigned)?;
             let patch = hex(&verdict.message.unwrap_or_default());
             Ok(Planned {
-                resumed,
                 update: Update {
                     patch: patch.clone(),
                     version: release.version.clone(),
@@ -401,12 +401,6 @@ pub fn apply_with_device(
         Ok(p) => p,
         Err(e) => return Err(refuse(&dev, e, json!({}))),
     };
-    if planned.resumed {
-        // The applier judges the patch again: not its expiry this time.
-        let mut p = TrustPolicy::clone(&policy);
-        p.now = None;
-        opts.policy = Some(Arc::new(p));
-    }
     let attempts = match dev.begin(&planned.update) {
         Ok(n) => n,
         Err(e) => return Err(refuse(&dev, e.into(), planned.entry)),

@@ -253,3 +253,140 @@ fn a_damaged_journal_copy_resumes_and_two_lost_copies_exit_14() {
     assert!(fs::read(&image).unwrap() == before, "image changed");
     assert!(sides.iter().all(|s| s.exists()), "journal removed");
 }
+
+/// An in-place update under a device, cut by a power loss before its patch
+/// expired, is finished by `apply --device --in-place` after the expiry: the
+/// journal beside the image names the patch (refusing it would leave an
+/// image that is neither version), even after another patch was tried in
+/// between. Without such a journal the expired patch is refused with exit 10
+/// and the image untouched.
+#[test]
+fn a_device_finishes_an_in_place_update_cut_before_its_expiry() {
+    use std::ffi::OsStr;
+    let exe = env!("CARGO_BIN_EXE_fwdelta");
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name);
+    let run = |args: &[&OsStr]| Command::new(exe).args(args).output().unwrap();
+    let ok = |args: &[&OsStr]| {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (old, new) = (testdata("fw-x86-64", "old"), testdata("fw-x86-64", "new"));
+    fs::write(d("old"), &old).unwrap();
+    fs::write(d("new"), &new).unwrap();
+    ok(&["keygen".as_ref(), "-o".as_ref(), d("rel").as_os_str()]);
+    let dev = d("dev");
+    ok(&[
+        "device".as_ref(),
+        "init".as_ref(),
+        dev.as_os_str(),
+        "--product".as_ref(),
+        "acme-t300".as_ref(),
+        "--trust".as_ref(),
+        d("rel.pub").as_os_str(),
+        "--version".as_ref(),
+        "1.0.0".as_ref(),
+        "--counter".as_ref(),
+        "4".as_ref(),
+    ]);
+    let make = |name: &str, version: &str, extra: &[&str]| {
+        let out = d(name);
+        let mut args: Vec<&OsStr> = [
+            "diff",
+            "-q",
+            "--level",
+            "3",
+            "--in-place",
+            "--scratch",
+            "4KiB",
+        ]
+        .iter()
+        .map(OsStr::new)
+        .collect();
+        let key = d("rel.key");
+        let (o, n) = (d("old"), d("new"));
+        args.extend([o.as_os_str(), n.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+        args.extend(
+            [
+                "--product",
+                "acme-t300",
+                "--version",
+                version,
+                "--counter",
+                "5",
+            ]
+            .map(OsStr::new),
+        );
+        args.extend(["--sign".as_ref(), key.as_os_str()]);
+        args.extend(extra.iter().map(OsStr::new));
+        ok(&args);
+        out
+    };
+    let expiring = make("a.fwd", "2.0.0", &["--expires", "1000"]);
+    let other = make("b.fwd", "2.0.1", &[]);
+    let work = d("work");
+    fs::create_dir(&work).unwrap();
+    let image = work.join("IMG");
+    let apply = |patch: &std::path::Path, now: &str| {
+        run(&[
+            "apply".as_ref(),
+            "--device".as_ref(),
+            dev.as_os_str(),
+            "--in-place".as_ref(),
+            "-q".as_ref(),
+            image.as_os_str(),
+            patch.as_os_str(),
+            "--now".as_ref(),
+            now.as_ref(),
+        ])
+    };
+    let listing = || {
+        let mut v: Vec<_> = fs::read_dir(&work)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+
+    // Not begun: refused as expired, the image untouched.
+    fs::write(&image, &old).unwrap();
+    let out = apply(&expiring, "1001");
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fs::read(&image).unwrap() == old);
+    assert_eq!(listing(), ["IMG"]);
+
+    // Cut before the expiry; another patch tried meanwhile is refused (the
+    // image is in the middle of this one); after the expiry it is finished.
+    interrupt(&image, &old, &expiring);
+    let before = fs::read(&image).unwrap();
+    assert!(
+        before != old && before != new,
+        "the cut left no half-written image"
+    );
+    let out = apply(&other, "999");
+    assert!(
+        !out.status.success(),
+        "another patch went over a half-written image"
+    );
+    assert!(fs::read(&image).unwrap() == before);
+    let out = apply(&expiring, "1001");
+    assert!(
+        out.status.success(),
+        "the update cut before its expiry was not finished: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fs::read(&image).unwrap() == new);
+    assert_eq!(listing(), ["IMG"]);
+    let state = fs::read_to_string(dev.join("state.json")).unwrap();
+    assert!(state.contains("\"2.0.0\""), "{state}");
+}
