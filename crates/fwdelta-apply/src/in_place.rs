@@ -658,10 +658,12 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
             if run.already_applied()? {
                 return run.report(true);
             }
+            // An image that is neither version (its journal lost) is
+            // reported as such first: an expired patch cannot finish it.
+            run.verify_old(&pick)?;
             if let Some(e) = run.expired.take() {
                 return Err(e);
             }
-            run.verify_old(&pick)?;
             run.ordering_pass()?;
             run.dry_run()?;
             run.first_record()?

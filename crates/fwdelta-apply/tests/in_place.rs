@@ -761,6 +761,18 @@ fn an_update_cut_before_its_expiry_is_finished_after_it() {
     assert!(matches!(e, ApplyError::NotAuthentic { .. }), "{e}");
     assert!(*dev.image.borrow() == before);
 
+    // Cut, then both journal copies lost: the image is neither version,
+    // and that (not the expiry) is what is reported, before or after it.
+    for now in [EXPIRES - 1, EXPIRES + 1] {
+        let dev = cut();
+        for slot in dev.slots.borrow_mut().iter_mut() {
+            slot.iter_mut().for_each(|b| *b ^= 0x55);
+        }
+        dev.power_on(None);
+        let e = apply_on_with(&dev, &patch, at(now, &key)).unwrap_err();
+        assert!(matches!(e, ApplyError::UpdateLost { .. }), "at {now}: {e}");
+    }
+
     // A fresh start after the expiry: refused, nothing written.
     let dev = Device::new(&old);
     dev.power_on(None);
