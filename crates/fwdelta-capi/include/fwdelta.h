@@ -486,12 +486,13 @@ int fwd_apply_in_place(const fwd_in_place_io *io,
  the security counter, an expired one or a replay is refused with the
  codes of `fwd_applier_trust` and its companions, after reading only the
  patch's header and signature section, before the region is read or
- written. Expiry is judged when an update begins: the call that finishes
+ written (an expired one after reading the journal and the region, which
+ tell whether an update of it was cut mid-way, and before any write). Expiry is judged when an update begins: the call that finishes
  an interrupted update (its journal names this patch) does not refuse it
  as expired, and checks every other rule again. On success a signed
  patch's identity (what `fwd_applier_patch_id` gives) is written to
  `patch_id[0..32]` (if not null; 32 zero bytes for an unsigned patch):
- record it as installed.
+ record it as installed. On failure `patch_id` is left as it was.
 
  # Safety
  As [`fwd_apply_in_place`]; `trust` null or valid as `fwd_trust`

@@ -17,7 +17,9 @@
 //! program (or test) that links this crate but never calls it is unaffected.
 //! A block is returned to the arena that holds its address, else to the
 //! system. Without the `std` feature (firmware) the current arena is one
-//! global, not per thread, and outside a call nothing is allocated.
+//! global, not per thread, and outside an arena allocations come from a
+//! 4 KiB static buffer (an entry point without an arena may allocate an
+//! error's text), reused once all of it is freed.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
@@ -256,18 +258,69 @@ impl Drop for Enter {
 /// through Rust only inside the calls; see the module documentation).
 pub struct Router;
 
-/// Where allocations go outside an `fwd_*` call.
+/// Where allocations go outside an arena: the system's with `std`; without
+/// it a small static buffer, for the few bytes an entry point that takes no
+/// arena may allocate (an error's text in `fwd_checkpoint_offsets`), reused
+/// once everything in it is freed. A request it cannot hold fails (null).
 struct Outside;
 
+/// Bytes of the no_std fallback buffer.
+#[cfg(not(feature = "std"))]
+const OUTSIDE_LEN: usize = 4096;
+
+#[cfg(not(feature = "std"))]
+#[repr(C, align(16))]
+struct OutsideBuf(core::cell::UnsafeCell<[u8; OUTSIDE_LEN]>);
+
+// SAFETY: handed out in disjoint pieces, one `fwd_*` call at a time (the
+// no_std library's documented rule).
+#[cfg(not(feature = "std"))]
+unsafe impl Sync for OutsideBuf {}
+
+#[cfg(not(feature = "std"))]
+static OUTSIDE: OutsideBuf = OutsideBuf(core::cell::UnsafeCell::new([0; OUTSIDE_LEN]));
+/// Bytes of [`OUTSIDE`] handed out so far, and blocks not yet freed.
+#[cfg(not(feature = "std"))]
+static OUTSIDE_USED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+#[cfg(not(feature = "std"))]
+static OUTSIDE_LIVE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
 impl Outside {
+    #[cfg(not(feature = "std"))]
+    fn base() -> usize {
+        OUTSIDE.0.get() as usize
+    }
+
+    /// Whether `p` came from the fallback buffer (always false with std).
+    fn holds(p: *mut u8) -> bool {
+        #[cfg(feature = "std")]
+        {
+            let _ = p;
+            false
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            (Self::base()..Self::base() + OUTSIDE_LEN).contains(&(p as usize))
+        }
+    }
+
     unsafe fn alloc(layout: Layout) -> *mut u8 {
         #[cfg(feature = "std")]
         // SAFETY: forwarded contract.
         return unsafe { System.alloc(layout) };
         #[cfg(not(feature = "std"))]
         {
-            let _ = layout;
-            ptr::null_mut()
+            use core::sync::atomic::Ordering::Relaxed;
+            let used = OUTSIDE_USED.load(Relaxed);
+            let start = (Self::base() + used).next_multiple_of(layout.align()) - Self::base();
+            match start.checked_add(layout.size()) {
+                Some(end) if end <= OUTSIDE_LEN => {
+                    OUTSIDE_USED.store(end, Relaxed);
+                    OUTSIDE_LIVE.fetch_add(1, Relaxed);
+                    (Self::base() + start) as *mut u8
+                }
+                _ => ptr::null_mut(),
+            }
         }
     }
 
@@ -277,9 +330,14 @@ impl Outside {
         unsafe {
             System.dealloc(p, layout)
         };
-        // Without std nothing is allocated outside a call.
         #[cfg(not(feature = "std"))]
-        let _ = (p, layout);
+        {
+            use core::sync::atomic::Ordering::Relaxed;
+            let _ = layout;
+            if Self::holds(p) && OUTSIDE_LIVE.fetch_sub(1, Relaxed) == 1 {
+                OUTSIDE_USED.store(0, Relaxed);
+            }
+        }
     }
 
     unsafe fn realloc(p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -287,9 +345,17 @@ impl Outside {
         // SAFETY: forwarded contract: `p` came from `System`.
         return unsafe { System.realloc(p, layout, new_size) };
         #[cfg(not(feature = "std"))]
-        {
-            let _ = (p, layout, new_size);
-            ptr::null_mut()
+        // SAFETY: a new block, then the old one's bytes, then the old freed.
+        unsafe {
+            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                return ptr::null_mut();
+            };
+            let q = Self::alloc(new_layout);
+            if !q.is_null() {
+                ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                Self::dealloc(p, layout);
+            }
+            q
         }
     }
 }
@@ -314,7 +380,7 @@ unsafe impl GlobalAlloc for Router {
         // SAFETY: a block inside the current arena came from it; any other
         // block came from outside (see `realloc`).
         unsafe {
-            if !a.is_null() && (*a).contains(p) {
+            if !a.is_null() && (*a).contains(p) && !Outside::holds(p) {
                 (*a).free(p)
             } else {
                 Outside::dealloc(p, layout)
@@ -326,7 +392,7 @@ unsafe impl GlobalAlloc for Router {
         let a = current();
         // SAFETY: a block stays with the allocator that made it.
         unsafe {
-            if a.is_null() || !(*a).contains(p) {
+            if a.is_null() || !(*a).contains(p) || Outside::holds(p) {
                 return Outside::realloc(p, layout, new_size);
             }
             let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {

@@ -40,12 +40,19 @@ fn staticlib() -> PathBuf {
 
 /// Compile the C program against `lib`, as `name`.
 fn compile(lib: &Path, name: &str) -> PathBuf {
+    compile_with(lib, name, &[])
+}
+
+/// [`compile`] with extra compiler arguments (`-D...`).
+fn compile_with(lib: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi");
     std::fs::create_dir_all(&dir).expect("scratch directory");
     let exe = dir.join(format!("{name}-{}", std::process::id()));
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("cc")
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-g"])
+        .args(["-D_POSIX_C_SOURCE=200809L"])
+        .args(extra)
         .arg("-I")
         .arg(manifest.join("include"))
         .arg(manifest.join("tests/c/apply_test.c"))
@@ -813,6 +820,65 @@ fn c_program_checks_the_policy_in_place_and_finishes_after_a_cut() {
         let s = String::from_utf8_lossy(&out.stdout);
         assert!(s.contains("first=1 "), "cut at write {cut}: {}", text(&out));
         assert!(s.contains(&format!("patch_id {id}\n")), "{}", text(&out));
+    }
+}
+
+/// The no_std C library (built without `std`, for the host, with
+/// panic=abort as firmware builds it) applies real stored patches through
+/// the same C program, whole and resumed after a cut, within the arena; and
+/// the one entry point that takes no arena, `fwd_checkpoint_offsets`,
+/// refuses a torn or damaged checkpoint with `FWD_ERR_BAD_PATCH` (its error
+/// text is allocated outside any arena: it used to find no allocator and
+/// spin in the panic handler).
+#[test]
+fn no_std_c_library_applies_and_refuses_a_torn_checkpoint() {
+    let target = repo().join("target/no-std-host");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(repo())
+        .args(["build", "-p", "fwdelta-capi", "--no-default-features"])
+        .arg("--target-dir")
+        .arg(&target)
+        .env("CARGO_PROFILE_DEV_PANIC", "abort")
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exe = compile_with(
+        &target.join("debug/libfwdelta_capi.a"),
+        "apply_test_no_std",
+        &["-DFWD_NO_STD"],
+    );
+    for pair in ["fw-cortex-m4", "fw-x86-64"] {
+        let case = Case::new(pair, &opts(Codec::Stored, None, 256 << 10));
+        let out = case.run_with(&exe, &[], "apply", 1 << 20, 333, &[]);
+        assert!(out.status.success(), "{pair}: {}", text(&out));
+        let cut = (case.patch_len / 2).to_string();
+        let out = case.run_with(&exe, &[], "resume", 1 << 20, 333, &[cut]);
+        assert!(out.status.success(), "{pair} resumed: {}", text(&out));
+        assert!(field(&out, "checkpoints") > 1, "{pair}: {}", text(&out));
+        // A patch of a codec this build lacks is refused as unsupported.
+        let lzma = Case::new(pair, &opts(Codec::Lzma2, None, 4 << 20));
+        let out = lzma.run_with(&exe, &[], "apply", 5 << 20, 4096, &[]);
+        assert_eq!(out.status.code(), Some(106), "{pair}: {}", text(&out));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [
+        ("torn", vec![0u8; 10]),
+        ("damaged", vec![0xA5u8; fwdelta_capi::FWD_CHECKPOINT_LEN]),
+        ("empty", Vec::new()),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let out = Command::new(&exe)
+            .arg("checkpoint")
+            .arg(&path)
+            .output()
+            .expect("run apply_test_no_std");
+        assert_eq!(out.status.code(), Some(103), "{name}: {}", text(&out));
     }
 }
 

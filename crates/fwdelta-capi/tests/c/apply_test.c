@@ -4,6 +4,7 @@
  *   apply_test apply  OLD PATCH EXPECTED ARENA_LEN CHUNK
  *   apply_test resume OLD PATCH EXPECTED ARENA_LEN CHUNK CUT [damage]
  *   apply_test inplace OLD PATCH EXPECTED ARENA_LEN CUT_WRITES
+ *   apply_test checkpoint FILE
  *
  * "apply" feeds the whole patch in CHUNK-byte pieces. "resume" feeds the
  * first CUT bytes, then drops the applier as a power loss would: the new
@@ -29,6 +30,10 @@
  * gives is printed the same way (all zeros for an unsigned patch); a refusal
  * prints "untouched=1" when the region was neither written nor changed.
  *
+ * "checkpoint" prints what fwd_checkpoint_offsets makes of a stored
+ * checkpoint. Built with -DFWD_NO_STD (against the no_std library) the
+ * in-place mode is left out.
+ *
  * Exit: 0 and "ok ..." when the output equals EXPECTED; 100 + code when
  * the API refused (the message on stdout); 1 for anything else wrong. */
 
@@ -37,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     const uint8_t *data;
@@ -117,6 +123,10 @@ static int read_new(void *ctx, uint64_t offset, uint8_t *buf, size_t len) {
     return 0;
 }
 
+static int trust_from_env(fwd_trust *t);
+static void print_id(const uint8_t id[32]);
+
+#ifndef FWD_NO_STD
 /* In place: one region (the flash slot) and two journal slots. */
 typedef struct {
     bytes patch;
@@ -221,9 +231,6 @@ static int slot_clear(void *ctx) {
     return 0;
 }
 
-static int trust_from_env(fwd_trust *t);
-static void print_id(const uint8_t id[32]);
-
 static int in_place(bytes old, bytes patch, bytes expected, size_t arena_len, unsigned cut_at) {
     flash f;
     memset(&f, 0, sizeof f);
@@ -288,6 +295,8 @@ static int in_place(bytes old, bytes patch, bytes expected, size_t arena_len, un
     free(arena);
     return 0;
 }
+
+#endif /* FWD_NO_STD */
 
 static device *the_device; /* for refused(): what was written */
 
@@ -384,7 +393,25 @@ static int feed_range(fwd_applier *a, bytes patch, size_t from, size_t to, size_
     return FWD_OK;
 }
 
+#ifdef FWD_NO_STD
+/* The no_std library built for the host (panic=abort): the precompiled
+ * core library still names the unwinder's personality routine. A firmware
+ * target (panic=abort throughout) needs no such stub. */
+void rust_eh_personality(void) {}
+#endif
+
 int main(int argc, char **argv) {
+#ifdef FWD_NO_STD
+    alarm(60); /* a panic spins (for the watchdog): fail, do not hang */
+#endif
+    if (argc == 3 && strcmp(argv[1], "checkpoint") == 0) {
+        /* Where a stored checkpoint resumes, as after a power loss. */
+        bytes cp = read_file(argv[2]);
+        uint64_t patch_offset = 0, new_offset = 0;
+        int rc = fwd_checkpoint_offsets(cp.data, cp.len, &patch_offset, &new_offset);
+        printf("checkpoint: %d\n", rc);
+        return rc == FWD_OK ? 0 : 100 + rc;
+    }
     if (argc < 7) {
         fprintf(stderr, "usage: %s apply|resume OLD PATCH EXPECTED ARENA_LEN CHUNK [CUT [damage]]\n", argv[0]);
         return 1;
@@ -398,6 +425,7 @@ int main(int argc, char **argv) {
     bytes expected = read_file(argv[4]);
     size_t arena_len = strtoull(argv[5], NULL, 10);
     size_t chunk = strtoull(argv[6], NULL, 10);
+#ifndef FWD_NO_STD
     if (strcmp(mode, "inplace") == 0) {
         int rc = in_place(d.old, patch, expected, arena_len, (unsigned)chunk);
         free((void *)d.old.data);
@@ -405,6 +433,7 @@ int main(int argc, char **argv) {
         free((void *)expected.data);
         return rc;
     }
+#endif
     if (chunk == 0) {
         chunk = 1;
     }
