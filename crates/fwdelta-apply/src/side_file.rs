@@ -123,6 +123,28 @@ fn not_ours(meta: &fs::Metadata) -> Option<String> {
     None
 }
 
+/// What a lock file just opened is, by its metadata.
+#[derive(Debug, PartialEq, Eq)]
+enum LockFile {
+    /// A regular file of ours with one name: lock it.
+    Usable,
+    /// Its holder removed it between our open and now (it has no name
+    /// left): open the path again.
+    Removed,
+    /// Anything else (a link, another's file, more names): refuse it.
+    Refused(String),
+}
+
+fn opened_lock(meta: &fs::Metadata) -> LockFile {
+    if meta.file_type().is_file() && meta.uid() == euid() && meta.nlink() == 0 {
+        return LockFile::Removed;
+    }
+    match not_ours(meta) {
+        Some(why) => LockFile::Refused(why),
+        None => LockFile::Usable,
+    }
+}
+
 /// Refuse what is at `path` unless it is nothing or a regular file of ours.
 pub(crate) fn check_ours(path: &Path) -> Result<(), SideFileError> {
     match fs::symlink_metadata(path) {
@@ -254,8 +276,10 @@ impl TargetLock {
             let meta = file
                 .metadata()
                 .map_err(SideFileError::io("inspect", &path))?;
-            if let Some(why) = not_ours(&meta) {
-                return Err(SideFileError::NotOurs { path, why });
+            match opened_lock(&meta) {
+                LockFile::Usable => {}
+                LockFile::Removed => continue,
+                LockFile::Refused(why) => return Err(SideFileError::NotOurs { path, why }),
             }
             // SAFETY: flock on a descriptor this function owns.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -368,6 +392,28 @@ mod tests {
         assert!(!dir.path().join(".image.bin.fwdelta-lock").exists());
         let again = TargetLock::acquire(&target).unwrap();
         drop(again);
+    }
+
+    /// A lock file its holder removed between another process's open and
+    /// its check (the holder finished) is opened again, not refused: the
+    /// race `two_concurrent_applies_never_succeed_with_a_wrong_image` caught
+    /// in CI ("it has 0 hard links", exit 1). A second name is still refused.
+    #[test]
+    fn a_lock_file_removed_after_the_open_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".image.bin.fwdelta-lock");
+        fs::write(&path, b"").unwrap();
+        let file = File::open(&path).unwrap();
+        assert_eq!(opened_lock(&file.metadata().unwrap()), LockFile::Usable);
+        let second = dir.path().join("second-name");
+        fs::hard_link(&path, &second).unwrap();
+        assert!(matches!(
+            opened_lock(&file.metadata().unwrap()),
+            LockFile::Refused(_)
+        ));
+        fs::remove_file(&second).unwrap();
+        fs::remove_file(&path).unwrap();
+        assert_eq!(opened_lock(&file.metadata().unwrap()), LockFile::Removed);
     }
 
     #[test]
