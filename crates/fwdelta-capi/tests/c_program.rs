@@ -38,6 +38,29 @@ fn staticlib() -> PathBuf {
     lib
 }
 
+/// Build the static library without default features (plus `args`, e.g.
+/// `--features`; `env` for cargo) into `target_dir` (under the repository,
+/// reused between runs); its path.
+fn build_library(target_dir: &str, args: &[&str], env: &[(&str, &str)]) -> PathBuf {
+    let target = repo().join(target_dir);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(repo())
+        .args(["build", "-p", "fwdelta-capi", "--no-default-features"])
+        .args(args)
+        .arg("--target-dir")
+        .arg(&target)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("debug/libfwdelta_capi.a")
+}
+
 /// Compile the C program against `lib`, as `name`.
 fn compile(lib: &Path, name: &str) -> PathBuf {
     compile_with(lib, name, &[])
@@ -495,31 +518,8 @@ fn c_program_is_clean_under_valgrind() {
 /// FWD_ERR_UNSUPPORTED (6), and still applies an LZMA2 one.
 #[test]
 fn c_library_without_zstd_refuses_zstd_patches_as_unsupported() {
-    let target = repo().join("target/no-std");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(repo())
-        .args([
-            "build",
-            "-p",
-            "fwdelta-capi",
-            "--no-default-features",
-            "--features",
-            "std,lzma",
-        ])
-        .arg("--target-dir")
-        .arg(&target)
-        .output()
-        .expect("run cargo");
-    assert!(
-        out.status.success(),
-        "cargo build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let exe = compile(
-        &target.join("debug/libfwdelta_capi.a"),
-        "apply_test_lzma_only",
-    );
+    let lib = build_library("target/no-std", &["--features", "std,lzma"], &[]);
+    let exe = compile(&lib, "apply_test_lzma_only");
 
     let zstd = Case::new("fw-x86-64", &opts(Codec::Zstd, None, 4 << 20));
     let out = zstd.run_with(&exe, &[], "apply", 5 << 20, 4096, &[]);
@@ -832,26 +832,12 @@ fn c_program_checks_the_policy_in_place_and_finishes_after_a_cut() {
 /// spin in the panic handler).
 #[test]
 fn no_std_c_library_applies_and_refuses_a_torn_checkpoint() {
-    let target = repo().join("target/no-std-host");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(repo())
-        .args(["build", "-p", "fwdelta-capi", "--no-default-features"])
-        .arg("--target-dir")
-        .arg(&target)
-        .env("CARGO_PROFILE_DEV_PANIC", "abort")
-        .output()
-        .expect("run cargo");
-    assert!(
-        out.status.success(),
-        "cargo build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let lib = build_library(
+        "target/no-std-host",
+        &[],
+        &[("CARGO_PROFILE_DEV_PANIC", "abort")],
     );
-    let exe = compile_with(
-        &target.join("debug/libfwdelta_capi.a"),
-        "apply_test_no_std",
-        &["-DFWD_NO_STD"],
-    );
+    let exe = compile_with(&lib, "apply_test_no_std", &["-DFWD_NO_STD"]);
     for pair in ["fw-cortex-m4", "fw-x86-64"] {
         let case = Case::new(pair, &opts(Codec::Stored, None, 256 << 10));
         let out = case.run_with(&exe, &[], "apply", 1 << 20, 333, &[]);

@@ -4,6 +4,17 @@
 use std::fs;
 use std::process::Command;
 
+/// `fwdelta diff` for a small in-place patch (OLD NEW -o PATCH follow).
+const IN_PLACE_DIFF: [&str; 7] = [
+    "diff",
+    "-q",
+    "--level",
+    "3",
+    "--in-place",
+    "--scratch",
+    "4KiB",
+];
+
 fn testdata(pair: &str, which: &str) -> Vec<u8> {
     fs::read(format!(
         "{}/../../testdata/{pair}/{which}",
@@ -30,15 +41,7 @@ fn a_symlink_planted_at_a_journal_file_is_not_written_through() {
     fs::write(&o, &old).unwrap();
     fs::write(&n, &new).unwrap();
     let st = Command::new(exe)
-        .args([
-            "diff",
-            "-q",
-            "--level",
-            "3",
-            "--in-place",
-            "--scratch",
-            "4KiB",
-        ])
+        .args(IN_PLACE_DIFF)
         .arg(&o)
         .arg(&n)
         .arg("-o")
@@ -165,15 +168,7 @@ fn in_place_patch(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, std::path::PathBu
     fs::write(&o, &old).unwrap();
     fs::write(&n, &new).unwrap();
     let st = Command::new(exe)
-        .args([
-            "diff",
-            "-q",
-            "--level",
-            "3",
-            "--in-place",
-            "--scratch",
-            "4KiB",
-        ])
+        .args(IN_PLACE_DIFF)
         .arg(&o)
         .arg(&n)
         .arg("-o")
@@ -295,18 +290,7 @@ fn a_device_finishes_an_in_place_update_cut_before_its_expiry() {
     ]);
     let make = |name: &str, version: &str, extra: &[&str]| {
         let out = d(name);
-        let mut args: Vec<&OsStr> = [
-            "diff",
-            "-q",
-            "--level",
-            "3",
-            "--in-place",
-            "--scratch",
-            "4KiB",
-        ]
-        .iter()
-        .map(OsStr::new)
-        .collect();
+        let mut args: Vec<&OsStr> = IN_PLACE_DIFF.iter().map(OsStr::new).collect();
         let key = d("rel.key");
         let (o, n) = (d("old"), d("new"));
         args.extend([o.as_os_str(), n.as_os_str(), "-o".as_ref(), out.as_os_str()]);
