@@ -588,6 +588,48 @@ fn c_program_checks_signatures_and_release_rules() {
     }
 }
 
+/// When the patches [`sign_expiring`] signs expire (Unix seconds).
+const EXPIRES: u64 = 2_000_000_000;
+
+/// A case's patch signed for release: acme-t300 2.0.0, counter 5, expiring
+/// at [`EXPIRES`].
+struct SignedPatch {
+    /// The signing key's public half, 32 bytes in a file.
+    key: PathBuf,
+    unsigned: Vec<u8>,
+    bytes: Vec<u8>,
+    /// Its identity (the signed message), in hex.
+    id: String,
+}
+
+/// Sign `case`'s patch with a fresh key whose public half goes to
+/// `dir/key.bin`.
+fn sign_expiring(case: &Case, dir: &Path) -> SignedPatch {
+    use fwdelta_diff::patch_signer::{generate_key, sign_for_release, signing_message};
+    let key = generate_key().unwrap();
+    let path = dir.join("key.bin");
+    std::fs::write(&path, key.verifying_key().as_bytes()).unwrap();
+    let unsigned = std::fs::read(case.path("patch")).unwrap();
+    let release = fwdelta_format::release::Release {
+        product: "acme-t300".into(),
+        version: "2.0.0".into(),
+        security_counter: 5,
+        expires: EXPIRES,
+    };
+    let bytes = sign_for_release(&unsigned, Some(&release), &[key]).unwrap();
+    let id = signing_message(&bytes)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    SignedPatch {
+        key: path,
+        unsigned,
+        bytes,
+        id,
+    }
+}
+
 /// Expiry and replays through `fwd_applier_trust_time` and
 /// `fwd_applier_trust_installed`: a signed patch that expires at a set time
 /// applies before it and prints its identity (`fwd_applier_patch_id`, the
@@ -598,31 +640,14 @@ fn c_program_checks_signatures_and_release_rules() {
 /// installed identity does not stop it. An unsigned patch has no identity.
 #[test]
 fn c_program_checks_expiry_and_replays() {
-    use fwdelta_diff::patch_signer::{generate_key, sign_for_release, signing_message};
-    use fwdelta_format::release::Release;
-    const EXPIRES: u64 = 2_000_000_000;
     let dir = tempfile::tempdir().unwrap();
-    let key = generate_key().unwrap();
-    let key_path = dir.path().join("key.bin");
-    std::fs::write(&key_path, key.verifying_key().as_bytes()).unwrap();
     let case = Case::new("fw-cortex-m4", &opts(Codec::Lzma2, None, 4 << 20));
-    let unsigned = std::fs::read(case.path("patch")).unwrap();
-    let release = Release {
-        product: "acme-t300".into(),
-        version: "2.0.0".into(),
-        security_counter: 5,
-        expires: EXPIRES,
-    };
-    let signed = sign_for_release(&unsigned, Some(&release), &[key]).unwrap();
-    std::fs::write(case.path("patch"), &signed).unwrap();
-    let id: String = signing_message(&signed)
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let signed = sign_expiring(&case, dir.path());
+    let (key_path, unsigned, id) = (&signed.key, &signed.unsigned, &signed.id);
+    std::fs::write(case.path("patch"), &signed.bytes).unwrap();
     let run = |mode: &str, now: u64, installed: &str, extra: &[&str]| {
         let mut cmd = case.command(mode, 5 << 20, 500, extra);
-        cmd.env("FWD_TEST_KEY", &key_path)
+        cmd.env("FWD_TEST_KEY", key_path)
             .env("FWD_TEST_PRODUCT", "acme-t300")
             .env("FWD_TEST_MIN_COUNTER", "5")
             .env("FWD_TEST_NOW", now.to_string());
@@ -662,7 +687,7 @@ fn c_program_checks_expiry_and_replays() {
         );
     }
     // Unsigned: applies without a policy, and has no identity to print.
-    std::fs::write(case.path("patch"), &unsigned).unwrap();
+    std::fs::write(case.path("patch"), unsigned).unwrap();
     let out = case.command("apply", 5 << 20, 500, &[]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("patch_id"));
@@ -678,15 +703,9 @@ fn c_program_checks_expiry_and_replays() {
 /// back past the expiry.
 #[test]
 fn c_program_checks_the_policy_in_place_and_finishes_after_a_cut() {
-    use fwdelta_diff::patch_signer::{generate_key, sign_for_release, signing_message};
-    use fwdelta_format::release::Release;
-    const EXPIRES: u64 = 2_000_000_000;
     let dir = tempfile::tempdir().unwrap();
-    let key = generate_key().unwrap();
-    let key_path = dir.path().join("key.bin");
-    std::fs::write(&key_path, key.verifying_key().as_bytes()).unwrap();
     let wrong_path = dir.path().join("wrong.bin");
-    let wrong = generate_key().unwrap();
+    let wrong = fwdelta_diff::patch_signer::generate_key().unwrap();
     std::fs::write(&wrong_path, wrong.verifying_key().as_bytes()).unwrap();
     let case = Case::new(
         "fw-x86-64",
@@ -695,19 +714,8 @@ fn c_program_checks_the_policy_in_place_and_finishes_after_a_cut() {
             ..Options::default()
         },
     );
-    let unsigned = std::fs::read(case.path("patch")).unwrap();
-    let release = Release {
-        product: "acme-t300".into(),
-        version: "2.0.0".into(),
-        security_counter: 5,
-        expires: EXPIRES,
-    };
-    let signed = sign_for_release(&unsigned, Some(&release), &[key]).unwrap();
-    let id: String = signing_message(&signed)
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let made = sign_expiring(&case, dir.path());
+    let (key_path, unsigned, signed, id) = (made.key, made.unsigned, made.bytes, made.id);
     let run = |patch: &[u8],
                key: &Path,
                product: &str,
