@@ -170,11 +170,45 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Bytes written to a file whose writeback is not started yet (a run from
+/// `start`), started every [`Writeback::STEP`] bytes: the sync at the next
+/// checkpoint or commit then waits for less. Durability still comes from
+/// that sync alone.
+#[derive(Debug)]
+pub(crate) struct Writeback {
+    start: u64,
+    len: u64,
+}
+
+impl Writeback {
+    /// Written bytes after which their writeback is started.
+    const STEP: u64 = 1 << 20;
+
+    /// Nothing written yet; the first write is expected at `at`.
+    pub(crate) fn at(at: u64) -> Self {
+        Writeback { start: at, len: 0 }
+    }
+
+    /// `len` bytes of `file` at `offset` were written (handed to the
+    /// kernel): count them, and start the writeback of the run so far once
+    /// it reaches the step. A write elsewhere begins a new run.
+    pub(crate) fn wrote(&mut self, file: &File, offset: u64, len: u64) {
+        if self.start + self.len != offset {
+            *self = Writeback::at(offset);
+        }
+        self.len += len;
+        if self.len >= Self::STEP {
+            start_writeback(file, self.start, self.len);
+            *self = Writeback::at(offset + len);
+        }
+    }
+}
+
 /// Ask the kernel to start writing `len` bytes of `file` at `offset` back to
 /// storage, without waiting (Linux `sync_file_range`, `SYNC_FILE_RANGE_WRITE`;
 /// nothing elsewhere): a later `fsync` then waits for less. Durability still
 /// comes from that `fsync` alone, so a failure here is ignored.
-pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+fn start_writeback(file: &File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -194,6 +228,21 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run of contiguous writes is counted until the step, then started
+    /// and begun again; a write elsewhere begins a new run.
+    #[test]
+    fn writeback_starts_every_step_of_a_contiguous_run() {
+        let file = tempfile::tempfile().unwrap();
+        let mut w = Writeback::at(0);
+        w.wrote(&file, 0, 1000);
+        w.wrote(&file, 1000, 24);
+        assert_eq!((w.start, w.len), (0, 1024));
+        w.wrote(&file, 5000, 10);
+        assert_eq!((w.start, w.len), (5000, 10));
+        w.wrote(&file, 5010, Writeback::STEP);
+        assert_eq!((w.start, w.len), (5010 + Writeback::STEP, 0));
+    }
 
     #[test]
     fn commit_replaces_and_drop_discards() {

@@ -32,6 +32,7 @@
 //! hash it (from the page cache, just written).
 
 use crate::applier::{Applier, ApplyOptions, ApplyReport};
+use crate::atomic_file::Writeback;
 use crate::error::{ApplyError, PatchPart};
 use crate::patch_reader::{limits, read_start, Mode, Part, PatchReader, ReadParts};
 use crate::sink::Sink;
@@ -123,14 +124,8 @@ struct WriteAt<'f> {
     at: u64,
     held: Vec<u8>,
     cap: usize,
-    /// Written bytes whose writeback is not started yet: from `.0`, `.1`
-    /// bytes.
-    unstarted: (u64, u64),
+    writeback: Writeback,
 }
-
-/// Written bytes after which [`WriteAt`] asks the kernel to start writing
-/// them back, so the final sync waits for less.
-const WRITEBACK_STEP: u64 = 1 << 20;
 
 impl<'f> WriteAt<'f> {
     /// Output to `file` from offset `at`; holds up to `BUFFER_LEN` bytes.
@@ -146,24 +141,21 @@ impl<'f> WriteAt<'f> {
             at,
             held: Vec::with_capacity(cap),
             cap,
-            unstarted: (at, 0),
+            writeback: Writeback::at(at),
         }
     }
 
-    /// Write `data` at `self.at` and move on; start the writeback of every
-    /// [`WRITEBACK_STEP`] contiguous bytes written.
-    fn put(&mut self, data: &[u8]) -> Result<(), IoError> {
-        self.file.write_all_at(data, self.at)?;
-        let (start, len) = self.unstarted;
-        self.unstarted = match start + len == self.at {
-            true => (start, len + data.len() as u64),
-            false => (self.at, data.len() as u64),
-        };
-        self.at += data.len() as u64;
-        if self.unstarted.1 >= WRITEBACK_STEP {
-            crate::atomic_file::start_writeback(self.file, self.unstarted.0, self.unstarted.1);
-            self.unstarted = (self.at, 0);
-        }
+    /// Write `data` at `*at` and move `*at` past it (the fields it needs,
+    /// so the held bytes can be written from `self.held`).
+    fn put(
+        file: &File,
+        at: &mut u64,
+        writeback: &mut Writeback,
+        data: &[u8],
+    ) -> Result<(), IoError> {
+        file.write_all_at(data, *at)?;
+        writeback.wrote(file, *at, data.len() as u64);
+        *at += data.len() as u64;
         Ok(())
     }
 
@@ -171,11 +163,8 @@ impl<'f> WriteAt<'f> {
     /// bytes ended if `None`).
     fn flush_to(&mut self, at: Option<u64>) -> Result<(), IoError> {
         if !self.held.is_empty() {
-            let held = core::mem::take(&mut self.held);
-            let put = self.put(&held);
-            self.held = held;
+            Self::put(self.file, &mut self.at, &mut self.writeback, &self.held)?;
             self.held.clear();
-            put?;
         }
         if let Some(at) = at {
             self.at = at;
@@ -194,7 +183,7 @@ impl Sink for WriteAt<'_> {
             self.flush()?;
         }
         if data.len() >= self.cap {
-            self.put(data)?;
+            Self::put(self.file, &mut self.at, &mut self.writeback, data)?;
         } else {
             self.held.extend_from_slice(data);
         }

@@ -15,9 +15,7 @@
 //! so only a killed process or a power loss leaves them behind, and the target
 //! itself is replaced only by a successful commit.
 
-use crate::atomic_file::{
-    remove_if_present, replace_durably, sibling, start_writeback, sync_dir_of,
-};
+use crate::atomic_file::{remove_if_present, replace_durably, sibling, sync_dir_of, Writeback};
 #[allow(unused_imports)]
 use crate::prelude::*;
 use crate::side_file::{self, id_at, id_of, FileId, SideFileError, TargetLock};
@@ -45,15 +43,12 @@ pub struct ResumableFile {
     /// Identity of the partial file this sink created or reopened.
     id: FileId,
     out: Option<BufWriter<File>>,
-    /// Bytes of the partial file so far (written or buffered), and where
-    /// the writeback not yet started begins (see `start_writeback`).
+    /// Bytes of the partial file so far (written or buffered), how many of
+    /// them have reached the file, and the writeback of those.
     written: u64,
-    unstarted: u64,
+    in_file: u64,
+    writeback: Writeback,
 }
-
-/// Written bytes after which the kernel is asked to start writing them
-/// back, so the sync at the next checkpoint or commit waits for less.
-const WRITEBACK_STEP: u64 = 1 << 20;
 
 /// Reads a file from its start by offset (`pread`), leaving the descriptor's
 /// own position alone: the kept bytes of a reopened partial file, read back
@@ -117,7 +112,8 @@ impl ResumableFile {
             id,
             out: Some(BufWriter::with_capacity(crate::BUFFER_LEN, file)),
             written: 0,
-            unstarted: 0,
+            in_file: 0,
+            writeback: Writeback::at(0),
         })
     }
 
@@ -190,7 +186,8 @@ impl ResumableFile {
                 id: id_of(&meta),
                 out: Some(BufWriter::with_capacity(crate::BUFFER_LEN, file)),
                 written: checkpoint.new_offset,
-                unstarted: checkpoint.new_offset,
+                in_file: checkpoint.new_offset,
+                writeback: Writeback::at(checkpoint.new_offset),
             },
             reader,
         ))
@@ -277,11 +274,13 @@ impl Sink for ResumableFile {
         let out = self.out.as_mut().ok_or(io::ErrorKind::Other)?;
         out.write_all(data)?;
         self.written += data.len() as u64;
-        // What has left the buffer: start its writeback in 1 MiB steps.
+        // What has left the buffer since is in the file now.
         let in_file = self.written - out.buffer().len() as u64;
-        if in_file - self.unstarted >= WRITEBACK_STEP {
-            start_writeback(out.get_ref(), self.unstarted, in_file - self.unstarted);
-            self.unstarted = in_file;
+        if in_file > self.in_file {
+            let file = out.get_ref();
+            self.writeback
+                .wrote(file, self.in_file, in_file - self.in_file);
+            self.in_file = in_file;
         }
         Ok(())
     }
