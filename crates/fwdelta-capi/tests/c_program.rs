@@ -490,19 +490,9 @@ fn c_program_is_clean_under_valgrind() {
     let out = in_place.run(&vg, "inplace", 5 << 20, 3, &[]);
     assert!(out.status.success(), "{}", text(&out));
     // The same, signed, under a policy (fwd_apply_in_place_trusted).
-    let key = fwdelta_diff::patch_signer::generate_key().unwrap();
-    let key_path = in_place.path("key.bin");
-    std::fs::write(&key_path, key.verifying_key().as_bytes()).unwrap();
-    let plain = std::fs::read(in_place.path("patch")).unwrap();
-    let release = fwdelta_format::release::Release {
-        product: "acme-t300".into(),
-        version: "2.0.0".into(),
-        security_counter: 5,
-        expires: 0,
-    };
-    let signed =
-        fwdelta_diff::patch_signer::sign_for_release(&plain, Some(&release), &[key]).unwrap();
-    std::fs::write(in_place.path("patch"), signed).unwrap();
+    let signed = sign_expiring(&in_place, in_place.dir.path());
+    std::fs::write(in_place.path("patch"), &signed.bytes).unwrap();
+    let key_path = signed.key;
     let mut cmd = Command::new(vg[0]);
     cmd.args(&vg[1..])
         .arg(program())
@@ -510,7 +500,8 @@ fn c_program_is_clean_under_valgrind() {
     in_place.add_args(&mut cmd, "inplace", 5 << 20, 3, &[] as &[&str]);
     let out = cmd.output().expect("valgrind");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("patch_id "));
+    let id = format!("patch_id {}", signed.id);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
 }
 
 /// The library built without the zstd feature (into `target/no-std`, as
