@@ -254,7 +254,17 @@ impl TargetLock {
         // lock taken on a file that is no longer at the path is taken again
         // on the file that is there.
         for _ in 0..100 {
-            check_ours(&path)?;
+            // What is at the path now: a lock file its holder is removing
+            // this instant (no name left) is looked up again.
+            match fs::symlink_metadata(&path) {
+                Ok(m) => match opened_lock(&m) {
+                    LockFile::Usable => {}
+                    LockFile::Removed => continue,
+                    LockFile::Refused(why) => return Err(SideFileError::NotOurs { path, why }),
+                },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SideFileError::io("inspect", &path)(e)),
+            }
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -414,6 +424,43 @@ mod tests {
         fs::remove_file(&second).unwrap();
         fs::remove_file(&path).unwrap();
         assert_eq!(opened_lock(&file.metadata().unwrap()), LockFile::Removed);
+    }
+
+    /// Threads of one process taking and dropping one target's lock as fast
+    /// as they can (each open is its own `flock` description, as another
+    /// process's would be): every try either holds it alone or is refused
+    /// as busy; none is refused for the lock file vanishing under it (the
+    /// race 8fc51c6 half fixed: the path lookup before the open saw it too).
+    #[test]
+    fn racing_lockers_are_busy_or_alone_never_refused() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("image.bin");
+        let holders = AtomicUsize::new(0);
+        let (taken, busy) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..3000 {
+                        match TargetLock::acquire(&target) {
+                            Ok(lock) => {
+                                assert_eq!(holders.fetch_add(1, SeqCst), 0, "two holders");
+                                std::thread::yield_now();
+                                holders.fetch_sub(1, SeqCst);
+                                drop(lock);
+                                taken.fetch_add(1, SeqCst);
+                            }
+                            Err(SideFileError::Busy { .. }) => {
+                                busy.fetch_add(1, SeqCst);
+                            }
+                            Err(e) => panic!("refused: {e}"),
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(taken.load(SeqCst) + busy.load(SeqCst), 12_000);
+        assert!(taken.load(SeqCst) > 0 && busy.load(SeqCst) > 0);
     }
 
     #[test]
