@@ -117,44 +117,52 @@ impl ApplyOptions {
         header_bytes: &[u8],
         section: Option<&SignatureSection>,
     ) -> Result<Verdict, ApplyError> {
-        self.judge_as(header, header_bytes, section, false)
+        self.check_expected(header)?;
+        self.policy_or_default()
+            .check(header, header_bytes, section)
     }
 
-    /// [`Self::judge`] for an interrupted update of this patch (see
-    /// [`TrustPolicy::check_resumed`]): every rule but expiry.
+    /// [`Self::judge`] with expiry set aside (see
+    /// [`TrustPolicy::check_deferring_expiry`]).
     #[cfg(feature = "std")]
-    pub(crate) fn judge_resumed(
+    pub(crate) fn judge_deferring_expiry(
         &self,
         header: &Header,
         header_bytes: &[u8],
         section: Option<&SignatureSection>,
-    ) -> Result<Verdict, ApplyError> {
-        self.judge_as(header, header_bytes, section, true)
+    ) -> Result<(Verdict, Option<ApplyError>), ApplyError> {
+        self.check_expected(header)?;
+        self.policy_or_default()
+            .check_deferring_expiry(header, header_bytes, section)
     }
 
-    fn judge_as(
-        &self,
-        header: &Header,
-        header_bytes: &[u8],
-        section: Option<&SignatureSection>,
-        resumed: bool,
-    ) -> Result<Verdict, ApplyError> {
-        if let Some(expected) = self.expected_new_hash {
-            if header.new_hash != expected {
-                return Err(ApplyError::UnexpectedNewImage {
-                    expected,
-                    actual: header.new_hash,
-                });
-            }
+    /// Refuse a patch for another new image than [`Self::expected_new_hash`].
+    fn check_expected(&self, header: &Header) -> Result<(), ApplyError> {
+        match self.expected_new_hash {
+            Some(expected) if header.new_hash != expected => Err(ApplyError::UnexpectedNewImage {
+                expected,
+                actual: header.new_hash,
+            }),
+            _ => Ok(()),
         }
-        let default = TrustPolicy::default();
-        let policy = self.policy.as_deref().unwrap_or(&default);
-        match resumed {
-            false => policy.check(header, header_bytes, section),
-            true => policy.check_resumed(header, header_bytes, section),
-        }
+    }
+
+    /// The policy, or the empty one (nothing verified, release rules only).
+    fn policy_or_default(&self) -> &TrustPolicy {
+        self.policy.as_deref().unwrap_or(&NO_POLICY)
     }
 }
+
+/// [`TrustPolicy::default`]: no keys, so signatures are not verified and
+/// only the release statement's rules apply.
+static NO_POLICY: TrustPolicy = TrustPolicy {
+    keys: Vec::new(),
+    threshold: 0,
+    product: None,
+    min_counter: 0,
+    now: None,
+    installed: Vec::new(),
+};
 
 /// What a successful apply did.
 #[derive(Debug, Clone)]

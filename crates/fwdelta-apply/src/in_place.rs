@@ -729,14 +729,8 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
         // Signatures and release rules before anything else is read. An
         // expired patch is refused only if this is not the resume of an
         // update of it begun before (which the journal tells, next).
-        let section = start.section.as_ref();
-        let (verdict, expired) = match opts.judge(header, &start.header_bytes, section) {
-            Err(e @ ApplyError::Expired { .. }) => (
-                opts.judge_resumed(header, &start.header_bytes, section)?,
-                Some(e),
-            ),
-            judged => (judged?, None),
-        };
+        let (verdict, expired) =
+            opts.judge_deferring_expiry(header, &start.header_bytes, start.section.as_ref())?;
         let (body_start, header_hash) = (start.body_start, start.header_hash);
         let old = OldView::new(region, header, cell);
         let runner = SegmentRunner::new(header, header_hash)?;

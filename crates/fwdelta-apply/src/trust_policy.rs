@@ -71,19 +71,24 @@ impl TrustPolicy {
         self.judge(header, header_bytes, section, true)
     }
 
-    /// [`Self::check`] for an update of this patch that began under this
-    /// policy and was interrupted (an in-place journal, or a device's
-    /// pending update, names it): every rule but expiry, which was judged
-    /// when it began. A terminal that was off past the patch's expiry
-    /// finishes the update instead of keeping an image that is neither
-    /// version. Same cost as [`Self::check`].
-    pub fn check_resumed(
+    /// [`Self::check`] with expiry set aside, for an applier that finishes
+    /// an interrupted update of this patch whatever the time (its expiry
+    /// was judged when it began, and refusing would leave an image that is
+    /// neither version): the verdict on every other rule, and the error
+    /// `check` gives if that was expiry alone (`None`: not expired). Costs
+    /// up to two [`Self::check`]s (the second only for an expired patch).
+    pub fn check_deferring_expiry(
         &self,
         header: &Header,
         header_bytes: &[u8],
         section: Option<&SignatureSection>,
-    ) -> Result<Verdict, ApplyError> {
-        self.judge(header, header_bytes, section, false)
+    ) -> Result<(Verdict, Option<ApplyError>), ApplyError> {
+        match self.check(header, header_bytes, section) {
+            Err(e @ ApplyError::Expired { .. }) => {
+                Ok((self.judge(header, header_bytes, section, false)?, Some(e)))
+            }
+            judged => judged.map(|v| (v, None)),
+        }
     }
 
     fn judge(

@@ -312,11 +312,9 @@ fn judge(
     section: Option<&SignatureSection>,
     in_place: bool,
 ) -> Result<Verdict, ApplyError> {
-    match policy.check(header, header_bytes, section) {
-        Err(ApplyError::Expired { .. }) if in_place => {
-            policy.check_resumed(header, header_bytes, section)
-        }
-        judged => judged,
+    match policy.check_deferring_expiry(header, header_bytes, section)? {
+        (_, Some(expired)) if !in_place => Err(expired),
+        (verdict, _) => Ok(verdict),
     }
 }
 
