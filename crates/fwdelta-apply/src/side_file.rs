@@ -123,7 +123,7 @@ fn not_ours(meta: &fs::Metadata) -> Option<String> {
     None
 }
 
-/// What a lock file just opened is, by its metadata.
+/// What a lock file is, by its metadata (looked up by path or opened).
 #[derive(Debug, PartialEq, Eq)]
 enum LockFile {
     /// A regular file of ours with one name: lock it.
@@ -133,6 +133,21 @@ enum LockFile {
     Removed,
     /// Anything else (a link, another's file, more names): refuse it.
     Refused(String),
+}
+
+impl LockFile {
+    /// `Ok(true)`: go on with it; `Ok(false)`: look the path up again;
+    /// refused as not ours (the file at `path`).
+    fn usable(self, path: &Path) -> Result<bool, SideFileError> {
+        match self {
+            LockFile::Usable => Ok(true),
+            LockFile::Removed => Ok(false),
+            LockFile::Refused(why) => Err(SideFileError::NotOurs {
+                path: path.to_path_buf(),
+                why,
+            }),
+        }
+    }
 }
 
 fn opened_lock(meta: &fs::Metadata) -> LockFile {
@@ -257,11 +272,8 @@ impl TargetLock {
             // What is at the path now: a lock file its holder is removing
             // this instant (no name left) is looked up again.
             match fs::symlink_metadata(&path) {
-                Ok(m) => match opened_lock(&m) {
-                    LockFile::Usable => {}
-                    LockFile::Removed => continue,
-                    LockFile::Refused(why) => return Err(SideFileError::NotOurs { path, why }),
-                },
+                Ok(m) if !opened_lock(&m).usable(&path)? => continue,
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(SideFileError::io("inspect", &path)(e)),
             }
@@ -286,10 +298,8 @@ impl TargetLock {
             let meta = file
                 .metadata()
                 .map_err(SideFileError::io("inspect", &path))?;
-            match opened_lock(&meta) {
-                LockFile::Usable => {}
-                LockFile::Removed => continue,
-                LockFile::Refused(why) => return Err(SideFileError::NotOurs { path, why }),
+            if !opened_lock(&meta).usable(&path)? {
+                continue;
             }
             // SAFETY: flock on a descriptor this function owns.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };

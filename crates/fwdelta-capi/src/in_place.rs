@@ -337,15 +337,15 @@ fn apply(
         return FWD_ERR_LIMITS;
     };
     let _enter = Enter::new(a);
+    // SAFETY: the caller's policy, valid by contract.
+    let policy = match trust.map(|t| unsafe { policy_of(t) }).transpose() {
+        Ok(policy) => policy.map(Arc::new),
+        Err(why) => {
+            set_message(text, format_args!("{why}"));
+            return FWD_ERR_ARGUMENT;
+        }
+    };
     let ran = guarded(|| {
-        let policy = match trust {
-            // SAFETY: the caller's policy, valid by contract.
-            Some(t) => match unsafe { policy_of(t) } {
-                Ok(p) => Some(Arc::new(p)),
-                Err(why) => return Err(why),
-            },
-            None => None,
-        };
         let opts = ApplyOptions::default()
             .with_memory_limit((arena_len - FWD_ARENA_OVERHEAD) as u64)
             .with_max_new_len(match max_new_len {
@@ -355,20 +355,16 @@ fn apply(
             .with_policy(policy);
         let region = io;
         let patch = Patch { io: &region, at: 0 };
-        Ok(apply_in_place_with(&region, patch, opts, &mut io))
+        apply_in_place_with(&region, patch, opts, &mut io)
     });
     match ran {
-        Ok(Ok(Ok(report))) => {
+        Ok(Ok(report)) => {
             *id = report.verdict.message.unwrap_or_default();
             FWD_OK
         }
-        Ok(Ok(Err(e))) => {
+        Ok(Err(e)) => {
             set_message(text, format_args!("{e}"));
             code_of(&e)
-        }
-        Ok(Err(why)) => {
-            set_message(text, format_args!("{why}"));
-            FWD_ERR_ARGUMENT
         }
         Err(_) => {
             set_message(text, format_args!("internal error (panic)"));
