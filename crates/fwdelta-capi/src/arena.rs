@@ -291,17 +291,10 @@ impl Outside {
         OUTSIDE.0.get() as usize
     }
 
-    /// Whether `p` came from the fallback buffer (always false with std).
+    /// Whether `p` came from the fallback buffer.
+    #[cfg(not(feature = "std"))]
     fn holds(p: *mut u8) -> bool {
-        #[cfg(feature = "std")]
-        {
-            let _ = p;
-            false
-        }
-        #[cfg(not(feature = "std"))]
-        {
-            (Self::base()..Self::base() + OUTSIDE_LEN).contains(&(p as usize))
-        }
+        (Self::base()..Self::base() + OUTSIDE_LEN).contains(&(p as usize))
     }
 
     unsafe fn alloc(layout: Layout) -> *mut u8 {
@@ -380,7 +373,7 @@ unsafe impl GlobalAlloc for Router {
         // SAFETY: a block inside the current arena came from it; any other
         // block came from outside (see `realloc`).
         unsafe {
-            if !a.is_null() && (*a).contains(p) && !Outside::holds(p) {
+            if !a.is_null() && (*a).contains(p) {
                 (*a).free(p)
             } else {
                 Outside::dealloc(p, layout)
@@ -392,7 +385,7 @@ unsafe impl GlobalAlloc for Router {
         let a = current();
         // SAFETY: a block stays with the allocator that made it.
         unsafe {
-            if a.is_null() || !(*a).contains(p) || Outside::holds(p) {
+            if a.is_null() || !(*a).contains(p) {
                 return Outside::realloc(p, layout, new_size);
             }
             let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
