@@ -325,11 +325,28 @@ impl DeviceDir {
     /// `entry` to the history, then mark the update as awaiting
     /// confirmation. The counter is not raised here.
     pub fn applied(&mut self, entry: &Value) -> Result<(), DeviceError> {
+        match self.state.in_progress.clone() {
+            Some(u) => self.applied_as(&u, entry),
+            None => self.log(entry),
+        }
+    }
+
+    /// [`Self::applied`] for `update`, which may not be the update begun:
+    /// what the applier verified is what awaits confirmation (its version
+    /// and counter are the ones `confirm` installs), whatever the caller
+    /// planned from an earlier read of the patch.
+    pub fn applied_as(&mut self, update: &Update, entry: &Value) -> Result<(), DeviceError> {
         self.log(entry)?;
         let mut s = self.state.clone();
-        if let Some(u) = s.in_progress.take() {
-            s.pending = Some(u);
-        }
+        let begun = s.in_progress.take();
+        let attempts = match begun {
+            Some(b) if b.patch == update.patch => b.attempts,
+            _ => 1,
+        };
+        s.pending = Some(Update {
+            attempts,
+            ..update.clone()
+        });
         self.save(s)
     }
 

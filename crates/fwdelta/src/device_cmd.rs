@@ -318,16 +318,47 @@ fn judge(
     }
 }
 
-/// What `apply --device` knows of a patch before applying it.
+/// What `apply --device` records of a patch: the update and the history
+/// entry's fields.
 struct Planned {
     update: Update,
     entry: Value,
+}
+
+impl Planned {
+    /// The record of the patch with `header` that the policy judged `verdict`.
+    fn of(header: &Header, verdict: &Verdict) -> Result<Planned, ApplyError> {
+        let release = header.release.clone().ok_or(ApplyError::Unsigned)?;
+        let patch = hex(&verdict.message.unwrap_or_default());
+        Ok(Planned {
+            update: Update {
+                patch: patch.clone(),
+                version: release.version.clone(),
+                counter: release.security_counter,
+                new_hash: hex(&header.new_hash),
+                attempts: 0,
+            },
+            entry: json!({
+                "patch": patch, "new_version": release.version,
+                "security_counter": release.security_counter,
+                "old_blake3_prefix": hex(&header.old_check),
+                "new_blake3": hex(&header.new_hash),
+                "key_ids": verdict.signed_by.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+            }),
+        })
+    }
 }
 
 /// Run `apply` (`run`, given the options with the device's policy) under the
 /// device at `dir`: the policy is checked from the patch's first bytes before
 /// anything is written, refusals are recorded, the update is marked in
 /// progress, and on success recorded and marked awaiting confirmation.
+///
+/// `run` opens the patch again. It is held to the new image planned (a patch
+/// file replaced in between for one that makes another image is refused
+/// before writing), and what is recorded comes from the patch `run` verified,
+/// so a replacement for the same image under another release is recorded as
+/// that release.
 pub fn apply_with_device(
     dir: &Path,
     patch_path: &Path,
@@ -376,24 +407,8 @@ pub fn apply_with_device(
                 mode == "in-place",
             )
             .with_context(|| format!("refusing {}", patch_path.display()))?;
-            let release = header.release.clone().ok_or(ApplyError::Unsigned)?;
-            let patch = hex(&verdict.message.unwrap_or_default());
-            Ok(Planned {
-                update: Update {
-                    patch: patch.clone(),
-                    version: release.version.clone(),
-                    counter: release.security_counter,
-                    new_hash: hex(&header.new_hash),
-                    attempts: 0,
-                },
-                entry: json!({
-                    "patch": patch, "new_version": release.version,
-                    "security_counter": release.security_counter,
-                    "old_blake3_prefix": hex(&header.old_check),
-                    "new_blake3": hex(&header.new_hash),
-                    "key_ids": verdict.signed_by.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
-                }),
-            })
+            opts.expected_new_hash.get_or_insert(header.new_hash);
+            Ok(Planned::of(&header, &verdict)?)
         });
     let planned = match planned {
         Ok(p) => p,
@@ -403,9 +418,17 @@ pub fn apply_with_device(
         Ok(n) => n,
         Err(e) => return Err(refuse(&dev, e.into(), planned.entry)),
     };
-    match run(opts) {
-        Ok(report) => {
-            let mut entry = with(planned.entry);
+    let applied = run(opts).and_then(|report| {
+        let done = Planned::of(&report.header, &report.verdict)?;
+        Ok((report, done))
+    });
+    match applied {
+        Ok((report, done)) => {
+            let mut entry = with(done.entry);
+            if done.update.patch != planned.update.patch {
+                // The file changed after it was judged; the policy held.
+                entry["planned_patch"] = planned.update.patch.into();
+            }
             entry["event"] = "applied".into();
             entry["resumed"] = (attempts - 1).into();
             entry["already_applied"] = report.already_applied.into();
@@ -417,7 +440,7 @@ pub fn apply_with_device(
             }
             .into();
             entry["duration_ms"] = (start.elapsed().as_millis() as u64).into();
-            dev.applied(&entry).with_context(|| {
+            dev.applied_as(&done.update, &entry).with_context(|| {
                 format!(
                     "the image is applied but {} could not record it",
                     dir.display()
@@ -426,5 +449,128 @@ pub fn apply_with_device(
             Ok(report)
         }
         Err(e) => Err(refuse(&dev, e, planned.entry)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use fwdelta_diff::patch_signer::sign_for_release;
+    use fwdelta_format::Release;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    /// A patch from `old` to `new` signed for release `version`, `counter`.
+    fn signed(old: &[u8], new: &[u8], version: &str, counter: u64) -> Vec<u8> {
+        let patch = fwdelta_diff::diff(old, new, &fwdelta_diff::Options::default())
+            .expect("diff")
+            .bytes;
+        let release = Release {
+            product: "acme-t300".into(),
+            version: version.into(),
+            security_counter: counter,
+            expires: 0,
+        };
+        sign_for_release(&patch, Some(&release), &[key()]).expect("sign")
+    }
+
+    fn images() -> (Vec<u8>, Vec<u8>) {
+        let old: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut new = old.clone();
+        new[1_000..1_100].fill(9);
+        (old, new)
+    }
+
+    fn device(root: &Path) -> PathBuf {
+        let dir = root.join("device");
+        DeviceDir::init(
+            &dir,
+            &InitOptions {
+                product: "acme-t300".into(),
+                version: "1.0".into(),
+                counter: 1,
+                keys: vec![key().verifying_key().to_bytes()],
+                threshold: 1,
+            },
+        )
+        .expect("init");
+        dir
+    }
+
+    /// Plan from the patch at `path`, then (as if the file were replaced in
+    /// between) apply `swapped` from the same path.
+    fn apply_swapped(
+        root: &Path,
+        old: &[u8],
+        planned: &[u8],
+        swapped: &[u8],
+    ) -> Result<ApplyReport> {
+        let dir = device(root);
+        let path = root.join("update.fwd");
+        std::fs::write(&path, planned).expect("write patch");
+        apply_with_device(&dir, &path, ApplyOptions::new(), NOW, "file", |opts| {
+            std::fs::write(&path, swapped).expect("swap patch");
+            let patch = File::open(&path)?;
+            let (report, _) = fwdelta_apply::apply(old, patch, Vec::new(), opts)?;
+            Ok(report)
+        })
+    }
+
+    #[test]
+    fn a_patch_replaced_mid_apply_is_recorded_as_the_release_applied() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (old, new) = images();
+        let planned = signed(&old, &new, "2.0", 5);
+        let swapped = signed(&old, &new, "2.1", 7);
+        let report = apply_swapped(root.path(), &old, &planned, &swapped).expect("apply");
+        let dev = DeviceDir::open(&root.path().join("device")).expect("open");
+        let pending = dev.state().pending.clone().expect("pending update");
+        assert_eq!(pending.version, "2.1");
+        assert_eq!(pending.counter, 7);
+        assert_eq!(
+            Some(pending.patch.clone()),
+            report.verdict.message.map(|m| hex(&m))
+        );
+        let history = dev.history().expect("history");
+        let last = history.entries.last().expect("an entry");
+        assert_eq!(last["event"], "applied");
+        assert_eq!(last["new_version"], "2.1");
+        assert_eq!(last["patch"], pending.patch.as_str());
+        assert!(
+            last["planned_patch"]
+                .as_str()
+                .is_some_and(|p| p != pending.patch),
+            "{last}"
+        );
+    }
+
+    #[test]
+    fn a_patch_replaced_by_one_for_another_image_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (old, new) = images();
+        let mut other = new.clone();
+        other[5_000] ^= 0xFF;
+        let planned = signed(&old, &new, "2.0", 5);
+        let swapped = signed(&old, &other, "2.0", 5);
+        let err = apply_swapped(root.path(), &old, &planned, &swapped).expect_err("refused");
+        assert!(
+            matches!(
+                err.downcast_ref::<ApplyError>(),
+                Some(ApplyError::UnexpectedNewImage { .. })
+            ),
+            "{err:#}"
+        );
+        let dev = DeviceDir::open(&root.path().join("device")).expect("open");
+        assert!(dev.state().pending.is_none());
+        let history = dev.history().expect("history");
+        assert_eq!(
+            history.entries.last().expect("an entry")["event"],
+            "refused"
+        );
     }
 }
