@@ -33,7 +33,7 @@ use fwdelta_format::key_rotation::KeyRotation;
 use fwdelta_format::signature::{self, KeyId, MAX_SIGNATURES};
 use fwdelta_format::Release;
 use serde_json::{json, Value};
-use state_file::{State, Update, MAX_INSTALLED};
+use state_file::{State, Update, MAX_INSTALLED, MAX_RETIRED_KEYS};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -200,6 +200,7 @@ impl DeviceDir {
             counter: opts.counter,
             threshold: opts.threshold,
             keys: opts.keys.clone(),
+            retired: Vec::new(),
             installed: Vec::new(),
             in_progress: None,
             pending: None,
@@ -428,9 +429,26 @@ impl DeviceDir {
         if self.state.keys.contains(&rot.new_key) {
             return Err(DeviceError::Rotation("the new key is already trusted"));
         }
+        if self.state.retired.contains(&new_id) || rot.retire.contains(&new_id) {
+            // An old statement replayed (its signers may still be trusted):
+            // revocation is for good.
+            return Err(DeviceError::Rotation(
+                "the new key was retired on this device and is never trusted again",
+            ));
+        }
         let mut s = self.state.clone();
         s.keys.retain(|k| !rot.retire.contains(&KeyId::of(k)));
         s.keys.push(rot.new_key);
+        for id in &rot.retire {
+            if !s.retired.contains(id) {
+                s.retired.push(*id);
+            }
+        }
+        if s.retired.len() > MAX_RETIRED_KEYS {
+            return Err(DeviceError::Rotation(
+                "the device's list of retired keys is full",
+            ));
+        }
         if s.keys.len() < s.threshold || s.keys.len() > 4 * MAX_SIGNATURES {
             return Err(DeviceError::Rotation(
                 "the trust store would hold fewer keys than the threshold, or too many",

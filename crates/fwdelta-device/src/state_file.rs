@@ -7,13 +7,17 @@
 use crate::DeviceError;
 use fwdelta_format::key_file::hex;
 use fwdelta_format::release::{is_product_byte, is_version_byte, MAX_NAME_LEN};
-use fwdelta_format::signature::{is_valid_public_key, MAX_SIGNATURES};
+use fwdelta_format::signature::{is_valid_public_key, KeyId, KEY_ID_LEN, MAX_SIGNATURES};
 use serde_json::{json, Value};
 
 /// The `format` field of a state file this build writes and reads.
 pub const STATE_FORMAT: &str = "fwdelta-device-state-v1";
 /// How many installed patches the state remembers for replay refusal.
 pub const MAX_INSTALLED: usize = 64;
+/// How many retired key ids the state remembers. A rotation that would
+/// retire more is refused: forgetting one would let a replayed statement
+/// bring that key back.
+pub const MAX_RETIRED_KEYS: usize = 256;
 
 /// An update the device has started or applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +48,10 @@ pub struct State {
     pub threshold: usize,
     /// Trusted Ed25519 public keys.
     pub keys: Vec<[u8; 32]>,
+    /// Ids of every key a rotation statement retired (at most
+    /// [`MAX_RETIRED_KEYS`]): never trusted again, whatever statement names
+    /// them later.
+    pub retired: Vec<KeyId>,
     /// Signed messages of the last [`MAX_INSTALLED`] confirmed patches.
     pub installed: Vec<[u8; 32]>,
     /// An update started and not yet applied (a run was cut short).
@@ -69,6 +77,7 @@ impl State {
             "security_counter": self.counter,
             "threshold": self.threshold,
             "trusted_keys": self.keys.iter().map(|k| hex(k)).collect::<Vec<_>>(),
+            "retired_keys": self.retired.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
             "installed": self.installed.iter().map(|k| hex(k)).collect::<Vec<_>>(),
             "in_progress": self.in_progress.as_ref().map(update_json),
             "pending": self.pending.as_ref().map(update_json),
@@ -102,6 +111,13 @@ impl State {
         if keys.iter().any(|k| !is_valid_public_key(k)) || keys.len() > 4 * MAX_SIGNATURES {
             return Err(damaged("a trusted key is invalid"));
         }
+        // Absent in files written before keys were remembered as retired.
+        let retired = match &v["retired_keys"] {
+            Value::Null => Vec::new(),
+            ids => key_ids(ids)
+                .filter(|ids| ids.len() <= MAX_RETIRED_KEYS)
+                .ok_or_else(|| damaged("bad retired_keys"))?,
+        };
         let threshold = v["threshold"]
             .as_u64()
             .filter(|&t| (1..=MAX_SIGNATURES as u64).contains(&t))
@@ -131,11 +147,30 @@ impl State {
                 .ok_or_else(|| damaged("bad security_counter"))?,
             threshold,
             keys,
+            retired,
             installed: hashes(&v["installed"]).ok_or_else(|| damaged("bad installed"))?,
             in_progress: update("in_progress")?,
             pending: update("pending")?,
         })
     }
+}
+
+/// A JSON array of 16-digit hex strings, as key ids.
+fn key_ids(v: &Value) -> Option<Vec<KeyId>> {
+    v.as_array()?
+        .iter()
+        .map(|s| {
+            let s = s.as_str()?;
+            let mut id = [0u8; KEY_ID_LEN];
+            if s.len() != 2 * KEY_ID_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            for (i, b) in id.iter_mut().enumerate() {
+                *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            Some(KeyId(id))
+        })
+        .collect()
 }
 
 /// A JSON array of 64-digit hex strings, as 32-byte values.
@@ -147,4 +182,60 @@ fn hashes(v: &Value) -> Option<Vec<[u8; 32]>> {
             fwdelta_format::key_file::parse_tagged(tagged.as_bytes(), "x")
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State {
+            product: "acme-t300".into(),
+            version: "4.1".into(),
+            counter: 6,
+            threshold: 1,
+            keys: vec![ed25519_dalek::SigningKey::from_bytes(&[3; 32])
+                .verifying_key()
+                .to_bytes()],
+            retired: vec![KeyId([0xAB; KEY_ID_LEN]), KeyId([1, 2, 3, 4, 5, 6, 7, 8])],
+            installed: Vec::new(),
+            in_progress: None,
+            pending: None,
+        }
+    }
+
+    /// `state`'s file with its JSON line changed by `edit` and the check
+    /// line recomputed.
+    fn rewritten(state: &State, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let bytes = state.encode();
+        let line = std::str::from_utf8(&bytes).unwrap().lines().next().unwrap();
+        let mut v: Value = serde_json::from_str(line).unwrap();
+        edit(&mut v);
+        let line = v.to_string();
+        let check = blake3::hash(line.as_bytes()).to_hex();
+        format!("{line}\nblake3 {check}\n").into_bytes()
+    }
+
+    #[test]
+    fn retired_keys_round_trip_and_older_files_have_none() {
+        let s = state();
+        assert_eq!(State::decode(&s.encode()).unwrap(), s);
+        let older = rewritten(&s, |v| {
+            v.as_object_mut().unwrap().remove("retired_keys");
+        });
+        assert_eq!(State::decode(&older).unwrap().retired, Vec::new());
+        for bad in [
+            json!("00"),
+            json!(["abcd"]),
+            json!(["zz00000000000000"]),
+            json!([7]),
+            json!(vec!["0011223344556677"; MAX_RETIRED_KEYS + 1]),
+        ] {
+            let file = rewritten(&s, |v| v["retired_keys"] = bad.clone());
+            assert!(
+                matches!(State::decode(&file), Err(DeviceError::Damaged(_))),
+                "{bad}"
+            );
+        }
+    }
 }

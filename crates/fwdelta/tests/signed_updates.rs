@@ -1269,6 +1269,64 @@ fn a_rotation_that_retires_the_old_key_stops_trusting_it() {
     c.applies(&dev, &c.signed("by-new.fwd", "2.0.0", 5, &[&new_key]), &[]);
 }
 
+#[test]
+fn a_retired_key_never_comes_back_through_an_old_statement() {
+    // Root adds online2; later root adds online3 and retires online2. The
+    // first statement is still signed by a trusted key (root): replaying it
+    // must not bring the retired key back.
+    let c = Case::new();
+    let root = c.keygen("root");
+    let online2 = c.keygen("online2");
+    let online3 = c.keygen("online3");
+    let dev = c.device("dev", &[&root], 1);
+    let add2 = rotate(&c, "add2.rot", &online2, &[&root], &[]);
+    trust_add(&dev, &add2).assert_ok();
+    let add3 = rotate(&c, "add3.rot", &online3, &[&root], &[&online2]);
+    trust_add(&dev, &add3).assert_ok();
+    let by_online2 = c.signed("by-online2.fwd", "6.6", 99, &[&online2]);
+    c.refused(
+        "retired key",
+        &dev,
+        &by_online2,
+        EXIT_NOT_AUTHENTIC,
+        true,
+        &[],
+    );
+    trust_refused(
+        "the statement that added the retired key, replayed",
+        &dev,
+        &add2,
+    );
+    let h = history(&dev);
+    assert!(
+        h.last().unwrap()["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("retired")),
+        "{}",
+        h.last().unwrap()
+    );
+    c.refused(
+        "retired key, after the replay",
+        &dev,
+        &by_online2,
+        EXIT_NOT_AUTHENTIC,
+        true,
+        &[],
+    );
+    // A key retired before it was ever trusted is refused too.
+    let online4 = c.keygen("online4");
+    let revoke4 = c.keygen("online5");
+    let r = rotate(&c, "revoke4.rot", &revoke4, &[&root], &[&online4]);
+    trust_add(&dev, &r).assert_ok();
+    let add4 = rotate(&c, "add4.rot", &online4, &[&root], &[]);
+    trust_refused("a key retired in advance", &dev, &add4);
+    // The list survives the state file's round trip (a fresh process).
+    assert_eq!(
+        state_of(&dev)["retired_keys"],
+        serde_json::json!([online2.id(), online4.id()])
+    );
+}
+
 /// Run `apply` under `dev` expecting a state-directory refusal (nothing
 /// recorded, `real`'s files and listing unchanged).
 fn state_refused(c: &Case, what: &str, dev: &Path, real: &Path, patch: &Path, code: i32) {
