@@ -21,7 +21,9 @@
 //! download kept in storage), cells are decoded three times, the old image is
 //! read about four times. Memory: the header's claim (decoder, buffers, one cell,
 //! and 8 bytes per cell); a resume first reads both journal slots (up to two
-//! cells), freed before the cell buffer is taken.
+//! cells), freed before the cell buffer is taken, and checks the record
+//! against the region with a dry run from it (the unwritten cells decoded
+//! once more, the region read once) before it writes anything.
 //!
 //! Journal (see [`Journal`]): before step 5 a first record goes to both of
 //! two slots; before each cell is written over the image, its bytes go to
@@ -628,9 +630,15 @@ pub fn apply_in_place<R: Region + ?Sized, P: Read + Seek>(
 /// (see the module documentation for the steps and their costs), persisting
 /// progress in `journal`. If the journal holds the state of an interrupted
 /// apply of this same patch (its newest usable record, in either slot), it is
-/// resumed: the staged cell (if any) is written again from the journal and
-/// the rewrite continues; the proofs of steps 2-4 were made before the first
-/// record was saved. A journal whose records are all damaged is ignored if
+/// resumed once a dry run from that state (step 4 with the recorded cells
+/// taken as the region and the journal hold them) makes the new image: the
+/// staged cell (if any) is written again from the journal and the rewrite
+/// continues. A record that does not describe the region (the image was
+/// restored or changed since the cut, or the journal was written by hand)
+/// is not trusted: a region holding the old image is updated from the start
+/// (an expired patch is then refused), one holding the new image is reported
+/// as applied, and any other is refused as [`ApplyError::UpdateLost`] with
+/// nothing written. A journal whose records are all damaged is ignored if
 /// the region still holds the old image (or already the new one).
 ///
 /// Errors before step 5 leave the region untouched. An I/O error during steps
@@ -652,8 +660,14 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
     let pick = fwdelta_format::pick_slot([&slots[0], &slots[1]]);
     run.ab.next_slot = pick.next_slot;
     run.ab.next_sequence = pick.next_sequence;
-    let cp = match run.journal_resume(&pick)? {
+    let resumable = match run.journal_resume(&pick)? {
+        Some((cp, staged)) => run.check_resume(cp, staged)?,
+        None => None,
+    };
+    let cp = match resumable {
         Some((cp, staged)) => run.resume(cp, staged)?,
+        // No record of this patch, or one that does not describe the region
+        // (which then holds the old image or the new one): from the start.
         None => {
             if run.already_applied()? {
                 return run.report(true);
@@ -679,6 +693,13 @@ pub fn apply_in_place_with<R: Region + ?Sized, P: Read + Seek, J: Journal + ?Siz
 
 /// The two journal slots as read back.
 type Slots = [Vec<u8>; 2];
+
+/// Which image a region may hold.
+#[derive(Clone, Copy)]
+enum Version {
+    Old,
+    New,
+}
 
 /// One in-place apply, one method per step of the module documentation.
 /// Holds the patch's framing reader (header, section), the cell index (8
@@ -810,17 +831,76 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
         }
     }
 
-    /// Resume from journal record `cp`: mark the cells written before the
-    /// interruption (for the guard), and write the staged cell again.
-    fn resume(
+    /// Whether the journal's record `cp` (with its staged cell `staged`)
+    /// describes the region, so the update may go on from it. The record
+    /// alone proves nothing about the image: a journal left by a cut update
+    /// beside an image restored since, or one written by hand, would have
+    /// the resume write its cell over a whole image and leave neither
+    /// version. So before anything is written:
+    ///
+    /// - an expired patch whose image is still the old one is refused as
+    ///   expired (nothing of it was written: there is nothing to finish);
+    /// - a dry run from the record must make the new image
+    ///   ([`Self::resumes_to_new`]);
+    /// - if it does not, a region holding the old or the new image is
+    ///   updated (or reported) from the start (`None`), and any other is
+    ///   refused as [`ApplyError::UpdateLost`].
+    fn check_resume<'s>(
         &mut self,
-        mut cp: InPlaceCheckpoint,
-        staged: &[u8],
-    ) -> Result<InPlaceCheckpoint, ApplyError> {
-        let (count, old_len, new_len) = {
-            let h = self.header()?;
-            (h.segment_count, h.old_len, h.new_len)
+        cp: InPlaceCheckpoint,
+        staged: &'s [u8],
+    ) -> Result<Option<(InPlaceCheckpoint, &'s [u8])>, ApplyError> {
+        if self.expired.is_some() && self.holds(Version::Old)? {
+            return Err(self.expired.take().unwrap_or(ApplyError::Poisoned));
+        }
+        if self.resumes_to_new(&cp, staged)? {
+            return Ok(Some((cp, staged)));
+        }
+        self.old.reset();
+        if self.holds(Version::Old)? || self.holds(Version::New)? {
+            return Ok(None);
+        }
+        Err(ApplyError::UpdateLost(crate::error::UpdateLost {
+            reason: "the image is not in the state the in-place journal beside it records (changed since the update was cut?)".into(),
+            image: "it is neither the old image nor the new one".into(),
+        }))
+    }
+
+    /// Whether the region holds the header's old (or new) image: its
+    /// length and BLAKE3. Reads it once.
+    fn holds(&self, version: Version) -> Result<bool, ApplyError> {
+        let h = self.header()?;
+        let len = match version {
+            Version::Old => h.old_len,
+            Version::New => h.new_len,
         };
+        let actual = self
+            .region
+            .len()
+            .map_err(|e| ApplyError::OldRead(e.into()))?;
+        if actual != len {
+            return Ok(false);
+        }
+        let hash = hash_region(self.region, len).map_err(|e| ApplyError::OldRead(e.into()))?;
+        Ok(match version {
+            Version::Old => crate::error::check_old_hash(&hash, h).is_ok(),
+            Version::New => *hash.as_bytes() == h.new_hash,
+        })
+    }
+
+    /// The dry run of step 4 from journal record `cp`: the cells it records
+    /// as written are hashed as the region holds them (the staged one as the
+    /// journal holds it), the others decoded from the region's old bytes
+    /// with the ordering guard on; true if that is the new image. Writes
+    /// nothing; leaves the written cells marked for the guard. Refuses a
+    /// record that does not fit the patch. Costs what step 4 costs: the
+    /// region read once, the unwritten cells decoded.
+    fn resumes_to_new(
+        &mut self,
+        cp: &InPlaceCheckpoint,
+        staged: &[u8],
+    ) -> Result<bool, ApplyError> {
+        let count = self.header()?.segment_count;
         if cp.next_segment > count || (cp.staged && cp.next_segment == count) {
             return Err(misfit());
         }
@@ -836,20 +916,79 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
         if offset != cp.patch_offset {
             return Err(misfit());
         }
+        if cp.staged {
+            self.old.mark_written(cp.cell_offset / cell);
+        }
+        let mut new_hash = blake3::Hasher::new();
+        let mut buf = Vec::new();
+        for c in 0..self.cells.len() {
+            let packed = self.cells[c];
+            let (offset, index) = (packed >> 16, (packed & 0xFFFF) as u32);
+            let (head, bytes) = segment_at(&mut self.patch, &mut self.reader, offset, index)?;
+            if index < cp.next_segment {
+                buf.resize(BUFFER_LEN, 0);
+                let end = head.new_offset + head.new_len;
+                let mut pos = head.new_offset;
+                while pos < end {
+                    let n = (end - pos).min(BUFFER_LEN as u64) as usize;
+                    match self.region.read_at(pos, &mut buf[..n]) {
+                        Ok(()) => new_hash.update(&buf[..n]),
+                        // Shorter than the record says it made it.
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+                        Err(e) => return Err(ApplyError::OldRead(e.into())),
+                    };
+                    pos += n as u64;
+                }
+            } else if cp.staged && index == cp.next_segment {
+                if head.new_offset != cp.cell_offset || head.new_len != staged.len() as u64 {
+                    return Err(misfit());
+                }
+                new_hash.update(staged);
+            } else {
+                self.old.current.set(c as u64);
+                let hash = self
+                    .runner
+                    .run(
+                        head,
+                        &bytes,
+                        &mut self.patch,
+                        &self.old,
+                        HashSink(&mut new_hash),
+                    )
+                    .map_err(|e| self.old.explain(e, head.index))?;
+                self.checks.verify(&mut self.patch, &hash, head.index)?;
+            }
+        }
+        Ok(*new_hash.finalize().as_bytes() == self.header()?.new_hash)
+    }
+
+    /// Resume from journal record `cp`, which [`Self::check_resume`] found
+    /// to describe the region (and marked the cells written before the
+    /// interruption for the guard): write the staged cell again.
+    fn resume(
+        &mut self,
+        mut cp: InPlaceCheckpoint,
+        staged: &[u8],
+    ) -> Result<InPlaceCheckpoint, ApplyError> {
+        let (old_len, new_len) = {
+            let h = self.header()?;
+            (h.old_len, h.new_len)
+        };
         if new_len > old_len {
             self.region.set_len(new_len).map_err(partial)?;
         }
         if cp.staged {
-            let (head, bytes) =
-                segment_at(&mut self.patch, &mut self.reader, offset, cp.next_segment)?;
-            if head.new_offset != cp.cell_offset || head.new_len != staged.len() as u64 {
-                return Err(misfit());
-            }
+            let (head, bytes) = segment_at(
+                &mut self.patch,
+                &mut self.reader,
+                cp.patch_offset,
+                cp.next_segment,
+            )?;
             self.region
                 .write_at(cp.cell_offset, staged)
                 .map_err(partial)?;
             self.region.sync().map_err(partial)?;
-            self.old.mark_written(cp.cell_offset / cell);
+            self.old.mark_written(cp.cell_offset / self.cell);
             cp.next_segment += 1;
             cp.patch_offset +=
                 (bytes.len() + head.payload_len as usize + self.checks.stored_len()) as u64;

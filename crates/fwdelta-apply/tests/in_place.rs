@@ -697,34 +697,45 @@ fn one_damaged_journal_file_after_a_cut_still_finishes_the_update() {
 /// are still checked on the resume; a fresh start after the expiry is
 /// refused with the image untouched; an image that already is the new one
 /// is reported as applied, writing nothing.
-#[test]
-fn an_update_cut_before_its_expiry_is_finished_after_it() {
-    use ed25519_dalek::SigningKey;
-    use fwdelta_apply::TrustPolicy;
-    use fwdelta_diff::patch_signer::sign_for_release;
-    use fwdelta_format::Release;
-    use std::sync::Arc;
-    const EXPIRES: u64 = 2_000_000_000;
-    let (old, new) = (
-        testdata("fw-cortex-m4", "old"),
-        testdata("fw-cortex-m4", "new"),
-    );
-    let plain = diff(&old, &new, &in_place_opts()).unwrap().bytes;
-    let key = SigningKey::from_bytes(&[3; 32]);
-    let release = Release {
+/// When the patches of [`expiring`] expire (Unix seconds).
+const EXPIRES: u64 = 2_000_000_000;
+
+/// The release key of [`expiring`].
+fn release_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[3; 32])
+}
+
+/// `plain` signed with [`release_key`] for a release that expires at
+/// [`EXPIRES`].
+fn expiring(plain: &[u8]) -> Vec<u8> {
+    let release = fwdelta_format::Release {
         product: "acme-t300".into(),
         version: "2.0".into(),
         security_counter: 5,
         expires: EXPIRES,
     };
-    let patch = sign_for_release(&plain, Some(&release), std::slice::from_ref(&key)).unwrap();
-    let at = |now: u64, key: &SigningKey| {
-        let mut p = TrustPolicy::trusting(vec![key.verifying_key().to_bytes()]);
-        p.product = Some("acme-t300".into());
-        p.min_counter = 5;
-        p.now = Some(now);
-        ApplyOptions::default().with_policy(Some(Arc::new(p)))
-    };
+    let key = std::slice::from_ref(&release_key()).to_vec();
+    fwdelta_diff::patch_signer::sign_for_release(plain, Some(&release), &key).unwrap()
+}
+
+/// Options whose policy trusts `key` and judges at time `now`.
+fn at(now: u64, key: &ed25519_dalek::SigningKey) -> ApplyOptions {
+    let mut p = fwdelta_apply::TrustPolicy::trusting(vec![key.verifying_key().to_bytes()]);
+    p.product = Some("acme-t300".into());
+    p.min_counter = 5;
+    p.now = Some(now);
+    ApplyOptions::default().with_policy(Some(std::sync::Arc::new(p)))
+}
+
+#[test]
+fn an_update_cut_before_its_expiry_is_finished_after_it() {
+    use ed25519_dalek::SigningKey;
+    let (old, new) = (
+        testdata("fw-cortex-m4", "old"),
+        testdata("fw-cortex-m4", "new"),
+    );
+    let patch = expiring(&diff(&old, &new, &in_place_opts()).unwrap().bytes);
+    let key = release_key();
 
     // The durable steps of the whole update; cut before its last image write.
     let dev = Device::new(&old);
@@ -790,4 +801,103 @@ fn an_update_cut_before_its_expiry_is_finished_after_it() {
     assert!(*dev.image.borrow() == new);
     let wrote = dev.trace.borrow().iter().any(|s| s.len() > 0);
     assert!(!wrote, "{:?}", dev.trace.borrow());
+}
+
+/// A device cut during durable step `cut` of an apply of `patch` to `old`
+/// under `opts`, then its image put back to `restored` (a technician
+/// restoring the slot, or an attacker), the journal left beside it.
+fn cut_then_restored(
+    old: &[u8],
+    patch: &[u8],
+    opts: impl Fn() -> ApplyOptions,
+    cut: usize,
+    restored: &[u8],
+) -> Device {
+    let dev = Device::new(old);
+    dev.power_on(Some((cut, 0)));
+    assert!(apply_on_with(&dev, patch, opts()).is_err());
+    assert!(!dev.journal_empty(), "cut {cut}: no journal left");
+    *dev.image.borrow_mut() = restored.to_vec();
+    dev.power_on(None);
+    dev
+}
+
+/// The steps of `trace` that write the image (their indices).
+fn image_writes(trace: &[Step]) -> Vec<usize> {
+    (0..trace.len())
+        .filter(|&i| matches!(trace[i], Step::Image(_)))
+        .collect()
+}
+
+/// Issue 19 review, hole 1: a journal left by a cut update, beside an image
+/// restored to the old version, made the resume write the journal's cell
+/// over the old image and continue as if the earlier cells were new, leaving
+/// neither version. The restored image must be updated afresh (the journal
+/// describes another state); an image that is neither the journal's state
+/// nor the old one must be refused with nothing written.
+#[test]
+fn a_stale_journal_beside_a_restored_image_is_not_trusted() {
+    let (old, new, patch) = small_pair();
+    let trace = trace_of(&old, &new, &patch);
+    let writes = image_writes(&trace);
+    assert!(writes.len() >= 3, "{trace:?}");
+    for &cut in &writes {
+        // Restored to the old image: updated from the start.
+        let dev = cut_then_restored(&old, &patch, ApplyOptions::default, cut, &old);
+        apply_on(&dev, &patch).unwrap_or_else(|e| panic!("cut at step {cut}: {e}"));
+        assert!(*dev.image.borrow() == new, "cut at step {cut}");
+        assert!(dev.journal_empty());
+
+        // Restored to something else: refused, nothing written.
+        let mut other = old.clone();
+        other[old.len() / 2] ^= 0x01;
+        let dev = cut_then_restored(&old, &patch, ApplyOptions::default, cut, &other);
+        let slots = dev.slots.borrow().clone();
+        let e = apply_on(&dev, &patch).unwrap_err();
+        assert!(
+            matches!(e, ApplyError::UpdateLost(_)),
+            "cut at step {cut}: {e}"
+        );
+        assert!(
+            *dev.image.borrow() == other,
+            "cut at step {cut}: image written"
+        );
+        assert!(
+            *dev.slots.borrow() == slots,
+            "cut at step {cut}: journal written"
+        );
+    }
+}
+
+/// Issue 19 review, hole 1 (expiry): a journal naming an expired patch
+/// (left by a cut before the first image write, or written by hand) beside
+/// the intact old image finished the expired update. The image is whole, so
+/// the patch is refused as expired, with nothing written; the same after a
+/// later cut once the old image was restored.
+#[test]
+fn a_journal_does_not_let_an_expired_patch_start() {
+    let (old, new) = (
+        testdata("fw-cortex-m4", "old"),
+        testdata("fw-cortex-m4", "new"),
+    );
+    let patch = expiring(&diff(&old, &new, &in_place_opts()).unwrap().bytes);
+    let key = release_key();
+    let dev = Device::new(&old);
+    dev.power_on(None);
+    apply_on_with(&dev, &patch, at(EXPIRES - 1, &key)).unwrap();
+    let writes = image_writes(&dev.trace.borrow());
+    for cut in [writes[0], writes[writes.len() / 2]] {
+        let dev = cut_then_restored(&old, &patch, || at(EXPIRES - 1, &key), cut, &old);
+        let e = apply_on_with(&dev, &patch, at(EXPIRES + 1, &key)).unwrap_err();
+        assert!(
+            matches!(e, ApplyError::Expired { .. }),
+            "cut at step {cut}: {e}"
+        );
+        assert!(
+            *dev.image.borrow() == old,
+            "cut at step {cut}: image written"
+        );
+        let wrote = dev.trace.borrow().iter().any(|s| s.len() > 0);
+        assert!(!wrote, "cut at step {cut}: {:?}", dev.trace.borrow());
+    }
 }
