@@ -86,8 +86,11 @@ pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
 impl AtomicFile {
     /// Create a temporary file in the target's directory (`.NAME.fwdelta-PID-N.tmp`,
     /// created exclusively). If the target is a symbolic link, the link itself is
-    /// what [`commit`](Self::commit) replaces.
+    /// what [`commit`](Self::commit) replaces; any other target that is not a
+    /// regular file (a device node, a FIFO) is refused, an error of kind
+    /// `Other` wrapping [`crate::SideFileError::NotAFile`].
     pub fn create(target: &Path) -> io::Result<AtomicFile> {
+        crate::side_file::check_replaceable(target).map_err(io::Error::other)?;
         let pid = std::process::id();
         for n in 0..1000u32 {
             let temp = sibling(target, &format!("fwdelta-{pid}-{n}.tmp"))?;

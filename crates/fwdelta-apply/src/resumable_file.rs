@@ -91,9 +91,11 @@ impl ResumableFile {
     /// Start afresh under `lock`: remove any checkpoint and stale partial file
     /// an earlier run left (regular files of ours only), then create the
     /// partial file exclusively. A link or a foreign file at any side-file
-    /// name is refused before anything is written.
+    /// name, and a target that is not a regular file or a link
+    /// ([`SideFileError::NotAFile`]), are refused before anything is written.
     pub fn create(lock: &TargetLock) -> Result<ResumableFile, SideFileError> {
         let target = lock.target();
+        side_file::check_replaceable(target)?;
         let name = |s| sibling(target, s).map_err(|e| side_io("name", target, e));
         let (partial, state, state_tmp) = (name(PARTIAL)?, name(STATE)?, name(STATE_TMP)?);
         side_file::check_ours(&partial)?;
@@ -147,6 +149,7 @@ impl ResumableFile {
         checkpoint: &Checkpoint,
     ) -> Result<(ResumableFile, ReadBack), SideFileError> {
         let target = lock.target();
+        side_file::check_replaceable(target)?;
         let partial = Self::partial_path(target).map_err(|e| side_io("name", target, e))?;
         let state = Self::state_path(target).map_err(|e| side_io("name", target, e))?;
         side_file::check_ours(

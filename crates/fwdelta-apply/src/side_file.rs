@@ -45,6 +45,17 @@ pub enum SideFileError {
         /// What is wrong with it.
         why: String,
     },
+    /// The target exists and is not a regular file or a symbolic link: a
+    /// device node, a FIFO, a socket or a directory. The new image is
+    /// written beside the target and renamed over it, which would replace
+    /// the node instead of writing into it.
+    #[error("refusing to replace {target}: it is a {kind}, not a regular file (the new image is written beside it and renamed over it)")]
+    NotAFile {
+        /// The target.
+        target: PathBuf,
+        /// What it is ("block device", "FIFO", ...).
+        kind: &'static str,
+    },
     /// The target's filesystem has less free space than the new image needs.
     #[error(
         "not enough free space for the new image {target}: {needed} bytes to write, {available} available"
@@ -173,6 +184,37 @@ pub(crate) fn check_ours(path: &Path) -> Result<(), SideFileError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(SideFileError::io("inspect", path)(e)),
     }
+}
+
+/// Refuse a target that a rename must not replace: anything but nothing, a
+/// regular file or a symbolic link (the link itself is what is replaced).
+/// Costs one `lstat`.
+pub fn check_replaceable(target: &Path) -> Result<(), SideFileError> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = match fs::symlink_metadata(target) {
+        Ok(m) => m.file_type(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(SideFileError::io("inspect", target)(e)),
+    };
+    let kind = if t.is_file() || t.is_symlink() {
+        return Ok(());
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_dir() {
+        "directory"
+    } else {
+        "special file"
+    };
+    Err(SideFileError::NotAFile {
+        target: target.to_path_buf(),
+        kind,
+    })
 }
 
 /// Remove a stale side file: nothing there is fine, a regular file of ours
@@ -397,6 +439,30 @@ pub fn ensure_free_space(target: &Path, needed: u64) -> Result<(), SideFileError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_nothing_a_file_or_a_link_may_be_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        for ok in [&dir.path().join("absent"), &file, &link] {
+            check_replaceable(ok).unwrap();
+        }
+        for (path, kind) in [
+            (Path::new("/dev/null"), "character device"),
+            (dir.path(), "directory"),
+        ] {
+            match check_replaceable(path) {
+                Err(SideFileError::NotAFile { kind: k, .. }) => assert_eq!(k, kind),
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
+        // An atomic file's target is checked before its temporary is made.
+        let e = crate::AtomicFile::create(Path::new("/dev/null")).unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
+    }
 
     #[test]
     fn second_lock_is_busy_and_the_lock_file_goes_with_the_lock() {

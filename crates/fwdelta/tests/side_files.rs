@@ -9,6 +9,7 @@ mod common;
 use common::hidden_files;
 use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -315,6 +316,56 @@ fn apply_never_writes_through_a_link_at_a_side_file_name() {
     let o = p.apply_cmd(0, &["-q"]).output().unwrap();
     assert!(o.status.success(), "{}", describe(&o));
     assert!(fs::read(p.out()).unwrap() == p.news[0], "wrong image");
+}
+
+/// Review of issue 19, finding 3: an output that is a device node, a FIFO
+/// or a socket was replaced by a regular file (the new image is written
+/// beside the output and renamed over it), so `-o /dev/mmcblk0p3` left the
+/// partition unwritten and its node gone, and reported success. It is
+/// refused, left as it is, with nothing written beside it. (Device nodes
+/// take the same check; `side_file`'s unit test runs it on `/dev/null`
+/// without writing.)
+#[test]
+fn apply_refuses_an_output_that_is_not_a_regular_file() {
+    let p = Pair::new(&[]);
+    let fifo = p.out_dir.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let socket = p.out_dir.join("socket");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    for (target, kind) in [(&fifo, "FIFO"), (&socket, "socket")] {
+        for threads in ["1", "2"] {
+            let o = run([
+                OsStr::new("apply"),
+                p.old.as_os_str(),
+                p.patches[0].as_os_str(),
+                OsStr::new("-o"),
+                target.as_os_str(),
+                OsStr::new("-j"),
+                OsStr::new(threads),
+            ]);
+            assert_error(&o, EXIT_FAILURE, &["refusing to replace", kind]);
+            let t = fs::symlink_metadata(target).unwrap().file_type();
+            assert!(!t.is_file(), "{kind} replaced by a file");
+            assert_eq!(hidden_files(&p.out_dir), Vec::<String>::new());
+        }
+    }
+    // A symbolic link is what is replaced (documented), not what it names.
+    let link = p.out_dir.join("link");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let o = run([
+        OsStr::new("apply"),
+        p.old.as_os_str(),
+        p.patches[0].as_os_str(),
+        OsStr::new("-o"),
+        link.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", describe(&o));
+    assert!(fs::read(&link).unwrap() == p.news[0]);
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
 }
 
 /// Hole 4: a patch whose header claims a new image larger than the output's
