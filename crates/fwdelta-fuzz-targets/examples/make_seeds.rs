@@ -184,6 +184,7 @@ fn main() {
         counter: 2,
         threshold: 1,
         keys: vec![key.verifying_key().to_bytes()],
+        retired: vec![fwdelta_format::signature::KeyId([7; 8])],
         installed: vec![[9; 32]],
         in_progress: None,
         pending: None,
