@@ -271,11 +271,12 @@ mod tests {
     #[test]
     fn failed_commit_removes_the_temp_file() {
         let dir = tempfile::tempdir().unwrap();
-        // The target is a non-empty directory: the rename must fail.
+        // The target becomes a non-empty directory after the create (which
+        // refuses one): the rename must fail.
         let target = dir.path().join("busy");
+        let mut f = AtomicFile::create(&target).unwrap();
         fs::create_dir(&target).unwrap();
         fs::write(target.join("keep"), b"x").unwrap();
-        let mut f = AtomicFile::create(&target).unwrap();
         f.write_all(b"data").unwrap();
         let temp = f.temp_path().to_path_buf();
         assert!(f.commit().is_err());

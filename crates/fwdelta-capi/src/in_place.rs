@@ -222,7 +222,10 @@ impl Seek for Patch<'_> {
 /// --in-place`). Verifies the patch, the old image and a dry run of the
 /// result before the first write; journals every cell in the two slots, so
 /// after a power loss calling it again (same patch, same slots) finishes
-/// the update; an image that already is the new one is success. All
+/// the update, once a dry run from the journal's record makes the new image
+/// (a journal left beside an image restored since the cut is set aside and
+/// the old image updated from the start); an image that already is the new
+/// one is success. All
 /// allocation comes from `arena[0..arena_len]` (see `fwd_applier_new`);
 /// `max_new_len` as there. On failure, a one-line reason is written to
 /// `message[0..message_len]` (NUL-terminated; may be null).
@@ -267,8 +270,10 @@ pub unsafe extern "C" fn fwd_apply_in_place(
 /// patch's header and signature section, before the region is read or
 /// written (an expired one after reading the journal and the region, which
 /// tell whether an update of it was cut mid-way, and before any write). Expiry is judged when an update begins: the call that finishes
-/// an interrupted update (its journal names this patch) does not refuse it
-/// as expired, and checks every other rule again. On success a signed
+/// an interrupted update (its journal names this patch, and the region is
+/// in the state the journal records) does not refuse it as expired, and
+/// checks every other rule again; an expired patch over the intact old
+/// image is refused whatever the journal says. On success a signed
 /// patch's identity (what `fwd_applier_patch_id` gives) is written to
 /// `patch_id[0..32]` (if not null; 32 zero bytes for an unsigned patch):
 /// record it as installed. On failure `patch_id` is left as it was.

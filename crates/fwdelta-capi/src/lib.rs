@@ -106,7 +106,8 @@ pub const FWD_ERR_EXPIRED: c_int = 10;
 /// replay of an update already installed.
 pub const FWD_ERR_REPLAY: c_int = 11;
 /// In place: the journal lost both copies of what it needed while the
-/// image was half written; the image is neither version (reflash it).
+/// image was half written, or its record does not match an image that is
+/// neither version; the image is neither version (reflash it).
 pub const FWD_ERR_UPDATE_LOST: c_int = 14;
 /// On a resume: the new-image bytes read back do not match the checkpoint.
 /// Start over with [`fwd_applier_new`] and feed the patch from its start.
