@@ -450,9 +450,10 @@ impl FileJournal {
     }
 }
 
-/// Longest valid journal slot: a record and a cell of 2^24 bytes, plus one
-/// byte so a longer file reads as damaged.
-const MAX_SLOT_LEN: u64 = InPlaceCheckpoint::LEN as u64 + (1 << 24) + 1;
+/// Longest valid journal slot: a record and a cell of 2^24 bytes (the
+/// largest cell). A [`Journal`] may treat a longer slot as damaged without
+/// reading it.
+pub const MAX_JOURNAL_SLOT_LEN: u64 = InPlaceCheckpoint::LEN as u64 + (1 << 24);
 
 /// Open an existing journal file without following a link, and check that it
 /// is ours to write: a regular file, owned by this user, with one link.
@@ -500,8 +501,8 @@ impl Journal for FileJournal {
         into.clear();
         if let Some(f) = open_slot(self.path(slot)?, false)? {
             // No valid record is longer than this; a longer file is damaged
-            // and need not be read whole.
-            f.take(MAX_SLOT_LEN).read_to_end(into)?;
+            // and need not be read whole (one byte more shows it is longer).
+            f.take(MAX_JOURNAL_SLOT_LEN + 1).read_to_end(into)?;
         }
         Ok(())
     }

@@ -91,7 +91,7 @@ pub use error::{ApplyError, ErrorClass, PatchPart, UpdateLost};
 #[cfg(feature = "std")]
 pub use in_place::{
     apply_in_place, apply_in_place_with, FileJournal, FileRegion, Journal, MemRegion, NoJournal,
-    Region,
+    Region, MAX_JOURNAL_SLOT_LEN,
 };
 #[cfg(feature = "std")]
 pub use inspect::{inspect, inspect_each, PatchInfo, PatchSummary};

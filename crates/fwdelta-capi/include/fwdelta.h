@@ -200,7 +200,10 @@ typedef struct {
   /*
    Journal slot `slot` (0 or 1): store its length in `*len` and, if it
    is at most `cap`, its bytes in `buf[0..len]` (`buf` is null when
-   `cap` is 0). An empty or absent slot has length 0.
+   `cap` is 0). An empty or absent slot has length 0. A length no slot
+   can have (a damaged length field: over a record and a 16 MiB cell) or
+   one the arena cannot hold is taken as a damaged slot, not read: the
+   other slot decides.
    */
   int (*slot_read)(void *ctx, int slot, uint8_t *buf, size_t cap, size_t *len);
   /*

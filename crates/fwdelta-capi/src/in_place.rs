@@ -10,7 +10,7 @@ use crate::{
 };
 use crate::{FWD_ERR_ARGUMENT, FWD_ERR_INTERNAL, FWD_ERR_LIMITS, FWD_OK};
 use core::ffi::{c_int, c_void};
-use fwdelta_apply::{apply_in_place_with, ApplyOptions, Journal, Region};
+use fwdelta_apply::{apply_in_place_with, ApplyOptions, Journal, Region, MAX_JOURNAL_SLOT_LEN};
 use fwdelta_format::MAX_IMAGE_LEN;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
@@ -47,7 +47,10 @@ pub struct fwd_in_place_io {
     pub region_sync: Option<unsafe extern "C" fn(ctx: *mut c_void) -> c_int>,
     /// Journal slot `slot` (0 or 1): store its length in `*len` and, if it
     /// is at most `cap`, its bytes in `buf[0..len]` (`buf` is null when
-    /// `cap` is 0). An empty or absent slot has length 0.
+    /// `cap` is 0). An empty or absent slot has length 0. A length no slot
+    /// can have (a damaged length field: over a record and a 16 MiB cell) or
+    /// one the arena cannot hold is taken as a damaged slot, not read: the
+    /// other slot decides.
     pub slot_read: Option<
         unsafe extern "C" fn(
             ctx: *mut c_void,
@@ -158,6 +161,16 @@ impl Journal for Io {
             (self.slot_read)(self.ctx, slot, core::ptr::null_mut(), 0, &mut len)
         })?;
         into.clear();
+        // A length no valid slot has (a damaged length field), or one the
+        // arena cannot hold: the slot is damaged. It reads as one byte, from
+        // which no record decodes (the other slot decides) but which shows
+        // that a journal is there.
+        if len as u64 > MAX_JOURNAL_SLOT_LEN || into.try_reserve_exact(len).is_err() {
+            into.try_reserve_exact(1)
+                .map_err(|_| io::Error::other("no room in the arena to read the journal"))?;
+            into.push(0);
+            return Ok(());
+        }
         into.resize(len, 0);
         if len > 0 {
             let mut got = 0usize;
