@@ -946,18 +946,7 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
                 }
                 new_hash.update(staged);
             } else {
-                self.old.current.set(c as u64);
-                let hash = self
-                    .runner
-                    .run(
-                        head,
-                        &bytes,
-                        &mut self.patch,
-                        &self.old,
-                        HashSink(&mut new_hash),
-                    )
-                    .map_err(|e| self.old.explain(e, head.index))?;
-                self.checks.verify(&mut self.patch, &hash, head.index)?;
+                self.decode_cell(head, &bytes, c as u64, HashSink(&mut new_hash))?;
             }
         }
         Ok(*new_hash.finalize().as_bytes() == self.header()?.new_hash)
@@ -1057,6 +1046,24 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
         )
     }
 
+    /// Decode cell `c` (segment `head`, whose header bytes are `bytes`)
+    /// into `sink` with the ordering guard on (a read of a cell marked
+    /// written is refused as such), and compare the segment's check.
+    fn decode_cell<S: Sink>(
+        &mut self,
+        head: SegmentHeader,
+        bytes: &[u8],
+        c: u64,
+        sink: S,
+    ) -> Result<(), ApplyError> {
+        self.old.current.set(c);
+        let hash = self
+            .runner
+            .run(head, bytes, &mut self.patch, &self.old, sink)
+            .map_err(|e| self.old.explain(e, head.index))?;
+        self.checks.verify(&mut self.patch, &hash, head.index)
+    }
+
     /// Step 3: decode every cell in patch order, refusing the patch if any
     /// reads old bytes of a cell written before it.
     fn ordering_pass(&mut self) -> Result<(), ApplyError> {
@@ -1070,12 +1077,7 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
                 .map_err(ApplyError::PatchRead)?;
             let (head, bytes) = segment_at(&mut self.patch, &mut self.reader, offset, index)?;
             let c = head.new_offset / self.cell;
-            self.old.current.set(c);
-            let hash = self
-                .runner
-                .run(head, &bytes, &mut self.patch, &self.old, NullSink)
-                .map_err(|e| self.old.explain(e, head.index))?;
-            self.checks.verify(&mut self.patch, &hash, head.index)?;
+            self.decode_cell(head, &bytes, c, NullSink)?;
             self.old.mark_written(c);
         }
         self.old.reset();
@@ -1090,15 +1092,7 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
             let packed = self.cells[c];
             let (offset, index) = (packed >> 16, (packed & 0xFFFF) as u32);
             let (head, bytes) = segment_at(&mut self.patch, &mut self.reader, offset, index)?;
-            self.old.current.set(c as u64);
-            let hash = self.runner.run(
-                head,
-                &bytes,
-                &mut self.patch,
-                &self.old,
-                HashSink(&mut new_hash),
-            )?;
-            self.checks.verify(&mut self.patch, &hash, head.index)?;
+            self.decode_cell(head, &bytes, c as u64, HashSink(&mut new_hash))?;
         }
         if *new_hash.finalize().as_bytes() != self.header()?.new_hash {
             return Err(ApplyError::NewHashMismatch);
@@ -1145,19 +1139,8 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
                 cp.next_segment,
             )?;
             let c = head.new_offset / self.cell;
-            self.old.current.set(c);
             scratch.clear();
-            let hash = self
-                .runner
-                .run(
-                    head,
-                    &bytes,
-                    &mut self.patch,
-                    &self.old,
-                    CellSink(&mut scratch),
-                )
-                .map_err(|e| self.old.explain(e, head.index))?;
-            self.checks.verify(&mut self.patch, &hash, head.index)?;
+            self.decode_cell(head, &bytes, c, CellSink(&mut scratch))?;
             cp.staged = true;
             cp.cell_offset = head.new_offset;
             self.ab.put_twice(&mut cp, &scratch).map_err(partial)?;

@@ -727,21 +727,28 @@ fn at(now: u64, key: &ed25519_dalek::SigningKey) -> ApplyOptions {
     ApplyOptions::default().with_policy(Some(std::sync::Arc::new(p)))
 }
 
-#[test]
-fn an_update_cut_before_its_expiry_is_finished_after_it() {
-    use ed25519_dalek::SigningKey;
+/// The firmware pair, its in-place patch signed by [`expiring`], and the
+/// durable steps of a whole update with it before the expiry.
+fn expiring_update() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<Step>) {
     let (old, new) = (
         testdata("fw-cortex-m4", "old"),
         testdata("fw-cortex-m4", "new"),
     );
     let patch = expiring(&diff(&old, &new, &in_place_opts()).unwrap().bytes);
-    let key = release_key();
-
-    // The durable steps of the whole update; cut before its last image write.
     let dev = Device::new(&old);
     dev.power_on(None);
-    apply_on_with(&dev, &patch, at(EXPIRES - 1, &key)).unwrap();
+    apply_on_with(&dev, &patch, at(EXPIRES - 1, &release_key())).unwrap();
     let trace = dev.trace.borrow().clone();
+    (old, new, patch, trace)
+}
+
+#[test]
+fn an_update_cut_before_its_expiry_is_finished_after_it() {
+    use ed25519_dalek::SigningKey;
+    let (old, new, patch, trace) = expiring_update();
+    let key = release_key();
+
+    // Cut before its last image write.
     let last_image = trace
         .iter()
         .rposition(|s| matches!(s, Step::Image(_)))
@@ -876,16 +883,9 @@ fn a_stale_journal_beside_a_restored_image_is_not_trusted() {
 /// later cut once the old image was restored.
 #[test]
 fn a_journal_does_not_let_an_expired_patch_start() {
-    let (old, new) = (
-        testdata("fw-cortex-m4", "old"),
-        testdata("fw-cortex-m4", "new"),
-    );
-    let patch = expiring(&diff(&old, &new, &in_place_opts()).unwrap().bytes);
+    let (old, _, patch, trace) = expiring_update();
     let key = release_key();
-    let dev = Device::new(&old);
-    dev.power_on(None);
-    apply_on_with(&dev, &patch, at(EXPIRES - 1, &key)).unwrap();
-    let writes = image_writes(&dev.trace.borrow());
+    let writes = image_writes(&trace);
     for cut in [writes[0], writes[writes.len() / 2]] {
         let dev = cut_then_restored(&old, &patch, || at(EXPIRES - 1, &key), cut, &old);
         let e = apply_on_with(&dev, &patch, at(EXPIRES + 1, &key)).unwrap_err();

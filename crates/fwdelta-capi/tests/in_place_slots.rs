@@ -220,6 +220,9 @@ fn a_slot_reporting_a_damaged_length_counts_as_damaged() {
         s.writes_left = None;
         let (rc, msg) = apply(&mut s, ARENA);
         assert_eq!(rc, FWD_OK, "cut, slot 0 claims {lie} bytes: {msg}");
-        assert!(s.region == new, "cut, slot 0 claims {lie} bytes: wrong image");
+        assert!(
+            s.region == new,
+            "cut, slot 0 claims {lie} bytes: wrong image"
+        );
     }
 }
