@@ -918,6 +918,10 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
             return Err(misfit());
         }
         if cp.staged {
+            let (head, _) = segment_at(&mut self.patch, &mut self.reader, offset, cp.next_segment)?;
+            if head.new_offset != cp.cell_offset || head.new_len != staged.len() as u64 {
+                return Err(misfit());
+            }
             self.old.mark_written(cp.cell_offset / cell);
         }
         let mut new_hash = blake3::Hasher::new();
@@ -941,9 +945,6 @@ impl<'a, R: Region + ?Sized, P: Read + Seek, J: Journal + ?Sized> InPlaceApply<'
                     pos += n as u64;
                 }
             } else if cp.staged && index == cp.next_segment {
-                if head.new_offset != cp.cell_offset || head.new_len != staged.len() as u64 {
-                    return Err(misfit());
-                }
                 new_hash.update(staged);
             } else {
                 self.decode_cell(head, &bytes, c as u64, HashSink(&mut new_hash))?;
