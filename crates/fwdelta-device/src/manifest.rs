@@ -85,6 +85,17 @@ pub enum ManifestError {
         /// The new image BLAKE3 the patch's header names.
         actual: String,
     },
+    /// A patch (as fetched) was made for another old image than the one
+    /// the manifest names it for.
+    #[error("{file} was made for another old image than the manifest names it for (old image BLAKE3 {actual}..., the manifest's entry is {expected}...); refusing it")]
+    WrongOldImage {
+        /// The patch file's name.
+        file: String,
+        /// The first bytes of the BLAKE3 of the old image the manifest names.
+        expected: String,
+        /// The first bytes of the BLAKE3 of the old image the patch's header names.
+        actual: String,
+    },
 }
 
 /// One patch file of a release.

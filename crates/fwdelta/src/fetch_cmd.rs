@@ -128,6 +128,9 @@ struct Chosen {
     file: PatchFile,
     full: bool,
     url: Url,
+    /// The old image the patch must be made for (its length and BLAKE3):
+    /// the terminal's for a delta, the empty image for the full one.
+    made_for: (u64, [u8; 32]),
 }
 
 /// `fwdelta fetch`.
@@ -584,6 +587,7 @@ fn choose(
             url: url.join(&f.file),
             file: f,
             full: true,
+            made_for: (0, *blake3::hash(b"").as_bytes()),
         })
     };
     match m.pick(old_hash) {
@@ -614,6 +618,7 @@ fn choose(
                 url: url.join(&p.file),
                 file: p.clone(),
                 full: false,
+                made_for: (e.len, *old_hash),
             })
         }
         Pick::FullOverShare(e, _) => full(&format!(
@@ -780,6 +785,19 @@ fn stream(
             file: c.file.file.clone(),
             expected: hex(&m.new_blake3),
             actual: hex(&header.new_hash),
+        }
+        .into());
+    }
+    // A patch to the right image from another old image is a server's
+    // fault, not the terminal's image's: it is not the patch the manifest
+    // names for this old image.
+    let (old_len, old_hash) = c.made_for;
+    let old_check = fwdelta_format::truncate_check(&blake3::Hash::from(old_hash));
+    if header.old_len != old_len || header.old_check != old_check {
+        return Err(ManifestError::WrongOldImage {
+            file: c.file.file.clone(),
+            expected: hex(&old_check),
+            actual: hex(&header.old_check),
         }
         .into());
     }

@@ -502,7 +502,9 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
                 M::Unsigned(_) | M::NotAuthentic { .. } | M::BadSignatureFile(_) => {
                     exit::NOT_AUTHENTIC
                 }
-                M::PatchMismatch { .. } | M::WrongNewImage { .. } => exit::BAD_PATCH,
+                M::PatchMismatch { .. } | M::WrongNewImage { .. } | M::WrongOldImage { .. } => {
+                    exit::BAD_PATCH
+                }
                 M::NoEntry(_) => exit::WRONG_OLD_IMAGE,
                 M::Unsupported(_) => exit::UNSUPPORTED,
                 M::Malformed(_) => exit::BAD_MANIFEST,

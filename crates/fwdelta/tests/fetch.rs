@@ -364,6 +364,36 @@ fn damaged_or_foreign_patches_are_refused_then_the_full_image_is_used() {
     assert_eq!(v["patch_file"], rel.full.as_str());
 }
 
+/// Review of issue 19: a server that sends, under the delta's name, a
+/// genuine patch to the same new image from another old image (here the
+/// release's own full-image patch, cut or padded to the delta's length)
+/// was reported as exit 4, "wrong old image", blaming the terminal's image,
+/// which is the one the manifest lists. The patch is not the one the
+/// manifest names: exit 3, refused from its header, nothing written.
+#[test]
+fn a_patch_for_another_old_image_under_the_deltas_name_is_a_bad_patch() {
+    let rel = Rel::new(200 << 10, 5);
+    let www = rel.copy_www("swapped");
+    let server = rel.nginx("swapped", None, "");
+    let u = url(server.port, "manifest.json");
+    let mut full = fs::read(www.join(&rel.full)).unwrap();
+    full.resize(rel.delta_len as usize, 0);
+    fs::write(www.join(&rel.delta), &full).unwrap();
+    let run = rel
+        .fetch("dev", &u, "out.bin", &["--allow-http"])
+        .error(EXIT_BAD_PATCH);
+    assert!(
+        run.stderr.contains("made for another old image"),
+        "{}",
+        run.stderr
+    );
+    rel.nothing_written("out.bin");
+    let h = rel.history("dev");
+    let last = h.last().unwrap();
+    assert_eq!(last["event"], "refused", "{last}");
+    assert_eq!(last["exit_code"], EXIT_BAD_PATCH, "{last}");
+}
+
 /// Manifests refused: changed after signing, its signature missing, too
 /// large, signed by a key the device does not trust; each with its exit
 /// code, nothing written, a history entry.
