@@ -11,6 +11,12 @@
 //! its old image is read. Panics never cross the interface
 //! ([`FWD_ERR_INTERNAL`]).
 //!
+//! The crate installs that routing as Rust's global allocator. A C caller's
+//! callbacks allocate with `malloc` and are unaffected; Rust code linking
+//! this crate must not allocate through Rust's allocator inside its own
+//! callbacks and keep the memory past the call (it would come from the
+//! arena, which the caller reuses or frees).
+//!
 //! In-place updates (single-slot flash): [`in_place::fwd_apply_in_place`]
 //! (with the `std` feature, on by default).
 //!
