@@ -325,26 +325,32 @@ struct Planned {
     entry: Value,
 }
 
+/// The device's record of the update the patch with `header` makes, which
+/// the policy judged `verdict` (an unsigned patch has no release: refused).
+pub fn update_of(header: &Header, verdict: &Verdict) -> Result<Update, ApplyError> {
+    let release = header.release.as_ref().ok_or(ApplyError::Unsigned)?;
+    Ok(Update {
+        patch: hex(&verdict.message.unwrap_or_default()),
+        version: release.version.clone(),
+        counter: release.security_counter,
+        new_hash: hex(&header.new_hash),
+        attempts: 0,
+    })
+}
+
 impl Planned {
     /// The record of the patch with `header` that the policy judged `verdict`.
     fn of(header: &Header, verdict: &Verdict) -> Result<Planned, ApplyError> {
-        let release = header.release.clone().ok_or(ApplyError::Unsigned)?;
-        let patch = hex(&verdict.message.unwrap_or_default());
+        let update = update_of(header, verdict)?;
         Ok(Planned {
-            update: Update {
-                patch: patch.clone(),
-                version: release.version.clone(),
-                counter: release.security_counter,
-                new_hash: hex(&header.new_hash),
-                attempts: 0,
-            },
             entry: json!({
-                "patch": patch, "new_version": release.version,
-                "security_counter": release.security_counter,
+                "patch": update.patch, "new_version": update.version,
+                "security_counter": update.counter,
                 "old_blake3_prefix": hex(&header.old_check),
                 "new_blake3": hex(&header.new_hash),
                 "key_ids": verdict.signed_by.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
             }),
+            update,
         })
     }
 }

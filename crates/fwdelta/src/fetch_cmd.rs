@@ -21,7 +21,6 @@ use fwdelta_apply::{
     TrustPolicy,
 };
 use fwdelta_device::manifest::{self, Manifest, ManifestError, PatchFile, Pick};
-use fwdelta_device::state_file::Update;
 use fwdelta_device::DeviceDir;
 use fwdelta_fetch::url::Url;
 use fwdelta_fetch::{Client, ClientOptions, FetchError, Misbehaviour, Response};
@@ -811,16 +810,10 @@ fn stream(
         .collect::<Vec<_>>()
         .into();
     if let Some(d) = dev.as_deref_mut() {
-        let release = header.release.clone().ok_or(ApplyError::Unsigned)?;
-        d.begin(&Update {
-            patch: hex(&verdict.message.unwrap_or_default()),
-            version: release.version.clone(),
-            counter: release.security_counter,
-            new_hash: hex(&header.new_hash),
-            attempts: 0,
-        })?;
-        entry["patch"] = hex(&verdict.message.unwrap_or_default()).into();
-        entry["security_counter"] = release.security_counter.into();
+        let update = crate::device_cmd::update_of(header, &verdict)?;
+        d.begin(&update)?;
+        entry["patch"] = update.patch.into();
+        entry["security_counter"] = update.counter.into();
     }
 
     // Continue a checkpoint of this patch, or start afresh.
