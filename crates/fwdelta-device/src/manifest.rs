@@ -458,7 +458,8 @@ pub fn encode_signatures(sigs: &[ManifestSignature]) -> String {
         .collect()
 }
 
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+/// `2N` lowercase hex digits as `N` bytes (`None` for anything else).
+pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     if s.len() != 2 * N || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }

@@ -159,17 +159,7 @@ impl State {
 fn key_ids(v: &Value) -> Option<Vec<KeyId>> {
     v.as_array()?
         .iter()
-        .map(|s| {
-            let s = s.as_str()?;
-            let mut id = [0u8; KEY_ID_LEN];
-            if s.len() != 2 * KEY_ID_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
-            }
-            for (i, b) in id.iter_mut().enumerate() {
-                *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-            }
-            Some(KeyId(id))
-        })
+        .map(|s| crate::manifest::unhex::<KEY_ID_LEN>(s.as_str()?).map(KeyId))
         .collect()
 }
 
