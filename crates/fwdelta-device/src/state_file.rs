@@ -82,9 +82,7 @@ impl State {
             "in_progress": self.in_progress.as_ref().map(update_json),
             "pending": self.pending.as_ref().map(update_json),
         });
-        let line = v.to_string();
-        let check = blake3::hash(line.as_bytes()).to_hex();
-        format!("{line}\nblake3 {check}\n").into_bytes()
+        sealed(&v)
     }
 
     /// Parse and validate a state file's bytes.
@@ -92,8 +90,7 @@ impl State {
         let damaged = |why: &str| DeviceError::Damaged(format!("state.json: {why}"));
         let text = std::str::from_utf8(bytes).map_err(|_| damaged("not text"))?;
         let (line, rest) = text.split_once('\n').ok_or_else(|| damaged("truncated"))?;
-        let expected = format!("blake3 {}\n", blake3::hash(line.as_bytes()).to_hex());
-        if rest != expected {
+        if rest != check_line(line) {
             return Err(damaged("its check does not match (damaged or torn)"));
         }
         let v: Value = serde_json::from_str(line).map_err(|_| damaged("not JSON"))?;
@@ -155,6 +152,18 @@ impl State {
     }
 }
 
+/// The check line that follows the JSON line `line`.
+fn check_line(line: &str) -> String {
+    format!("blake3 {}\n", blake3::hash(line.as_bytes()).to_hex())
+}
+
+/// A state file's bytes for the JSON object `v`: its line, then its check line.
+fn sealed(v: &Value) -> Vec<u8> {
+    let line = v.to_string();
+    let check = check_line(&line);
+    format!("{line}\n{check}").into_bytes()
+}
+
 /// A JSON array of 16-digit hex strings, as key ids.
 fn key_ids(v: &Value) -> Option<Vec<KeyId>> {
     v.as_array()?
@@ -201,9 +210,7 @@ mod tests {
         let line = std::str::from_utf8(&bytes).unwrap().lines().next().unwrap();
         let mut v: Value = serde_json::from_str(line).unwrap();
         edit(&mut v);
-        let line = v.to_string();
-        let check = blake3::hash(line.as_bytes()).to_hex();
-        format!("{line}\nblake3 {check}\n").into_bytes()
+        sealed(&v)
     }
 
     #[test]
