@@ -42,25 +42,27 @@ unsafe fn storage<'a>(ctx: *mut c_void) -> &'a mut Storage {
     unsafe { &mut *ctx.cast::<Storage>() }
 }
 
-unsafe extern "C" fn read_patch(ctx: *mut c_void, offset: u64, buf: *mut u8, len: usize) -> i32 {
-    let s = unsafe { storage(ctx) };
-    let Some(src) = s.patch.get(offset as usize..offset as usize + len) else {
+/// Copy `from[offset..offset + len]` to `buf`; 1 if that is past its end.
+///
+/// # Safety
+/// `buf` is writable for `len` bytes.
+unsafe fn copy_out(from: &[u8], offset: u64, buf: *mut u8, len: usize) -> i32 {
+    let Some(src) = from.get(offset as usize..offset as usize + len) else {
         return 1;
     };
     unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), buf, len) };
     0
+}
+
+unsafe extern "C" fn read_patch(ctx: *mut c_void, offset: u64, buf: *mut u8, len: usize) -> i32 {
+    unsafe { copy_out(&storage(ctx).patch, offset, buf, len) }
 }
 unsafe extern "C" fn region_len(ctx: *mut c_void, len: *mut u64) -> i32 {
     unsafe { *len = storage(ctx).region.len() as u64 };
     0
 }
 unsafe extern "C" fn region_read(ctx: *mut c_void, offset: u64, buf: *mut u8, len: usize) -> i32 {
-    let s = unsafe { storage(ctx) };
-    let Some(src) = s.region.get(offset as usize..offset as usize + len) else {
-        return 1;
-    };
-    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), buf, len) };
-    0
+    unsafe { copy_out(&storage(ctx).region, offset, buf, len) }
 }
 unsafe extern "C" fn region_write(
     ctx: *mut c_void,
